@@ -1,0 +1,79 @@
+"""Command line: ``python -m app serve`` (the default) and ``python -m app capture``."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m app", description="Attention Atlas")
+    parser.add_argument("--model-path", action="append", default=[], metavar="NAME=PATH_OR_HF_ID",
+                        help="add a model by local folder or Hugging Face id (repeatable)")
+    parser.add_argument("--cache-dir", help="where results and converted weights are kept")
+    commands = parser.add_subparsers(dest="command")
+    serve = commands.add_parser("serve", help="start the web app (default)")
+    serve.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
+    serve.add_argument("--port", type=int, default=int(os.environ.get("PORT", "5000")))
+    serve.add_argument("--preload", action="append", default=[], metavar="NAME",
+                       help="load this model at start-up instead of on first use (repeatable)")
+    capture = commands.add_parser("capture", help="capture one prompt to a .npz file")
+    capture.add_argument("--model", help="registered model name (default: the first registered)")
+    capture.add_argument("--text", required=True)
+    capture.add_argument("--out", required=True, help="output .npz file")
+    return parser.parse_args(argv)
+
+
+def build_app(args: argparse.Namespace, extra: dict | None = None):
+    from app import create_app
+
+    config = {"EXTRA_MODELS": args.model_path, **(extra or {})}
+    if args.cache_dir:
+        config["CACHE_DIR"] = args.cache_dir
+    return create_app(config)
+
+
+def run_capture(args: argparse.Namespace) -> int:
+    """Write attention as [layers, heads, query, key] plus tokens and the other captured arrays."""
+    from app.protocol import AtlasError
+
+    app = build_app(args)
+    try:
+        analysis = app.extensions["atlas"].analyze(args.model, args.text)
+    except AtlasError as error:
+        print(f"error ({error.code}): {error.message}", file=sys.stderr)
+        return 2
+    capture = analysis.capture
+    attention = np.stack([capture.layer_attention(layer) for layer in range(capture.n_layers)])
+    arrays = {name: value for name, value in capture.to_arrays().items() if name not in ("attention", "meta")}
+    np.savez(args.out, attention=attention.astype(np.float32), tokens=np.asarray(capture.tokens),
+             pieces=np.asarray(capture.pieces), layer_names=np.asarray(capture.layer_names),
+             info=np.asarray(json.dumps(capture.info)), **arrays)
+    source = "cache" if analysis.cached else "model"
+    print(f"{args.out}: {capture.n_tokens} tokens, attention {attention.shape} from the {source} "
+          f"in {analysis.seconds:.3f} s (key {analysis.key[:12]})")
+    return 0
+
+
+def run_server(args: argparse.Namespace) -> int:
+    from app.extensions import socketio
+
+    app = build_app(args, {"PRELOAD_MODELS": args.preload} if args.preload else None)
+    socketio.run(app, host=args.host, port=args.port, allow_unsafe_werkzeug=True)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    if args.command == "capture":
+        return run_capture(args)
+    if args.command is None:
+        args = parse_args([*(sys.argv[1:] if argv is None else argv), "serve"])
+    return run_server(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

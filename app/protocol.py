@@ -1,0 +1,106 @@
+"""The wire contract between server and browser, mirrored by ``static/js/protocol.js`` and
+described in ``docs/protocol.md``: namespace, event names, request fields, error codes, and how
+arrays travel (binary, float16 or uint8 with a scale; never JSON lists of floats)."""
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+NAMESPACE = "/atlas"
+MAX_RID_CHARS = 64
+ATTENTION_MODES = ("attention", "scores", "value")
+
+
+class AtlasError(Exception):
+    """An error the user should see: ``code`` is stable for programs, ``message`` for people."""
+
+    def __init__(self, code: str, message: str, status: int = 400):
+        super().__init__(message)
+        self.code, self.message, self.status = code, message, status
+
+    def payload(self, rid: Any = None) -> dict:
+        return {"rid": rid, "code": self.code, "message": self.message}
+
+
+def encode_array(array: np.ndarray, dtype: str = "float16") -> dict:
+    """A binary array: ``data`` is little-endian bytes of ``dtype`` in C order."""
+    array = np.ascontiguousarray(array, dtype=np.dtype(dtype).newbyteorder("<"))
+    return {"dtype": dtype, "shape": list(array.shape), "data": array.tobytes()}
+
+
+def quantize_unit(array: np.ndarray) -> dict:
+    """Values in [0, 1] as uint8 (value = byte * scale): a quarter of float32, plenty for colour."""
+    scale = 1.0 / 255.0
+    encoded = encode_array(np.clip(np.rint(np.asarray(array) / scale), 0, 255), "uint8")
+    return {**encoded, "scale": scale}
+
+
+def jsonable(payload: Any) -> Any:
+    """The HTTP form of a payload: bytes become base64 strings, everything else is unchanged."""
+    if isinstance(payload, bytes):
+        return base64.b64encode(payload).decode("ascii")
+    if isinstance(payload, dict):
+        return {key: jsonable(value) for key, value in payload.items()}
+    if isinstance(payload, (list, tuple)):
+        return [jsonable(value) for value in payload]
+    return payload
+
+
+@dataclass(frozen=True)
+class Field:
+    kind: type
+    required: bool = True
+    default: Any = None
+    choices: tuple = ()
+    minimum: int | None = None
+
+
+KEY = Field(str)
+INDEX = Field(int, minimum=0)
+REQUESTS: dict[str, dict[str, Field]] = {
+    "analyze": {"model": Field(str, required=False), "text": Field(str),
+                "layers": Field(list, required=False, default=[])},
+    "layer": {"key": KEY, "layer": INDEX, "mode": Field(str, False, "attention", ATTENTION_MODES)},
+    "matrix": {"key": KEY, "layer": INDEX, "head": INDEX,
+               "mode": Field(str, False, "attention", ATTENTION_MODES),
+               "row0": Field(int, False, 0, minimum=0), "row1": Field(int, False, None, minimum=0),
+               "col0": Field(int, False, 0, minimum=0), "col1": Field(int, False, None, minimum=0)},
+    "token": {"key": KEY, "index": INDEX},
+    "neuron": {"key": KEY, "layer": INDEX, "head": INDEX, "query": INDEX},
+    "stats": {"key": KEY},
+}
+
+
+def request_id(data: Any) -> str | int | None:
+    """The client's request id when it is a valid one (a short string or integer), else None."""
+    rid = data.get("rid") if isinstance(data, dict) else None
+    valid = isinstance(rid, (str, int)) and not isinstance(rid, bool) and len(str(rid)) <= MAX_RID_CHARS
+    return rid if valid else None
+
+
+def parse_request(event: str, data: Any) -> tuple[Any, dict]:
+    """Validate a client request: returns (rid, fields) or raises AtlasError('bad_request')."""
+    if not isinstance(data, dict):
+        raise AtlasError("bad_request", f"'{event}' expects an object with fields {sorted(REQUESTS[event])}")
+    rid = request_id(data)
+    if rid is None and data.get("rid") is not None:
+        raise AtlasError("bad_request", f"'rid' must be a string or integer of at most {MAX_RID_CHARS} characters")
+    values = {}
+    for name, spec in REQUESTS[event].items():
+        value = data.get(name)
+        if value is None:
+            if spec.required:
+                raise AtlasError("bad_request", f"'{event}' needs the field '{name}'")
+            values[name] = spec.default
+            continue
+        if not isinstance(value, spec.kind) or isinstance(value, bool):
+            raise AtlasError("bad_request", f"'{name}' must be of type {spec.kind.__name__}")
+        if spec.choices and value not in spec.choices:
+            raise AtlasError("bad_request", f"'{name}' must be one of {', '.join(spec.choices)}")
+        if spec.minimum is not None and value < spec.minimum:
+            raise AtlasError("bad_request", f"'{name}' must be at least {spec.minimum}")
+        values[name] = value
+    return rid, values

@@ -1,0 +1,139 @@
+"""Capture -> view payloads. Pure numpy: the socket namespace and the HTTP API send these same
+dicts (one binary, one base64), so every payload is shaped once, here."""
+from __future__ import annotations
+
+import numpy as np
+
+from app.protocol import AtlasError, encode_array, quantize_unit
+from app.record import Capture
+
+NEURON_MAX_KEYS = 4096  # keys shown in the neuron view; all of them up to the longest prompt
+
+
+def _check_index(name: str, value: int, limit: int) -> int:
+    if not 0 <= value < limit:
+        raise AtlasError("bad_request", f"'{name}' must be between 0 and {limit - 1}")
+    return value
+
+
+def tokens_payload(key: str, capture: Capture) -> dict:
+    return {
+        "key": key,
+        "model": capture.model,
+        "text": capture.text,
+        "info": capture.info,
+        "tokens": capture.tokens,
+        "pieces": capture.pieces,
+        "spans": capture.spans.tolist(),
+        "special": capture.special.tolist(),
+        "layer_names": capture.layer_names,
+    }
+
+
+def overview_payload(key: str, capture: Capture) -> dict:
+    """Every head as a thumbnail, each scaled to its own maximum so faint heads stay visible."""
+    thumbnails = capture.thumbnails.astype(np.float32)  # [L, H, t, t]
+    peaks = thumbnails.max(axis=(2, 3))  # [L, H]
+    scaled = thumbnails / np.where(peaks > 0, peaks, 1.0)[..., None, None]
+    return {
+        "key": key,
+        "layers": capture.n_layers,
+        "heads": capture.n_heads,
+        "side": int(thumbnails.shape[-1]),
+        "tokens": capture.n_tokens,
+        "thumbnails": quantize_unit(scaled),
+        "peaks": encode_array(peaks, "float16"),
+    }
+
+
+def _mode_matrix(capture: Capture, layer: int, head: int, mode: str, rows=slice(None), cols=slice(None)):
+    """[r, c] float32 of one head in the requested colouring."""
+    if mode == "scores":
+        return capture.scores_block(layer, head, rows, cols)
+    block = capture.attention_block(layer, head, rows, cols)
+    if mode == "value":
+        weighted = block * capture.value_norms[layer, head, cols][None, :]
+        total = weighted.sum(axis=1, keepdims=True)
+        return np.divide(weighted, total, out=np.zeros_like(weighted), where=total > 0)
+    return block
+
+
+def layer_payload(key: str, capture: Capture, layer: int, mode: str, dense_max: int, top_k: int) -> dict:
+    """All heads of one layer for the head view: dense up to ``dense_max`` tokens, else the
+    ``top_k`` strongest keys per query (what the head view draws anyway)."""
+    _check_index("layer", layer, capture.n_layers)
+    if mode == "scores":
+        raise AtlasError("bad_request", "the head view shows attention or value-weighted attention, not scores")
+    n = capture.n_tokens
+    matrices = np.stack([_mode_matrix(capture, layer, head, mode) for head in range(capture.n_heads)])  # [H, N, N]
+    base = {"key": key, "layer": layer, "mode": mode, "tokens": n, "heads": capture.n_heads}
+    if n <= dense_max:
+        return {**base, "format": "dense", "attention": quantize_unit(matrices)}
+    k = min(top_k, n)
+    indices = np.argpartition(-matrices, k - 1, axis=-1)[..., :k]  # [H, N, k]
+    values = np.take_along_axis(matrices, indices, axis=-1)
+    index_dtype = "uint16" if n <= 65535 else "uint32"
+    return {**base, "format": "topk", "k": k,
+            "indices": encode_array(indices, index_dtype), "values": quantize_unit(values)}
+
+
+def matrix_payload(key: str, capture: Capture, layer: int, head: int, mode: str,
+                   row0: int, row1: int | None, col0: int, col1: int | None, tile_max: int) -> dict:
+    """One head's matrix (or a zoomed block of it), max-pooled to at most ``tile_max`` per side."""
+    _check_index("layer", layer, capture.n_layers)
+    _check_index("head", head, capture.n_heads)
+    n = capture.n_tokens
+    row1, col1 = min(row1 if row1 is not None else n, n), min(col1 if col1 is not None else n, n)
+    if row0 >= row1 or col0 >= col1:
+        raise AtlasError("bad_request", "the requested block is empty")
+    block = _mode_matrix(capture, layer, head, mode, slice(row0, row1), slice(col0, col1))
+    pooled = max_pool(block, tile_max)
+    base = {"key": key, "layer": layer, "head": head, "mode": mode,
+            "row0": row0, "row1": row1, "col0": col0, "col1": col1}
+    if mode == "scores":
+        return {**base, "matrix": encode_array(pooled, "float16")}
+    return {**base, "matrix": quantize_unit(pooled)}
+
+
+def max_pool(matrix: np.ndarray, side: int) -> np.ndarray:
+    """Pool a [r, c] matrix to at most ``side`` x ``side`` by taking each tile's maximum,
+    so one strong link in a tile stays visible when zoomed out."""
+    rows, cols = matrix.shape
+    row_starts = np.linspace(0, rows, min(rows, side) + 1).astype(int)[:-1]
+    col_starts = np.linspace(0, cols, min(cols, side) + 1).astype(int)[:-1]
+    pooled = np.maximum.reduceat(matrix, row_starts, axis=0)
+    return np.maximum.reduceat(pooled, col_starts, axis=1)
+
+
+def token_payload(key: str, capture: Capture, index: int) -> dict:
+    """Where one token looks (its row) and what looks at it (its column), in every head."""
+    _check_index("index", index, capture.n_tokens)
+    row, col = slice(index, index + 1), slice(index, index + 1)
+    heads = [(layer, head) for layer in range(capture.n_layers) for head in range(capture.n_heads)]
+    shape = (capture.n_layers, capture.n_heads, capture.n_tokens)
+    outgoing = np.stack([capture.attention_block(l, h, rows=row)[0] for l, h in heads]).reshape(shape)
+    incoming = np.stack([capture.attention_block(l, h, cols=col)[:, 0] for l, h in heads]).reshape(shape)
+    return {"key": key, "index": index, "outgoing": quantize_unit(outgoing), "incoming": quantize_unit(incoming)}
+
+
+def neuron_payload(key: str, capture: Capture, layer: int, head: int, query: int) -> dict:
+    """BertViz's neuron view: q, each k, q*k elementwise, q.k, scaled + masked score, softmax."""
+    _check_index("layer", layer, capture.n_layers)
+    _check_index("head", head, capture.n_heads)
+    _check_index("query", query, capture.n_tokens)
+    q = capture.queries[layer, head, query].astype(np.float32)  # [d]
+    keys = capture.head_keys(layer, head)[:NEURON_MAX_KEYS].astype(np.float32)  # [N, d]
+    products = keys * q[None, :]
+    cols = slice(0, keys.shape[0])
+    row = slice(query, query + 1)
+    return {
+        "key": key, "layer": layer, "head": head, "query": query,
+        "kv_head": int(capture.kv_map[head]),
+        "scaling": float(capture.scaling[layer]),
+        "query_vector": encode_array(q, "float32"),
+        "keys": encode_array(keys, "float16"),
+        "products": encode_array(products, "float16"),
+        "dots": encode_array(products.sum(axis=1), "float32"),
+        "scores": encode_array(capture.scores_block(layer, head, row, cols)[0], "float32"),
+        "attention": encode_array(capture.attention_block(layer, head, row, cols)[0], "float32"),
+    }

@@ -1,0 +1,180 @@
+"""Load registered models once, lazily, on the best device, with attention we can capture.
+
+This module and :mod:`models.capture` are the only places that import torch or transformers.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+
+import torch  # noqa: E402
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer  # noqa: E402
+
+from models.capture import ATTENTION_IMPLEMENTATION, register_capture_attention  # noqa: E402
+from models.registry import ModelSpec, Registry  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str, float], None]  # (stage message, fraction 0..1)
+
+
+class ModelLoadError(RuntimeError):
+    """A registered model could not be loaded; the message says what to install or fix."""
+
+
+@dataclass
+class ModelHandle:
+    """A loaded model and what capture needs to know about it."""
+
+    name: str
+    spec: ModelSpec
+    model: torch.nn.Module
+    tokenizer: object
+    device: torch.device
+    fingerprint: str
+    load_seconds: float
+    lock: threading.Lock  # one forward pass at a time per model: they share the device
+
+    @property
+    def config(self):
+        return self.model.config
+
+    @property
+    def is_causal(self) -> bool:
+        return type(self.model).__name__.endswith(CAUSAL_HEADS)
+
+    @property
+    def max_tokens(self) -> int:
+        limit = getattr(self.config, "max_position_embeddings", None) or self.spec.max_tokens
+        return min(self.spec.max_tokens, int(limit))
+
+    def describe(self) -> dict:
+        """Architecture facts the frontend shows and the cache key includes."""
+        config = self.config
+        heads = int(config.num_attention_heads)
+        return {
+            "name": self.name,
+            "title": self.spec.title or self.name,
+            "architecture": config.model_type,
+            "layers": int(config.num_hidden_layers),
+            "heads": heads,
+            "kv_heads": int(getattr(config, "num_key_value_heads", None) or heads),
+            "causal": self.is_causal,
+            "max_tokens": self.max_tokens,
+            "device": str(self.device),
+            "dtype": str(next(self.model.parameters()).dtype).removeprefix("torch."),
+        }
+
+
+def pick_device() -> tuple[torch.device, torch.dtype]:
+    """CUDA in half precision when present, else CPU in float32 (half is slow and lossy on CPU)."""
+    if torch.cuda.is_available():
+        return torch.device("cuda"), torch.float16
+    return torch.device("cpu"), torch.float32
+
+
+CAUSAL_HEADS = ("ForCausalLM", "LMHeadModel")  # architecture name endings of decoder-only LMs
+
+
+def _model_class(config, from_gguf: bool) -> type:
+    """Causal LMs load with their head (the logit lens and generation need it); others bare.
+
+    GGUF files are llama.cpp checkpoints, always decoder-only LMs, and their converted config
+    names no architecture.
+    """
+    architectures = getattr(config, "architectures", None) or []
+    if from_gguf or any(arch.endswith(CAUSAL_HEADS) for arch in architectures):
+        return AutoModelForCausalLM
+    return AutoModel
+
+
+class ModelLoader:
+    """Loads each registered model at most once per process, on first use.
+
+    A GGUF model is dequantized on its first load (~15 s) and saved as safetensors under
+    ``converted_dir``, so later loads and restarts take about a second.
+    """
+
+    def __init__(self, registry: Registry, converted_dir: str | Path | None = None):
+        self.registry = registry
+        self.converted_dir = Path(converted_dir) if converted_dir else None
+        self._handles: dict[str, ModelHandle] = {}
+        self._locks: dict[str, threading.Lock] = {}
+        self._guard = threading.Lock()
+        register_capture_attention()
+
+    def is_loaded(self, name: str) -> bool:
+        return name in self._handles
+
+    def get(self, name: str, progress: Progress | None = None) -> ModelHandle:
+        """Return the loaded model, loading it first if needed (one loader per name at a time)."""
+        if name in self._handles:
+            return self._handles[name]
+        spec = self.registry.get(name)
+        with self._guard:
+            lock = self._locks.setdefault(name, threading.Lock())
+        with lock:
+            if name not in self._handles:
+                self._handles[name] = self._load(spec, progress or (lambda stage, fraction: None))
+        return self._handles[name]
+
+    def _load(self, spec: ModelSpec, progress: Progress) -> ModelHandle:
+        started = time.perf_counter()
+        device, dtype = pick_device()
+        fingerprint = self.registry.fingerprint(spec.name)
+        progress(f"loading {spec.name}", 0.0)
+        try:
+            source, gguf_file = self._resolved_source(spec, fingerprint)
+            extra = {"gguf_file": gguf_file} if gguf_file else {}
+            tokenizer = AutoTokenizer.from_pretrained(source, **extra)
+            progress(f"loading {spec.name} weights", 0.3)
+            config = AutoConfig.from_pretrained(source, **extra)
+            model = _model_class(config, bool(gguf_file)).from_pretrained(
+                source, attn_implementation=ATTENTION_IMPLEMENTATION, dtype=dtype, **extra
+            )
+        except (OSError, ValueError, ImportError) as error:
+            raise ModelLoadError(f"could not load model '{spec.name}' from {spec.source()}: {error}") from error
+        if gguf_file and self.converted_dir:
+            self._save_converted(spec, fingerprint, model, tokenizer)
+        model.to(device).eval()
+        seconds = time.perf_counter() - started
+        log.info("loaded %s on %s in %.1f s", spec.name, device, seconds)
+        progress(f"loaded {spec.name}", 1.0)
+        return ModelHandle(spec.name, spec, model, tokenizer, device, fingerprint, seconds, threading.Lock())
+
+    def _converted_path(self, spec: ModelSpec, fingerprint: str) -> Path | None:
+        if not self.converted_dir:
+            return None
+        return self.converted_dir / f"{spec.name}-{fingerprint}"
+
+    def _resolved_source(self, spec: ModelSpec, fingerprint: str) -> tuple[str, str | None]:
+        """Prefer an earlier safetensors conversion of a GGUF file over dequantizing again."""
+        converted = self._converted_path(spec, fingerprint)
+        if spec.gguf_file and converted and (converted / "config.json").exists():
+            return str(converted), None
+        return spec.source(), spec.gguf_file
+
+    def _save_converted(self, spec: ModelSpec, fingerprint: str, model, tokenizer) -> None:
+        """Save the dequantized weights; transformers refuses while the GGUF quantizer is attached."""
+        target = self._converted_path(spec, fingerprint)
+        staging = target.with_name(target.name + ".partial")
+        shutil.rmtree(staging, ignore_errors=True)
+        try:
+            model.hf_quantizer = None
+            if hasattr(model.config, "quantization_config"):
+                del model.config.quantization_config
+            model.save_pretrained(staging)
+            tokenizer.save_pretrained(staging)
+            os.replace(staging, target)
+        except (OSError, ValueError, RuntimeError, AttributeError) as error:
+            log.warning("could not cache the converted %s weights: %s", spec.name, error)
+            shutil.rmtree(staging, ignore_errors=True)

@@ -28,6 +28,7 @@ def create_app(test_config: dict | None = None) -> Flask:
 
     service = AtlasService(app.config)
     app.extensions["atlas"] = service
+    service.preload(app.config["PRELOAD_MODELS"])
     app.register_blueprint(pages)
     app.register_blueprint(api)
     socketio.init_app(app, async_mode="threading", max_http_buffer_size=app.config["MAX_MESSAGE_BYTES"],

@@ -73,6 +73,12 @@ class AtlasService:
                 self._loader = ModelLoader(self.registry, self.converted_dir)
             return self._loader
 
+    def preload(self, names: list[str]) -> None:
+        """Load models in the background at start-up, so the first user does not wait."""
+        for name in names:
+            self.registry.get(name)
+            threading.Thread(target=self.loader.get, args=(name,), name=f"preload-{name}", daemon=True).start()
+
     def models(self) -> list[dict]:
         loaded = self._loader.is_loaded if self._loader else (lambda name: False)
         return [{"name": spec.name, "title": spec.title or spec.name, "max_tokens": spec.max_tokens,

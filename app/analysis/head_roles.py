@@ -119,9 +119,10 @@ def offset_name(offset: int) -> str:
 def role_labels(metrics: dict[str, np.ndarray]) -> np.ndarray:
     """One role per head, same shape as the metrics ([L, H] or [H]), as an array of str.
 
-    Priority, first match wins: SINK, SELF, PREVIOUS, NEXT, OFFSET+-k (largest share), DELIMITER,
-    BROAD, MIXED. Sink comes first because key 0 is often a special token too; positional roles
-    beat DELIMITER because a previous-token head on comma-heavy text still reads by position.
+    Priority, first match wins: SINK, SELF, PREVIOUS, NEXT, OFFSET+-k (largest share), BROAD,
+    DELIMITER, MIXED. Sink comes first because key 0 is often a special token too; positional roles
+    beat DELIMITER because a previous-token head on comma-heavy text still reads by position; BROAD
+    beats DELIMITER because an even spread gives delimiters their share by count, not by choice.
     """
     shape = np.shape(metrics["sink"])
     labels = np.full(shape, "", dtype=object)
@@ -137,8 +138,8 @@ def role_labels(metrics: dict[str, np.ndarray]) -> np.ndarray:
         shares = np.stack([np.asarray(metrics[k]) for k in offset_keys])  # [K, ...]
         best = np.array([k.upper() for k in offset_keys], dtype=object)[shares.argmax(axis=0)]
         assign(best, shares.max(axis=0) >= POSITION_SHARE)
-    assign("DELIMITER", np.asarray(metrics["delimiter"]) >= DELIMITER_SHARE)
     assign("BROAD", np.asarray(metrics["entropy_norm"]) >= BROAD_ENTROPY)
+    assign("DELIMITER", np.asarray(metrics["delimiter"]) >= DELIMITER_SHARE)
     assign(FALLBACK_ROLE, np.ones(shape, dtype=bool))
     return labels.astype(str)
 

@@ -18,6 +18,8 @@ import numpy as np
 from scipy.sparse import csr_array
 from scipy.sparse.csgraph import maximum_flow
 
+from app.analysis.norms import normalise_rows
+
 RESIDUAL_WEIGHT = 0.5  # share of the identity in A_hat = 0.5 A + 0.5 I (the paper's residual term)
 FLOW_SCALE = 1_000_000  # capacity units per unit of attention; scipy's max-flow needs integers,
 #                         so weights below 0.5 / FLOW_SCALE round to no edge at all
@@ -32,8 +34,10 @@ def fuse_heads(attention: np.ndarray, how: Literal["mean", "max", "min"] = "mean
 
     The paper averages heads; max and min show the most and least any head attends. Fused max/min
     rows no longer sum to 1; rollout and flow renormalise rows, so that is fine.
-    Raises KeyError for an unknown ``how``.
+    Raises ValueError for an unknown ``how``.
     """
+    if how not in FUSERS:
+        raise ValueError(f"how must be one of {sorted(FUSERS)}, got {how!r}")
     return FUSERS[how](attention, axis=0).astype(np.float32)  # [N, N]
 
 
@@ -47,8 +51,7 @@ def residual_adjust(attention: np.ndarray, residual: bool = True) -> np.ndarray:
     if residual:
         eye = np.eye(fused.shape[-1], dtype=np.float32)
         fused = (1 - RESIDUAL_WEIGHT) * fused + RESIDUAL_WEIGHT * eye
-    sums = fused.sum(axis=-1, keepdims=True)  # [N, 1]
-    return np.divide(fused, sums, out=np.zeros_like(fused), where=sums > 0)
+    return normalise_rows(fused)
 
 
 def iter_rollout(layers: Iterable[np.ndarray], residual: bool = True) -> Iterator[np.ndarray]:

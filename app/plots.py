@@ -1,0 +1,59 @@
+"""Bokeh figures for the statistics panel, embedded with ``bokeh.embed.json_item`` (BokehJS is
+served from the installed bokeh package, so the page needs no CDN)."""
+from __future__ import annotations
+
+import numpy as np
+from bokeh.embed import json_item
+from bokeh.layouts import row
+from bokeh.models import ColorBar, ColumnDataSource, HoverTool, LinearColorMapper
+from bokeh.palettes import Viridis256
+from bokeh.plotting import figure
+
+from app.analysis.head_roles import head_metrics, punctuation_mask, role_labels
+from app.record import Capture
+
+PLOT_HEIGHT = 340  # pixels
+METRIC_KEYS = ("entropy_norm", "distance", "sink", "previous", "self", "next", "delimiter")
+
+
+def head_statistics(capture: Capture) -> dict[str, np.ndarray]:
+    """[L, H] per metric, plus role labels; computed once per capture and kept in its extras."""
+    cached = {name[len("head."):]: value for name, value in capture.extras.items() if name.startswith("head.")}
+    if cached:
+        return cached
+    punctuation = punctuation_mask(capture.tokens)
+    causal = bool(capture.info.get("causal"))
+    per_layer = [head_metrics(capture.layer_attention(layer), capture.special, punctuation, causal=causal)
+                 for layer in range(capture.n_layers)]
+    metrics = {name: np.stack([layer[name] for layer in per_layer]) for name in per_layer[0]}
+    metrics["role"] = role_labels(metrics)
+    capture.extras.update({f"head.{name}": value for name, value in metrics.items()})
+    return metrics
+
+
+def head_stats_item(capture: Capture) -> dict:
+    """A heatmap of normalised entropy per layer x head and an entropy-vs-distance scatter,
+    one dot per head, hover for its role."""
+    metrics = head_statistics(capture)
+    layers, heads = np.meshgrid(np.arange(capture.n_layers), np.arange(capture.n_heads), indexing="ij")
+    source = ColumnDataSource({
+        "layer": layers.ravel(), "head": heads.ravel(), "role": metrics["role"].ravel().tolist(),
+        **{name: np.round(metrics[name].ravel().astype(float), 4) for name in METRIC_KEYS},
+    })
+    tooltips = [("layer", "@layer"), ("head", "@head"), ("role", "@role"), ("entropy (norm.)", "@entropy_norm"),
+                ("mean distance", "@distance"), ("sink share", "@sink"), ("previous", "@previous")]
+    mapper = LinearColorMapper(palette=Viridis256, low=0.0, high=1.0)
+    grid = figure(title="Normalised entropy per head", height=PLOT_HEIGHT, width=420, tools="tap,reset",
+                  x_axis_label="head", y_axis_label="layer", y_range=(capture.n_layers - 0.5, -0.5),
+                  x_range=(-0.5, capture.n_heads - 0.5))
+    grid.rect("head", "layer", 1, 1, source=source, fill_color={"field": "entropy_norm", "transform": mapper},
+              line_color=None)
+    grid.add_layout(ColorBar(color_mapper=mapper, width=10), "right")
+    grid.add_tools(HoverTool(tooltips=tooltips))
+    scatter = figure(title="Entropy vs mean attention distance", height=PLOT_HEIGHT, width=420,
+                     x_axis_label="normalised entropy", y_axis_label="mean distance (tokens)", tools="pan,wheel_zoom,reset")
+    scatter.scatter("entropy_norm", "distance", source=source, size=7, alpha=0.8,
+                    color={"field": "layer", "transform": LinearColorMapper(palette=Viridis256, low=0,
+                                                                            high=max(1, capture.n_layers - 1))})
+    scatter.add_tools(HoverTool(tooltips=tooltips))
+    return json_item(row(grid, scatter))

@@ -1,0 +1,128 @@
+"""The per-prompt cache: content addresses, memory LRU by bytes, durable disk store, single flight."""
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from app.cache import CaptureCache, DiskStore, cache_key, is_key
+from app.record import Capture
+from models.capture import run_capture
+
+
+@pytest.fixture(scope="module")
+def capture(tiny_models) -> Capture:
+    return run_capture(tiny_models["tiny-llama"], "A small prompt for the cache tests.")
+
+
+def make_cache(root, memory_bytes=1 << 30, disk_bytes=1 << 30) -> CaptureCache:
+    return CaptureCache(DiskStore(root, disk_bytes), memory_bytes)
+
+
+@pytest.mark.parametrize("change", [
+    {"model": "other"}, {"fingerprint": "other"}, {"text": "A small prompt."}, {"options": {"precision": "float32"}},
+])
+def test_key_changes_with_every_input(change):
+    base = {"model": "m", "fingerprint": "f", "text": "A small prompt", "options": {}}
+    assert cache_key(**base) != cache_key(**{**base, **change})
+    assert cache_key(**base) == cache_key(**base) and is_key(cache_key(**base))
+
+
+def assert_same(a: Capture, b: Capture) -> None:
+    assert a.tokens == b.tokens and a.text == b.text and a.info == b.info
+    for name in ("queries", "keys", "row_lse", "masks", "thumbnails", "attention", "spans", "special"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+
+
+def test_entries_survive_a_restart(tmp_path, capture):
+    key = cache_key("m", "f", capture.text)
+    make_cache(tmp_path).put(key, capture)
+    assert_same(make_cache(tmp_path).get(key), capture)
+
+
+def test_corrupt_entry_is_detected_removed_and_recomputed(tmp_path, capture):
+    key = cache_key("m", "f", capture.text)
+    make_cache(tmp_path).put(key, capture)
+    path = next(tmp_path.glob("*/*.atlas"))
+    blob = bytearray(path.read_bytes())
+    blob[-100] ^= 0xFF
+    path.write_bytes(bytes(blob))
+    fresh = make_cache(tmp_path)
+    assert fresh.get(key) is None and not path.exists()
+    result, cached = fresh.get_or_compute(key, lambda: capture)
+    assert not cached and path.exists()
+
+
+def test_truncated_entry_from_a_killed_writer_is_not_served(tmp_path, capture):
+    key = cache_key("m", "f", capture.text)
+    make_cache(tmp_path).put(key, capture)
+    path = next(tmp_path.glob("*/*.atlas"))
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    (path.parent / ".tmp-leftover").write_bytes(b"partial write")
+    assert make_cache(tmp_path).get(key) is None
+
+
+def test_memory_is_bounded_by_bytes(tmp_path, capture):
+    cache = make_cache(tmp_path, memory_bytes=int(capture.nbytes * 2.5))
+    keys = [cache_key("m", "f", str(i)) for i in range(4)]
+    for key in keys:
+        cache.put(key, capture)
+    assert cache._bytes <= cache.max_bytes and len(cache._memory) == 2
+    assert list(cache._memory) == keys[2:]
+    assert cache.get(keys[0]) is not None  # evicted from memory, still on disk
+
+
+def test_disk_is_pruned_oldest_first(tmp_path, capture):
+    cache = make_cache(tmp_path)
+    keys = [cache_key("m", "f", str(i)) for i in range(3)]
+    cache.put(keys[0], capture)
+    size = next(tmp_path.glob("*/*.atlas")).stat().st_size
+    cache.store.max_bytes = int(size * 2.5)
+    for key in keys[1:]:
+        time.sleep(0.01)
+        cache.put(key, capture)
+    assert not cache.store._path(keys[0]).exists() and cache.store._path(keys[2]).exists()
+
+
+def test_concurrent_requests_share_one_computation(tmp_path, capture):
+    cache = make_cache(tmp_path)
+    calls, results = [], []
+    started = threading.Event()
+
+    def compute():
+        calls.append(1)
+        started.set()
+        time.sleep(0.3)
+        return capture
+
+    def request():
+        results.append(cache.get_or_compute("a" * 64, compute))
+
+    threads = [threading.Thread(target=request) for _ in range(5)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(calls) == 1 and len(results) == 5
+    assert sorted(cached for _, cached in results) == [False, True, True, True, True]
+
+
+def test_a_failed_computation_is_not_cached(tmp_path, capture):
+    cache = make_cache(tmp_path)
+
+    def fail():
+        raise RuntimeError("model exploded")
+
+    with pytest.raises(RuntimeError):
+        cache.get_or_compute("b" * 64, fail)
+    assert cache.get("b" * 64) is None
+    assert cache.get_or_compute("b" * 64, lambda: capture) == (capture, False)
+
+
+def test_non_keys_never_reach_the_filesystem(tmp_path):
+    store = DiskStore(tmp_path, 1 << 20)
+    for bad in ("../../etc/passwd", "A" * 64, "", "g" * 64):
+        with pytest.raises(ValueError):
+            store.read(bad)

@@ -1,0 +1,149 @@
+"""The Socket.IO protocol with the Flask-SocketIO test client, on the packaged default model."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from app.protocol import NAMESPACE
+
+PROMPT = "The cat sat on the mat because it was tired."
+WAIT_SECONDS = 120  # the first smollm2 request converts its GGUF weights
+
+
+def collect(socket_client, until=("done", "error"), timeout=WAIT_SECONDS) -> list[dict]:
+    events, deadline = [], time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        events += [{"name": e["name"], **e["args"][0]} for e in socket_client.get_received(NAMESPACE)]
+        if any(event["name"] in until for event in events):
+            return events
+        time.sleep(0.02)
+    raise AssertionError(f"no {until} within {timeout} s; got {[e['name'] for e in events]}")
+
+
+def request(socket_client, event: str, **fields) -> dict:
+    socket_client.emit(event, {"rid": event, **fields}, namespace=NAMESPACE)
+    answers = collect(socket_client, until=(event, "error"))
+    assert len(answers) == 1, answers
+    return answers[0]
+
+
+def decode(array: dict) -> np.ndarray:
+    values = np.frombuffer(array["data"], dtype=np.dtype(array["dtype"]).newbyteorder("<")).reshape(array["shape"])
+    return values * array["scale"] if "scale" in array else values
+
+
+@pytest.fixture(scope="module")
+def analysis(app):
+    from app.extensions import socketio
+
+    client = socketio.test_client(app, namespace=NAMESPACE)
+    client.emit("analyze", {"rid": 7, "model": "minilm", "text": PROMPT, "layers": [2]}, namespace=NAMESPACE)
+    events = collect(client)
+    client.disconnect(namespace=NAMESPACE)
+    return events
+
+
+def test_events_arrive_overview_first(analysis):
+    names = [event["name"] for event in analysis if event["name"] != "progress"]
+    assert names == ["tokens", "overview", "layer", "done"]
+    assert all(event["rid"] == 7 for event in analysis)
+
+
+def test_tokens_are_text_with_spans_and_flags(analysis):
+    tokens = analysis[[e["name"] for e in analysis].index("tokens")]
+    assert tokens["tokens"][0] == "[CLS]" and tokens["special"][0] and tokens["tokens"][2] == "cat"
+    assert tokens["info"]["layers"] == 6 and tokens["info"]["heads"] == 12
+
+
+def test_overview_is_binary_and_small(analysis):
+    overview = next(e for e in analysis if e["name"] == "overview")
+    thumbnails = overview["thumbnails"]
+    assert thumbnails["dtype"] == "uint8" and isinstance(thumbnails["data"], bytes)
+    layers, heads, side, _ = thumbnails["shape"]
+    assert (layers, heads) == (6, 12) and side == overview["tokens"]
+    assert len(thumbnails["data"]) == layers * heads * side * side
+    assert decode(overview["peaks"]).shape == (6, 12) and overview["peaks"]["dtype"] == "float16"
+
+
+def test_dense_layer_rows_sum_to_one(analysis):
+    layer = next(e for e in analysis if e["name"] == "layer")
+    attention = decode(layer["attention"])
+    assert layer["format"] == "dense" and attention.shape == (12, 13, 13)
+    np.testing.assert_allclose(attention.sum(-1), 1.0, atol=13 / 255)
+
+
+def test_repeat_is_served_from_the_cache(socket_client, analysis):
+    socket_client.emit("analyze", {"rid": "again", "model": "minilm", "text": PROMPT}, namespace=NAMESPACE)
+    done = collect(socket_client)[-1]
+    assert done["name"] == "done" and done["cached"] and done["key"] == analysis[-1]["key"]
+
+
+@pytest.mark.parametrize("event, fields, shapes", [
+    ("layer", {"layer": 0, "mode": "value"}, {"attention": (12, 13, 13)}),
+    ("matrix", {"layer": 1, "head": 3, "mode": "scores", "row0": 2, "row1": 6}, {"matrix": (4, 13)}),
+    ("matrix", {"layer": 1, "head": 3}, {"matrix": (13, 13)}),
+    ("token", {"index": 3}, {"outgoing": (6, 12, 13), "incoming": (6, 12, 13)}),
+    ("neuron", {"layer": 5, "head": 11, "query": 4},
+     {"query_vector": (32,), "keys": (13, 32), "products": (13, 32), "dots": (13,), "attention": (13,)}),
+])
+def test_detail_requests_answer_binary_arrays(socket_client, analysis, event, fields, shapes):
+    answer = request(socket_client, event, key=analysis[-1]["key"], **fields)
+    assert answer["name"] == event and answer["rid"] == event
+    for name, shape in shapes.items():
+        assert tuple(answer[name]["shape"]) == shape and isinstance(answer[name]["data"], bytes)
+
+
+def test_neuron_softmax_matches_scores(socket_client, analysis):
+    answer = request(socket_client, "neuron", key=analysis[-1]["key"], layer=2, head=1, query=3)
+    scores = decode(answer["scores"])
+    expected = np.exp(scores - scores.max()) / np.exp(scores - scores.max()).sum()
+    np.testing.assert_allclose(decode(answer["attention"]), expected, atol=2e-3)
+    np.testing.assert_allclose(decode(answer["dots"]) * answer["scaling"], scores, rtol=1e-2, atol=1e-2)
+
+
+@pytest.mark.parametrize("event, payload, code", [
+    ("analyze", {"text": ""}, "empty_prompt"),
+    ("analyze", {"text": "   \n"}, "empty_prompt"),
+    ("analyze", {"text": "x" * 70_000}, "too_long"),
+    ("analyze", {"text": "hello", "model": "no-such-model"}, "unknown_model"),
+    ("analyze", {"text": "a\x00b"}, "bad_request"),
+    ("analyze", {"text": 42}, "bad_request"),
+    ("analyze", {"text": "the " * 600}, "too_long"),
+    ("analyze", "not an object", "bad_request"),
+    ("layer", {"key": "f" * 64, "layer": 0}, "not_found"),
+    ("layer", {"key": "../etc/passwd", "layer": 0}, "bad_request"),
+    ("layer", {"key": "f" * 64, "layer": -1}, "bad_request"),
+    ("layer", {"key": "f" * 64, "layer": True}, "bad_request"),
+    ("matrix", {"key": "f" * 64, "layer": 0, "head": 0, "mode": "bogus"}, "bad_request"),
+    ("no_such_event", {}, "bad_request"),
+])
+def test_bad_requests_get_an_error_event(socket_client, event, payload, code):
+    data = {"rid": "bad", **payload} if isinstance(payload, dict) else payload
+    socket_client.emit(event, data, namespace=NAMESPACE)
+    answer = collect(socket_client, until=("error", "done"))[-1]
+    assert answer["name"] == "error" and answer["code"] == code and answer["message"]
+    if isinstance(payload, dict):
+        assert answer["rid"] == "bad"
+
+
+def test_out_of_range_detail_is_an_error_and_the_server_keeps_serving(socket_client, analysis):
+    key = analysis[-1]["key"]
+    assert request(socket_client, "layer", key=key, layer=6)["name"] == "error"
+    assert request(socket_client, "token", key=key, index=99)["name"] == "error"
+    assert request(socket_client, "layer", key=key, layer=5)["name"] == "layer"
+
+
+@pytest.mark.real_model
+def test_smollm2_streams_too(socket_client):
+    socket_client.emit("analyze", {"rid": 1, "model": "smollm2", "text": PROMPT}, namespace=NAMESPACE)
+    events = collect(socket_client)
+    overview = next(e for e in events if e["name"] == "overview")
+    assert (overview["layers"], overview["heads"]) == (30, 9) and events[-1]["name"] == "done"
+
+
+def test_stats_is_a_bokeh_item_with_a_role_per_head(socket_client, analysis):
+    answer = request(socket_client, "stats", key=analysis[-1]["key"])
+    assert answer["name"] == "stats" and {"doc", "root_id"} <= set(answer["plot"])
+    assert "entropy" in str(answer["plot"]["doc"]) and "role" in str(answer["plot"]["doc"])

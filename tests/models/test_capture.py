@@ -1,0 +1,126 @@
+"""Capture correctness: the hook sees exactly what the model computes, on tiny models of three
+architectures and on both packaged pretrained models."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from app.record import softmax_rows
+from models.capture import TooManyTokensError, UnsupportedModelError, run_capture, thumbnail_side
+
+PROMPT = "The doctor asked the nurse a question. She said: it's fine, isn't it?"
+TOLERANCE = 1e-4
+
+
+def reference_attention(handle, text: str) -> np.ndarray:
+    """[L, H, N, N] from transformers' own output_attentions."""
+    ids = handle.tokenizer(text, return_tensors="pt")
+    with torch.inference_mode():
+        output = handle.model(input_ids=ids["input_ids"], output_attentions=True, use_cache=False)
+    assert output.attentions, "the model returned no attentions"
+    return np.stack([layer[0].float().numpy() for layer in output.attentions])
+
+
+def recomputed(capture) -> np.ndarray:
+    """softmax(q.k * scaling + mask) from the captured queries and keys."""
+    return np.stack([[softmax_rows(capture.scores_block(layer, head)) for head in range(capture.n_heads)]
+                     for layer in range(capture.n_layers)])
+
+
+@pytest.fixture(params=["tiny-bert", "tiny-gpt2", "tiny-llama"])
+def tiny(request, tiny_models):
+    return tiny_models[request.param]
+
+
+def check_capture(handle) -> None:
+    capture = run_capture(handle, PROMPT, precision="float32")
+    expected = reference_attention(handle, PROMPT)
+    assert capture.attention.shape == expected.shape
+    np.testing.assert_allclose(capture.attention, expected, atol=1e-6)
+    np.testing.assert_allclose(recomputed(capture), expected, atol=TOLERANCE)
+    np.testing.assert_allclose(capture.attention.sum(-1), 1.0, atol=1e-5)
+    if handle.is_causal:
+        upper = np.triu(np.ones(expected.shape[-2:], dtype=bool), k=1)
+        assert np.all(capture.attention[..., upper] == 0)
+    # without stored attention, every block comes back from q, k and the row log-sum-exp
+    light = run_capture(handle, PROMPT, precision="float32", keep_attention_bytes=0)
+    assert light.attention is None
+    np.testing.assert_allclose(np.stack([light.layer_attention(l) for l in range(light.n_layers)]),
+                               expected, atol=TOLERANCE)
+
+
+def test_tiny_models_capture_exactly(tiny):
+    check_capture(tiny)
+
+
+@pytest.mark.real_model
+@pytest.mark.parametrize("name", ["minilm", "smollm2"])
+def test_packaged_models_capture_exactly(request, name):
+    check_capture(request.getfixturevalue(name))
+
+
+def test_grouped_query_keys_map_to_their_query_heads(tiny_models):
+    capture = run_capture(tiny_models["tiny-llama"], PROMPT, precision="float32")
+    assert capture.keys.shape[1] == 2 and capture.queries.shape[1] == 4
+    assert capture.kv_map.tolist() == [0, 0, 1, 1]
+    np.testing.assert_array_equal(capture.head_keys(1, 3), capture.keys[1, 1])
+
+
+@pytest.mark.real_model
+def test_smollm2_is_causal_with_grouped_query_attention(smollm2):
+    capture = run_capture(smollm2, "The capital of France is", precision="float32")
+    assert capture.info["causal"] and capture.info["kv_heads"] == 3 and capture.n_heads == 9
+    assert capture.n_layers == 30 and capture.kv_map.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    assert np.array_equal(capture.masks[0], np.tril(np.ones((capture.n_tokens,) * 2, dtype=bool)))
+
+
+@pytest.mark.real_model
+def test_smollm2_still_answers_paris(smollm2):
+    """The capture attention leaves the model's own computation untouched."""
+    ids = smollm2.tokenizer("The capital of France is", return_tensors="pt")
+    with torch.inference_mode():
+        output = smollm2.model.generate(**ids, max_new_tokens=2, do_sample=False)
+    assert smollm2.tokenizer.decode(output[0, ids["input_ids"].shape[1]:]).strip().startswith("Paris")
+
+
+@pytest.mark.real_model
+def test_tokens_carry_spans_and_special_flags(minilm):
+    capture = run_capture(minilm, "Hello, world")
+    assert capture.tokens == ["[CLS]", "Hello", ",", "world", "[SEP]"]
+    assert capture.special.tolist() == [True, False, False, False, True]
+    for token, (start, end), special in zip(capture.tokens, capture.spans, capture.special):
+        assert special or capture.text[start:end] == token
+
+
+def test_value_and_hidden_norms_have_the_documented_shapes(tiny_models):
+    capture = run_capture(tiny_models["tiny-gpt2"], PROMPT)
+    layers, heads, n = capture.n_layers, capture.n_heads, capture.n_tokens
+    assert capture.value_norms.shape == (layers, heads, n) and np.all(capture.value_norms > 0)
+    assert capture.hidden_norms.shape == (layers + 1, n)
+    side = thumbnail_side(layers, heads, n)
+    assert capture.thumbnails.shape == (layers, heads, side, side)
+    assert capture.queries.dtype == np.float16
+
+
+def test_too_many_tokens_is_refused_before_the_model_runs(tiny_models):
+    with pytest.raises(TooManyTokensError, match="at most 8"):
+        run_capture(tiny_models["tiny-bert"], PROMPT, max_tokens=8)
+
+
+def test_encoder_decoder_models_get_a_clear_message(minilm):
+    import threading
+
+    import transformers
+
+    from models.loading import ModelHandle
+    from models.registry import ModelSpec
+
+    config = transformers.BartConfig(vocab_size=minilm.tokenizer.vocab_size, d_model=16, encoder_layers=1,
+                                     decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2,
+                                     encoder_ffn_dim=32, decoder_ffn_dim=32)
+    model = transformers.BartModel(config).eval()
+    handle = ModelHandle("tiny-bart", ModelSpec("tiny-bart"), model, minilm.tokenizer, torch.device("cpu"),
+                         "x", 0.0, threading.Lock())
+    with pytest.raises(UnsupportedModelError, match="encoder-decoder"):
+        run_capture(handle, PROMPT)

@@ -13,9 +13,6 @@ from app.service import AtlasService
 
 log = logging.getLogger(__name__)
 
-DETAIL_EVENTS = ("layer", "matrix", "token", "neuron")
-
-
 class AtlasNamespace(Namespace):
     def __init__(self, service: AtlasService):
         super().__init__(NAMESPACE)
@@ -33,10 +30,8 @@ class AtlasNamespace(Namespace):
             rid, fields = parse_request(event, data)
             if event == "analyze":
                 socketio.start_background_task(stream.stream_analysis, self.service, self._emitter(sid), rid, fields)
-            elif event in DETAIL_EVENTS:
-                self._emit(sid, event, {"rid": rid, **stream.detail(self.service, event, fields)})
             else:
-                self._emit(sid, event, {"rid": rid, **stream.stats(self.service, fields)})
+                self._emit(sid, event, {"rid": rid, **stream.detail(self.service, event, fields)})
         except AtlasError as error:
             self._emit(sid, "error", error.payload(rid))
         except Exception:

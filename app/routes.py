@@ -65,8 +65,7 @@ def detail(key: str, event: str):
         raise AtlasError("not_found", f"unknown detail '{event}'", 404)
     data = {"key": key, **{name: _query_value(value) for name, value in request.args.items()}}
     _, fields = parse_request(event, data)
-    payload = stream.stats(service(), fields) if event == "stats" else stream.detail(service(), event, fields)
-    return jsonify(jsonable(payload))
+    return jsonify(jsonable(stream.detail(service(), event, fields)))
 
 
 def _query_value(value: str):

@@ -114,14 +114,21 @@ class AtlasService:
         return capture
 
     def _capture(self, name: str, text: str, progress: Progress | None) -> Capture:
-        from models.capture import TooManyTokensError, UnsupportedModelError, run_capture
+        from models.capture import run_capture
+
+        return self.model_work(name, lambda handle: run_capture(handle, text, max_tokens=self.config["MAX_TOKENS"]),
+                               progress)
+
+    def model_work(self, name: str, work: Callable, progress: Progress | None = None):
+        """Run ``work(handle)`` on a loaded model; every model failure becomes an AtlasError."""
+        from models.capture import TooManyTokensError, UnsupportedModelError
         from models.loading import ModelLoadError
 
         progress = progress or (lambda stage, fraction: None)
         try:
             handle = self.loader.get(name, lambda stage, fraction: progress(stage, LOAD_SHARE * fraction))
             progress("running the model", LOAD_SHARE)
-            return run_capture(handle, text, max_tokens=self.config["MAX_TOKENS"])
+            return work(handle)
         except TooManyTokensError as error:
             raise AtlasError("too_long", str(error)) from None
         except UnsupportedModelError as error:

@@ -7,6 +7,7 @@ import numpy as np
 from app.protocol import AtlasError, encode_array, quantize_unit
 from app.record import Capture
 
+TOPK_ROW_CHUNK = 512  # query rows per block when picking top-k links; bounds memory at long N
 NEURON_MAX_KEYS = 4096  # keys shown in the neuron view; all of them up to the longest prompt
 
 
@@ -64,17 +65,22 @@ def layer_payload(key: str, capture: Capture, layer: int, mode: str, dense_max: 
     _check_index("layer", layer, capture.n_layers)
     if mode == "scores":
         raise AtlasError("bad_request", "the head view shows attention or value-weighted attention, not scores")
-    n = capture.n_tokens
-    matrices = np.stack([_mode_matrix(capture, layer, head, mode) for head in range(capture.n_heads)])  # [H, N, N]
+    n, heads = capture.n_tokens, range(capture.n_heads)
     base = {"key": key, "layer": layer, "mode": mode, "tokens": n, "heads": capture.n_heads}
     if n <= dense_max:
+        matrices = np.stack([_mode_matrix(capture, layer, head, mode) for head in heads])  # [H, N, N]
         return {**base, "format": "dense", "attention": quantize_unit(matrices)}
     k = min(top_k, n)
-    indices = np.argpartition(-matrices, k - 1, axis=-1)[..., :k]  # [H, N, k]
-    values = np.take_along_axis(matrices, indices, axis=-1)
-    index_dtype = "uint16" if n <= 65535 else "uint32"
+    indices = np.empty((capture.n_heads, n, k), dtype=np.uint16 if n <= 65535 else np.uint32)
+    values = np.empty((capture.n_heads, n, k), dtype=np.float32)
+    for head in heads:
+        for start in range(0, n, TOPK_ROW_CHUNK):
+            rows = slice(start, min(n, start + TOPK_ROW_CHUNK))
+            block = _mode_matrix(capture, layer, head, mode, rows)  # [r, N]
+            best = np.argpartition(block, n - k, axis=1)[:, n - k:]  # [r, k]
+            indices[head, rows], values[head, rows] = best, np.take_along_axis(block, best, axis=1)
     return {**base, "format": "topk", "k": k,
-            "indices": encode_array(indices, index_dtype), "values": quantize_unit(values)}
+            "indices": encode_array(indices, indices.dtype.name), "values": quantize_unit(values)}
 
 
 def matrix_payload(key: str, capture: Capture, layer: int, head: int, mode: str,

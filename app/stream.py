@@ -53,12 +53,9 @@ def detail(service: AtlasService, event: str, fields: dict) -> dict:
         return shaping.token_payload(key, capture, fields["index"])
     if event == "neuron":
         return shaping.neuron_payload(key, capture, fields["layer"], fields["head"], fields["query"])
+    if event == "stats":
+        from app import plots
+
+        return {"key": key, "plot": plots.head_stats_item(capture)}
     raise AtlasError("bad_request", f"unknown detail '{event}'")
 
-
-def stats(service: AtlasService, fields: dict) -> dict:
-    """The Bokeh statistics panel of one analysis (computed once, then cached with it)."""
-    from app import plots
-
-    key = fields["key"]
-    return {"key": key, "plot": plots.head_stats_item(service.lookup(key))}

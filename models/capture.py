@@ -223,7 +223,8 @@ def run_capture(handle, text: str, *, precision: str = "float16",
     input_ids = torch.tensor([tokenized.ids], device=handle.device)
     with handle.lock, torch.inference_mode(), recording(handle.model, recorder):
         tokenized_at = time.perf_counter()
-        output = handle.model(input_ids=input_ids, output_hidden_states=True, use_cache=False)
+        output = handle.model(input_ids=input_ids, output_hidden_states=True, use_cache=False,
+                              **({"logits_to_keep": 1} if handle.is_causal else {}))
         forward_seconds = time.perf_counter() - tokenized_at
     if not recorder.layers:
         raise UnsupportedModelError(

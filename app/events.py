@@ -28,8 +28,8 @@ class AtlasNamespace(Namespace):
             if event not in REQUESTS:
                 raise AtlasError("bad_request", f"unknown event '{event}'")
             rid, fields = parse_request(event, data)
-            if event == "analyze":
-                socketio.start_background_task(stream.stream_analysis, self.service, self._emitter(sid), rid, fields)
+            if event in stream.STREAMS:
+                socketio.start_background_task(stream.STREAMS[event], self.service, self._emitter(sid), rid, fields)
             else:
                 self._emit(sid, event, {"rid": rid, **stream.detail(self.service, event, fields)})
         except AtlasError as error:

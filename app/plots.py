@@ -9,32 +9,17 @@ from bokeh.models import ColorBar, ColumnDataSource, HoverTool, LinearColorMappe
 from bokeh.palettes import Viridis256
 from bokeh.plotting import figure
 
-from app.analysis.head_roles import head_metrics, punctuation_mask, role_labels
+from app.insights import summary
 from app.record import Capture
 
 PLOT_HEIGHT = 340  # pixels
 METRIC_KEYS = ("entropy_norm", "distance", "sink", "previous", "self", "next", "delimiter")
 
 
-def head_statistics(capture: Capture) -> dict[str, np.ndarray]:
-    """[L, H] per metric, plus role labels; computed once per capture and kept in its extras."""
-    cached = {name[len("head."):]: value for name, value in capture.extras.items() if name.startswith("head.")}
-    if cached:
-        return cached
-    punctuation = punctuation_mask(capture.tokens)
-    causal = bool(capture.info.get("causal"))
-    per_layer = [head_metrics(capture.layer_attention(layer), capture.special, punctuation, causal=causal)
-                 for layer in range(capture.n_layers)]
-    metrics = {name: np.stack([layer[name] for layer in per_layer]) for name in per_layer[0]}
-    metrics["role"] = role_labels(metrics)
-    capture.extras.update({f"head.{name}": value for name, value in metrics.items()})
-    return metrics
-
-
 def head_stats_item(capture: Capture) -> dict:
     """A heatmap of normalised entropy per layer x head and an entropy-vs-distance scatter,
     one dot per head, hover for its role."""
-    metrics = head_statistics(capture)
+    metrics = summary(capture)
     layers, heads = np.meshgrid(np.arange(capture.n_layers), np.arange(capture.n_heads), indexing="ij")
     source = ColumnDataSource({
         "layer": layers.ravel(), "head": heads.ravel(), "role": metrics["role"].ravel().tolist(),

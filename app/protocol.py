@@ -12,6 +12,7 @@ import numpy as np
 NAMESPACE = "/atlas"
 MAX_RID_CHARS = 64
 ATTENTION_MODES = ("attention", "scores", "value")
+FUSIONS = ("mean", "max", "min")
 
 
 class AtlasError(Exception):
@@ -55,7 +56,8 @@ class Field:
     required: bool = True
     default: Any = None
     choices: tuple = ()
-    minimum: int | None = None
+    minimum: float | None = None
+    maximum: float | None = None
 
 
 KEY = Field(str)
@@ -71,6 +73,15 @@ REQUESTS: dict[str, dict[str, Field]] = {
     "token": {"key": KEY, "index": INDEX},
     "neuron": {"key": KEY, "layer": INDEX, "head": INDEX, "query": INDEX},
     "stats": {"key": KEY},
+    "heads": {"key": KEY},
+    "rollout": {"key": KEY, "fusion": Field(str, False, "mean", FUSIONS), "position": Field(int, False, 0, minimum=0)},
+    "flow": {"key": KEY, "fusion": Field(str, False, "mean", FUSIONS), "position": Field(int, False, 0, minimum=0)},
+    "compare": {"key": KEY, "other": KEY},
+    "lens": {"key": KEY, "start": Field(int, False, 0, minimum=0), "count": Field(int, False, 16, minimum=1)},
+    "generate": {"model": Field(str, required=False), "text": Field(str),
+                 "max_new_tokens": Field(int, False, 20, minimum=1),
+                 "sample": Field(bool, False, False), "seed": Field(int, False, 0, minimum=0, maximum=2**31 - 1),
+                 "temperature": Field(float, False, 1.0, minimum=0.05, maximum=5.0)},
 }
 
 
@@ -96,11 +107,14 @@ def parse_request(event: str, data: Any) -> tuple[Any, dict]:
                 raise AtlasError("bad_request", f"'{event}' needs the field '{name}'")
             values[name] = spec.default
             continue
-        if not isinstance(value, spec.kind) or isinstance(value, bool):
+        kinds = (int, float) if spec.kind is float else spec.kind
+        if not isinstance(value, kinds) or (isinstance(value, bool) and spec.kind is not bool):
             raise AtlasError("bad_request", f"'{name}' must be of type {spec.kind.__name__}")
         if spec.choices and value not in spec.choices:
             raise AtlasError("bad_request", f"'{name}' must be one of {', '.join(spec.choices)}")
         if spec.minimum is not None and value < spec.minimum:
             raise AtlasError("bad_request", f"'{name}' must be at least {spec.minimum}")
+        if spec.maximum is not None and value > spec.maximum:
+            raise AtlasError("bad_request", f"'{name}' must be at most {spec.maximum}")
         values[name] = value
     return rid, values

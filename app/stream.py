@@ -3,10 +3,11 @@ requested layers -> done. ``emit(event, payload)`` is bound to that client by th
 this runs the same under Socket.IO, in tests and in benchmarks."""
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Callable
 
-from app import shaping
+from app import insights, shaping
 from app.protocol import AtlasError
 from app.service import AtlasService
 
@@ -17,31 +18,64 @@ Emit = Callable[[str, dict], None]
 
 def stream_analysis(service: AtlasService, emit: Emit, rid, request: dict) -> None:
     """Run (or fetch) one analysis and emit it; every failure becomes one ``error`` event."""
-    try:
-        def progress(stage: str, fraction: float) -> None:
-            emit("progress", {"rid": rid, "stage": stage, "fraction": round(fraction, 3)})
+    with reporting_errors(emit, rid):
+        analysis = service.analyze(request["model"], request["text"], _progress(emit, rid))
+        _send(service, emit, rid, analysis, request.get("layers") or [])
 
-        analysis = service.analyze(request["model"], request["text"], progress)
-        capture, key = analysis.capture, analysis.key
-        emit("tokens", {"rid": rid, **shaping.tokens_payload(key, capture)})
-        emit("overview", {"rid": rid, **shaping.overview_payload(key, capture)})
-        for layer in request.get("layers") or []:
-            if isinstance(layer, int) and 0 <= layer < capture.n_layers:
-                emit("layer", {"rid": rid, **detail(service, "layer", {"key": key, "layer": layer,
-                                                                          "mode": "attention"})})
-        emit("done", {"rid": rid, "key": key, "cached": analysis.cached, "seconds": round(analysis.seconds, 4)})
+
+def stream_generation(service: AtlasService, emit: Emit, rid, request: dict) -> None:
+    """Generate a continuation, then stream the analysis of prompt + continuation, announcing
+    first where the generated tokens begin (the stepper walks through them)."""
+    from app import language
+
+    with reporting_errors(emit, rid):
+        settings = {name: request[name] for name in ("max_new_tokens", "sample", "seed", "temperature")}
+        full = language.generate(service, request["model"], request["text"], settings, _progress(emit, rid))
+        analysis = service.analyze(request["model"], full, _progress(emit, rid))
+        emit("generated", {"rid": rid, "key": analysis.key, "prompt": request["text"], "text": full,
+                           "first_generated": language.first_generated_token(analysis.capture, request["text"]),
+                           **settings})
+        _send(service, emit, rid, analysis, [])
+
+
+STREAMS = {"analyze": stream_analysis, "generate": stream_generation}  # events answered by a stream
+
+
+def _progress(emit: Emit, rid):
+    def progress(stage: str, fraction: float) -> None:
+        emit("progress", {"rid": rid, "stage": stage, "fraction": round(fraction, 3)})
+
+    return progress
+
+
+def _send(service: AtlasService, emit: Emit, rid, analysis, layers: list) -> None:
+    """tokens -> overview -> requested layers -> done."""
+    capture, key = analysis.capture, analysis.key
+    emit("tokens", {"rid": rid, **shaping.tokens_payload(key, capture)})
+    emit("overview", {"rid": rid, **shaping.overview_payload(key, capture)})
+    for layer in layers:
+        if isinstance(layer, int) and 0 <= layer < capture.n_layers:
+            emit("layer", {"rid": rid, **detail(service, "layer", {"key": key, "layer": layer, "mode": "attention"})})
+    emit("done", {"rid": rid, "key": key, "cached": analysis.cached, "seconds": round(analysis.seconds, 4)})
+
+
+@contextlib.contextmanager
+def reporting_errors(emit: Emit, rid):
+    """Turn any failure into one ``error`` event for this client; the server keeps serving."""
+    try:
+        yield
     except AtlasError as error:
         emit("error", error.payload(rid))
-    except Exception:  # the server keeps serving; the client hears what happened
-        log.exception("analysis failed")
+    except Exception:
+        log.exception("request %r failed", rid)
         emit("error", AtlasError("internal", "the server failed on this request; it has been logged").payload(rid))
 
 
 def detail(service: AtlasService, event: str, fields: dict) -> dict:
     """Shape one on-demand payload from the cache (never a forward pass)."""
-    config = service.config
-    capture = service.lookup(fields["key"])
     key = fields["key"]
+    capture = service.lookup(key)
+    config = service.config
     if event == "layer":
         return shaping.layer_payload(key, capture, fields["layer"], fields["mode"],
                                      config["DENSE_LAYER_MAX_TOKENS"], config["LAYER_TOP_K"])
@@ -57,5 +91,16 @@ def detail(service: AtlasService, event: str, fields: dict) -> dict:
         from app import plots
 
         return {"key": key, "plot": plots.head_stats_item(capture)}
-    raise AtlasError("bad_request", f"unknown detail '{event}'")
+    if event == "heads":
+        return insights.heads_payload(key, capture)
+    if event == "rollout":
+        return insights.rollout_payload(key, capture, fields["fusion"], fields["position"])
+    if event == "flow":
+        return insights.flow_payload(key, capture, fields["fusion"], fields["position"])
+    if event == "lens":
+        from app import language
 
+        return language.lens_payload(service, key, capture, fields["start"], fields["count"])
+    if event == "compare":
+        return insights.compare_payload(key, capture, fields["other"], service.lookup(fields["other"]))
+    raise AtlasError("bad_request", f"unknown detail '{event}'")

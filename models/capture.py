@@ -28,6 +28,7 @@ OVERVIEW_BUDGET_BYTES = 192 * 1024  # bytes of uint8 thumbnails for the whole mo
 THUMBNAIL_MAX_SIDE = 64  # pixels; the model view never needs more per head
 THUMBNAIL_MIN_SIDE = 8
 ATTENTION_KEEP_BYTES = 256 * 1024 * 1024  # bytes; above this attention is recomputed from q and k
+SCORE_CHECK_ROWS = 128  # query rows sampled by the score check
 SCORE_CHECK_TOLERANCE = 1e-3  # max |softmax(scores) - weights| before a record must keep attention
 
 _ACTIVE: contextvars.ContextVar["_Recorder | None"] = contextvars.ContextVar("atlas_recorder", default=None)
@@ -124,12 +125,16 @@ class _Recorder:
 
     def _check_scores(self, query, key, attention_mask, scaling, weights, groups) -> None:
         """Keep full attention when softmax(q.k * scaling + mask) does not reproduce the model's
-        weights (soft-capping, learned sinks, ALiBi): recomputing from q and k would then be wrong."""
-        scores = query[0].float() @ key[0].float().repeat_interleave(groups, 0).transpose(1, 2) * scaling
+        weights (soft-capping, learned sinks, ALiBi): recomputing from q and k would then be wrong.
+        Checks a sample of rows, so a long prompt's check costs little memory."""
+        rows = torch.linspace(0, query.shape[-2] - 1, min(SCORE_CHECK_ROWS, query.shape[-2])).long()
+        keys = key[0].float().repeat_interleave(groups, 0)  # [H, N, d]
+        scores = query[0][:, rows].float() @ keys.transpose(1, 2) * scaling  # [H, r, N]
         if attention_mask is not None:
-            mask = attention_mask[0, 0, : scores.shape[-2], : scores.shape[-1]]
+            mask = attention_mask[0, 0, rows, : scores.shape[-1]]
             scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask.float()
-        self.scores_exact = bool((torch.softmax(scores, dim=-1) - weights).abs().max() <= SCORE_CHECK_TOLERANCE)
+        error = (torch.softmax(scores, dim=-1) - weights[:, rows]).abs().max()
+        self.scores_exact = bool(error <= SCORE_CHECK_TOLERANCE)
         self.keep_attention = self.keep_attention or not self.scores_exact
 
     def _numpy(self, tensor: torch.Tensor) -> np.ndarray:

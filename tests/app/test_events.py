@@ -147,3 +147,24 @@ def test_stats_is_a_bokeh_item_with_a_role_per_head(socket_client, analysis):
     answer = request(socket_client, "stats", key=analysis[-1]["key"])
     assert answer["name"] == "stats" and {"doc", "root_id"} <= set(answer["plot"])
     assert "entropy" in str(answer["plot"]["doc"]) and "role" in str(answer["plot"]["doc"])
+
+
+@pytest.mark.real_model
+def test_generate_streams_the_continuation_then_its_analysis(socket_client):
+    socket_client.emit("generate", {"rid": "g", "model": "smollm2", "text": "The capital of France is",
+                                    "max_new_tokens": 2}, namespace=NAMESPACE)
+    events = [e for e in collect(socket_client) if e["name"] != "progress"]
+    assert [e["name"] for e in events] == ["generated", "tokens", "overview", "done"]
+    generated, tokens = events[0], events[1]
+    assert generated["text"].startswith("The capital of France is Paris")
+    assert tokens["tokens"][generated["first_generated"]].strip() == "Paris"
+
+
+@pytest.mark.real_model
+def test_lens_event(socket_client, analysis):
+    socket_client.emit("analyze", {"rid": "a", "model": "smollm2", "text": "The capital of France is"},
+                       namespace=NAMESPACE)
+    key = collect(socket_client)[-1]["key"]
+    answer = request(socket_client, "lens", key=key, start=2, count=3)
+    assert answer["name"] == "lens" and answer["ids"]["shape"] == [31, 3, 5]
+    assert request(socket_client, "lens", key=analysis[-1]["key"])["code"] == "unsupported_model"

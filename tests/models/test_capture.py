@@ -124,3 +124,29 @@ def test_encoder_decoder_models_get_a_clear_message(minilm):
                          "x", 0.0, threading.Lock())
     with pytest.raises(UnsupportedModelError, match="encoder-decoder"):
         run_capture(handle, PROMPT)
+
+
+def test_soft_capped_scores_keep_the_models_own_attention(minilm):
+    """Gemma-2 soft-caps its scores, so softmax(q.k) is not its attention: the capture notices
+    and stores the model's weights instead of recomputing them."""
+    import threading
+
+    import transformers
+
+    from models.capture import ATTENTION_IMPLEMENTATION
+    from models.loading import ModelHandle
+    from models.registry import ModelSpec
+
+    torch.manual_seed(0)
+    config = transformers.Gemma2Config(vocab_size=minilm.tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
+                                       num_attention_heads=4, num_key_value_heads=2, head_dim=8,
+                                       intermediate_size=64, attn_logit_softcapping=0.5)
+    model = transformers.Gemma2ForCausalLM._from_config(config, attn_implementation=ATTENTION_IMPLEMENTATION).eval()
+    with torch.no_grad():
+        for param in model.parameters():
+            param.mul_(20)  # large scores, so the cap bites
+    handle = ModelHandle("tiny-gemma2", ModelSpec("tiny-gemma2"), model, minilm.tokenizer, torch.device("cpu"),
+                         "x", 0.0, threading.Lock())
+    capture = run_capture(handle, PROMPT, precision="float32", keep_attention_bytes=0)
+    assert capture.info["scores_exact"] is False and capture.attention is not None
+    np.testing.assert_allclose(capture.attention, reference_attention(handle, PROMPT), atol=1e-6)

@@ -1,0 +1,143 @@
+"""Capture -> analysis payloads: head summary (metrics, roles, clusters), attention sinks,
+rollout, flow and prompt comparison. Pure numpy over a :class:`Capture`, like app.shaping.
+
+Whole-model analyses cost O(L x N^2) or more, so on long prompts they read the leading
+``ANALYSIS_MAX_TOKENS`` tokens. For a causal model that block is exactly the attention of that
+prefix (later tokens cannot change it); payloads say how many tokens they cover.
+"""
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+
+from app.analysis import head_roles, rollout, sinks
+from app.protocol import AtlasError, encode_array, quantize_unit
+from app.record import Capture
+from app.shaping import max_pool
+
+ANALYSIS_MAX_TOKENS = 1024  # tokens read by whole-model analyses (head summary, sinks, rollout)
+ROLLOUT_MATRIX_MAX = 256  # cells per side of the rollout matrix sent to the browser
+CLUSTERS = 8  # head clusters in the head summary
+SUMMARY_PREFIX = "summary."  # capture.extras namespace for the memoised summary
+
+
+def analysed_tokens(capture: Capture) -> int:
+    return min(capture.n_tokens, ANALYSIS_MAX_TOKENS)
+
+
+def prefix_layers(capture: Capture) -> Iterator[np.ndarray]:
+    """Each layer's [H, n, n] attention over the analysed prefix, one layer at a time."""
+    n = analysed_tokens(capture)
+    block = slice(0, n)
+    for layer in range(capture.n_layers):
+        yield np.stack([capture.attention_block(layer, head, block, block) for head in range(capture.n_heads)])
+
+
+def summary(capture: Capture) -> dict[str, np.ndarray]:
+    """Head metrics [L, H] per name, ``role`` [L, H], ``cluster`` [L, H] and ``received``
+    [L, n]; computed in one pass over the layers and memoised in ``capture.extras``."""
+    cached = {name[len(SUMMARY_PREFIX):]: value for name, value in capture.extras.items()
+              if name.startswith(SUMMARY_PREFIX)}
+    if cached:
+        return cached
+    n = analysed_tokens(capture)
+    causal = bool(capture.info.get("causal"))
+    special, punctuation = capture.special[:n], head_roles.punctuation_mask(capture.tokens[:n])
+    per_layer, received = [], []
+    for attention in prefix_layers(capture):
+        per_layer.append(head_roles.head_metrics(attention, special, punctuation, causal=causal))
+        received.append(sinks.received_attention(attention, causal))
+    result = {name: np.stack([layer[name] for layer in per_layer]) for name in per_layer[0]}
+    result["role"] = head_roles.role_labels(result).astype(str)
+    result["cluster"] = _clusters(capture)
+    result["received"] = np.stack(received)
+    capture.extras.update({SUMMARY_PREFIX + name: value for name, value in result.items()})
+    return result
+
+
+def _clusters(capture: Capture) -> np.ndarray:
+    """[L, H] cluster label per head, from Jensen-Shannon distances between the heads'
+    thumbnails (row-normalised pooled maps: cheap at any prompt length)."""
+    maps = capture.thumbnails.astype(np.float32).reshape(-1, *capture.thumbnails.shape[-2:])  # [L*H, t, t]
+    totals = maps.sum(axis=-1, keepdims=True)
+    maps = np.divide(maps, totals, out=np.zeros_like(maps), where=totals > 0)
+    count = min(CLUSTERS, maps.shape[0])
+    labels = head_roles.cluster_heads(head_roles.js_distance_matrix(maps), count) if count > 1 else np.zeros(1)
+    return np.asarray(labels, dtype=np.int32).reshape(capture.n_layers, capture.n_heads)
+
+
+def heads_payload(key: str, capture: Capture) -> dict:
+    """The head summary view: every metric as float16 [L, H], roles, clusters, sink tokens."""
+    result = summary(capture)
+    flagged = sinks.sink_tokens(result["received"], causal=bool(capture.info.get("causal")))
+    metrics = {name: encode_array(value, "float16") for name, value in result.items()
+               if name not in ("role", "cluster", "received")}
+    return {
+        "key": key,
+        "analysed_tokens": analysed_tokens(capture),
+        "metrics": metrics,
+        "roles": result["role"].tolist(),
+        "clusters": encode_array(result["cluster"], "int32"),
+        "sink_score": encode_array(flagged["score"], "float32"),
+        "sinks": np.flatnonzero(flagged["is_sink"]).tolist(),
+    }
+
+
+def _fused_layers(capture: Capture, fusion: str) -> Iterator[np.ndarray]:
+    return (rollout.fuse_heads(attention, fusion) for attention in prefix_layers(capture))
+
+
+def rollout_payload(key: str, capture: Capture, fusion: str, position: int) -> dict:
+    """Attention rollout with residual (A + I) / 2: the final [n, n] map (max-pooled to at most
+    ``ROLLOUT_MATRIX_MAX``) and, for one output ``position``, its row after every layer [L, n]."""
+    n = analysed_tokens(capture)
+    if not 0 <= position < n:
+        raise AtlasError("bad_request", f"'position' must be between 0 and {n - 1}")
+    rows, final = [], None
+    for cumulative in rollout.iter_rollout(_fused_layers(capture, fusion)):
+        rows.append(cumulative[position])
+        final = cumulative
+    peak = max(float(final.max()), 1e-9)
+    return {"key": key, "fusion": fusion, "position": position, "analysed_tokens": n,
+            "matrix": quantize_unit(max_pool(final, ROLLOUT_MATRIX_MAX) / peak), "matrix_peak": peak,
+            "rows": encode_array(np.stack(rows), "float16")}
+
+
+def flow_payload(key: str, capture: Capture, fusion: str, position: int) -> dict:
+    """Attention flow (max-flow on the layered graph) from every input token to ``position``."""
+    n = analysed_tokens(capture)
+    if not rollout.flow_size_ok(capture.n_layers, n):
+        raise AtlasError("too_long", f"attention flow over {capture.n_layers} layers x {n} tokens would take "
+                                     "minutes; use rollout, or a prompt of at most ~64 tokens on this model")
+    if not 0 <= position < n:
+        raise AtlasError("bad_request", f"'position' must be between 0 and {n - 1}")
+    flows = rollout.attention_flow(list(_fused_layers(capture, fusion)), position)
+    return {"key": key, "fusion": fusion, "position": position, "flow": encode_array(flows, "float32")}
+
+
+def compare_payload(key: str, capture: Capture, other_key: str, other: Capture) -> dict:
+    """Per-head difference between two prompts on one model: mean |A - B| over the rows of the
+    shared token positions when the prompts tokenize to the same length (the classic minimal
+    pair, "She" vs "He"), else the distance between the heads' thumbnails."""
+    if (capture.n_layers, capture.n_heads) != (other.n_layers, other.n_heads):
+        raise AtlasError("bad_request", "compare two analyses of the same model")
+    same_length = capture.n_tokens == other.n_tokens
+    if same_length:
+        n = min(capture.n_tokens, ANALYSIS_MAX_TOKENS)
+        block = slice(0, n)
+        difference = np.array([[np.abs(capture.attention_block(l, h, block, block)
+                                       - other.attention_block(l, h, block, block)).sum(-1).mean() / 2
+                                for h in range(capture.n_heads)] for l in range(capture.n_layers)])
+    else:
+        side = min(capture.thumbnails.shape[-1], other.thumbnails.shape[-1])
+        a, b = (_pooled_thumbnails(c, side) for c in (capture, other))
+        difference = np.abs(a - b).mean(axis=(-1, -2))
+    changed = [i for i, (x, y) in enumerate(zip(capture.tokens, other.tokens)) if x != y] if same_length else []
+    return {"key": key, "other": other_key, "same_length": same_length, "changed_tokens": changed,
+            "difference": encode_array(difference, "float32")}
+
+
+def _pooled_thumbnails(capture: Capture, side: int) -> np.ndarray:
+    thumbnails = capture.thumbnails.astype(np.float32)
+    return np.stack([[max_pool(head, side) for head in layer] for layer in thumbnails])

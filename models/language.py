@@ -1,0 +1,77 @@
+"""What a causal language model predicts: text generation and the logit lens.
+
+Both need the model's own head (and final norm), so they live beside capture, the other code
+that runs models.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from models.capture import TooManyTokensError, UnsupportedModelError
+
+LENS_TOP_K = 5  # predictions per layer and position
+
+
+def require_causal(handle) -> None:
+    if not handle.is_causal:
+        raise UnsupportedModelError(
+            f"{handle.name} is not a causal language model; generation and the logit lens need a decoder "
+            "such as smollm2"
+        )
+
+
+def generate(handle, text: str, max_new_tokens: int, sample: bool, seed: int, temperature: float) -> str:
+    """Prompt + continuation as text. Greedy, or sampled with a fixed seed so a shared link
+    regenerates the same continuation."""
+    require_causal(handle)
+    ids = handle.tokenizer(text, return_tensors="pt")["input_ids"].to(handle.device)
+    if ids.shape[1] + max_new_tokens > handle.max_tokens:
+        raise TooManyTokensError(
+            f"the prompt ({ids.shape[1]} tokens) plus {max_new_tokens} new tokens exceeds {handle.max_tokens}"
+        )
+    options = {"do_sample": True, "temperature": temperature, "top_k": 0} if sample else {"do_sample": False}
+    with handle.lock, torch.inference_mode():
+        torch.manual_seed(seed)
+        output = handle.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                                       pad_token_id=handle.tokenizer.eos_token_id, top_p=None, **options)
+    return text + handle.tokenizer.decode(output[0, ids.shape[1]:], skip_special_tokens=False)
+
+
+def _final_norm(model):
+    """The norm applied before the unembedding (``norm`` in Llama-likes, ``ln_f`` in GPT-2)."""
+    base = model.base_model
+    for name in ("norm", "ln_f", "final_layer_norm", "final_layernorm"):
+        if isinstance(getattr(base, name, None), torch.nn.Module):
+            return getattr(base, name)
+    raise UnsupportedModelError(f"cannot find the final norm of {type(model).__name__} for the logit lens")
+
+
+def logit_lens(handle, text: str, start: int, count: int) -> dict[str, np.ndarray]:
+    """Top-k next-token predictions read from the residual stream after the embeddings and each
+    layer, at positions ``start .. start + count - 1``.
+
+    Causal attention means positions up to ``start + count`` need only that prefix, so a window
+    deep in a long prompt costs one prefix forward pass. Returns ``ids`` int32 [L + 1, count, k]
+    and ``probs`` float32 [L + 1, count, k].
+    """
+    require_causal(handle)
+    ids = handle.tokenizer(text)["input_ids"][: start + count]
+    if start >= len(ids):
+        raise ValueError(f"'start' must be below the prompt's {len(ids)} tokens")
+    head, norm = handle.model.get_output_embeddings(), _final_norm(handle.model)
+    with handle.lock, torch.inference_mode():
+        output = handle.model(input_ids=torch.tensor([ids], device=handle.device), output_hidden_states=True,
+                              use_cache=False, logits_to_keep=1)
+        states = torch.stack([h[0, start:] for h in output.hidden_states])  # [L + 1, count, D]
+        # the last hidden state already has the final norm applied
+        normed = torch.cat([norm(states[:-1]), states[-1:]])
+        probs = torch.softmax(head(normed).float(), dim=-1)  # [L + 1, count, V]
+        top = probs.topk(LENS_TOP_K, dim=-1)
+    return {"ids": top.indices.int().cpu().numpy(), "probs": top.values.cpu().numpy()}
+
+
+def token_texts(handle, ids: np.ndarray) -> dict[int, str]:
+    """Display text of each distinct token id (what the lens shows in its cells)."""
+    unique = sorted({int(i) for i in np.unique(ids)})
+    return {token_id: handle.tokenizer.decode([token_id]) for token_id in unique}

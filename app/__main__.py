@@ -9,22 +9,32 @@ import sys
 import numpy as np
 
 
+def common_options(dest_suffix: str) -> argparse.ArgumentParser:
+    """Options accepted both before and after the command (``--cache-dir D serve`` or ``serve --cache-dir D``)."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--model-path", action="append", default=[], dest=f"model_path{dest_suffix}",
+                        metavar="NAME=PATH_OR_HF_ID", help="add a model by local folder or Hugging Face id (repeatable)")
+    common.add_argument("--cache-dir", dest=f"cache_dir{dest_suffix}", help="where results and converted weights are kept")
+    return common
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m app", description="Attention Atlas")
-    parser.add_argument("--model-path", action="append", default=[], metavar="NAME=PATH_OR_HF_ID",
-                        help="add a model by local folder or Hugging Face id (repeatable)")
-    parser.add_argument("--cache-dir", help="where results and converted weights are kept")
+    parser = argparse.ArgumentParser(prog="python -m app", description="Attention Atlas", parents=[common_options("")])
     commands = parser.add_subparsers(dest="command")
-    serve = commands.add_parser("serve", help="start the web app (default)")
+    after = common_options("_after")
+    serve = commands.add_parser("serve", help="start the web app (default)", parents=[after])
     serve.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
     serve.add_argument("--port", type=int, default=int(os.environ.get("PORT", "5000")))
     serve.add_argument("--preload", action="append", default=[], metavar="NAME",
                        help="load this model at start-up instead of on first use (repeatable)")
-    capture = commands.add_parser("capture", help="capture one prompt to a .npz file")
+    capture = commands.add_parser("capture", help="capture one prompt to a .npz file", parents=[after])
     capture.add_argument("--model", help="registered model name (default: the first registered)")
     capture.add_argument("--text", required=True)
     capture.add_argument("--out", required=True, help="output .npz file")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    args.model_path = args.model_path + getattr(args, "model_path_after", [])
+    args.cache_dir = getattr(args, "cache_dir_after", None) or args.cache_dir
+    return args
 
 
 def build_app(args: argparse.Namespace, extra: dict | None = None):

@@ -14,6 +14,7 @@ import contextvars
 import sys
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import torch
@@ -92,6 +93,7 @@ class _Recorder:
     keep_attention: bool
     dtype: np.dtype
     names: dict[int, str]
+    on_layer: Callable[[int], None] | None = None
     scores_exact: bool = True
     layers: list[dict] = field(default_factory=list)
     masks: list[np.ndarray] = field(default_factory=list)
@@ -122,6 +124,8 @@ class _Recorder:
             "mask": self._mask_index(attention_mask),
             "groups": groups,
         })
+        if self.on_layer:
+            self.on_layer(len(self.layers))
 
     def _check_scores(self, query, key, attention_mask, scaling, weights, groups) -> None:
         """Keep full attention when softmax(q.k * scaling + mask) does not reproduce the model's
@@ -205,8 +209,12 @@ def tokenize(tokenizer, text: str, max_tokens: int) -> Tokenized:
 
 
 def run_capture(handle, text: str, *, precision: str = "float16",
-                keep_attention_bytes: int = ATTENTION_KEEP_BYTES, max_tokens: int | None = None) -> Capture:
+                keep_attention_bytes: int = ATTENTION_KEEP_BYTES, max_tokens: int | None = None,
+                on_layer: Callable[[int, int], None] | None = None) -> Capture:
     """Tokenize ``text`` and run one forward pass of ``handle`` (a models.loading.ModelHandle).
+
+    ``on_layer(done, total)`` is called as each attention layer finishes, for progress on long
+    prompts.
 
     ``precision`` is the dtype arrays are stored in: float16 for the app (half the memory and
     disk), float32 for exact comparisons in tests. Raises TooManyTokensError, ValueError for an
@@ -224,7 +232,8 @@ def run_capture(handle, text: str, *, precision: str = "float16",
     layers, heads = description["layers"], description["heads"]
     dtype = np.dtype(precision)
     keep = layers * heads * n * n * dtype.itemsize <= keep_attention_bytes
-    recorder = _Recorder(n, thumbnail_side(layers, heads, n), keep, dtype, {})
+    recorder = _Recorder(n, thumbnail_side(layers, heads, n), keep, dtype, {},
+                         on_layer=(lambda done: on_layer(done, layers)) if on_layer else None)
     input_ids = torch.tensor([tokenized.ids], device=handle.device)
     with handle.lock, torch.inference_mode(), recording(handle.model, recorder):
         tokenized_at = time.perf_counter()

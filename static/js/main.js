@@ -1,0 +1,258 @@
+// Wiring: page controls -> store; store -> socket requests (the analysis, then whatever detail
+// the active view needs) and -> views; socket answers -> store. Views never call the server:
+// each says what it needs with need(state), and this module fetches it once.
+import { ERROR_TITLES } from "./protocol.js";
+import { connect, request } from "./socket.js";
+import {
+  analysisMatches, detailByRid, detailId, getState, putDetail, setData, setView, subscribe, viewOf,
+} from "./store.js";
+import { bindHistory, fromQuery, shareUrl } from "./url.js";
+import * as headView from "./views/head.js";
+import * as matrixView from "./views/matrix.js";
+import * as modelView from "./views/model.js";
+import * as neuronView from "./views/neuron.js";
+import * as statsView from "./views/stats.js";
+import * as tokenView from "./views/token.js";
+
+const VIEWS = { model: modelView, head: headView, token: tokenView, neuron: neuronView, matrix: matrixView, stats: statsView };
+const PROJECTOR_KEY = "attention-atlas.projector"; // localStorage flag for large-font, high-contrast mode
+const EXAMPLE_PROMPT = "The cat sat on the mat because it was tired.";
+const TITLE_CHARS = 40; // of the prompt shown in the window title
+
+const config = JSON.parse(document.getElementById("atlas-config").textContent);
+const $ = (selector) => document.querySelector(selector);
+const page = {
+  form: $("#analyze-form"), model: $("#model"), prompt: $("#prompt"), analyze: $("#analyze"),
+  progress: $("#progress"), progressBar: $("#progress .bar"), progressLabel: $("#progress .label"),
+  error: $("#error-banner"), errorTitle: $("#error-banner .title"), errorMessage: $("#error-banner .message"),
+  errorClose: $("#error-banner .dismiss"), info: $("#run-info"), tabs: [...document.querySelectorAll("[role=tab]")],
+  panels: Object.fromEntries(Object.keys(VIEWS).map((view) => [view, $(`#view-${view}`)])), empty: $("#empty-state"),
+  copy: $("#copy-link"), share: $("#share"), shareField: $("#share-field"), shareStatus: $("#share-status"),
+  projector: $("#projector"),
+};
+const refetched = new Set(); // analysis keys re-requested after the server's cache dropped them
+let shownText = null; // the state text last written into the prompt box
+let updateQueued = false;
+
+// ---- requests ----
+
+function ensureAnalysis(state) {
+  const model = state.model || config.default;
+  const text = state.text;
+  if (!text.trim() || analysisMatches(state)) return;
+  if (state.pending && state.pending.text === text && state.pending.model === model) return;
+  if (state.failed && state.failed.text === text && state.failed.model === model) return;
+  const layers = state.view === "head" ? [state.layer] : []; // streamed right after the overview
+  const rid = request("analyze", { model, text, layers });
+  setData({ pending: { rid, model, text, layers }, progress: { stage: `analysing with ${model}`, fraction: 0 } });
+}
+
+/** Whether the analysis still streaming will bring this request's answer anyway. */
+function streamed(state, needed) {
+  const pending = state.pending;
+  return Boolean(pending && pending.rid === state.analysis.rid && needed.event === "layer"
+    && needed.fields.mode === "attention" && pending.layers.includes(needed.fields.layer));
+}
+
+function ensureDetail(state) {
+  if (!analysisMatches(state)) return;
+  const needed = VIEWS[state.view].need(state);
+  if (!needed || streamed(state, needed)) return;
+  const id = detailId(needed);
+  if (state.details.has(id)) return;
+  putDetail(id, { status: "pending", rid: request(needed.event, needed.fields) });
+}
+
+// ---- answers ----
+
+function onAnalysisEvent(event, payload) {
+  const state = getState();
+  const pending = state.pending;
+  if (event === "progress") setData({ progress: { stage: payload.stage, fraction: payload.fraction } });
+  else if (event === "tokens") pending.tokens = payload;
+  else if (event === "overview") {
+    state.details.clear(); // the model and text are the ones asked for, so the view state matches exactly
+    setData({ analysis: { rid: payload.rid, key: payload.key, model: pending.model, text: pending.text, tokens: pending.tokens,
+      overview: payload, done: null }, zoom: null, error: null, failed: null });
+    setView({ ...viewOf(state), model: pending.model }, { history: "replace" }); // clamp indices, name the model
+  } else if (event === "layer") {
+    const fields = { key: payload.key, layer: payload.layer, mode: payload.mode };
+    putDetail(detailId({ event: "layer", fields }), { status: "ready", payload });
+  } else if (event === "done") {
+    setData({ pending: null, progress: null, analysis: state.analysis && { ...state.analysis, done: payload } });
+  } else if (event === "error") {
+    setData({ pending: null, progress: null, error: payload, failed: { model: pending.model, text: pending.text } });
+  }
+}
+
+function onEvent(event, payload) {
+  const state = getState();
+  if (state.pending && payload.rid === state.pending.rid) {
+    onAnalysisEvent(event, payload);
+    return;
+  }
+  const found = detailByRid(payload.rid);
+  if (!found) {
+    if (event === "error" && payload.rid === null) setData({ error: payload }); // not tied to a request
+    return; // an answer to a request nobody waits for any more
+  }
+  const [id] = found;
+  if (event !== "error") {
+    putDetail(id, { status: "ready", payload });
+  } else if (payload.code === "not_found" && state.analysis && !refetched.has(state.analysis.key)) {
+    refetched.add(state.analysis.key); // the server evicted this analysis: run it again, once
+    state.details.clear();
+    setData({ analysis: null });
+  } else {
+    putDetail(id, { status: "error", error: payload });
+  }
+}
+
+function onStatus(status, detail) {
+  const state = getState();
+  if (status === "connected") {
+    if (state.connection === "lost") { // requests in flight were lost with the connection
+      for (const [id, entry] of state.details) if (entry.status === "pending") state.details.delete(id);
+      setData({ pending: null, progress: null });
+    }
+    setData({ connection: "connected", error: state.error?.code === "disconnected" ? null : state.error });
+  } else if (state.connection !== "lost") {
+    setData({ connection: "lost",
+      error: { code: "disconnected", message: `The app cannot reach its server (${detail || status}); retrying…` } });
+  }
+}
+
+// ---- page chrome ----
+
+function syncChrome(state) {
+  const active = Boolean(state.analysis && analysisMatches(state));
+  document.documentElement.dataset.busy = String(Boolean(state.pending));
+  document.documentElement.dataset.view = state.view;
+  document.documentElement.dataset.analysis = active ? state.analysis.key : "";
+  for (const tab of page.tabs) tab.setAttribute("aria-selected", String(tab.dataset.view === state.view));
+  for (const [view, panel] of Object.entries(page.panels)) panel.hidden = !active || view !== state.view;
+  page.empty.hidden = active;
+  page.empty.textContent = state.pending ? "Analysing…"
+    : state.failed ? "Nothing to show for this prompt: see the message above."
+      : "Type a prompt and press Analyze to see how the model attends.";
+
+  page.progress.hidden = !state.progress;
+  if (state.progress) {
+    page.progressBar.style.width = `${Math.round(100 * state.progress.fraction)}%`;
+    page.progressLabel.textContent = `${state.progress.stage}…`;
+  }
+  page.error.hidden = !state.error;
+  if (state.error) {
+    page.errorTitle.textContent = ERROR_TITLES[state.error.code] ?? "Something went wrong";
+    page.errorMessage.textContent = state.error.message;
+    page.error.dataset.code = state.error.code;
+  }
+  if (state.text !== shownText) { // history or a share link changed the prompt
+    shownText = state.text;
+    if (state.text) page.prompt.value = state.text;
+  }
+  if (state.model) page.model.value = state.model;
+  page.info.textContent = active ? runInfo(state.analysis) : "";
+  page.shareField.value = shareUrl(viewOf(state));
+  document.title = state.text ? `${state.text.slice(0, TITLE_CHARS)}${state.text.length > TITLE_CHARS ? "…" : ""} · Attention Atlas`
+    : "Attention Atlas";
+}
+
+function runInfo(analysis) {
+  const info = analysis.tokens.info;
+  const parts = [info.title || analysis.model, `${analysis.overview.tokens} tokens`,
+    `${analysis.overview.layers} layers × ${analysis.overview.heads} heads`];
+  if (info.kv_heads && info.kv_heads !== info.heads) parts.push(`${info.kv_heads} key/value heads`);
+  if (analysis.done) parts.push(analysis.done.cached ? "from cache" : `computed in ${analysis.done.seconds.toFixed(2)} s`);
+  return parts.join(" · ");
+}
+
+function update() {
+  updateQueued = false;
+  const state = getState();
+  ensureAnalysis(state);
+  ensureDetail(state);
+  syncChrome(state);
+  if (state.analysis && analysisMatches(state)) VIEWS[state.view].render(state, page.panels[state.view]);
+}
+
+function scheduleUpdate() {
+  if (updateQueued) return;
+  updateQueued = true;
+  queueMicrotask(update);
+}
+
+// ---- controls ----
+
+function bindControls() {
+  page.model.replaceChildren(...config.models.map((model) => {
+    const option = document.createElement("option");
+    option.value = model.name;
+    option.textContent = model.title;
+    return option;
+  }));
+  page.model.value = config.default;
+  page.form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    const text = page.prompt.value;
+    if (!text.trim()) {
+      setData({ error: { code: "empty_prompt", message: "Type or paste some text first." } });
+      return;
+    }
+    shownText = text;
+    const state = getState();
+    for (const [id, entry] of state.details) if (entry.status === "error") state.details.delete(id); // retry them
+    setData({ failed: null, error: null });
+    setView({ text, model: page.model.value });
+  });
+  page.prompt.addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) page.form.requestSubmit();
+  });
+  page.errorClose.addEventListener("click", () => setData({ error: null }));
+  for (const tab of page.tabs) tab.addEventListener("click", () => setView({ view: tab.dataset.view }));
+  page.copy.addEventListener("click", copyLink);
+  page.projector.addEventListener("click", () => setProjector(!getState().projector));
+  window.addEventListener("resize", scheduleUpdate);
+}
+
+async function copyLink() {
+  const url = location.href;
+  page.share.hidden = false;
+  page.shareField.value = url;
+  page.shareField.focus();
+  page.shareField.select();
+  try {
+    await navigator.clipboard.writeText(url);
+    page.shareStatus.textContent = "Link copied to the clipboard.";
+  } catch {
+    page.shareStatus.textContent = "Copy the selected link above (Ctrl+C).";
+  }
+}
+
+function setProjector(on) {
+  document.documentElement.classList.toggle("projector", on);
+  page.projector.setAttribute("aria-pressed", String(on));
+  try {
+    localStorage.setItem(PROJECTOR_KEY, on ? "1" : "0");
+  } catch { /* storage may be disabled; the toggle still works for this page */ }
+  setData({ projector: on });
+}
+
+function start() {
+  bindControls();
+  let projector = false;
+  try {
+    projector = localStorage.getItem(PROJECTOR_KEY) === "1";
+  } catch { /* storage disabled */ }
+  const initial = fromQuery(location.search);
+  page.prompt.value = initial.text || EXAMPLE_PROMPT;
+  shownText = initial.text;
+  subscribe(scheduleUpdate);
+  bindHistory();
+  setProjector(projector);
+  setView(initial, { history: "replace" });
+  connect(onEvent, onStatus);
+  scheduleUpdate();
+}
+
+start();

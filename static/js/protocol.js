@@ -1,0 +1,94 @@
+// The wire contract, mirroring app/protocol.py and docs/protocol.md: namespace, event names,
+// modes, error codes, and decoding of binary arrays ({dtype, shape, data, scale}) into typed
+// arrays. Nothing here talks to the network; socket.js does.
+
+export const NAMESPACE = "/atlas";
+
+// Client -> server requests.
+export const REQUESTS = ["analyze", "layer", "matrix", "token", "neuron", "stats"];
+// Server -> client events.
+export const EVENTS = ["progress", "tokens", "overview", "layer", "matrix", "token", "neuron", "stats", "done", "error"];
+
+export const ATTENTION_MODES = ["attention", "scores", "value"];
+export const LAYER_MODES = ["attention", "value"]; // the head view has no pre-softmax scores
+
+// Human titles for error codes; the server's `message` carries the detail.
+export const ERROR_TITLES = {
+  bad_request: "The request was not understood",
+  empty_prompt: "The prompt is empty",
+  too_long: "The prompt is too long",
+  unknown_model: "Unknown model",
+  model_load_failed: "The model could not be loaded",
+  unsupported_model: "This model is not supported",
+  not_found: "This analysis is no longer cached",
+  out_of_memory: "The server ran out of memory",
+  busy: "The server is busy",
+  rate_limited: "Too many requests",
+  internal: "The server failed",
+  disconnected: "Lost the connection to the server",
+  bad_payload: "The page could not read the server's answer",
+};
+
+const TYPED = {
+  uint8: Uint8Array, uint16: Uint16Array, uint32: Uint32Array, int32: Int32Array,
+  float16: Uint16Array, float32: Float32Array,
+};
+
+/** True for an object that looks like a wire array. */
+export function isWireArray(value) {
+  return value !== null && typeof value === "object" && typeof value.dtype === "string"
+    && Array.isArray(value.shape) && "data" in value;
+}
+
+function toBuffer(data) {
+  if (data instanceof ArrayBuffer) return data;
+  if (ArrayBuffer.isView(data)) return data.buffer.slice(data.byteOffset, data.byteOffset + data.byteLength);
+  if (typeof data === "string") { // HTTP form: base64
+    const binary = atob(data);
+    const bytes = new Uint8Array(binary.length);
+    for (let i = 0; i < binary.length; i++) bytes[i] = binary.charCodeAt(i);
+    return bytes.buffer;
+  }
+  throw new Error(`array data of unexpected type ${typeof data}`);
+}
+
+/** IEEE half floats (as uint16 bit patterns) -> Float32Array; by hand, as Float16Array may be missing. */
+export function float16ToFloat32(bits) {
+  const out = new Float32Array(bits.length);
+  for (let i = 0; i < bits.length; i++) {
+    const h = bits[i];
+    const sign = h & 0x8000 ? -1 : 1;
+    const exponent = (h >> 10) & 0x1f;
+    const fraction = h & 0x3ff;
+    if (exponent === 0) out[i] = sign * fraction * 2 ** -24; // subnormal
+    else if (exponent === 31) out[i] = fraction ? NaN : sign * Infinity;
+    else out[i] = sign * (1 + fraction / 1024) * 2 ** (exponent - 15);
+  }
+  return out;
+}
+
+/**
+ * A wire array -> {dtype, shape, data, scale}. `data` holds the stored values as a typed array
+ * (float16 decoded to Float32Array); the true value of a quantized uint8 is `data[i] * scale`.
+ * Fails on an unknown dtype or a byte length that does not match the shape.
+ */
+export function decodeArray(wire) {
+  const Typed = TYPED[wire.dtype];
+  if (!Typed) throw new Error(`unknown dtype ${wire.dtype}`);
+  const buffer = toBuffer(wire.data);
+  const count = wire.shape.reduce((a, b) => a * b, 1);
+  if (buffer.byteLength !== count * Typed.BYTES_PER_ELEMENT) {
+    throw new Error(`array of shape [${wire.shape}] ${wire.dtype} has ${buffer.byteLength} bytes`);
+  }
+  const raw = new Typed(buffer);
+  const data = wire.dtype === "float16" ? float16ToFloat32(raw) : raw;
+  return { dtype: wire.dtype, shape: wire.shape, data, scale: wire.scale ?? 1 };
+}
+
+/** A payload with every top-level wire array decoded. */
+export function decodePayload(payload) {
+  if (payload === null || typeof payload !== "object") return payload;
+  const out = {};
+  for (const [name, value] of Object.entries(payload)) out[name] = isWireArray(value) ? decodeArray(value) : value;
+  return out;
+}

@@ -1,0 +1,157 @@
+// The single source of state, with publish/subscribe. Two kinds of state live here:
+// - view state (model, text, view, layer, head, heads, token, threshold, mode): what a share
+//   link holds; changed with setView(), which tells listeners whether to push history;
+// - session data (the analysis, detail payloads, progress, errors): changed with setData().
+// Views read state and call setView(); they never keep their own copy of it.
+import { ATTENTION_MODES } from "./protocol.js";
+
+export const VIEWS = ["model", "head", "token", "neuron", "matrix", "stats"];
+export const VIEW_FIELDS = ["model", "text", "view", "layer", "head", "heads", "token", "threshold", "mode"];
+export const DEFAULT_VIEW = {
+  model: null, text: "", view: "model", layer: 0, head: 0,
+  heads: null, // null = every head of the layer
+  token: null, // null = the first token the tokenizer did not add
+  threshold: 0, mode: "attention",
+};
+const MAX_DETAILS = 60; // detail payloads kept per analysis (oldest dropped first)
+
+const state = {
+  ...DEFAULT_VIEW,
+  zoom: null, // matrix view block {row0, row1, col0, col1}; null = whole matrix
+  projector: false,
+  connection: "connecting",
+  analysis: null, // {rid, key, model, text, tokens, overview, done}
+  pending: null, // {rid, model, text} of the analysis in flight
+  progress: null, // {stage, fraction}
+  error: null, // {code, message}
+  details: new Map(), // request id -> {status: "pending" | "ready" | "error", rid, payload, error}
+};
+const listeners = new Set();
+
+export function getState() {
+  return state;
+}
+
+/** Call `listener(state, change)` after every change; change = {view, history}. */
+export function subscribe(listener) {
+  listeners.add(listener);
+  return () => listeners.delete(listener);
+}
+
+function notify(change) {
+  for (const listener of listeners) listener(state, change);
+}
+
+function toInt(value, fallback) {
+  const number = Number.parseInt(value, 10);
+  return Number.isFinite(number) && number >= 0 ? number : fallback;
+}
+
+/** View fields coerced to valid types; unknown values fall back to the defaults. */
+export function sanitise(partial) {
+  const out = {};
+  for (const [name, value] of Object.entries(partial)) {
+    if (!VIEW_FIELDS.includes(name)) continue;
+    if (name === "model") out.model = value || null;
+    else if (name === "text") out.text = typeof value === "string" ? value : "";
+    else if (name === "view") out.view = VIEWS.includes(value) ? value : DEFAULT_VIEW.view;
+    else if (name === "mode") out.mode = ATTENTION_MODES.includes(value) ? value : DEFAULT_VIEW.mode;
+    else if (name === "threshold") {
+      const number = Number(value);
+      out.threshold = Number.isFinite(number) ? Math.min(1, Math.max(0, number)) : 0;
+    } else if (name === "heads") {
+      out.heads = Array.isArray(value) ? [...new Set(value.map((h) => toInt(h, -1)).filter((h) => h >= 0))].sort((a, b) => a - b) : null;
+    } else if (name === "token") out.token = value === null || value === undefined || value === "" ? null : toInt(value, null);
+    else out[name] = toInt(value, DEFAULT_VIEW[name]);
+  }
+  return out;
+}
+
+function sameValue(a, b) {
+  return Array.isArray(a) || Array.isArray(b) ? JSON.stringify(a) === JSON.stringify(b) : a === b;
+}
+
+/**
+ * Change view state. `history`: "push" (a user action: new history entry), "replace" (a
+ * correction, e.g. clamping to the model's size) or "none" (restoring from history).
+ * Returns whether anything changed; nothing is notified when nothing did.
+ */
+export function setView(partial, { history = "push" } = {}) {
+  const clean = clampToAnalysis({ ...viewOf(state), ...sanitise(partial) }, state.analysis);
+  const changed = VIEW_FIELDS.filter((name) => !sameValue(state[name], clean[name]));
+  if (!changed.length) return false;
+  for (const name of changed) state[name] = clean[name];
+  notify({ view: true, history, changed });
+  return true;
+}
+
+/** Change session data (analysis, details, progress, errors, display options). */
+export function setData(partial) {
+  Object.assign(state, partial);
+  notify({ view: false });
+}
+
+/** The view fields of a state, e.g. for the URL. */
+export function viewOf(source) {
+  return Object.fromEntries(VIEW_FIELDS.map((name) => [name, source[name]]));
+}
+
+/** Indices clamped to the analysed model and prompt (a share link may name a larger model). */
+export function clampToAnalysis(view, analysis) {
+  if (!analysis) return view;
+  const { layers, heads, tokens } = analysis.overview;
+  const clamp = (value, size) => Math.min(Math.max(0, value), size - 1);
+  return {
+    ...view,
+    layer: clamp(view.layer, layers),
+    head: clamp(view.head, heads),
+    heads: view.heads && view.heads.filter((h) => h < heads),
+    token: view.token === null ? null : clamp(view.token, tokens),
+  };
+}
+
+/** The model/text pair a state wants analysed is the one on screen. */
+export function analysisMatches(source) {
+  const analysis = source.analysis;
+  return Boolean(analysis && analysis.text === source.text && (!source.model || analysis.model === source.model));
+}
+
+/** Heads shown in the head view: the chosen ones, or all. */
+export function selectedHeads(source) {
+  const count = source.analysis?.overview.heads ?? 0;
+  return source.heads ?? Array.from({ length: count }, (_, h) => h);
+}
+
+/** The token the token and neuron views look at: the chosen one, else the first real token. */
+export function tokenIndex(source) {
+  if (source.token !== null) return source.token;
+  const special = source.analysis?.tokens.special ?? [];
+  const first = special.findIndex((isSpecial) => !isSpecial);
+  return first < 0 ? 0 : first;
+}
+
+// ---- detail payloads (layer, matrix, token, neuron, stats), keyed by their request ----
+
+/** A request descriptor {event, fields} -> a stable id for the detail cache. */
+export function detailId(request) {
+  return `${request.event}:${JSON.stringify(request.fields)}`;
+}
+
+/** The cached entry for a request descriptor, if any. */
+export function detailFor(source, request) {
+  return request ? source.details.get(detailId(request)) : undefined;
+}
+
+/** Record a detail entry by id (pending, ready or failed), dropping the oldest beyond MAX_DETAILS. */
+export function putDetail(id, entry) {
+  state.details.delete(id);
+  state.details.set(id, entry);
+  while (state.details.size > MAX_DETAILS) state.details.delete(state.details.keys().next().value);
+  notify({ view: false });
+}
+
+/** The detail request waiting for answer `rid`, if any. */
+export function detailByRid(rid) {
+  for (const [id, entry] of state.details) if (entry.status === "pending" && entry.rid === rid) return [id, entry];
+  return null;
+}

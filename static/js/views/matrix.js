@@ -1,0 +1,255 @@
+// Matrix view: one head as a heatmap, queries down, keys across, with token labels. Three
+// colourings: attention, pre-softmax scores (blue/orange around 0, masked cells hatched) and
+// value-weighted attention. Drag a rectangle or turn the wheel to zoom: the view asks the
+// server for just that block (`matrix` with row0..row1, col0..col1), max-pooled to at most
+// 256 x 256, so the largest prompts stay sharp. Click a cell to choose its query token.
+import {
+  binStart, contentWidth, displayToken, drawLegend, fitText, formatNumber, hatchPattern, heatmapImage, hideTooltip,
+  labelWidth, pointerIn, prepareCanvas, showTooltip, theme,
+} from "../draw.js";
+import { DIVERGING, SEQUENTIAL, signedIndex, unitIndex } from "../palette.js";
+import { detailFor, getState, setData, setView, tokenIndex } from "../store.js";
+import { arrived, changed, h, layerHeadSelects, segmented, statusLine } from "../ui.js";
+
+const MAX_LABEL = 130; // px of a token label before it ends in …
+const MAX_CELL = 42; // px per cell
+const LABEL_ANGLE = Math.PI / 3; // key labels rise at 60 degrees
+const HEIGHT_FRACTION = 0.74; // of the window height the heatmap may take
+const MIN_BLOCK = 2; // tokens per side of the smallest zoom block
+const WHEEL_FACTOR = 1.5; // zoom per wheel step
+const WHEEL_PAUSE_MS = 120; // wheel steps closer than this are merged
+const LEGEND_H = 10; // px
+const DRAG_MIN_PX = 6; // a shorter drag is a click
+
+let ui = null;
+
+export function need(state) {
+  if (!state.analysis) return null;
+  const zoom = state.zoom ?? {};
+  return { event: "matrix", fields: { key: state.analysis.key, layer: state.layer, head: state.head, mode: state.mode, ...zoom } };
+}
+
+function mount(el) {
+  const selects = layerHeadSelects(setView);
+  const mode = segmented("Colour by", "mode", [
+    { value: "attention", text: "Attention", title: "softmax attention weights" },
+    { value: "scores", text: "Scores", title: "pre-softmax q·k × scaling; masked cells hatched" },
+    { value: "value", text: "Value-weighted", title: "attention × ‖value‖, renormalised per query" },
+  ], (value) => setView({ mode: value }));
+  const reset = h("button", { type: "button", className: "quiet", text: "Reset zoom", "data-control": "reset-zoom",
+    onClick: () => setData({ zoom: null }) });
+  const block = h("span", { className: "zoom-info" });
+  const canvas = h("canvas", { className: "matrix-canvas", "data-testid": "matrix-canvas", tabindex: 0,
+    "aria-label": "Attention matrix of one head; drag or use the wheel to zoom" });
+  const status = statusLine("Drag a rectangle or turn the wheel to zoom; click a cell to choose its query token.");
+  el.append(h("div", { className: "toolbar" }, [...selects.roots, mode.root, reset, block]),
+    h("div", { className: "view-body" }, [h("div", { className: "canvas-scroll" }, [canvas])]), status.root);
+  ui = { el, selects, mode, reset, block, canvas, status, drag: null, lastWheel: 0 };
+
+  canvas.addEventListener("mousedown", (event) => {
+    const cell = cellAt(pointerIn(canvas, event), false);
+    if (cell) ui.drag = { from: pointerIn(canvas, event), to: pointerIn(canvas, event), start: cell };
+  });
+  canvas.addEventListener("mousemove", (event) => {
+    const point = pointerIn(canvas, event);
+    if (ui.drag) {
+      ui.drag.to = point;
+      draw();
+    }
+    tooltip(point, event);
+  });
+  canvas.addEventListener("mouseleave", hideTooltip);
+  window.addEventListener("mouseup", (event) => {
+    if (!ui.drag) return;
+    const { from, start } = ui.drag;
+    const to = pointerIn(canvas, event);
+    ui.drag = null;
+    if (Math.hypot(to.x - from.x, to.y - from.y) < DRAG_MIN_PX) {
+      setView({ token: start.row0 });
+      draw();
+      return;
+    }
+    const end = cellAt(to, true);
+    zoomTo(Math.min(start.row0, end.row0), Math.max(start.row1, end.row1), Math.min(start.col0, end.col0), Math.max(start.col1, end.col1));
+  });
+  canvas.addEventListener("wheel", (event) => {
+    const cell = cellAt(pointerIn(canvas, event), false);
+    if (!cell || !ui.payload) return;
+    event.preventDefault();
+    if (event.timeStamp - ui.lastWheel < WHEEL_PAUSE_MS) return;
+    ui.lastWheel = event.timeStamp;
+    const p = ui.payload;
+    const factor = event.deltaY < 0 ? 1 / WHEEL_FACTOR : WHEEL_FACTOR;
+    const scaleSpan = (lo, hi, at) => [at - (at - lo) * factor, at + (hi - at) * factor];
+    const [r0, r1] = scaleSpan(p.row0, p.row1, (cell.row0 + cell.row1) / 2);
+    const [c0, c1] = scaleSpan(p.col0, p.col1, (cell.col0 + cell.col1) / 2);
+    zoomTo(r0, r1, c0, c1);
+  }, { passive: false });
+  return ui;
+}
+
+/** Zoom to a block of token ranges, rounded, clamped and at least MIN_BLOCK tokens a side. */
+function zoomTo(row0, row1, col0, col1) {
+  const n = getState().analysis.overview.tokens;
+  const span = (lo, hi) => {
+    let a = Math.max(0, Math.floor(lo));
+    let b = Math.min(n, Math.ceil(hi));
+    if (b - a < MIN_BLOCK) [a, b] = [Math.max(0, Math.min(a, n - MIN_BLOCK)), Math.min(n, Math.max(a, 0) + MIN_BLOCK)];
+    return [a, b];
+  };
+  const [r0, r1] = span(row0, row1);
+  const [c0, c1] = span(col0, col1);
+  const whole = r0 === 0 && c0 === 0 && r1 === n && c1 === n;
+  setData({ zoom: whole ? null : { row0: r0, row1: r1, col0: c0, col1: c1 } });
+}
+
+/** The cell under a point: pooled indices and the token ranges they cover; `clamp` snaps outside points in. */
+function cellAt(point, clamp) {
+  const g = ui.geometry;
+  const p = ui.payload;
+  if (!g || !p) return null;
+  let r = Math.floor((point.y - g.top) / g.cell);
+  let c = Math.floor((point.x - g.left) / g.cell);
+  if (clamp) {
+    r = Math.max(0, Math.min(g.rows - 1, r));
+    c = Math.max(0, Math.min(g.cols - 1, c));
+  } else if (r < 0 || c < 0 || r >= g.rows || c >= g.cols) return null;
+  return {
+    r, c,
+    row0: binStart(r, g.rows, p.row0, p.row1), row1: binStart(r + 1, g.rows, p.row0, p.row1),
+    col0: binStart(c, g.cols, p.col0, p.col1), col1: binStart(c + 1, g.cols, p.col0, p.col1),
+  };
+}
+
+function tooltip(point, event) {
+  const cell = cellAt(point, false);
+  if (!cell) return hideTooltip();
+  const tokens = ui.state.analysis.tokens.tokens;
+  const name = (a, b) => (b - a === 1 ? `«${displayToken(tokens[a])}» (${a})` : `tokens ${a}–${b - 1}`);
+  const p = ui.payload;
+  const raw = p.matrix.data[cell.r * ui.geometry.cols + cell.c];
+  const value = p.mode === "scores" ? raw : raw * p.matrix.scale;
+  const pooled = cell.row1 - cell.row0 > 1 || cell.col1 - cell.col0 > 1 ? " (largest in block)" : "";
+  showTooltip(`query ${name(cell.row0, cell.row1)}\nkey ${name(cell.col0, cell.col1)}\n${p.mode}: ${formatNumber(value)}${pooled}`,
+    event.clientX, event.clientY);
+}
+
+function colouring(payload) {
+  const data = payload.matrix.data;
+  if (payload.mode === "scores") {
+    let limit = 0;
+    for (const v of data) if (Number.isFinite(v)) limit = Math.max(limit, Math.abs(v));
+    return { lut: DIVERGING, index: (v) => (v === -Infinity ? -1 : signedIndex(v, limit)),
+      legend: [`−${formatNumber(limit)}`, "score (pre-softmax)", `+${formatNumber(limit)}`] };
+  }
+  let top = 0;
+  for (const v of data) top = Math.max(top, v);
+  const label = payload.mode === "value" ? "value-weighted attention" : "attention";
+  return { lut: SEQUENTIAL, index: (v) => unitIndex(top ? v / top : 0),
+    legend: ["0", label, formatNumber(top * payload.matrix.scale)] };
+}
+
+function axisLabels(ctx, look, g, count, start, end, along) {
+  const tokens = ui.state.analysis.tokens.tokens;
+  const step = Math.max(1, Math.ceil((look.size * 1.15) / g.cell));
+  const chosen = tokenIndex(ui.state);
+  ctx.font = look.font(0.9);
+  for (let i = 0; i < count; i += step) {
+    const a = binStart(i, count, start, end);
+    const b = binStart(i + 1, count, start, end);
+    const text = fitText(ctx, b - a === 1 ? displayToken(tokens[a]) : String(a), MAX_LABEL); // pooled: first index
+    const selected = along === "rows" && a <= chosen && chosen < b;
+    ctx.fillStyle = selected ? look.accent : look.ink;
+    if (along === "rows") {
+      ctx.textAlign = "right";
+      ctx.textBaseline = "middle";
+      ctx.fillText(text, g.left - 6, g.top + (i + 0.5) * g.cell);
+    } else {
+      ctx.save();
+      ctx.translate(g.left + (i + 0.5) * g.cell, g.top - 6);
+      ctx.rotate(-LABEL_ANGLE);
+      ctx.textAlign = "left";
+      ctx.textBaseline = "middle";
+      ctx.fillText(text, 0, 0);
+      ctx.restore();
+    }
+  }
+}
+
+function draw() {
+  const p = ui.payload;
+  if (!p) return;
+  const look = theme();
+  const [rows, cols] = p.matrix.shape;
+  const tokens = ui.state.analysis.tokens.tokens;
+  const ctx = ui.canvas.getContext("2d");
+  ctx.font = look.font(0.9);
+  const rowLabels = tokens.slice(p.row0, p.row1).map(displayToken);
+  const colLabels = tokens.slice(p.col0, p.col1).map(displayToken);
+  const left = Math.max(labelWidth(ctx, rowLabels, MAX_LABEL), labelWidth(ctx, ["00000"], MAX_LABEL)) + 12;
+  const top = Math.ceil(Math.max(labelWidth(ctx, colLabels, MAX_LABEL), 40) * Math.sin(LABEL_ANGLE)) + 16;
+  const width = contentWidth(ui.el);
+  const room = Math.min((width - left - 24) / cols, (window.innerHeight * HEIGHT_FRACTION - top) / rows);
+  const cell = Math.max(1, Math.min(MAX_CELL, room));
+  const g = { left, top, cell, rows, cols };
+  ui.geometry = g;
+  ui.canvas.dataset.grid = JSON.stringify({ left, top, cell });
+  const height = top + rows * cell + LEGEND_H + look.size * 3;
+  const out = prepareCanvas(ui.canvas, Math.max(width, left + cols * cell + 8), height);
+
+  const { lut, index, legend } = ui.colours;
+  ui.image ??= heatmapImage(rows, cols, lut, (r, c) => index(p.matrix.data[r * cols + c]));
+  out.imageSmoothingEnabled = false;
+  out.drawImage(ui.image, left, top, cols * cell, rows * cell);
+  if (p.mode === "scores") { // hatch masked runs, row by row
+    out.fillStyle = hatchPattern(out, look.muted);
+    for (let r = 0; r < rows; r++) {
+      for (let c = 0; c < cols; c++) {
+        if (p.matrix.data[r * cols + c] !== -Infinity) continue;
+        let end = c;
+        while (end + 1 < cols && p.matrix.data[r * cols + end + 1] === -Infinity) end++;
+        out.fillRect(left + c * cell, top + r * cell, (end - c + 1) * cell, cell);
+        c = end;
+      }
+    }
+  }
+  out.strokeStyle = look.muted;
+  out.lineWidth = 1;
+  out.strokeRect(left - 0.5, top - 0.5, cols * cell + 1, rows * cell + 1);
+  axisLabels(out, look, g, rows, p.row0, p.row1, "rows");
+  axisLabels(out, look, g, cols, p.col0, p.col1, "cols");
+  drawLegend(out, left, top + rows * cell + 8, Math.min(260, Math.max(160, cols * cell)), LEGEND_H, lut, legend, look);
+
+  if (ui.drag) {
+    const { from, to } = ui.drag;
+    out.strokeStyle = look.accent;
+    out.lineWidth = 2;
+    out.setLineDash([5, 3]);
+    out.strokeRect(Math.min(from.x, to.x), Math.min(from.y, to.y), Math.abs(to.x - from.x), Math.abs(to.y - from.y));
+    out.setLineDash([]);
+  }
+}
+
+export function render(state, el) {
+  if (!ui) mount(el);
+  ui.state = state;
+  const analysis = state.analysis;
+  if (!analysis) return;
+  ui.selects.sync(analysis.overview, state);
+  ui.mode.sync(state.mode);
+  const payload = arrived(ui.el.querySelector(".view-body"), detailFor(state, need(state)));
+  ui.reset.disabled = !state.zoom;
+  if (!payload || !changed(ui, [payload, state.token, state.projector, el.clientWidth])) return;
+  if (payload !== ui.payload) {
+    ui.payload = payload;
+    ui.colours = colouring(payload);
+    ui.image = null;
+  }
+  const n = analysis.overview.tokens;
+  ui.block.textContent = `rows: queries, columns: keys · ${state.zoom
+    ? `queries ${payload.row0}–${payload.row1 - 1} × keys ${payload.col0}–${payload.col1 - 1} of ${n}`
+    : `all ${n} × ${n} tokens${n > payload.matrix.shape[0] ? ` (pooled to ${payload.matrix.shape[0]} × ${payload.matrix.shape[1]}; zoom for detail)` : ""}`}`;
+  ui.canvas.dataset.mode = payload.mode;
+  ui.canvas.dataset.block = `${payload.row0},${payload.row1},${payload.col0},${payload.col1}`;
+  draw();
+}

@@ -31,6 +31,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     capture.add_argument("--model", help="registered model name (default: the first registered)")
     capture.add_argument("--text", required=True)
     capture.add_argument("--out", required=True, help="output .npz file")
+    commands.add_parser("gallery", help="precompute the demo gallery into the cache", parents=[after])
     args = parser.parse_args(argv)
     args.model_path = args.model_path + getattr(args, "model_path_after", [])
     args.cache_dir = getattr(args, "cache_dir_after", None) or args.cache_dir
@@ -68,6 +69,16 @@ def run_capture(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_gallery(args: argparse.Namespace) -> int:
+    """Analyse every gallery prompt into the cache, so a class opens each item instantly."""
+    from app import gallery
+
+    app = build_app(args)
+    for item_id, cached, seconds in gallery.precompute(app.extensions["atlas"]):
+        print(f"{item_id:16} {'cached' if cached else 'computed'} in {seconds:.2f} s")
+    return 0
+
+
 def run_server(args: argparse.Namespace) -> int:
     from app.extensions import socketio
 
@@ -80,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     if args.command == "capture":
         return run_capture(args)
+    if args.command == "gallery":
+        return run_gallery(args)
     if args.command is None:
         args = parse_args([*(sys.argv[1:] if argv is None else argv), "serve"])
     return run_server(args)

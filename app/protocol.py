@@ -77,6 +77,7 @@ REQUESTS: dict[str, dict[str, Field]] = {
     "rollout": {"key": KEY, "fusion": Field(str, False, "mean", FUSIONS), "position": Field(int, False, 0, minimum=0)},
     "flow": {"key": KEY, "fusion": Field(str, False, "mean", FUSIONS), "position": Field(int, False, 0, minimum=0)},
     "compare": {"key": KEY, "other": KEY},
+    "open": {"key": KEY, "layers": Field(list, required=False, default=[])},
     "lens": {"key": KEY, "start": Field(int, False, 0, minimum=0), "count": Field(int, False, 16, minimum=1)},
     "generate": {"model": Field(str, required=False), "text": Field(str),
                  "max_new_tokens": Field(int, False, 20, minimum=1),

@@ -96,6 +96,35 @@ class Capture:
             return self.attention[layer].astype(np.float32)
         return np.stack([self.head_attention(layer, head) for head in range(self.n_heads)])
 
+    def validate(self) -> "Capture":
+        """Check that every array agrees on L, H, KV, N and d; raises ValueError naming the first
+        mismatch. Records from outside (notebook uploads) pass through here before being served."""
+        layers, heads, n, d = self.queries.shape
+        kv_heads = self.keys.shape[1]
+        side = self.thumbnails.shape[-1]
+        expected = {
+            "tokens": (n,), "pieces": (n,), "spans": (n, 2), "special": (n,),
+            "keys": (layers, kv_heads, n, d), "kv_map": (heads,), "scaling": (layers,),
+            "mask_index": (layers,), "row_lse": (layers, heads, n), "value_norms": (layers, heads, n),
+            "hidden_norms": (layers + 1, n), "thumbnails": (layers, heads, side, side),
+        }
+        for name, shape in expected.items():
+            value = getattr(self, name)
+            actual = (len(value),) if isinstance(value, list) else np.shape(value)
+            if tuple(actual) != shape:
+                raise ValueError(f"'{name}' has shape {tuple(actual)}, expected {shape}")
+        if self.masks.ndim != 3 or self.masks.shape[1:] != (n, n) or self.masks.dtype != bool:
+            raise ValueError(f"'masks' must be bool [M, {n}, {n}]")
+        if self.mask_index.min(initial=0) < 0 or self.mask_index.max(initial=0) >= len(self.masks):
+            raise ValueError("'mask_index' points outside 'masks'")
+        if self.kv_map.min(initial=0) < 0 or self.kv_map.max(initial=0) >= kv_heads:
+            raise ValueError("'kv_map' points outside the key heads")
+        if self.attention is not None and self.attention.shape != (layers, heads, n, n):
+            raise ValueError(f"'attention' must be [{layers}, {heads}, {n}, {n}]")
+        if len(self.layer_names) != layers:
+            raise ValueError("'layer_names' must name every layer")
+        return self
+
     def to_arrays(self) -> dict[str, np.ndarray]:
         """Flatten to named arrays for the disk store; text fields travel as one JSON array."""
         meta = {name: getattr(self, name) for name in ("model", "text", "tokens", "pieces", "layer_names", "info")}

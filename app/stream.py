@@ -38,9 +38,6 @@ def stream_generation(service: AtlasService, emit: Emit, rid, request: dict) -> 
         _send(service, emit, rid, analysis, [])
 
 
-STREAMS = {"analyze": stream_analysis, "generate": stream_generation}  # events answered by a stream
-
-
 def _progress(emit: Emit, rid):
     def progress(stage: str, fraction: float) -> None:
         emit("progress", {"rid": rid, "stage": stage, "fraction": round(fraction, 3)})
@@ -104,3 +101,15 @@ def detail(service: AtlasService, event: str, fields: dict) -> dict:
     if event == "compare":
         return insights.compare_payload(key, capture, fields["other"], service.lookup(fields["other"]))
     raise AtlasError("bad_request", f"unknown detail '{event}'")
+
+
+def stream_open(service: AtlasService, emit: Emit, rid, request: dict) -> None:
+    """Stream a cached analysis by key (share links to uploaded captures, short links)."""
+    from app.service import Analysis
+
+    with reporting_errors(emit, rid):
+        capture = service.lookup(request["key"])
+        _send(service, emit, rid, Analysis(request["key"], capture, True, 0.0), request.get("layers") or [])
+
+
+STREAMS = {"analyze": stream_analysis, "generate": stream_generation, "open": stream_open}  # answered by a stream

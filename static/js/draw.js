@@ -1,7 +1,7 @@
 // Canvas helpers shared by the views: crisp (device-pixel) canvases, theme colours and sizes
 // read from CSS custom properties (so projector mode restyles canvases too), heatmap images
 // from lookup tables, label fitting, colour legends and the one floating tooltip.
-import { LUT_SIZE, MASKED_COLOUR, lutColour } from "./palette.js";
+import { LUT_SIZE, MASKED_COLOUR, DARK_INK, SINK_COLOUR, lutColour } from "./palette.js";
 
 /** Colours and sizes of the current theme, from CSS variables on <html>. */
 export function theme() {
@@ -218,4 +218,52 @@ export function binOf(index, count, size) {
   while (bin + 1 < count && binStart(bin + 1, count, 0, size) <= index) bin++;
   while (bin > 0 && binStart(bin, count, 0, size) > index) bin--;
   return bin;
+}
+
+// ---- the attention-sink badge on token labels ----
+const SINK_TEXT = "sink";
+const SINK_FONT = 0.68; // of the label font size
+
+/** Width in CSS px of the sink badge, plus its gap to the label (for label margins). */
+export function sinkBadgeWidth(ctx, look) {
+  ctx.save();
+  ctx.font = look.font(SINK_FONT, "700");
+  const width = Math.ceil(ctx.measureText(SINK_TEXT).width) + 10;
+  ctx.restore();
+  return width;
+}
+
+/**
+ * A small "sink" pill centred on `y`, its left edge at `x` (or its right edge, `align` =
+ * "right"), so sink tokens read the same in every view. Leaves the context's state as it was.
+ */
+export function drawSinkBadge(ctx, x, y, look, align = "left") {
+  ctx.save();
+  ctx.font = look.font(SINK_FONT, "700");
+  const width = ctx.measureText(SINK_TEXT).width + 6;
+  const height = Math.round(look.size * SINK_FONT) + 4;
+  const left = align === "right" ? x - width : x;
+  ctx.fillStyle = SINK_COLOUR;
+  ctx.beginPath();
+  ctx.roundRect(left, y - height / 2, width, height, 3);
+  ctx.fill();
+  ctx.fillStyle = DARK_INK;
+  ctx.textAlign = "left";
+  ctx.textBaseline = "middle";
+  ctx.fillText(SINK_TEXT, left + 3, y + 0.5);
+  ctx.restore();
+}
+
+/** [rows, n] bytes max-pooled along the token axis to [rows, bins] (the same split as the server). */
+export function poolColumns(data, rows, n, bins) {
+  if (bins === n) return data;
+  const out = new Uint8Array(rows * bins);
+  for (let r = 0; r < rows; r++) {
+    for (let b = 0; b < bins; b++) {
+      let top = 0;
+      for (let j = binStart(b, bins, 0, n); j < binStart(b + 1, bins, 0, n); j++) top = Math.max(top, data[r * n + j]);
+      out[r * bins + b] = top;
+    }
+  }
+  return out;
 }

@@ -1,20 +1,27 @@
 // Wiring: page controls -> store; store -> socket requests (the analysis, then whatever detail
 // the active view needs) and -> views; socket answers -> store. Views never call the server:
 // each says what it needs with need(state), and this module fetches it once.
-import { ERROR_TITLES } from "./protocol.js";
+import { ERROR_TITLES, STREAMS } from "./protocol.js";
 import { connect, request } from "./socket.js";
 import {
   analysisMatches, detailByRid, detailId, getState, putDetail, setData, setView, subscribe, viewOf,
 } from "./store.js";
+import { startClassroom } from "./classroom.js";
 import { bindHistory, fromQuery, shareUrl } from "./url.js";
+import * as compareView from "./views/compare.js";
+import * as generateView from "./views/generate.js";
 import * as headView from "./views/head.js";
+import * as headsView from "./views/heads.js";
+import * as lensView from "./views/lens.js";
 import * as matrixView from "./views/matrix.js";
 import * as modelView from "./views/model.js";
 import * as neuronView from "./views/neuron.js";
+import * as rolloutView from "./views/rollout.js";
 import * as statsView from "./views/stats.js";
 import * as tokenView from "./views/token.js";
 
-const VIEWS = { model: modelView, head: headView, token: tokenView, neuron: neuronView, matrix: matrixView, stats: statsView };
+const VIEWS = { model: modelView, head: headView, token: tokenView, neuron: neuronView, matrix: matrixView, stats: statsView,
+  heads: headsView, rollout: rolloutView, compare: compareView, lens: lensView, generate: generateView };
 const PROJECTOR_KEY = "attention-atlas.projector"; // localStorage flag for large-font, high-contrast mode
 const EXAMPLE_PROMPT = "The cat sat on the mat because it was tired.";
 const TITLE_CHARS = 40; // of the prompt shown in the window title
@@ -36,15 +43,17 @@ let updateQueued = false;
 
 // ---- requests ----
 
+/** Ask for the analysis the state names: `analyze` model + text, or `open` a cached one by its key. */
 function ensureAnalysis(state) {
   const model = state.model || config.default;
-  const text = state.text;
-  if (!text.trim() || analysisMatches(state)) return;
-  if (state.pending && state.pending.text === text && state.pending.model === model) return;
-  if (state.failed && state.failed.text === text && state.failed.model === model) return;
+  const { text, key } = state;
+  if ((!key && !text.trim()) || analysisMatches(state)) return;
+  const asked = (run) => run && (key ? run.key === key : !run.key && run.text === text && run.model === model);
+  if (asked(state.pending) || asked(state.failed)) return;
   const layers = state.view === "head" ? [state.layer] : []; // streamed right after the overview
-  const rid = request("analyze", { model, text, layers });
-  setData({ pending: { rid, model, text, layers }, progress: { stage: `analysing with ${model}`, fraction: 0 } });
+  const rid = key ? request("open", { key, layers }) : request("analyze", { model, text, layers });
+  setData({ pending: { rid, model, text, key, layers },
+    progress: { stage: key ? "opening the analysis" : `analysing with ${model}`, fraction: 0 } });
 }
 
 /** Whether the analysis still streaming will bring this request's answer anyway. */
@@ -54,13 +63,16 @@ function streamed(state, needed) {
     && needed.fields.mode === "attention" && pending.layers.includes(needed.fields.layer));
 }
 
+/** Ask once for each request the view needs (none, one or a list), and for the sink tokens every view marks. */
 function ensureDetail(state) {
   if (!analysisMatches(state)) return;
-  const needed = VIEWS[state.view].need(state);
-  if (!needed || streamed(state, needed)) return;
-  const id = detailId(needed);
-  if (state.details.has(id)) return;
-  putDetail(id, { status: "pending", rid: request(needed.event, needed.fields) });
+  const needs = [VIEWS[state.view].need(state)].flat().filter(Boolean);
+  if (state.analysis.sinks === undefined) needs.push({ event: "heads", fields: { key: state.analysis.key } });
+  for (const needed of needs) {
+    if (streamed(state, needed) || (STREAMS.includes(needed.event) && state.pending)) continue; // one stream at a time
+    const id = detailId(needed);
+    if (!state.details.has(id)) putDetail(id, { status: "pending", rid: request(needed.event, needed.fields), event: needed.event });
+  }
 }
 
 // ---- answers ----
@@ -72,16 +84,17 @@ function onAnalysisEvent(event, payload) {
   else if (event === "tokens") pending.tokens = payload;
   else if (event === "overview") {
     state.details.clear(); // the model and text are the ones asked for, so the view state matches exactly
-    setData({ analysis: { rid: payload.rid, key: payload.key, model: pending.model, text: pending.text, tokens: pending.tokens,
+    const { model, text } = pending.key ? pending.tokens : pending; // an analysis opened by key names its own
+    setData({ analysis: { rid: payload.rid, key: payload.key, model, text, tokens: pending.tokens, opened: Boolean(pending.key),
       overview: payload, done: null }, zoom: null, error: null, failed: null });
-    setView({ ...viewOf(state), model: pending.model }, { history: "replace" }); // clamp indices, name the model
+    setView({ ...viewOf(state), model, text }, { history: "replace" }); // clamp indices, name the model
   } else if (event === "layer") {
     const fields = { key: payload.key, layer: payload.layer, mode: payload.mode };
     putDetail(detailId({ event: "layer", fields }), { status: "ready", payload });
   } else if (event === "done") {
     setData({ pending: null, progress: null, analysis: state.analysis && { ...state.analysis, done: payload } });
   } else if (event === "error") {
-    setData({ pending: null, progress: null, error: payload, failed: { model: pending.model, text: pending.text } });
+    setData({ pending: null, progress: null, error: payload, failed: { model: pending.model, text: pending.text, key: pending.key } });
   }
 }
 
@@ -96,9 +109,12 @@ function onEvent(event, payload) {
     if (event === "error" && payload.rid === null) setData({ error: payload }); // not tied to a request
     return; // an answer to a request nobody waits for any more
   }
-  const [id] = found;
-  if (event !== "error") {
+  const [id, entry] = found;
+  if (STREAMS.includes(entry.event) && event !== "error") {
+    onStreamEvent(id, entry, event, payload);
+  } else if (event !== "error") {
     putDetail(id, { status: "ready", payload });
+    if (event === "heads" && state.analysis?.key === payload.key) setData({ analysis: { ...state.analysis, sinks: payload.sinks } });
   } else if (payload.code === "not_found" && state.analysis && !refetched.has(state.analysis.key)) {
     refetched.add(state.analysis.key); // the server evicted this analysis: run it again, once
     state.details.clear();
@@ -106,6 +122,12 @@ function onEvent(event, payload) {
   } else {
     putDetail(id, { status: "error", error: payload });
   }
+}
+
+/** An event of a stream a view asked for (a second prompt, a generation): parts gathered until `done`. */
+function onStreamEvent(id, entry, event, payload) {
+  const parts = { ...entry.parts, [event]: payload };
+  putDetail(id, event === "done" ? { status: "ready", event: entry.event, payload: parts } : { ...entry, parts });
 }
 
 function onStatus(status, detail) {
@@ -203,7 +225,7 @@ function bindControls() {
     const state = getState();
     for (const [id, entry] of state.details) if (entry.status === "error") state.details.delete(id); // retry them
     setData({ failed: null, error: null });
-    setView({ text, model: page.model.value });
+    setView({ text, model: page.model.value, key: null });
   });
   page.prompt.addEventListener("keydown", (event) => {
     if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) page.form.requestSubmit();
@@ -251,6 +273,7 @@ function start() {
   bindHistory();
   setProjector(projector);
   setView(initial, { history: "replace" });
+  startClassroom(); // presenter mode, gallery, exports: listens before the socket connects
   connect(onEvent, onStatus);
   scheduleUpdate();
 }

@@ -57,3 +57,28 @@ export function signedIndex(value, limit) {
 export function lutColour(lut, index) {
   return `rgb(${lut[index * 4]},${lut[index * 4 + 1]},${lut[index * 4 + 2]})`;
 }
+
+// Attention sinks (tokens that soak up attention; the `heads` event's `sinks`): one badge colour
+// in every view, Okabe-Ito orange, clear of the selection accent and readable with dark text.
+export const SINK_COLOUR = "#E69F00";
+export const DARK_INK = "#1b1f24"; // the page's --ink: text on light fills (the sink badge, light cells)
+
+// Head roles of the head summary (docs/analyses.md), Okabe & Ito's eight colours plus greys;
+// SINK shares the sink badge's orange. OFFSET-k / OFFSET+k roles take their sign's colour.
+export const ROLE_COLOURS = {
+  SINK: "#E69F00", SELF: "#CC79A7", PREVIOUS: "#0072B2", NEXT: "#56B4E9", "OFFSET-": "#009E73",
+  "OFFSET+": "#F0E442", DELIMITER: "#D55E00", BROAD: "#8C8C8C", MIXED: "#DADDE1",
+};
+export const ROLE_ORDER = ["SINK", "SELF", "PREVIOUS", "NEXT", "OFFSET-", "OFFSET+", "DELIMITER", "BROAD", "MIXED"];
+
+/** Colour of a role label such as "PREVIOUS" or "OFFSET-2". */
+export function roleColour(role) {
+  return ROLE_COLOURS[role] ?? ROLE_COLOURS[role.slice(0, 7)] ?? ROLE_COLOURS.MIXED;
+}
+
+/** Dark or white text, whichever reads better on a fill colour ("#rrggbb" or "rgb(r,g,b)"). */
+export function inkOn(colour) {
+  const [r, g, b] = colour.startsWith("#") ? hexToRgb(colour) : colour.match(/\d+/g).map(Number);
+  const luminance = (0.2126 * r + 0.7152 * g + 0.0722 * b) / 255; // of the sRGB values; enough to choose
+  return luminance < 0.5 ? "#ffffff" : DARK_INK;
+}

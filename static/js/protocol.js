@@ -5,9 +5,20 @@
 export const NAMESPACE = "/atlas";
 
 // Client -> server requests.
-export const REQUESTS = ["analyze", "layer", "matrix", "token", "neuron", "stats"];
+export const REQUESTS = ["analyze", "layer", "matrix", "token", "neuron", "stats",
+  "heads", "rollout", "flow", "compare", "lens", "generate"];
+// Presenter mode (docs/protocol.md "Presenter mode"), and `open`: stream a cached analysis by its key.
+export const PRESENTER_REQUESTS = ["present_start", "present_join", "present_leave", "present_update", "present_end"];
+export const PRESENTER_EVENTS = ["present_started", "present_state", "present_followers", "present_ended"];
+REQUESTS.push("open", ...PRESENTER_REQUESTS);
+// Requests answered by a stream of events (progress, tokens, overview, ..., done) rather than one.
+export const STREAMS = ["analyze", "generate"];
 // Server -> client events.
-export const EVENTS = ["progress", "tokens", "overview", "layer", "matrix", "token", "neuron", "stats", "done", "error"];
+export const EVENTS = ["progress", "tokens", "overview", "layer", "matrix", "token", "neuron", "stats", "done", "error",
+  "heads", "rollout", "flow", "compare", "lens", "generated"];
+export const FUSIONS = ["mean", "max", "min"]; // how rollout and flow fuse the heads of a layer
+export const ANALYSIS_MAX_TOKENS = 1024; // tokens whole-model analyses read (app/insights.py); positions beyond are refused
+export const LENS_MAX_POSITIONS = 32; // positions per logit-lens request (app/language.py)
 
 export const ATTENTION_MODES = ["attention", "scores", "value"];
 export const LAYER_MODES = ["attention", "value"]; // the head view has no pre-softmax scores
@@ -27,6 +38,7 @@ export const ERROR_TITLES = {
   internal: "The server failed",
   disconnected: "Lost the connection to the server",
   bad_payload: "The page could not read the server's answer",
+  forbidden: "Not allowed",
 };
 
 const TYPED = {
@@ -85,10 +97,11 @@ export function decodeArray(wire) {
   return { dtype: wire.dtype, shape: wire.shape, data, scale: wire.scale ?? 1 };
 }
 
-/** A payload with every top-level wire array decoded. */
+/** A payload with every wire array decoded, at the top level or in nested objects (e.g. `heads`' metrics). */
 export function decodePayload(payload) {
-  if (payload === null || typeof payload !== "object") return payload;
+  if (payload === null || typeof payload !== "object" || Array.isArray(payload)) return payload;
+  if (payload instanceof ArrayBuffer || ArrayBuffer.isView(payload)) return payload;
   const out = {};
-  for (const [name, value] of Object.entries(payload)) out[name] = isWireArray(value) ? decodeArray(value) : value;
+  for (const [name, value] of Object.entries(payload)) out[name] = isWireArray(value) ? decodeArray(value) : decodePayload(value);
   return out;
 }

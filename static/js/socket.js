@@ -7,6 +7,7 @@ import { EVENTS, NAMESPACE, REQUESTS, decodePayload } from "./protocol.js";
 let socket = null;
 let nextRid = 1;
 let attachments = () => []; // binary frames of the packet being decoded
+const extraListeners = []; // [event, handler] added with listen(), bound when the socket opens
 
 /**
  * Work around socket.io-client 4.8.x's ESM build (socketio/socket.io#5215): its minifier renamed
@@ -57,6 +58,7 @@ export function connect(onEvent, onStatus) {
       onEvent(event, decoded);
     });
   }
+  for (const [event, handler] of extraListeners) socket.on(event, handler);
   socket.on("connect", () => onStatus("connected"));
   socket.on("disconnect", (reason) => onStatus("disconnected", reason));
   socket.on("connect_error", (error) => onStatus("failed", error?.message));
@@ -68,4 +70,14 @@ export function request(event, fields) {
   const rid = nextRid++;
   socket.emit(event, { ...fields, rid });
   return rid;
+}
+
+/**
+ * Hear a server event beside the main handler: presenter mode's events (plain JSON, no arrays),
+ * `error` (to match a module's own request ids) or "connect" (also on every reconnect).
+ * May be called before connect().
+ */
+export function listen(event, handler) {
+  extraListeners.push([event, handler]);
+  socket?.on(event, handler);
 }

@@ -5,15 +5,32 @@
 // Views read state and call setView(); they never keep their own copy of it.
 import { ATTENTION_MODES } from "./protocol.js";
 
-export const VIEWS = ["model", "head", "token", "neuron", "matrix", "stats"];
-export const VIEW_FIELDS = ["model", "text", "view", "layer", "head", "heads", "token", "threshold", "mode"];
+export const VIEWS = ["model", "head", "token", "neuron", "matrix", "stats", "heads", "rollout", "compare", "lens", "generate"];
+export const VIEW_FIELDS = ["model", "text", "view", "layer", "head", "heads", "token", "threshold", "mode",
+  "measure", "sort", "filter", "fusion", "text2", "generate", "sampling", "seed", "temperature", "step", "start", "key"];
 export const DEFAULT_VIEW = {
   model: null, text: "", view: "model", layer: 0, head: 0,
   heads: null, // null = every head of the layer
   token: null, // null = the first token the tokenizer did not add
   threshold: 0, mode: "attention",
+  // analysis views; null is each one's default and is left out of share links
+  measure: null, // head summary colouring: a metric name or "cluster"; null = roles
+  sort: null, // "rank" = heads sorted within each layer by the measure; null = by head index
+  filter: null, // a role ("PREVIOUS") or cluster ("CLUSTER3") shown, others dimmed; null = all
+  fusion: null, // rollout / flow head fusion: "max" or "min"; null = mean
+  text2: null, // compare: the second prompt
+  generate: null, // generation stepper: new tokens to generate; null = none asked for
+  sampling: null, // "sample"; null = greedy
+  seed: null, // sampling seed; null = 0
+  temperature: null, // sampling temperature; null = 1
+  step: null, // generated token shown (0 = the first one)
+  start: null, // logit lens: first position of the window; null = the window of the chosen token
+  key: null, // an analysis opened by its cache key (/?key=..., e.g. an uploaded capture); null = analyse model + text
 };
 const MAX_DETAILS = 60; // detail payloads kept per analysis (oldest dropped first)
+const MAX_NEW_TOKENS = 256; // the server's default MAX_GENERATE_TOKENS; it refuses more itself
+const MIN_TEMPERATURE = 0.05; // the sampling temperatures the server accepts...
+const MAX_TEMPERATURE = 5; // ...at most
 
 const state = {
   ...DEFAULT_VIEW,
@@ -62,10 +79,37 @@ export function sanitise(partial) {
     } else if (name === "heads") {
       out.heads = Array.isArray(value) ? [...new Set(value.map((h) => toInt(h, -1)).filter((h) => h >= 0))].sort((a, b) => a - b) : null;
     } else if (name === "token") out.token = value === null || value === undefined || value === "" ? null : toInt(value, null);
+    else if (name in ANALYSIS_FIELDS) out[name] = ANALYSIS_FIELDS[name](value);
     else out[name] = toInt(value, DEFAULT_VIEW[name]);
   }
   return out;
 }
+
+const optionalInt = (value) => (value === null || value === undefined || value === "" ? null : toInt(value, null));
+const matching = (pattern) => (value) => (typeof value === "string" && pattern.test(value) ? value : null);
+
+/** Parsers of the analysis views' fields: a valid value, or null for "the default". */
+const ANALYSIS_FIELDS = {
+  measure: matching(/^[a-z][a-z0-9_+-]{0,23}$/),
+  sort: (value) => (value === "rank" ? value : null),
+  filter: matching(/^[A-Z][A-Z0-9+-]{0,15}$/),
+  fusion: (value) => (value === "max" || value === "min" ? value : null),
+  text2: (value) => (typeof value === "string" && value ? value : null),
+  generate: (value) => {
+    const count = optionalInt(value);
+    return count ? Math.min(count, MAX_NEW_TOKENS) : null;
+  },
+  sampling: (value) => (value === "sample" ? value : null),
+  seed: (value) => optionalInt(value) || null,
+  temperature: (value) => {
+    const number = Number(value);
+    if (value === null || value === "" || !Number.isFinite(number) || number === 1) return null;
+    return Math.min(MAX_TEMPERATURE, Math.max(MIN_TEMPERATURE, number));
+  },
+  step: optionalInt,
+  start: optionalInt,
+  key: matching(/^[0-9a-f]{64}$/),
+};
 
 function sameValue(a, b) {
   return Array.isArray(a) || Array.isArray(b) ? JSON.stringify(a) === JSON.stringify(b) : a === b;
@@ -110,9 +154,10 @@ export function clampToAnalysis(view, analysis) {
   };
 }
 
-/** The model/text pair a state wants analysed is the one on screen. */
+/** The model/text pair (or the key) a state wants analysed is the one on screen. */
 export function analysisMatches(source) {
   const analysis = source.analysis;
+  if (source.key || analysis?.opened) return Boolean(analysis && analysis.key === source.key); // opened by key
   return Boolean(analysis && analysis.text === source.text && (!source.model || analysis.model === source.model));
 }
 
@@ -148,6 +193,22 @@ export function putDetail(id, entry) {
   state.details.set(id, entry);
   while (state.details.size > MAX_DETAILS) state.details.delete(state.details.keys().next().value);
   notify({ view: false });
+}
+
+/** Forget a request's entry (e.g. a failed one, so that it is asked again). */
+export function dropDetail(request) {
+  if (state.details.delete(detailId(request))) notify({ view: false });
+}
+
+const EMPTY_SET = new Set();
+const sinkSets = new WeakMap(); // sinks array -> Set
+
+/** Indices of the analysis's attention-sink tokens (from the `heads` event), as a Set. */
+export function sinkSet(source) {
+  const sinks = source.analysis?.sinks;
+  if (!sinks) return EMPTY_SET;
+  if (!sinkSets.has(sinks)) sinkSets.set(sinks, new Set(sinks));
+  return sinkSets.get(sinks);
 }
 
 /** The detail request waiting for answer `rid`, if any. */

@@ -64,7 +64,11 @@ export function segmented(label, name, options, onChange) {
   };
 }
 
-/** The prompt's tokens as buttons; clicking one calls onPick(index). sync(tokens, special, selected). */
+/**
+ * The prompt's tokens as buttons; clicking one calls onPick(index). sync(tokens, special,
+ * selected, marks): `marks` maps a class name to a Set of token indices that carry it
+ * (e.g. {sink: sinkSet(state)} for the attention-sink badge, {changed: ...} in compare).
+ */
 export function tokenStrip(label, onPick) {
   const list = h("div", { className: "token-strip", role: "group", "aria-label": label });
   list.addEventListener("click", (event) => {
@@ -73,9 +77,10 @@ export function tokenStrip(label, onPick) {
   });
   let shown = null;
   let current = null;
+  let marked = "";
   return {
     root: list,
-    sync(tokens, special, selected) {
+    sync(tokens, special, selected, marks = {}) {
       if (shown !== tokens) {
         list.replaceChildren(...tokens.map((token, i) => h("button", {
           type: "button", "data-index": i, className: special[i] ? "special" : null,
@@ -83,6 +88,14 @@ export function tokenStrip(label, onPick) {
         })));
         shown = tokens;
         current = null;
+        marked = "";
+      }
+      const signature = Object.entries(marks).map(([name, set]) => `${name}:${[...set]}`).join("|");
+      if (signature !== marked) {
+        for (const [name, set] of Object.entries(marks)) {
+          for (const button of list.children) button.classList.toggle(name, set.has(Number(button.dataset.index)));
+        }
+        marked = signature;
       }
       if (current !== selected) {
         list.querySelector("[aria-pressed='true']")?.setAttribute("aria-pressed", "false");

@@ -25,9 +25,11 @@ export function fromQuery(search) {
   return { ...DEFAULT_VIEW, ...sanitise(partial) };
 }
 
-/** The absolute share link of a view state. */
+/** The absolute share link of a view state; query fields this page does not know stay as they are. */
 export function shareUrl(view) {
-  const query = toQuery(view);
+  const params = new URLSearchParams(toQuery(view));
+  for (const [name, value] of new URLSearchParams(location.search)) if (!VIEW_FIELDS.includes(name)) params.append(name, value);
+  const query = params.toString();
   return `${location.origin}${location.pathname}${query ? `?${query}` : ""}`;
 }
 
@@ -41,4 +43,17 @@ export function bindHistory() {
     else history.replaceState(null, "", url);
   });
   window.addEventListener("popstate", () => setView(fromQuery(location.search), { history: "none" }));
+}
+
+/**
+ * Show the view of a share-link query string as opening that link would (a gallery item, the
+ * presenter's view), without reloading the page: the analysis is only requested again when the
+ * model or text differ. The URL becomes that query, unknown fields included. `entry`: "push"
+ * (a new history entry) or "replace".
+ */
+export function openQuery(query, { entry = "push" } = {}) {
+  const url = `${location.pathname}?${new URLSearchParams(query)}`;
+  if (entry === "push") history.pushState(null, "", url);
+  else history.replaceState(null, "", url);
+  setView(fromQuery(query), { history: "none" });
 }

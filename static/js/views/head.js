@@ -4,10 +4,10 @@
 // threshold hides weak links. Rows are virtualised: only the rows in the scroll window are
 // drawn, and lines are batched into one path per head and opacity step, so prompts of
 // thousands of tokens stay responsive. Data: the `layer` event, dense [H, N, N] or top-k.
-import { displayToken, fitText, formatNumber, pointerIn, prepareCanvas, theme, tokenLabels } from "../draw.js";
+import { displayToken, drawSinkBadge, fitText, formatNumber, pointerIn, prepareCanvas, sinkBadgeWidth, theme, tokenLabels } from "../draw.js";
 import { headColour } from "../palette.js";
 import { LAYER_MODES } from "../protocol.js";
-import { detailFor, selectedHeads, setView } from "../store.js";
+import { detailFor, selectedHeads, setView, sinkSet } from "../store.js";
 import { arrived, changed, frameScheduler, h, numberSelect, segmented, statusLine, virtualScroller } from "../ui.js";
 
 const ROW_EMS = 1.75; // row height, in label font sizes
@@ -148,10 +148,10 @@ function setHover(hit) {
   ui.schedule();
 }
 
-function geometryFor(tokens, width, look, ctx) {
+function geometryFor(tokens, width, look, ctx, badge) {
   ctx.font = look.font(1);
   const { labels, width: widest } = tokenLabels(ctx, tokens, MAX_LABEL);
-  const labelW = widest + 8;
+  const labelW = widest + 8 + badge; // room for a sink badge beside the label
   const gap = Math.max(MIN_GAP, Math.min(MAX_GAP, width - 2 * labelW - 40));
   const leftX = Math.max(labelW + 12, (width - 2 * labelW - gap) / 2 + labelW);
   const rowH = Math.round(look.size * ROW_EMS);
@@ -209,7 +209,9 @@ function draw() {
   const special = analysis.tokens.special;
   const look = theme();
   const probe = ui.canvas.getContext("2d");
-  const g = geometryFor(tokens, ui.scroller.root.clientWidth || ui.el.clientWidth, look, probe);
+  const sinks = sinkSet(state);
+  const badge = sinks.size ? sinkBadgeWidth(probe, look) : 0;
+  const g = geometryFor(tokens, ui.scroller.root.clientWidth || ui.el.clientWidth, look, probe, badge);
   ui.geometry = g;
   ui.canvas.dataset.rows = JSON.stringify({ pad: PAD, rowHeight: g.rowH, queryX: g.leftX, keyX: g.rightX });
   const scrollTop = ui.scroller.top;
@@ -242,7 +244,7 @@ function draw() {
   for (let i = first; i <= last; i++) {
     for (const side of ["q", "k"]) {
       const isFocus = focus && focus.side === side && focus.index === i;
-      const text = fitText(ctx, g.labels[i], g.labelW - 8);
+      const text = fitText(ctx, g.labels[i], g.labelW - 8 - badge);
       const x = side === "q" ? g.leftX - 6 : g.rightX + 6;
       const width = ctx.measureText(text).width;
       const boxX = side === "q" ? x - width - 4 : x - 4;
@@ -258,6 +260,7 @@ function draw() {
       ctx.textAlign = side === "q" ? "right" : "left";
       ctx.fillText(text, x, y(i));
       ctx.font = look.font(1);
+      if (sinks.has(i)) drawSinkBadge(ctx, side === "q" ? boxX - 3 : boxX + width + 11, y(i), look, side === "q" ? "right" : "left");
     }
   }
 

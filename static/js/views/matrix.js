@@ -4,11 +4,11 @@
 // server for just that block (`matrix` with row0..row1, col0..col1), max-pooled to at most
 // 256 x 256, so the largest prompts stay sharp. Click a cell to choose its query token.
 import {
-  binStart, contentWidth, displayToken, drawLegend, fitText, formatNumber, hatchPattern, heatmapImage, hideTooltip,
-  labelWidth, pointerIn, prepareCanvas, showTooltip, theme,
+  binStart, contentWidth, displayToken, drawLegend, drawSinkBadge, fitText, formatNumber, hatchPattern, heatmapImage, hideTooltip,
+  labelWidth, pointerIn, prepareCanvas, showTooltip, sinkBadgeWidth, theme,
 } from "../draw.js";
 import { DIVERGING, SEQUENTIAL, signedIndex, unitIndex } from "../palette.js";
-import { detailFor, getState, setData, setView, tokenIndex } from "../store.js";
+import { detailFor, getState, setData, setView, sinkSet, tokenIndex } from "../store.js";
 import { arrived, changed, h, layerHeadSelects, segmented, statusLine } from "../ui.js";
 
 const MAX_LABEL = 130; // px of a token label before it ends in …
@@ -158,12 +158,14 @@ function axisLabels(ctx, look, g, count, start, end, along) {
     const a = binStart(i, count, start, end);
     const b = binStart(i + 1, count, start, end);
     const text = fitText(ctx, b - a === 1 ? displayToken(tokens[a]) : String(a), MAX_LABEL); // pooled: first index
+    const sink = b - a === 1 && sinkSet(ui.state).has(a);
     const selected = along === "rows" && a <= chosen && chosen < b;
     ctx.fillStyle = selected ? look.accent : look.ink;
     if (along === "rows") {
       ctx.textAlign = "right";
       ctx.textBaseline = "middle";
       ctx.fillText(text, g.left - 6, g.top + (i + 0.5) * g.cell);
+      if (sink) drawSinkBadge(ctx, g.left - 10 - ctx.measureText(text).width, g.top + (i + 0.5) * g.cell, look, "right");
     } else {
       ctx.save();
       ctx.translate(g.left + (i + 0.5) * g.cell, g.top - 6);
@@ -171,6 +173,7 @@ function axisLabels(ctx, look, g, count, start, end, along) {
       ctx.textAlign = "left";
       ctx.textBaseline = "middle";
       ctx.fillText(text, 0, 0);
+      if (sink) drawSinkBadge(ctx, ctx.measureText(text).width + 4, 0, look);
       ctx.restore();
     }
   }
@@ -186,8 +189,9 @@ function draw() {
   ctx.font = look.font(0.9);
   const rowLabels = tokens.slice(p.row0, p.row1).map(displayToken);
   const colLabels = tokens.slice(p.col0, p.col1).map(displayToken);
-  const left = Math.max(labelWidth(ctx, rowLabels, MAX_LABEL), labelWidth(ctx, ["00000"], MAX_LABEL)) + 12;
-  const top = Math.ceil(Math.max(labelWidth(ctx, colLabels, MAX_LABEL), 40) * Math.sin(LABEL_ANGLE)) + 16;
+  const badge = sinkSet(ui.state).size ? sinkBadgeWidth(ctx, look) : 0; // room for sink badges beside labels
+  const left = Math.max(labelWidth(ctx, rowLabels, MAX_LABEL), labelWidth(ctx, ["00000"], MAX_LABEL)) + 12 + badge;
+  const top = Math.ceil((Math.max(labelWidth(ctx, colLabels, MAX_LABEL), 40) + badge) * Math.sin(LABEL_ANGLE)) + 16;
   const width = contentWidth(ui.el);
   const room = Math.min((width - left - 24) / cols, (window.innerHeight * HEIGHT_FRACTION - top) / rows);
   const cell = Math.max(1, Math.min(MAX_CELL, room));
@@ -239,7 +243,7 @@ export function render(state, el) {
   ui.mode.sync(state.mode);
   const payload = arrived(ui.el.querySelector(".view-body"), detailFor(state, need(state)));
   ui.reset.disabled = !state.zoom;
-  if (!payload || !changed(ui, [payload, state.token, state.projector, el.clientWidth])) return;
+  if (!payload || !changed(ui, [payload, state.token, sinkSet(state), state.projector, el.clientWidth])) return;
   if (payload !== ui.payload) {
     ui.payload = payload;
     ui.colours = colouring(payload);

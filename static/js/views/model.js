@@ -23,7 +23,7 @@ export function need() {
   return null; // everything comes with the analysis
 }
 
-function overviewImage(overview) {
+export function overviewImage(overview) {
   let image = images.get(overview);
   if (image) return image;
   const { layers, heads, side } = overview;

@@ -4,11 +4,11 @@
 // cells on a blue (negative) / orange (positive) scale. Data: the `neuron` event. Key rows are
 // virtualised like the head view, so long prompts scroll smoothly.
 import {
-  displayToken, drawLegend, fitText, formatNumber, hideTooltip, labelWidth, pointerIn, prepareCanvas,
-  showTooltip, theme, tokenLabels,
+  displayToken, drawLegend, drawSinkBadge, fitText, formatNumber, hideTooltip, labelWidth, pointerIn, prepareCanvas,
+  showTooltip, sinkBadgeWidth, theme, tokenLabels,
 } from "../draw.js";
 import { BAR_COLOUR, DIVERGING, lutColour, signedIndex } from "../palette.js";
-import { detailFor, setView, tokenIndex } from "../store.js";
+import { detailFor, setView, sinkSet, tokenIndex } from "../store.js";
 import { arrived, changed, frameScheduler, h, layerHeadSelects, statusLine, tokenStrip, virtualScroller } from "../ui.js";
 
 const ROW_EMS = 1.5; // key row height, in label font sizes
@@ -73,7 +73,8 @@ function geometry(payload, tokens, width, look) {
   const { labels, width: widest } = tokenLabels(ctx, tokens, MAX_LABEL);
   const queryLabel = `query «${labels[payload.query]}»`;
   ctx.font = look.font(1, "700"); // the query label is bold
-  const labelW = Math.max(widest, labelWidth(ctx, [queryLabel], MAX_LABEL + 60)) + 10;
+  const badge = sinkSet(ui.state).size ? sinkBadgeWidth(ctx, look) : 0; // room for a sink badge before the label
+  const labelW = Math.max(widest + badge, labelWidth(ctx, [queryLabel], MAX_LABEL + 60)) + 10;
   const d = payload.query_vector.shape[0];
   const fixed = labelW + 4 * GAP + 2 * NUMBER_W + BAR_W;
   const cell = Math.max(MIN_CELL, Math.min(MAX_CELL, Math.floor((width - fixed) / (2 * d))));
@@ -145,6 +146,7 @@ function draw() {
   const [first, last] = ui.scroller.rows(PAD, g.rowH, g.n, height);
   const top = ui.scroller.top;
   const { keys, products, dots, scores, attention } = payload;
+  const sinks = sinkSet(ui.state);
   ctx.textBaseline = "middle";
   for (let j = first; j <= last; j++) {
     const y = PAD + j * g.rowH - top;
@@ -158,7 +160,9 @@ function draw() {
     ctx.font = look.font(1, j === payload.query ? "700" : "400");
     ctx.textAlign = "right";
     ctx.fillStyle = j === payload.query ? look.accent : look.ink;
-    ctx.fillText(fitText(ctx, g.labels[j], g.labelW - 6), g.keysX - 8, mid);
+    const label = fitText(ctx, g.labels[j], g.labelW - 6);
+    ctx.fillText(label, g.keysX - 8, mid);
+    if (sinks.has(j)) drawSinkBadge(ctx, g.keysX - 12 - ctx.measureText(label).width, mid, look, "right");
     strip(ctx, keys.data, j * g.d, g.d, g.keysX, y + 2, g.cell, g.rowH - 4, ui.vectorLimit);
     strip(ctx, products.data, j * g.d, g.d, g.productsX, y + 2, g.cell, g.rowH - 4, ui.productLimit);
     ctx.font = look.font(0.95);
@@ -230,9 +234,9 @@ export function render(state, el) {
   const analysis = state.analysis;
   if (!analysis) return;
   ui.selects.sync(analysis.overview, state);
-  ui.strip.sync(analysis.tokens.tokens, analysis.tokens.special, tokenIndex(state));
+  ui.strip.sync(analysis.tokens.tokens, analysis.tokens.special, tokenIndex(state), { sink: sinkSet(state) });
   const payload = arrived(ui.el.querySelector(".view-body"), detailFor(state, need(state)));
-  if (!payload || !changed(ui, [payload, state.projector, el.clientWidth])) return;
+  if (!payload || !changed(ui, [payload, sinkSet(state), state.projector, el.clientWidth])) return;
   ui.payload = payload;
   ui.vectorLimit = robustLimit(payload.query_vector.data, payload.keys.data);
   ui.productLimit = robustLimit(payload.products.data);

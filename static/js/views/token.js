@@ -4,10 +4,10 @@
 // Data: the `token` event, uint8 [L, H, N] each. Click a cell to open that head.
 import {
   binOf, binStart, contentWidth, displayToken, drawLegend, fitText, formatNumber, hatchPattern, heatmapImage,
-  hideTooltip, labelWidth, pointerIn, prepareCanvas, showTooltip, theme, tokenLabels,
+  hideTooltip, labelWidth, pointerIn, poolColumns, prepareCanvas, showTooltip, theme, tokenLabels, drawSinkBadge, sinkBadgeWidth,
 } from "../draw.js";
 import { SEQUENTIAL } from "../palette.js";
-import { detailFor, setView, tokenIndex } from "../store.js";
+import { detailFor, setView, sinkSet, tokenIndex } from "../store.js";
 import { arrived, changed, h, statusLine, tokenStrip } from "../ui.js";
 
 const LAYER_GAP = 3; // px between layer groups
@@ -86,20 +86,6 @@ function hover(name, event) {
   showTooltip(`Layer ${cell.layer}, head ${cell.head}\n${pair}: ${formatNumber(value)}${pooled}`, event.clientX, event.clientY);
 }
 
-/** [rows, n] bytes max-pooled along the token axis to [rows, bins] (the same split as the server). */
-function poolColumns(data, rows, n, bins) {
-  if (bins === n) return data;
-  const out = new Uint8Array(rows * bins);
-  for (let r = 0; r < rows; r++) {
-    for (let b = 0; b < bins; b++) {
-      let top = 0;
-      for (let j = binStart(b, bins, 0, n); j < binStart(b + 1, bins, 0, n); j++) top = Math.max(top, data[r * n + j]);
-      out[r * bins + b] = top;
-    }
-  }
-  return out;
-}
-
 function drawPanel(name, values, tokens, width, look) {
   const panel = ui.panels[name];
   const [layers, heads, n] = values.shape;
@@ -112,7 +98,9 @@ function drawPanel(name, values, tokens, width, look) {
   const col = Math.max(MIN_COL, Math.min(MAX_COL, Math.floor((width - left - 8) / bins)));
   const labelled = bins === n && col >= look.size * 1.1;
   const { labels, width: widest } = tokenLabels(ctx, tokens, MAX_COLUMN_LABEL);
-  const top = labelled ? widest * Math.sin(LABEL_ANGLE) + look.size + 8 : look.size * 2;
+  const sinks = sinkSet(ui.state);
+  const badge = sinks.size ? sinkBadgeWidth(ctx, look) : 0;
+  const top = labelled ? (widest + badge) * Math.sin(LABEL_ANGLE) + look.size + 8 : look.size * 2;
   const pooled = poolColumns(values.data, layers * heads, n, bins);
   const g = { left, top, col, row, layerH, layers, heads, n, bins, values: pooled };
   panel.geometry = g;
@@ -141,7 +129,9 @@ function drawPanel(name, values, tokens, width, look) {
       draw.rotate(-LABEL_ANGLE);
       draw.fillStyle = c === index ? look.accent : look.ink;
       draw.font = look.font(0.9, c === index ? "700" : "400");
-      draw.fillText(fitText(draw, labels[c], MAX_COLUMN_LABEL), 0, 0);
+      const text = fitText(draw, labels[c], MAX_COLUMN_LABEL);
+      draw.fillText(text, 0, 0);
+      if (sinks.has(c)) drawSinkBadge(draw, draw.measureText(text).width + 4, 0, look);
       draw.restore();
     }
   } else { // token indices at evenly spaced bins
@@ -174,9 +164,9 @@ export function render(state, el) {
   const analysis = state.analysis;
   if (!analysis) return;
   const index = tokenIndex(state);
-  ui.strip.sync(analysis.tokens.tokens, analysis.tokens.special, index);
+  ui.strip.sync(analysis.tokens.tokens, analysis.tokens.special, index, { sink: sinkSet(state) });
   const payload = arrived(ui.el.querySelector(".view-body"), detailFor(state, need(state)));
-  if (!payload || !changed(ui, [payload, state.projector, el.clientWidth])) return;
+  if (!payload || !changed(ui, [payload, sinkSet(state), state.projector, el.clientWidth])) return;
   ui.payload = payload;
   const look = theme();
   const available = contentWidth(el);

@@ -1,0 +1,308 @@
+// Share and export the current view: a short permalink (POST /api/links, kept on this server),
+// a PNG (the view's canvases composed at their places on the page, under a caption with the
+// prompt), an SVG (that picture as an <image> under real text), the raw data (the server's JSON
+// and NPZ exports) and a self-contained offline HTML file (offline.js).
+import { displayToken, theme } from "./draw.js";
+import { offlineData, offlineHtml } from "./offline.js";
+import { analysisMatches, getState, subscribe, tokenIndex, viewOf } from "./store.js";
+import { h } from "./ui.js";
+import { toQuery } from "./url.js";
+
+const JSON_EXPORT_MAX_TOKENS = 512; // app/routes.py: above this the server answers too_long (use NPZ)
+const CAPTION_PX = 15; // font size of the caption of PNG and SVG exports, CSS px
+const CAPTION_LINES = 3; // prompt lines at most under the title
+const MARGIN = 16; // CSS px around the exported picture
+const SVG_NS = "http://www.w3.org/2000/svg";
+const XLINK_NS = "http://www.w3.org/1999/xlink";
+const TAB_LABEL = (view) => document.querySelector(`[role=tab][data-view="${view}"]`)?.textContent.trim() ?? view;
+
+let ui = null;
+
+/** Build the share and export controls into `panel`. */
+export function mountExports(panel) {
+  const button = (text, testid, onClick, title) => h("button", { type: "button", text, title, "data-testid": testid, onClick });
+  ui = {
+    panel,
+    shortField: h("input", { type: "text", readonly: true, "aria-label": "Short link", "data-testid": "short-link",
+      placeholder: "Press “Make short link”" }),
+    status: h("p", { className: "export-status", role: "status", "data-testid": "export-status" }),
+    json: h("a", { className: "button-link", text: "Data (JSON)", "data-testid": "export-json" }),
+    npz: h("a", { className: "button-link", text: "Data (NPZ)", "data-testid": "export-npz",
+      title: "Every captured array (attention, queries, keys, norms) for NumPy" }),
+  };
+  panel.append(
+    h("div", { className: "panel-head" }, [
+      h("h2", { text: "Share and export" }),
+      h("button", { type: "button", className: "quiet close", text: "Close", onClick: () => toggleExports(false) }),
+    ]),
+    h("div", { className: "export-row" }, [
+      h("span", { className: "control-label", text: "Permalink" }), ui.shortField,
+      button("Make short link", "make-short-link", makeShortLink, "A short /s/… link to this view, kept on this server"),
+    ]),
+    h("div", { className: "export-row" }, [
+      h("span", { className: "control-label", text: "Picture" }),
+      button("PNG", "export-png", () => run(exportPng), "The view's drawings and its prompt as a PNG image"),
+      button("SVG", "export-svg", () => run(exportSvg), "The same picture with the title and prompt as SVG text"),
+      h("span", { className: "control-label", text: "Data" }), ui.json, ui.npz,
+      h("span", { className: "control-label", text: "Offline" }),
+      button("HTML file", "export-html", () => run(exportOffline),
+        "One HTML file with this analysis and a viewer: opens with no server and no internet"),
+    ]),
+    ui.status,
+  );
+  subscribe((state, change) => {
+    if (change.view) ui.shortField.value = ""; // a short link names one view
+    syncLinks(state);
+  });
+  syncLinks(getState());
+}
+
+export function toggleExports(open = ui.panel.hidden) {
+  ui.panel.hidden = !open;
+}
+
+/** Open the panel and make a short link at once (the masthead's "Short link"). */
+export function shortLinkNow() {
+  toggleExports(true);
+  makeShortLink();
+}
+
+function syncLinks(state) {
+  const active = Boolean(state.analysis && analysisMatches(state));
+  const key = active ? state.analysis.key : "";
+  const tooLong = active && state.analysis.overview.tokens > JSON_EXPORT_MAX_TOKENS;
+  setLink(ui.json, active && !tooLong ? `/api/analysis/${key}/export.json` : null);
+  ui.json.title = tooLong ? `The JSON export holds at most ${JSON_EXPORT_MAX_TOKENS} tokens: use NPZ`
+    : "Tokens and attention [layers, heads, query, key] as JSON lists";
+  setLink(ui.npz, active ? `/api/analysis/${key}/export.npz` : null);
+  for (const control of ui.panel.querySelectorAll("[data-testid^=export-]:is(button)")) control.disabled = !active;
+}
+
+function setLink(anchor, href) {
+  if (href) {
+    anchor.href = href;
+    anchor.setAttribute("download", "");
+    anchor.removeAttribute("aria-disabled");
+  } else {
+    anchor.removeAttribute("href");
+    anchor.setAttribute("aria-disabled", "true");
+  }
+}
+
+async function run(task) {
+  ui.status.textContent = "Preparing…";
+  try {
+    ui.status.textContent = await task(getState());
+  } catch (error) {
+    ui.status.textContent = `The export failed: ${error.message}`;
+  }
+}
+
+// ---- short links ----
+
+async function makeShortLink() {
+  ui.status.textContent = "Making a short link…";
+  try {
+    const response = await fetch("/api/links", {
+      method: "POST", headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ query: location.search.slice(1) || toQuery(viewOf(getState())) }),
+    });
+    const body = await response.json();
+    if (!response.ok) throw new Error(body.message || response.statusText);
+    ui.shortField.value = `${location.origin}${body.path}`;
+    ui.shortField.focus();
+    ui.shortField.select();
+    try {
+      await navigator.clipboard.writeText(ui.shortField.value);
+      ui.status.textContent = "Short link copied to the clipboard. It lasts as long as this server keeps its cache folder.";
+    } catch {
+      ui.status.textContent = "Copy the selected short link (Ctrl+C). It lasts as long as this server keeps its cache folder.";
+    }
+  } catch (error) {
+    ui.status.textContent = `No short link: ${error.message}`;
+  }
+}
+
+// ---- pictures ----
+
+/** A file name for this view: atlas-MODEL-VIEW-l2-h3.EXT */
+function fileName(state, extension) {
+  const parts = ["atlas", state.analysis.model, state.view, `l${state.layer}`, `h${state.head}`];
+  return `${parts.join("-").replace(/[^A-Za-z0-9._-]+/g, "_")}.${extension}`;
+}
+
+/** One line about what the view shows: view, model, and the layer, head or token where they matter. */
+function describe(state) {
+  const parts = [`${TAB_LABEL(state.view)} view`, state.analysis.tokens.info?.title || state.analysis.model];
+  if (["head", "matrix", "neuron"].includes(state.view)) parts.push(`layer ${state.layer}`);
+  if (state.view === "head" && state.heads) parts.push(`heads ${state.heads.join(", ") || "none"}`);
+  if (["matrix", "neuron"].includes(state.view)) parts.push(`head ${state.head}`);
+  if (["token", "neuron"].includes(state.view)) {
+    const index = tokenIndex(state);
+    parts.push(`token ${index} «${displayToken(state.analysis.tokens.tokens[index] ?? "")}»`);
+  }
+  return parts.join(" · ");
+}
+
+/** Every canvas of an element, inside open shadow roots too (BokehJS draws in one), that is on screen. */
+function canvasesIn(root) {
+  const found = [];
+  for (const element of root.querySelectorAll("*")) {
+    if (element instanceof HTMLCanvasElement) found.push(element);
+    if (element.shadowRoot) found.push(...canvasesIn(element.shadowRoot));
+  }
+  return found.filter((canvas) => {
+    const box = canvas.getBoundingClientRect();
+    return canvas.width > 0 && canvas.height > 0 && box.width > 0 && box.height > 0;
+  });
+}
+
+/**
+ * The view's drawings on one canvas: each canvas at its place on the page (CSS px x `scale`),
+ * headings and info lines as text. Fails when the view has nothing drawn yet.
+ */
+function composeBody(panel, scale, look) {
+  const canvases = canvasesIn(panel);
+  if (!canvases.length) throw new Error("this view has no drawing to export yet");
+  const labels = [...panel.querySelectorAll("h3, .view-info")].filter((el) => el.getBoundingClientRect().height > 0 && el.textContent.trim());
+  const boxes = [...canvases, ...labels].map((el) => el.getBoundingClientRect());
+  const left = Math.min(...boxes.map((b) => b.left));
+  const top = Math.min(...boxes.map((b) => b.top));
+  const width = Math.max(...boxes.map((b) => b.right)) - left;
+  const height = Math.max(...boxes.map((b) => b.bottom)) - top;
+  const out = document.createElement("canvas");
+  out.width = Math.ceil(width * scale);
+  out.height = Math.ceil(height * scale);
+  const ctx = out.getContext("2d");
+  ctx.scale(scale, scale);
+  ctx.fillStyle = look.bg;
+  ctx.fillRect(0, 0, width, height);
+  for (const canvas of canvases) {
+    const box = canvas.getBoundingClientRect();
+    ctx.drawImage(canvas, box.left - left, box.top - top, box.width, box.height);
+  }
+  for (const label of labels) {
+    const box = label.getBoundingClientRect();
+    const css = getComputedStyle(label);
+    ctx.font = `${css.fontWeight} ${css.fontSize} ${css.fontFamily}`;
+    ctx.fillStyle = css.color;
+    ctx.textBaseline = "middle";
+    ctx.fillText(label.textContent.trim(), box.left - left, box.top - top + box.height / 2, box.width);
+  }
+  return { canvas: out, width, height };
+}
+
+/** Caption lines: the description (bold), then the prompt wrapped to the picture's width. */
+function caption(state, width, look) {
+  const family = getComputedStyle(document.body).fontFamily;
+  const ctx = document.createElement("canvas").getContext("2d");
+  ctx.font = `400 ${CAPTION_PX}px ${family}`;
+  const prompt = [];
+  let line = "";
+  for (const word of `“${state.analysis.text.replace(/\s+/g, " ").trim()}”`.split(" ")) {
+    const next = line ? `${line} ${word}` : word;
+    if (ctx.measureText(next).width <= width || !line) {
+      line = next;
+      continue;
+    }
+    prompt.push(line);
+    line = word;
+    if (prompt.length === CAPTION_LINES) break;
+  }
+  if (prompt.length < CAPTION_LINES) prompt.push(line);
+  else prompt[CAPTION_LINES - 1] += " …";
+  return { title: `Attention Atlas · ${describe(state)}`, prompt, lineHeight: Math.round(CAPTION_PX * 1.5),
+    colour: look.ink, muted: look.muted, family };
+}
+
+/** Body, caption and the whole picture's size, in CSS px. */
+function picture(state) {
+  const look = theme();
+  const scale = Math.max(1, window.devicePixelRatio || 1);
+  const body = composeBody(document.getElementById(`view-${state.view}`), scale, look);
+  const text = caption(state, Math.max(body.width, 480), look);
+  const header = MARGIN + text.lineHeight * (1 + text.prompt.length) + MARGIN / 2;
+  return { look, scale, body, text, header, width: Math.max(body.width, 480) + 2 * MARGIN, height: header + body.height + MARGIN };
+}
+
+async function exportPng(state) {
+  const shot = picture(state);
+  const out = document.createElement("canvas");
+  out.width = Math.ceil(shot.width * shot.scale);
+  out.height = Math.ceil(shot.height * shot.scale);
+  const ctx = out.getContext("2d");
+  ctx.scale(shot.scale, shot.scale);
+  ctx.fillStyle = shot.look.bg;
+  ctx.fillRect(0, 0, shot.width, shot.height);
+  ctx.textBaseline = "top";
+  captionLines(shot).forEach(({ text, y, bold }) => {
+    ctx.font = `${bold ? 700 : 400} ${CAPTION_PX}px ${shot.text.family}`;
+    ctx.fillStyle = bold ? shot.text.colour : shot.text.muted;
+    ctx.fillText(text, MARGIN, y);
+  });
+  ctx.drawImage(shot.body.canvas, MARGIN, shot.header, shot.body.width, shot.body.height);
+  const blob = await new Promise((resolve, reject) => out.toBlob((b) => (b ? resolve(b) : reject(new Error("the browser made no PNG"))), "image/png"));
+  const name = fileName(state, "png");
+  download(blob, name);
+  return `Saved ${name} (${out.width} × ${out.height} px).`;
+}
+
+async function exportSvg(state) {
+  const shot = picture(state);
+  const doc = document.implementation.createDocument(SVG_NS, "svg", null);
+  const svg = doc.documentElement;
+  const add = (tag, attributes, text) => {
+    const node = doc.createElementNS(SVG_NS, tag);
+    for (const [name, value] of Object.entries(attributes)) node.setAttribute(name, String(value));
+    if (text !== undefined) node.textContent = text;
+    svg.append(node);
+    return node;
+  };
+  svg.setAttribute("width", String(Math.ceil(shot.width)));
+  svg.setAttribute("height", String(Math.ceil(shot.height)));
+  svg.setAttribute("viewBox", `0 0 ${Math.ceil(shot.width)} ${Math.ceil(shot.height)}`);
+  add("title", {}, shot.text.title);
+  add("desc", {}, state.analysis.text);
+  add("rect", { width: "100%", height: "100%", fill: shot.look.bg });
+  for (const { text, y, bold } of captionLines(shot)) {
+    add("text", { x: MARGIN, y: y + CAPTION_PX, "font-family": shot.text.family, "font-size": CAPTION_PX,
+      "font-weight": bold ? 700 : 400, fill: bold ? shot.text.colour : shot.text.muted }, text);
+  }
+  const image = add("image", { x: MARGIN, y: shot.header, width: shot.body.width, height: shot.body.height,
+    preserveAspectRatio: "none" });
+  const png = shot.body.canvas.toDataURL("image/png");
+  image.setAttribute("href", png);
+  image.setAttributeNS(XLINK_NS, "xlink:href", png); // for SVG 1.1 readers
+  const source = `<?xml version="1.0" encoding="UTF-8"?>\n${new XMLSerializer().serializeToString(doc)}\n`;
+  const name = fileName(state, "svg");
+  download(new Blob([source], { type: "image/svg+xml" }), name);
+  return `Saved ${name}.`;
+}
+
+function captionLines(shot) {
+  const step = shot.text.lineHeight;
+  return [{ text: shot.text.title, y: MARGIN, bold: true },
+    ...shot.text.prompt.map((text, i) => ({ text, y: MARGIN + step * (i + 1), bold: false }))];
+}
+
+// ---- offline HTML ----
+
+async function exportOffline(state) {
+  const { key } = state.analysis;
+  const response = await fetch(`/api/analysis/${key}/layer?layer=${state.layer}&mode=attention`);
+  const layer = await response.json();
+  if (!response.ok) throw new Error(layer.message || response.statusText);
+  const html = offlineHtml(offlineData(state.analysis, layer, state));
+  const name = `atlas-${state.analysis.model}-layer${state.layer}.html`.replace(/[^A-Za-z0-9._-]+/g, "_");
+  download(new Blob([html], { type: "text/html" }), name);
+  return `Saved ${name} (${Math.ceil(html.length / 1024)} KB): it opens in any browser with no server and no internet.`;
+}
+
+function download(blob, name) {
+  const url = URL.createObjectURL(blob);
+  const link = h("a", { href: url, download: name, hidden: true });
+  document.body.append(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 60_000);
+}

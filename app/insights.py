@@ -11,10 +11,10 @@ from typing import Iterator
 
 import numpy as np
 
-from app.analysis import head_roles, rollout, sinks
-from app.protocol import AtlasError, encode_array, quantize_unit
+from app.analysis import head_roles, rollout
+from app.protocol import AtlasError, encode_array
 from app.record import Capture
-from app.shaping import max_pool
+from app.shaping import max_pool, sink_tokens
 
 ANALYSIS_MAX_TOKENS = 1024  # tokens read by whole-model analyses (head summary, sinks, rollout)
 ROLLOUT_MATRIX_MAX = 256  # cells per side of the rollout matrix sent to the browser
@@ -35,8 +35,8 @@ def prefix_layers(capture: Capture) -> Iterator[np.ndarray]:
 
 
 def summary(capture: Capture) -> dict[str, np.ndarray]:
-    """Head metrics [L, H] per name, ``role`` [L, H], ``cluster`` [L, H] and ``received``
-    [L, n]; computed in one pass over the layers and memoised in ``capture.extras``."""
+    """Head metrics [L, H] per name, ``role`` [L, H] and ``cluster`` [L, H]; computed in one
+    pass over the layers and memoised in ``capture.extras``."""
     cached = {name[len(SUMMARY_PREFIX):]: value for name, value in capture.extras.items()
               if name.startswith(SUMMARY_PREFIX)}
     if cached:
@@ -44,14 +44,11 @@ def summary(capture: Capture) -> dict[str, np.ndarray]:
     n = analysed_tokens(capture)
     causal = bool(capture.info.get("causal"))
     special, punctuation = capture.special[:n], head_roles.punctuation_mask(capture.tokens[:n])
-    per_layer, received = [], []
-    for attention in prefix_layers(capture):
-        per_layer.append(head_roles.head_metrics(attention, special, punctuation, causal=causal))
-        received.append(sinks.received_attention(attention, causal))
+    per_layer = [head_roles.head_metrics(attention, special, punctuation, causal=causal)
+                 for attention in prefix_layers(capture)]
     result = {name: np.stack([layer[name] for layer in per_layer]) for name in per_layer[0]}
     result["role"] = head_roles.role_labels(result).astype(str)
     result["cluster"] = _clusters(capture)
-    result["received"] = np.stack(received)
     capture.extras.update({SUMMARY_PREFIX + name: value for name, value in result.items()})
     return result
 
@@ -70,9 +67,9 @@ def _clusters(capture: Capture) -> np.ndarray:
 def heads_payload(key: str, capture: Capture) -> dict:
     """The head summary view: every metric as float16 [L, H], roles, clusters, sink tokens."""
     result = summary(capture)
-    flagged = sinks.sink_tokens(result["received"], causal=bool(capture.info.get("causal")))
+    flagged = sink_tokens(capture)
     metrics = {name: encode_array(value, "float16") for name, value in result.items()
-               if name not in ("role", "cluster", "received")}
+               if name not in ("role", "cluster")}
     return {
         "key": key,
         "analysed_tokens": analysed_tokens(capture),
@@ -98,9 +95,9 @@ def rollout_payload(key: str, capture: Capture, fusion: str, position: int) -> d
     for cumulative in rollout.iter_rollout(_fused_layers(capture, fusion)):
         rows.append(cumulative[position])
         final = cumulative
-    peak = max(float(final.max()), 1e-9)
+    # float16, not uint8: a sink often holds ~all of the rollout, and every other cell would round to 0
     return {"key": key, "fusion": fusion, "position": position, "analysed_tokens": n,
-            "matrix": quantize_unit(max_pool(final, ROLLOUT_MATRIX_MAX) / peak), "matrix_peak": peak,
+            "matrix": encode_array(max_pool(final, ROLLOUT_MATRIX_MAX), "float16"),
             "rows": encode_array(np.stack(rows), "float16")}
 
 

@@ -12,11 +12,11 @@ from dataclasses import dataclass, field, fields
 
 import numpy as np
 
-FORMAT_VERSION = 1  # bump when the arrays or their meaning change; part of every cache key
+FORMAT_VERSION = 2  # bump when the arrays or their meaning change; part of every cache key
 
 ARRAY_FIELDS = (
     "spans", "special", "queries", "keys", "kv_map", "scaling", "masks", "mask_index",
-    "row_lse", "value_norms", "hidden_norms", "thumbnails", "attention",
+    "row_lse", "value_norms", "hidden_norms", "received", "thumbnails", "attention",
 )
 
 
@@ -42,6 +42,7 @@ class Capture:
     row_lse: np.ndarray      # [L, H, N] float32, log-sum-exp of each attention row's scores
     value_norms: np.ndarray  # [L, H, N] float32, ||v_j|| of each head's value vectors
     hidden_norms: np.ndarray  # [L + 1, N] float32, residual-stream norm after embeddings and each layer
+    received: np.ndarray     # [L, N] float32, attention each key receives per head and visible query
     thumbnails: np.ndarray   # [L, H, t, t] float16, max-pooled attention for the model view
     attention: np.ndarray | None = None  # [L, H, N, N], kept only within the byte budget
     extras: dict = field(default_factory=dict)  # analyses cached alongside (name -> array)
@@ -106,7 +107,7 @@ class Capture:
             "tokens": (n,), "pieces": (n,), "spans": (n, 2), "special": (n,),
             "keys": (layers, kv_heads, n, d), "kv_map": (heads,), "scaling": (layers,),
             "mask_index": (layers,), "row_lse": (layers, heads, n), "value_norms": (layers, heads, n),
-            "hidden_norms": (layers + 1, n), "thumbnails": (layers, heads, side, side),
+            "hidden_norms": (layers + 1, n), "received": (layers, n), "thumbnails": (layers, heads, side, side),
         }
         for name, shape in expected.items():
             value = getattr(self, name)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from app.analysis import sinks
 from app.protocol import AtlasError, encode_array, quantize_unit
 from app.record import Capture
 
@@ -31,8 +32,15 @@ def tokens_payload(key: str, capture: Capture) -> dict:
     }
 
 
+def sink_tokens(capture: Capture) -> dict[str, np.ndarray]:
+    """Attention sinks over the whole prompt, from the attention each token received per layer
+    (summed at capture time, so this costs nothing at any length)."""
+    return sinks.sink_tokens(capture.received, causal=bool(capture.info.get("causal")))
+
+
 def overview_payload(key: str, capture: Capture) -> dict:
-    """Every head as a thumbnail, each scaled to its own maximum so faint heads stay visible."""
+    """Every head as a thumbnail, each scaled to its own maximum so faint heads stay visible,
+    and the attention-sink tokens, so every view can badge them from the first paint."""
     thumbnails = capture.thumbnails.astype(np.float32)  # [L, H, t, t]
     peaks = thumbnails.max(axis=(2, 3))  # [L, H]
     scaled = thumbnails / np.where(peaks > 0, peaks, 1.0)[..., None, None]
@@ -44,6 +52,7 @@ def overview_payload(key: str, capture: Capture) -> dict:
         "tokens": capture.n_tokens,
         "thumbnails": quantize_unit(scaled),
         "peaks": encode_array(peaks, "float16"),
+        "sinks": np.flatnonzero(sink_tokens(capture)["is_sink"]).tolist(),
     }
 
 

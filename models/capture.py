@@ -112,16 +112,19 @@ class _Recorder:
             self._check_scores(query, key, attention_mask, scaling, weights, groups)
         thumbs = F.adaptive_max_pool2d(weights, self.thumb)  # [H, t, t]
         keys = key[0].float().repeat_interleave(groups, 0)  # [H, N, d]
+        mask = self._mask_index(attention_mask)
+        visible = torch.from_numpy(self.masks[mask].sum(axis=0).clip(min=1)).to(weights)  # [N] queries per key
         self.layers.append({
             "name": self.names.get(id(module), type(module).__name__),
             "queries": self._numpy(query[0]),                        # [H, N, d]
             "keys": self._numpy(key[0]),                             # [KV, N, d]
             "row_lse": _row_logsumexp(query[0].float(), keys, weights, scaling).cpu().numpy(),  # [H, N]
+            "received": (weights.sum(dim=(0, 1)) / (weights.shape[0] * visible)).cpu().numpy(),  # [N]
             "value_norms": value[0].float().norm(dim=-1).repeat_interleave(groups, 0).cpu().numpy(),  # [H, N]
             "thumbnails": thumbs.cpu().numpy().astype(np.float16),
             "attention": self._numpy(weights) if self.keep_attention else None,
             "scaling": scaling,
-            "mask": self._mask_index(attention_mask),
+            "mask": mask,
             "groups": groups,
         })
         if self.on_layer:
@@ -273,6 +276,7 @@ def _assemble(model: str, text: str, tokenized: Tokenized, recorder: _Recorder, 
         masks=np.stack(recorder.masks),
         mask_index=np.asarray([layer["mask"] for layer in layers], dtype=np.int32),
         row_lse=np.stack([layer["row_lse"] for layer in layers]).astype(np.float32),
+        received=np.stack([layer["received"] for layer in layers]).astype(np.float32),
         value_norms=np.stack([layer["value_norms"] for layer in layers]).astype(np.float32),
         hidden_norms=hidden_norms.astype(np.float32),
         thumbnails=np.stack([layer["thumbnails"] for layer in layers]),

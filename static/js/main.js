@@ -63,11 +63,10 @@ function streamed(state, needed) {
     && needed.fields.mode === "attention" && pending.layers.includes(needed.fields.layer));
 }
 
-/** Ask once for each request the view needs (none, one or a list), and for the sink tokens every view marks. */
+/** Ask once for each request the view needs (none, one or a list); the sink tokens every view marks come with the overview. */
 function ensureDetail(state) {
   if (!analysisMatches(state)) return;
   const needs = [VIEWS[state.view].need(state)].flat().filter(Boolean);
-  if (state.analysis.sinks === undefined) needs.push({ event: "heads", fields: { key: state.analysis.key } });
   for (const needed of needs) {
     if (streamed(state, needed) || (STREAMS.includes(needed.event) && state.pending)) continue; // one stream at a time
     const id = detailId(needed);
@@ -86,7 +85,7 @@ function onAnalysisEvent(event, payload) {
     state.details.clear(); // the model and text are the ones asked for, so the view state matches exactly
     const { model, text } = pending.key ? pending.tokens : pending; // an analysis opened by key names its own
     setData({ analysis: { rid: payload.rid, key: payload.key, model, text, tokens: pending.tokens, opened: Boolean(pending.key),
-      overview: payload, done: null }, zoom: null, error: null, failed: null });
+      overview: payload, sinks: payload.sinks, done: null }, zoom: null, error: null, failed: null });
     setView({ ...viewOf(state), model, text }, { history: "replace" }); // clamp indices, name the model
   } else if (event === "layer") {
     const fields = { key: payload.key, layer: payload.layer, mode: payload.mode };

@@ -43,6 +43,10 @@ def check_capture(handle) -> None:
     if handle.is_causal:
         upper = np.triu(np.ones(expected.shape[-2:], dtype=bool), k=1)
         assert np.all(capture.attention[..., upper] == 0)
+    from app.analysis.sinks import received_attention
+
+    received = np.stack([received_attention(layer, handle.is_causal) for layer in expected])
+    np.testing.assert_allclose(capture.received, received, atol=1e-5)
     # without stored attention, every block comes back from q, k and the row log-sum-exp
     light = run_capture(handle, PROMPT, precision="float32", keep_attention_bytes=0)
     assert light.attention is None

@@ -2,7 +2,7 @@
 // output position once attention is followed through every layer (the residual counted as
 // (A + I) / 2, heads fused by mean, max or min). Left: the output's rollout row after the last
 // layer and its attention flow as bars, and a layers x tokens heatmap of its rollout row after
-// each layer. Right: the whole token-to-token rollout matrix. Data: `rollout` (matrix uint8
+// each layer. Right: the whole token-to-token rollout matrix. Data: `rollout` (matrix float16
 // [n, n] pooled to <= 256, rows float16 [L, n]) and `flow` (float32 [n]; refused as `too_long`
 // on large inputs, which the view says).
 import {
@@ -276,15 +276,15 @@ function drawMatrix(state, rollout, width, look) {
   const showLabels = labelled && cell >= look.size * 1.05;
   const left = showLabels ? margin : look.size * 3;
   const top = showLabels ? Math.ceil(margin * Math.sin(LABEL_ANGLE)) + 8 : look.size * 1.5;
-  const g = { left, top, cell, m, n, data: rollout.matrix.data, scale: rollout.matrix.scale * rollout.matrix_peak };
+  const g = { left, top, cell, m, n, data: rollout.matrix.data, scale: rollout.matrix.scale };
   ui.matrixGeometry = g;
   const out = prepareCanvas(ui.matrixCanvas, left + m * cell + 8, top + m * cell + LEGEND_H + look.size * 3);
   out.imageSmoothingEnabled = false;
   const skip = new Set(ui.scaleWithoutSinks ? [...sinks].map((i) => binOf(i, m, n)) : []);
-  let top255 = 0; // the largest byte outside the skipped columns: the end of the colour scale
-  for (let r = 0; r < m; r++) for (let c = 0; c < m; c++) if (!skip.has(c)) top255 = Math.max(top255, g.data[r * m + c]);
-  top255 ||= 255;
-  out.drawImage(heatmapImage(m, m, SEQUENTIAL, (r, c) => unitIndex(fraction(g.data[r * m + c], top255))),
+  let top = 0; // the largest value outside the skipped columns: the end of the colour scale
+  for (let r = 0; r < m; r++) for (let c = 0; c < m; c++) if (!skip.has(c)) top = Math.max(top, g.data[r * m + c]);
+  top ||= 1;
+  out.drawImage(heatmapImage(m, m, SEQUENTIAL, (r, c) => unitIndex(fraction(g.data[r * m + c], top))),
     left, top, m * cell, m * cell);
   out.strokeStyle = look.muted;
   out.lineWidth = 1;
@@ -320,7 +320,7 @@ function drawMatrix(state, rollout, width, look) {
   }
   const note = scaleNote(skip);
   drawLegend(out, left, top + m * cell + 8, Math.min(300, Math.max(160, m * cell)), LEGEND_H, SEQUENTIAL,
-    [ui.logScale ? "max/1000" : "0", note ? `share, ${note}` : "share", formatNumber((top255 / 255) * rollout.matrix_peak)], look);
+    [ui.logScale ? "max/1000" : "0", note ? `share, ${note}` : "share", formatNumber(top * g.scale)], look);
 }
 
 export function render(state, el) {

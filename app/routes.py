@@ -102,10 +102,27 @@ def analyze():
     }))
 
 
+@api.post("/generate")
+def generate():
+    """Generate a continuation (cached), then answer its analysis like /api/analyze."""
+    from app import language
+
+    _, fields = parse_request("generate", request.get_json(silent=True))
+    settings = {name: fields[name] for name in ("max_new_tokens", "sample", "seed", "temperature")}
+    full = language.generate(service(), fields["model"], fields["text"], settings)
+    analysis = service().analyze(fields["model"], full)
+    return jsonify(jsonable({
+        "key": analysis.key, "cached": analysis.cached, "text": full,
+        "first_generated": language.first_generated_token(analysis.capture, fields["text"]),
+        "tokens": shaping.tokens_payload(analysis.key, analysis.capture),
+        "overview": shaping.overview_payload(analysis.key, analysis.capture),
+    }))
+
+
 @api.get("/analysis/<key>/<event>")
 def detail(key: str, event: str):
     """``/api/analysis/KEY/layer?layer=3`` and likewise matrix, token, neuron, stats."""
-    if event not in REQUESTS or event == "analyze":
+    if event not in REQUESTS or event in stream.STREAMS or event.startswith("present_"):
         raise AtlasError("not_found", f"unknown detail '{event}'", 404)
     data = {"key": key, **{name: _query_value(value) for name, value in request.args.items()}}
     _, fields = parse_request(event, data)

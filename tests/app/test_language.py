@@ -43,3 +43,14 @@ def test_logit_lens_last_layer_predicts_paris(service):
     ids = np.frombuffer(payload["ids"]["data"], dtype="<i4").reshape(payload["ids"]["shape"])
     assert ids.shape == (31, analysis.capture.n_tokens, 5)
     assert payload["words"][str(ids[-1, -1, 0])].strip() == "Paris"
+
+
+def test_generate_over_http(client):
+    response = client.post("/api/generate", json={"model": "smollm2", "text": "The capital of France is",
+                                                  "max_new_tokens": 2})
+    assert response.status_code == 200, response.get_json()
+    answer = response.get_json()
+    assert answer["text"].startswith("The capital of France is Paris")
+    assert answer["tokens"]["tokens"][answer["first_generated"]].strip() == "Paris"
+    lens = client.get(f"/api/analysis/{answer['key']}/lens?start=0&count=4").get_json()
+    assert lens["ids"]["shape"] == [31, 4, 5]

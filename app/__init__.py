@@ -3,35 +3,62 @@ to one query/key pair."""
 from __future__ import annotations
 
 import logging
+import os
 import secrets
 
 from flask import Flask
 
+from app import config as settings
 from app.config import Config
 from app.extensions import socketio
+
+log = logging.getLogger(__name__)
+SOCKETIO_CHANNEL = "attention-atlas"  # the Redis pub/sub channel of Socket.IO messages
 
 
 def create_app(test_config: dict | None = None) -> Flask:
     """Build the app: config (defaults, ATLAS_* environment, test_config), extensions,
-    blueprints and the Socket.IO namespace. Reads no configuration at import time."""
-    from app.events import AtlasNamespace
+    blueprints and the Socket.IO namespace. Reads no configuration at import time.
+
+    Raises ValueError for a setting that would disable a limit, RuntimeError when REDIS_URL
+    is set but Redis cannot be reached."""
+    from app import limits, security
+    from app.events import AtlasNamespace, client_manager, no_delay
     from app.routes import api, pages
     from app.service import AtlasService
 
     app = Flask(__name__, static_folder="../static", template_folder="../templates")
+    app.json.sort_keys = False  # a Bokeh json_item must keep each definition before its references
     app.config.from_object(Config)
     app.config.from_prefixed_env("ATLAS")
+    app.config["REDIS_URL"] = app.config["REDIS_URL"] or os.environ.get("REDIS_URL") or None
     if test_config:
         app.config.update(test_config)
+    settings.check(app.config)
+    if not app.config["SECRET_KEY"] and app.config["REDIS_URL"]:
+        log.warning("ATLAS_SECRET_KEY is unset: each process signs with its own random key; set the same "
+                    "key on every process behind the load balancer")
     app.config["SECRET_KEY"] = app.config["SECRET_KEY"] or secrets.token_hex(32)
+    app.config["MAX_CONTENT_LENGTH"] = app.config["MAX_CONTENT_LENGTH"] or app.config["MAX_MESSAGE_BYTES"]
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     service = AtlasService(app.config)
     app.extensions["atlas"] = service
+    limiter = app.extensions["atlas_limiter"] = limits.RateLimiter(lambda: limits.rate_limits(app.config))
+    security.init_app(app)
+    limits.init_app(app, limiter)
+    if app.config["PROXY_FIX_X_FOR"]:
+        from werkzeug.middleware.proxy_fix import ProxyFix
+
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=app.config["PROXY_FIX_X_FOR"], x_proto=1)
     service.preload(app.config["PRELOAD_MODELS"])
     app.register_blueprint(pages)
     app.register_blueprint(api)
+    # The client manager is always passed: Flask-SocketIO keeps options between init_app calls,
+    # and a Redis manager left by an earlier app must not leak into this one.
     socketio.init_app(app, async_mode="threading", max_http_buffer_size=app.config["MAX_MESSAGE_BYTES"],
-                      cors_allowed_origins=app.config["CORS_ALLOWED_ORIGINS"])
-    socketio.on_namespace(AtlasNamespace(service))
+                      cors_allowed_origins=app.config["CORS_ALLOWED_ORIGINS"], message_queue=None,
+                      client_manager=client_manager(app.config["REDIS_URL"], SOCKETIO_CHANNEL))
+    socketio.on_namespace(AtlasNamespace(service, limiter))
+    app.wsgi_app = no_delay(app.wsgi_app)
     return app

@@ -1,11 +1,13 @@
-"""Per-prompt result cache: content-addressed keys, a bytes-bounded memory LRU over a disk store.
+"""Per-prompt result cache: content-addressed keys, a bytes-bounded memory LRU over a store.
 
-A repeated or shared prompt costs one lookup. Disk entries survive restarts, are written
-atomically (temp file + rename) and carry a checksum, so a torn or corrupted file is detected,
-deleted and recomputed instead of served.
+A repeated or shared prompt costs one lookup. The store is a local :class:`DiskStore` or, with
+several server processes, :class:`app.redis_store.RedisStore`; both keep checksummed blobs
+(:func:`pack`), so a torn or corrupted entry is detected, deleted and recomputed instead of
+served. Disk entries survive restarts and are written atomically (temp file + rename).
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -16,7 +18,7 @@ import threading
 from collections import OrderedDict
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Protocol
 
 import numpy as np
 
@@ -26,6 +28,7 @@ log = logging.getLogger(__name__)
 
 MAGIC = b"ATLAS01\n"  # 8 bytes at the start of every disk entry
 DIGEST_BYTES = 32  # sha256 of the payload, stored right after MAGIC
+TEMP_PREFIX = ".tmp-"  # unfinished writes: .tmp-PID-random beside their target
 
 
 def cache_key(model: str, fingerprint: str, text: str, options: dict | None = None) -> str:
@@ -42,13 +45,45 @@ def is_key(value: object) -> bool:
     return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
 
 
+class Store(Protocol):
+    """Where entries live beyond this process's memory: :class:`DiskStore` or ``RedisStore``."""
+
+    def read(self, key: str) -> dict[str, np.ndarray] | None: ...
+
+    def write(self, key: str, arrays: dict[str, np.ndarray]) -> bool: ...
+
+
+def pack(arrays: dict[str, np.ndarray]) -> bytes:
+    """One stored entry: MAGIC, sha256 of the payload, the payload (an uncompressed .npz)."""
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    payload = buffer.getvalue()
+    return MAGIC + hashlib.sha256(payload).digest() + payload
+
+
+def unpack(blob: bytes) -> dict[str, np.ndarray] | None:
+    """The arrays of a stored entry, or None when it is torn or corrupt (checksum mismatch)."""
+    header, digest = blob[: len(MAGIC)], blob[len(MAGIC): len(MAGIC) + DIGEST_BYTES]
+    payload = blob[len(MAGIC) + DIGEST_BYTES:]
+    if header != MAGIC or hashlib.sha256(payload).digest() != digest:
+        return None
+    with np.load(io.BytesIO(payload), allow_pickle=False) as archive:
+        return {name: archive[name] for name in archive.files}
+
+
 class DiskStore:
-    """One file per entry under ``root``, pruned oldest-first past ``max_bytes``."""
+    """One file per entry under ``root``, pruned oldest-first past ``max_bytes``.
+
+    A write goes to ``.tmp-PID-*`` beside its target, is fsynced, then renamed over it, so a
+    reader sees the old entry, the new one or none, never a torn file, even when the writer is
+    killed. Temp files left by dead writers are removed when a store opens.
+    """
 
     def __init__(self, root: str | Path, max_bytes: int):
         self.root = Path(root)
         self.max_bytes = max_bytes
         self.root.mkdir(parents=True, exist_ok=True)
+        self.remove_leftovers()
 
     def _path(self, key: str) -> Path:
         if not is_key(key):
@@ -62,52 +97,101 @@ class DiskStore:
             blob = path.read_bytes()
         except FileNotFoundError:
             return None
-        payload = blob[len(MAGIC) + DIGEST_BYTES:]
-        header, digest = blob[: len(MAGIC)], blob[len(MAGIC): len(MAGIC) + DIGEST_BYTES]
-        if header != MAGIC or hashlib.sha256(payload).digest() != digest:
+        arrays = unpack(blob)
+        if arrays is None:
             log.warning("cache entry %s is corrupt; removing it", key)
             path.unlink(missing_ok=True)
             return None
-        os.utime(path)  # recency for pruning
-        with np.load(io.BytesIO(payload), allow_pickle=False) as archive:
-            return {name: archive[name] for name in archive.files}
+        with contextlib.suppress(FileNotFoundError):  # pruned meanwhile by another process
+            os.utime(path)  # recency for pruning
+        return arrays
 
-    def write(self, key: str, arrays: dict[str, np.ndarray]) -> None:
-        buffer = io.BytesIO()
-        np.savez(buffer, **arrays)
-        payload = buffer.getvalue()
+    def write(self, key: str, arrays: dict[str, np.ndarray]) -> bool:
+        """Store atomically; False (logged) when the disk refuses, so a full disk costs the
+        cache entry, not the user's answer."""
         path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        blob = pack(arrays)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f"{TEMP_PREFIX}{os.getpid()}-")
+        except OSError as error:
+            log.warning("could not store cache entry %s: %s", key, error)
+            return False
         try:
             with os.fdopen(handle, "wb") as out:
-                out.write(MAGIC + hashlib.sha256(payload).digest() + payload)
+                out.write(blob)
                 out.flush()
                 os.fsync(out.fileno())
             os.replace(temp, path)
+            _fsync_dir(path.parent)
+        except OSError as error:
+            Path(temp).unlink(missing_ok=True)
+            log.warning("could not store cache entry %s: %s", key, error)
+            return False
         except BaseException:
             Path(temp).unlink(missing_ok=True)
             raise
         self.prune()
+        return True
 
     def prune(self) -> None:
-        entries = sorted(self.root.glob("*/*.atlas"), key=lambda p: p.stat().st_mtime)
-        total = sum(p.stat().st_size for p in entries)
-        for path in entries:
+        entries = []
+        for path in self.root.glob("*/*.atlas"):
+            with contextlib.suppress(FileNotFoundError):  # another process pruned it first
+                stat = path.stat()
+                entries.append((stat.st_mtime, stat.st_size, path))
+        entries.sort()
+        total = sum(size for _, size, _ in entries)
+        for _, size, path in entries:
             if total <= self.max_bytes:
                 break
-            total -= path.stat().st_size
+            total -= size
             path.unlink(missing_ok=True)
+
+    def remove_leftovers(self) -> int:
+        """Delete temp files whose writer is gone (killed mid-write); returns how many."""
+        removed = 0
+        for temp in self.root.glob(f"*/{TEMP_PREFIX}*"):
+            if not _writer_alive(temp.name):
+                temp.unlink(missing_ok=True)
+                removed += 1
+        if removed:
+            log.info("removed %d unfinished cache writes", removed)
+        return removed
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename durable across a power cut, not only a killed process."""
+    handle = os.open(folder, os.O_RDONLY)
+    try:
+        with contextlib.suppress(OSError):  # some filesystems cannot fsync a directory
+            os.fsync(handle)
+    finally:
+        os.close(handle)
+
+
+def _writer_alive(temp_name: str) -> bool:
+    """Whether the process named in ``.tmp-PID-...`` is still running (then it may be writing)."""
+    pid = temp_name[len(TEMP_PREFIX):].partition("-")[0]
+    if not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by another user
+        return True
+    return True
 
 
 class CaptureCache:
-    """Memory LRU bounded by bytes, backed by a :class:`DiskStore`, with single-flight compute.
+    """Memory LRU bounded by bytes, backed by a :class:`Store`, with single-flight compute.
 
     Two requests for the same key while it is being computed share one computation; a failed
     computation is not cached and its error reaches every waiter.
     """
 
-    def __init__(self, store: DiskStore, max_bytes: int):
+    def __init__(self, store: Store, max_bytes: int):
         self.store = store
         self.max_bytes = max_bytes
         self._memory: OrderedDict[str, Capture] = OrderedDict()

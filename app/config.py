@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Mapping
 
 KIB, MIB, GIB = 1 << 10, 1 << 20, 1 << 30
 
@@ -25,8 +26,51 @@ class Config:
     PRELOAD_MODELS: list[str] = []  # loaded at start-up instead of on first use
     MAX_CHARS = 60_000  # characters per prompt
     MAX_TOKENS = 4096  # tokens per prompt, on top of each model's own limit
-    MAX_MESSAGE_BYTES = 1 * MIB  # largest Socket.IO message accepted from a client
+    MODEL_MAX_TOKENS: dict[str, int] = {}  # tokens per prompt for named models, e.g. {"smollm2": 1024}
+    MAX_GENERATE_TOKENS = 256  # new tokens per generation request
+    MAX_MESSAGE_BYTES = 1 * MIB  # largest Socket.IO message or HTTP body accepted from a client
+    MAX_QUEUED_JOBS = 64  # model jobs waiting per device; more are answered `busy` at once
+    DEVICE_WORKERS = 1  # model jobs running at once per device
+    MAX_QUEUE_WAIT_SECONDS = 300  # a job that waits longer for its turn is answered `busy`
+    MAX_JOBS_PER_CLIENT = 2  # analyses one connection may have in progress at once
+    RATE_ANALYZE_PER_MINUTE = 30  # analyze/generate requests per client per minute (0 = no limit)
+    RATE_ANALYZE_BURST = 10  # analyze/generate requests a client may send back to back
+    RATE_EVENTS_PER_SECOND = 40  # requests of any kind per client per second, burst of 2 s (0 = no limit)
     CORS_ALLOWED_ORIGINS: list[str] | None = None  # None = same origin only
+    PROXY_FIX_X_FOR = 0  # proxies in front that set X-Forwarded-For (rate limits need the user's address)
+    REDIS_URL: str | None = None  # ATLAS_REDIS_URL or REDIS_URL: share sessions and results between processes
+    REDIS_CACHE_TTL_SECONDS = 7 * 24 * 3600  # a shared result expires this long after its last use
+    REDIS_MAX_ENTRY_BYTES = 256 * MIB  # larger results stay in the computing process's memory only
+    CONTENT_SECURITY_POLICY = ("default-src 'self'; script-src 'self'; connect-src 'self'; "
+                               "img-src 'self' data: blob:; style-src 'self' 'unsafe-inline'; object-src 'none'; "
+                               "base-uri 'none'; frame-ancestors 'self'; form-action 'self'")
     DENSE_LAYER_MAX_TOKENS = 256  # above this a layer travels as top-k links per query
     LAYER_TOP_K = 16  # links per query token and head in top-k layer payloads
     MATRIX_TILE_MAX = 256  # cells per side of one matrix-view tile
+
+
+JSON_BYTES_PER_CHAR = 6  # worst case for one prompt character in a JSON message (\u001f)
+MESSAGE_OVERHEAD_BYTES = 4096  # the rest of an analyze message: event name, rid, model, layers
+POSITIVE = ("MAX_CHARS", "MAX_TOKENS", "MAX_GENERATE_TOKENS", "MAX_MESSAGE_BYTES", "MAX_QUEUED_JOBS",
+            "DEVICE_WORKERS", "MAX_QUEUE_WAIT_SECONDS", "MAX_JOBS_PER_CLIENT", "CACHE_MEMORY_BYTES",
+            "CACHE_DISK_BYTES", "REDIS_CACHE_TTL_SECONDS", "REDIS_MAX_ENTRY_BYTES")
+NON_NEGATIVE = ("RATE_ANALYZE_PER_MINUTE", "RATE_ANALYZE_BURST", "RATE_EVENTS_PER_SECOND", "PROXY_FIX_X_FOR")
+
+
+def check(config: Mapping) -> None:
+    """Refuse settings that would silently disable a limit (a typo in ATLAS_MAX_CHARS should
+    stop the server at start, not let fifty novels through)."""
+    for name in POSITIVE + NON_NEGATIVE:
+        value, positive = config[name], name in POSITIVE
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not number or value < 0 or (positive and value == 0):
+            kind = "a positive" if positive else "a non-negative"
+            raise ValueError(f"{name} must be {kind} number, got {value!r} (check ATLAS_{name})")
+    if config["MAX_MESSAGE_BYTES"] < JSON_BYTES_PER_CHAR * config["MAX_CHARS"] + MESSAGE_OVERHEAD_BYTES:
+        raise ValueError(f"MAX_MESSAGE_BYTES ({config['MAX_MESSAGE_BYTES']}) is too small for prompts of MAX_CHARS "
+                         f"({config['MAX_CHARS']}) characters: a prompt within the limit would be dropped instead of "
+                         f"answered; allow {JSON_BYTES_PER_CHAR} bytes per character plus {MESSAGE_OVERHEAD_BYTES}")
+    limits = config["MODEL_MAX_TOKENS"]
+    if not isinstance(limits, dict) or not all(isinstance(v, int) and v > 0 for v in limits.values()):
+        raise ValueError(f'MODEL_MAX_TOKENS must map model names to positive token counts, e.g. '
+                         f'ATLAS_MODEL_MAX_TOKENS=\'{{"smollm2": 1024}}\'; got {limits!r}')

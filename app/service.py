@@ -3,9 +3,15 @@
 Routes, socket handlers and the command line all call :class:`AtlasService`; none of them
 touches a model or the cache directly. torch is imported on first model use, so listing
 models, validating input and serving cached results never wait for it.
+
+Every piece of model work (loading, forward passes, generation) goes through
+:meth:`AtlasService.model_work`, which queues it on its device's :class:`app.limits.JobQueue`
+and turns every model failure into an :class:`AtlasError` for the one client that asked.
 """
 from __future__ import annotations
 
+import contextlib
+import copy
 import logging
 import threading
 import time
@@ -13,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from app import limits
 from app.cache import CaptureCache, DiskStore, cache_key, is_key
 from app.protocol import AtlasError
 from app.record import Capture
@@ -57,11 +64,13 @@ class AtlasService:
         if not self.registry.specs:
             raise ValueError("no models left after ALLOWED_MODELS; check ATLAS_ALLOWED_MODELS")
         cache_dir = Path(config["CACHE_DIR"])
-        self.cache = CaptureCache(DiskStore(cache_dir / "results", config["CACHE_DISK_BYTES"]),
-                                  config["CACHE_MEMORY_BYTES"])
+        self.cache = CaptureCache(result_store(config), config["CACHE_MEMORY_BYTES"])
         self.converted_dir = cache_dir / "converted"
         self._loader = None
         self._loader_lock = threading.Lock()
+        self._queues: dict[str, limits.JobQueue] = {}  # device -> its queue of model work
+        self._queues_lock = threading.Lock()
+        self._counters: dict[str, tuple[object, threading.Lock]] = {}  # model -> (tokenizer copy, lock)
 
     @property
     def loader(self):
@@ -77,7 +86,13 @@ class AtlasService:
         """Load models in the background at start-up, so the first user does not wait."""
         for name in names:
             self.registry.get(name)
-            threading.Thread(target=self.loader.get, args=(name,), name=f"preload-{name}", daemon=True).start()
+            threading.Thread(target=self._preload, args=(name,), name=f"preload-{name}", daemon=True).start()
+
+    def _preload(self, name: str) -> None:
+        try:
+            self.model_work(name, lambda handle: None)
+        except AtlasError as error:
+            log.error("could not preload %s: %s", name, error.message)
 
     def models(self) -> list[dict]:
         loaded = self._loader.is_loaded if self._loader else (lambda name: False)
@@ -95,13 +110,27 @@ class AtlasService:
     def key_for(self, model: str, text: str) -> str:
         return cache_key(model, self.registry.fingerprint(model), text, CAPTURE_OPTIONS)
 
+    def token_limit(self, name: str) -> int:
+        """Tokens a prompt may have on ``name`` (the model's own limit applies on top)."""
+        return min(self.config["MAX_TOKENS"], self.config["MODEL_MAX_TOKENS"].get(name, self.config["MAX_TOKENS"]))
+
     def analyze(self, model: str | None, text: object, progress: Progress | None = None) -> Analysis:
-        """Validated, cached capture of ``text`` on ``model``; raises AtlasError for the user."""
+        """Validated, cached capture of ``text`` on ``model``; raises AtlasError for the user.
+
+        Identical requests in flight share one forward pass; when the client of that pass
+        disconnects before it starts, a waiting request takes it over.
+        """
         started = time.perf_counter()
         text = check_text(text, self.config["MAX_CHARS"])
         name = self.model_name(model)
         key = self.key_for(name, text)
-        capture, cached = self.cache.get_or_compute(key, lambda: self._capture(name, text, progress))
+        while True:
+            try:
+                capture, cached = self.cache.get_or_compute(key, lambda: self._capture(name, text, progress))
+                break
+            except limits.JobCancelled:
+                if limits.cancelled():
+                    raise
         return Analysis(key, capture, cached, time.perf_counter() - started)
 
     def lookup(self, key: object) -> Capture:
@@ -116,27 +145,112 @@ class AtlasService:
     def _capture(self, name: str, text: str, progress: Progress | None) -> Capture:
         from models.capture import run_capture
 
-        return self.model_work(name, lambda handle: run_capture(handle, text, max_tokens=self.config["MAX_TOKENS"]),
-                               progress)
+        limit = self.token_limit(name)
+        self._count_tokens(name, text, limit)
+        return self.model_work(name, lambda handle: run_capture(handle, text, max_tokens=limit), progress)
+
+    def _count_tokens(self, name: str, text: str, limit: int) -> None:
+        """Refuse a prompt over ``limit`` tokens before it takes a place in the queue.
+
+        Possible once the model is loaded; before that the same check runs inside the queue,
+        right after loading and before the forward pass. Uses a private tokenizer copy, so it
+        never shares a (not thread-safe) fast tokenizer with a job that is running.
+        """
+        from models.capture import tokenize
+
+        if not (self._loader and self._loader.is_loaded(name)):
+            return
+        handle = self._loader.get(name)
+        with self._guard(name):
+            if name not in self._counters:
+                self._counters[name] = (copy.deepcopy(handle.tokenizer), threading.Lock())
+            tokenizer, lock = self._counters[name]
+            with lock:
+                tokenize(tokenizer, text, min(limit, handle.max_tokens))
+
+    def _queue(self) -> limits.JobQueue:
+        """The work queue of the device models run on (one per device: they share its memory)."""
+        from models.loading import pick_device
+
+        device = str(pick_device()[0])
+        with self._queues_lock:
+            queue = self._queues.setdefault(device, limits.JobQueue(1))
+            # the limits are read on each job, so a changed configuration applies at once
+            queue.capacity, queue.workers = self.config["MAX_QUEUED_JOBS"], self.config["DEVICE_WORKERS"]
+            queue.max_wait_seconds = self.config["MAX_QUEUE_WAIT_SECONDS"]
+            return queue
 
     def model_work(self, name: str, work: Callable, progress: Progress | None = None):
-        """Run ``work(handle)`` on a loaded model; every model failure becomes an AtlasError."""
+        """Run ``work(handle)`` on a loaded model, in turn with all other model work on its device.
+
+        ``work`` must not call model_work itself: it would wait for its own slot.
+        Raises AtlasError: ``busy`` (queue full, waited too long, or the client left),
+        ``model_load_failed``, ``too_long``, ``unsupported_model``, ``out_of_memory``,
+        ``bad_request`` (the model refused the input) or ``internal`` (anything else, logged).
+        """
+        progress = progress or (lambda stage, fraction: None)
+        with self._guard(name), self._queue().slot(lambda stage: progress(stage, 0.0)):
+            handle = self.loader.get(name, lambda stage, fraction: progress(stage, LOAD_SHARE * fraction))
+            if limits.cancelled():
+                raise limits.JobCancelled()
+            progress("running the model", LOAD_SHARE)
+            return work(handle)
+
+    @contextlib.contextmanager
+    def _guard(self, name: str):
+        """Translate what models, tokenizers and devices raise into errors for the user."""
         from models.capture import TooManyTokensError, UnsupportedModelError
         from models.loading import ModelLoadError
 
-        progress = progress or (lambda stage, fraction: None)
         try:
-            handle = self.loader.get(name, lambda stage, fraction: progress(stage, LOAD_SHARE * fraction))
-            progress("running the model", LOAD_SHARE)
-            return work(handle)
+            yield
+        except AtlasError:
+            raise
         except TooManyTokensError as error:
             raise AtlasError("too_long", str(error)) from None
         except UnsupportedModelError as error:
             raise AtlasError("unsupported_model", str(error)) from None
         except ModelLoadError as error:
             raise AtlasError("model_load_failed", str(error), 503) from None
-        except MemoryError:
-            raise AtlasError("out_of_memory", "the server ran out of memory on this prompt; try a shorter one",
-                             503) from None
         except ValueError as error:
             raise AtlasError("bad_request", str(error)) from None
+        except Exception as error:  # MemoryError and torch.cuda.OutOfMemoryError included
+            if is_out_of_memory(error):
+                release_device_memory()
+                raise AtlasError("out_of_memory", f"the server ran out of memory running {name} on this prompt; "
+                                                  "try a shorter one", 503) from None
+            log.exception("model work on %s failed", name)
+            raise AtlasError("internal", f"{name} failed on this request ({type(error).__name__}); "
+                                         "the error has been logged", 500) from None
+        except BaseException as error:
+            if type(error).__name__ != "PanicException":  # the Rust tokenizers' crash, a BaseException
+                raise
+            log.exception("the tokenizer of %s crashed", name)
+            raise AtlasError("bad_request", f"the {name} tokenizer could not read this prompt", 400) from None
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """MemoryError, torch.cuda.OutOfMemoryError (a RuntimeError), or torch's CPU allocator failing."""
+    if isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError":
+        return True
+    message = str(error).lower()
+    return "out of memory" in message or "can't allocate memory" in message
+
+
+def release_device_memory() -> None:
+    """Give cached CUDA blocks back after an out-of-memory error, so the next job can run."""
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def result_store(config):
+    """The shared Redis store when REDIS_URL is set, else the local disk store."""
+    if config.get("REDIS_URL"):
+        from app.redis_store import RedisStore
+
+        store = RedisStore(config["REDIS_URL"], config["REDIS_CACHE_TTL_SECONDS"], config["REDIS_MAX_ENTRY_BYTES"])
+        store.check()
+        return store
+    return DiskStore(Path(config["CACHE_DIR"]) / "results", config["CACHE_DISK_BYTES"])

@@ -1,0 +1,74 @@
+"""HTTP hardening: security headers on every page and API answer, and error answers that never
+leak internals (the API answers JSON ``{rid, code, message}``; pages get a plain status page).
+
+The Content-Security-Policy allows scripts only from this origin (no inline script, no eval):
+BokehJS 3.9 and the app's ES modules render under it (tests/app/test_security.py checks this in
+Chromium). ``style-src 'unsafe-inline'`` stays because BokehJS sets element styles from script.
+"""
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, Response, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from app.protocol import AtlasError
+
+log = logging.getLogger(__name__)
+
+HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "SAMEORIGIN",  # the legacy twin of frame-ancestors 'self'
+    "Referrer-Policy": "no-referrer",  # share links hold the prompt; never send it to another site
+    "Cross-Origin-Opener-Policy": "same-origin",
+    "Cross-Origin-Resource-Policy": "same-origin",
+    "Permissions-Policy": "camera=(), microphone=(), geolocation=(), payment=(), usb=()",
+}
+STATUS_CODES = {400: "bad_request", 404: "not_found", 405: "bad_request", 413: "too_long", 414: "too_long",
+                429: "rate_limited", 431: "too_long", 503: "busy"}  # HTTP status -> protocol error code
+
+
+def init_app(app: Flask) -> None:
+    app.after_request(add_headers)
+    app.register_error_handler(AtlasError, atlas_error)
+    app.register_error_handler(HTTPException, http_error)
+    app.register_error_handler(Exception, unexpected_error)
+
+
+def add_headers(response: Response) -> Response:
+    response.headers.setdefault("Content-Security-Policy", _policy())
+    for name, value in HEADERS.items():
+        response.headers.setdefault(name, value)
+    return response
+
+
+def _policy() -> str:
+    from flask import current_app
+
+    return current_app.config["CONTENT_SECURITY_POLICY"]
+
+
+def is_api() -> bool:
+    return request.path.startswith("/api/")
+
+
+def atlas_error(error: AtlasError):
+    """An error for the user raised outside a blueprint's own handler (e.g. by a rate limit)."""
+    return jsonify(error.payload()), error.status
+
+
+def http_error(error: HTTPException):
+    """404, 405, 413... : JSON under /api/, Werkzeug's plain page elsewhere."""
+    if not is_api():
+        return error
+    code = STATUS_CODES.get(error.code or 500, "bad_request" if (error.code or 500) < 500 else "internal")
+    return jsonify(AtlasError(code, error.description or error.name).payload()), error.code
+
+
+def unexpected_error(error: Exception):
+    """A bug: logged with its traceback, answered 500 without one."""
+    log.exception("%s %s failed", request.method, request.path)
+    message = "the server failed on this request; it has been logged"
+    if is_api():
+        return jsonify(AtlasError("internal", message).payload()), 500
+    return Response(message, status=500, mimetype="text/plain")

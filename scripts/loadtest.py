@@ -1,0 +1,403 @@
+#!/usr/bin/env python3
+"""A lecture hall as a load test: N real Socket.IO clients on loopback for a fixed time.
+
+Each client (a python-socketio client, websocket transport, its own connection) loops: send an
+``analyze`` with a unique ``rid`` (a shared prompt that is usually cached, a prompt of its own,
+now and then a pasted novel or a prompt with markup), wait for its answer, ask for one to three
+details of the result, think for a moment. It checks every event it receives: the rid must be
+one it sent, the key must be the content address of the text it sent with that rid.
+
+Reports lost requests (no answer; must be 0), answers delivered to the wrong client or with the
+wrong key (must be 0), error codes, p50/p99 latency, and the server's resident memory. Exits 1
+when anything was lost or misdelivered. Starts its own server (``python -m app serve`` on a free
+port in 5081-5089, a fresh cache folder) unless ``--url`` names one on this machine; stops by
+itself after ``--duration`` seconds plus a grace period for answers in flight.
+
+    .venv/bin/python scripts/loadtest.py --clients 50 --duration 150
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import random
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+NAMESPACE = "/atlas"
+MODEL = "minilm"
+MAX_CLIENTS = 200  # the script refuses more: it is a classroom, not a flood
+MAX_DURATION_SECONDS = 3600
+GRACE_SECONDS = 120  # after the last request is sent, how long answers in flight may take
+ANSWER_TIMEOUT_SECONDS = 180  # a request without an answer after this long is lost
+PORTS = range(5081, 5090)
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+RSS_SAMPLE_SECONDS = 1.0
+SHARED_PROMPTS = [  # what a class pastes from the slide: mostly cached after the first request
+    "The cat sat on the mat because it was tired.",
+    "Attention is all you need.",
+    "The capital of France is Paris, and the capital of Italy is Rome.",
+    "<script>alert('xss')</script> Tokens are text, never markup.",
+    "<img src=x onerror=alert(1)> & &amp; &lt;b&gt; \"quoted\" 'single'",
+    "Transformers read every word at once and decide where to look.",
+    "Colourless green ideas sleep furiously.",
+    "Der schnelle braune Fuchs springt über den faulen Hund.",
+    "東京は日本の首都です。",
+    "مرحبا بالعالم، هذا اختبار.",
+    "Emoji 🤖🧠 and combining marks: é ñ ü.",
+    "def f(x):\n    return x ** 2  # code is text too",
+    "The keys to the cabinet are on the table.",
+    "A man, a plan, a canal: Panama.",
+    "Students paste the same link in the same minute.",
+    "</textarea><svg onload=alert(2)>",
+]
+WORDS = ("attention head layer token query key value model softmax weight student lecture prompt "
+         "matrix vector sentence grammar meaning context position embedding").split()
+DETAILS = ("token", "layer", "matrix")
+
+
+@dataclass
+class Sent:
+    text: str
+    kind: str  # shared | own | long | novel
+    at: float
+    event: str = "analyze"
+    key: str | None = None  # the expected key (details: the key asked about)
+    answered: float | None = None
+    outcome: str | None = None  # done | error code | detail event name
+    cached: bool | None = None
+
+
+@dataclass
+class Stats:
+    sent: dict[str, Sent] = field(default_factory=dict)  # rid -> request
+    wrong_client: int = 0  # events whose rid this client never sent
+    wrong_key: int = 0  # events for one of its rids but with another text's key
+    wrong_text: int = 0
+    max_position: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def in_order_client(**options):
+    """A python-socketio client that handles incoming messages in arrival order.
+
+    The stock client handles each Engine.IO message in a new thread, so the binary attachments
+    of one packet can be taken out of order (``ValueError: Unexpected binary attachment``,
+    python-socketio issue #436): a client-side race that would be counted here as lost answers.
+    Browsers decode in order; so does this client.
+    """
+    import engineio
+    import socketio
+
+    class InOrderEngineIO(engineio.Client):
+        def _trigger_event(self, event, *args, **kwargs):
+            if event == "message":
+                kwargs["run_async"] = False
+            return super()._trigger_event(event, *args, **kwargs)
+
+    class InOrderClient(socketio.Client):
+        def _engineio_client_class(self):
+            return InOrderEngineIO
+
+    return InOrderClient(**options)
+
+
+def expected_key(text: str, fingerprint: str) -> str:
+    from app.cache import cache_key
+    from app.service import CAPTURE_OPTIONS
+
+    return cache_key(MODEL, fingerprint, text, CAPTURE_OPTIONS)
+
+
+class Student(threading.Thread):
+    """One browser tab: one connection, one request at a time, checks everything it receives."""
+
+    def __init__(self, index: int, url: str, deadline: float, args, fingerprint: str):
+        super().__init__(name=f"student-{index}", daemon=True)
+        self.index, self.url, self.deadline, self.args = index, url, deadline, args
+        self.fingerprint = fingerprint
+        self.random = random.Random(args.seed * 1000 + index)
+        self.stats = Stats()
+        self.answered = threading.Condition()
+        self.client = None
+        self.failure: str | None = None
+        self.sequence = 0
+
+    # --- receiving -------------------------------------------------------------------------------
+    def on_event(self, event: str, payload) -> None:
+        rid = payload.get("rid") if isinstance(payload, dict) else None
+        with self.stats.lock:
+            sent = self.stats.sent.get(rid)
+            if sent is None:
+                if event not in ("present_state",):
+                    self.stats.wrong_client += 1
+                return
+            if event == "progress":
+                self.stats.max_position = max(self.stats.max_position, int(payload.get("position") or 0))
+                return
+            key = payload.get("key")
+            if key is not None and sent.key is not None and key != sent.key:
+                self.stats.wrong_key += 1
+            if event == "tokens" and payload.get("text") != sent.text:
+                self.stats.wrong_text += 1
+            terminal = event in ("done", "error") if sent.event == "analyze" else event in (sent.event, "error")
+            if terminal and sent.answered is None:
+                sent.answered = time.monotonic()
+                sent.outcome = payload.get("code") if event == "error" else event
+                sent.cached = payload.get("cached")
+        if terminal:
+            with self.answered:
+                self.answered.notify_all()
+
+    # --- sending ---------------------------------------------------------------------------------
+    def request(self, event: str, payload: dict, sent: Sent) -> Sent:
+        self.sequence += 1
+        rid = f"s{self.index}-{self.sequence}"
+        with self.stats.lock:
+            self.stats.sent[rid] = sent
+        self.client.emit(event, {"rid": rid, **payload}, namespace=NAMESPACE)
+        with self.answered:
+            self.answered.wait_for(lambda: sent.answered is not None, timeout=ANSWER_TIMEOUT_SECONDS)
+        return sent
+
+    def prompt(self) -> tuple[str, str]:
+        roll = self.random.random()
+        if roll < self.args.novels:
+            return "novel", "It was a dark and stormy night. " * 2200  # ~70,000 characters
+        if roll < self.args.novels + self.args.long:
+            words = [self.random.choice(WORDS) for _ in range(self.random.randint(250, 380))]
+            return "long", f"Student {self.index}, essay {self.sequence}: " + " ".join(words)
+        if roll < self.args.novels + self.args.long + self.args.uncached:
+            words = [self.random.choice(WORDS) for _ in range(self.random.randint(5, 60))]
+            return "own", f"Student {self.index} asks question {self.sequence}: " + " ".join(words) + "?"
+        return "shared", self.random.choice(SHARED_PROMPTS)
+
+    def run(self) -> None:
+        self.client = in_order_client(reconnection=False)
+        self.client.on("*", self.on_event, namespace=NAMESPACE)
+        try:
+            time.sleep(self.random.uniform(0, self.args.ramp))  # the class does not click in the same millisecond
+            self.client.connect(self.url, namespaces=[NAMESPACE], transports=["websocket"], wait_timeout=30)
+            websocket = self.client.eio.ws  # the dev server never echoes the close frame: do not wait 3 s
+            websocket.close = functools.partial(websocket.close, timeout=0.2)
+            while time.monotonic() < self.deadline and self.client.connected:
+                kind, text = self.prompt()
+                key = expected_key(text, self.fingerprint)
+                sent = self.request("analyze", {"model": MODEL, "text": text}, Sent(text, kind, time.monotonic(),
+                                                                                    key=key))
+                if sent.outcome == "done":
+                    for _ in range(self.random.randint(0, 3)):
+                        self.detail(key)
+                time.sleep(self.random.uniform(self.args.think_min, self.args.think_max))
+        except Exception as error:  # noqa: BLE001 - reported, counted as a failure of this client
+            self.failure = f"{type(error).__name__}: {error}"
+
+    def detail(self, key: str) -> None:
+        event = self.random.choice(DETAILS)
+        fields = {"token": {"index": 1}, "layer": {"layer": self.random.randint(0, 5)},
+                  "matrix": {"layer": self.random.randint(0, 5), "head": self.random.randint(0, 11)}}[event]
+        self.request(event, {"key": key, **fields}, Sent("", "detail", time.monotonic(), event=event, key=key))
+
+    def close(self) -> None:
+        if self.client is not None and self.client.connected:
+            self.client.disconnect()
+
+
+# --- the server ------------------------------------------------------------------------------------
+
+def free_port() -> int:
+    for port in PORTS:
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+                return port
+            except OSError:
+                continue
+    raise SystemExit(f"no free port in {PORTS.start}-{PORTS.stop - 1}")
+
+
+def start_server(cache_dir: str, env: dict) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    log = open(Path(cache_dir) / "server.log", "w")
+    process = subprocess.Popen([sys.executable, "-m", "app", "--cache-dir", cache_dir, "serve", "--host", "127.0.0.1",
+                                "--port", str(port), "--preload", MODEL], cwd=ROOT, stdout=log,
+                               stderr=subprocess.STDOUT, env={**os.environ, **env})
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        if process.poll() is not None:
+            raise SystemExit(f"the server exited: see {log.name}")
+        try:
+            with urllib.request.urlopen(f"{url}/api/models", timeout=2) as answer:
+                if any(m["loaded"] for m in json.load(answer)["models"] if m["name"] == MODEL):
+                    return process, url
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            process.kill()
+            raise SystemExit(f"the server did not start: see {log.name}")
+        time.sleep(0.25)
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident memory of a process and its children (none here), from /proc."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+class RssSampler(threading.Thread):
+    def __init__(self, pid: int | None):
+        super().__init__(daemon=True)
+        self.pid, self.samples, self.stop = pid, [], threading.Event()
+
+    def run(self) -> None:
+        while self.pid and not self.stop.wait(RSS_SAMPLE_SECONDS):
+            self.samples.append(rss_bytes(self.pid))
+
+
+# --- the report ------------------------------------------------------------------------------------
+
+def percentile(values: list[float], fraction: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(fraction * (len(ordered) - 1))))]
+
+
+def latency_line(values: list[float]) -> dict:
+    return {"count": len(values), "p50_ms": _ms(percentile(values, 0.5)), "p99_ms": _ms(percentile(values, 0.99)),
+            "max_ms": _ms(max(values) if values else None)}
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(1000 * seconds, 1)
+
+
+def report(students: list[Student], args, seconds: float, rss: list[int]) -> dict:
+    requests = [sent for student in students for sent in student.stats.sent.values()]
+    analyses = [r for r in requests if r.event == "analyze"]
+    details = [r for r in requests if r.event != "analyze"]
+    done = [r for r in analyses if r.outcome == "done"]
+    outcome = Counter(r.outcome or "lost" for r in requests)
+    by_kind = defaultdict(Counter)
+    for r in analyses:
+        by_kind[r.kind][r.outcome or "lost"] += 1
+    return {
+        "clients": args.clients, "duration_s": round(seconds, 1), "requests": len(requests),
+        "analyses": len(analyses), "details": len(details),
+        "lost": outcome["lost"],
+        "wrong_client": sum(s.stats.wrong_client for s in students),
+        "wrong_key": sum(s.stats.wrong_key for s in students),
+        "wrong_text": sum(s.stats.wrong_text for s in students),
+        "client_failures": [s.failure for s in students if s.failure],
+        "outcomes": dict(outcome), "analyses_by_kind": {k: dict(v) for k, v in by_kind.items()},
+        "latency": {
+            "analyze_cached": latency_line([r.answered - r.at for r in done if r.cached]),
+            "analyze_computed": latency_line([r.answered - r.at for r in done if not r.cached]),
+            "too_long_answer": latency_line([r.answered - r.at for r in analyses if r.outcome == "too_long"]),
+            "detail": latency_line([r.answered - r.at for r in details if r.answered]),
+        },
+        "throughput_per_s": round(len(requests) / seconds, 1),
+        "max_queue_position": max(s.stats.max_position for s in students),
+        "server_rss_mib": {"start": _mib(rss[0] if rss else 0), "peak": _mib(max(rss) if rss else 0),
+                           "end": _mib(rss[-1] if rss else 0),
+                           "every_30_s": [_mib(value) for value in rss[::int(30 / RSS_SAMPLE_SECONDS)]]},
+        "load_average_1min": round(os.getloadavg()[0], 2), "cpus": os.cpu_count(),
+    }
+
+
+def _mib(value: int) -> float:
+    return round(value / (1 << 20), 1)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--clients", type=int, default=50)
+    parser.add_argument("--duration", type=float, default=180.0, help="seconds of sending (default 180)")
+    parser.add_argument("--url", help="an already running server on this machine (default: start one)")
+    parser.add_argument("--server-pid", type=int, help="with --url: the server's pid, to report its memory")
+    parser.add_argument("--uncached", type=float, default=0.25, help="share of prompts of a student's own")
+    parser.add_argument("--long", type=float, default=0.03, help="share of long prompts (~400 tokens)")
+    parser.add_argument("--novels", type=float, default=0.01, help="share of pasted novels (over MAX_CHARS)")
+    parser.add_argument("--think-min", type=float, default=2.0, help="seconds a student thinks, at least")
+    parser.add_argument("--think-max", type=float, default=5.0)
+    parser.add_argument("--ramp", type=float, default=10.0, help="seconds over which students arrive")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", help="also write the report to this file")
+    args = parser.parse_args(argv)
+    if not 1 <= args.clients <= MAX_CLIENTS or not 1 <= args.duration <= MAX_DURATION_SECONDS:
+        parser.error(f"--clients must be 1..{MAX_CLIENTS} and --duration 1..{MAX_DURATION_SECONDS}")
+    if args.url and urlparse(args.url).hostname not in LOOPBACK:
+        parser.error("--url must be a server on this machine (127.0.0.1 or localhost)")
+
+    from models.registry import load_registry
+
+    fingerprint = load_registry().fingerprint(MODEL)
+    server, cache = None, None
+    if args.url:
+        url, pid = args.url.rstrip("/"), args.server_pid
+    else:
+        cache = tempfile.TemporaryDirectory(prefix="atlas-loadtest-")
+        server, url = start_server(cache.name, {})
+        pid = server.pid
+    print(f"{args.clients} students on {url} for {args.duration:.0f} s", flush=True)
+    sampler = RssSampler(pid)
+    sampler.start()
+    started = time.monotonic()
+    deadline = started + args.duration
+    students = [Student(i, url, deadline, args, fingerprint) for i in range(args.clients)]
+    try:
+        for student in students:
+            student.start()
+        while any(s.is_alive() for s in students) and time.monotonic() < deadline + GRACE_SECONDS:
+            time.sleep(1.0)
+            if int(time.monotonic() - started) % 30 == 0:
+                sent = sum(len(s.stats.sent) for s in students)
+                print(f"  {time.monotonic() - started:5.0f} s: {sent} requests", flush=True)
+        seconds = time.monotonic() - started
+        closers = [threading.Thread(target=s.close) for s in students]
+        for closer in closers:
+            closer.start()
+        for closer in closers:
+            closer.join(10)
+    finally:
+        sampler.stop.set()
+        if server is not None:
+            server.send_signal(signal.SIGTERM)
+            try:
+                server.wait(15)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()
+        if cache is not None:
+            cache.cleanup()
+    result = report(students, args, seconds, sampler.samples)
+    print(json.dumps(result, indent=2, ensure_ascii=False))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2, ensure_ascii=False))
+    bad = result["lost"] + result["wrong_client"] + result["wrong_key"] + result["wrong_text"]
+    return 1 if bad or result["client_failures"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

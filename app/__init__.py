@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import threading
 
 from flask import Flask
 
@@ -52,6 +53,10 @@ def create_app(test_config: dict | None = None) -> Flask:
 
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=app.config["PROXY_FIX_X_FOR"], x_proto=1)
     service.preload(app.config["PRELOAD_MODELS"])
+    if app.config["PRECOMPUTE_GALLERY"]:
+        from app import gallery
+
+        threading.Thread(target=gallery.precompute, args=(service,), name="gallery", daemon=True).start()
     app.register_blueprint(pages)
     app.register_blueprint(api)
     # The client manager is always passed: Flask-SocketIO keeps options between init_app calls,

@@ -24,6 +24,7 @@ class Config:
     EXTRA_MODELS: list[str] = []  # NAME=PATH_OR_HF_ID entries
     ALLOWED_MODELS: list[str] = []  # when non-empty, only these names are served
     PRELOAD_MODELS: list[str] = []  # loaded at start-up instead of on first use
+    PRECOMPUTE_GALLERY = False  # analyse the demo gallery into the cache at start-up (in the background)
     MAX_CHARS = 60_000  # characters per prompt
     MAX_TOKENS = 4096  # tokens per prompt, on top of each model's own limit
     MODEL_MAX_TOKENS: dict[str, int] = {}  # tokens per prompt for named models, e.g. {"smollm2": 1024}

@@ -20,7 +20,6 @@ HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "SAMEORIGIN",  # the legacy twin of frame-ancestors 'self'
     "Referrer-Policy": "no-referrer",  # share links hold the prompt; never send it to another site
-    "Cross-Origin-Opener-Policy": "same-origin",
     "Cross-Origin-Resource-Policy": "same-origin",
     "Permissions-Policy": "camera=(), microphone=(), geolocation=(), payment=(), usb=()",
 }
@@ -35,10 +34,16 @@ def init_app(app: Flask) -> None:
     app.register_error_handler(Exception, unexpected_error)
 
 
+TRUSTWORTHY_HOSTS = ("127.0.0.1", "localhost", "[::1]")  # where browsers honour COOP over plain http
+
+
 def add_headers(response: Response) -> Response:
     response.headers.setdefault("Content-Security-Policy", _policy())
     for name, value in HEADERS.items():
         response.headers.setdefault(name, value)
+    if request.is_secure or request.host.rsplit(":", 1)[0] in TRUSTWORTHY_HOSTS:
+        # over plain http on a class network Chromium ignores COOP and logs an error on every page
+        response.headers.setdefault("Cross-Origin-Opener-Policy", "same-origin")
     return response
 
 

@@ -202,3 +202,8 @@ def test_bokeh_still_needs_inline_styles(chromium, stats_item):
     inline styles: drop 'unsafe-inline' from CONTENT_SECURITY_POLICY."""
     result = render_in_chromium(chromium, stats_item, STRICT_STYLES)
     assert any(violation.startswith("style-src") for violation in result["violations"]), result
+
+
+def test_opener_policy_only_where_browsers_honour_it(client):
+    assert client.get("/").headers["Cross-Origin-Opener-Policy"] == "same-origin"
+    assert "Cross-Origin-Opener-Policy" not in client.get("/", headers={"Host": "atlas.classroom:5000"}).headers

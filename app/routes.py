@@ -162,6 +162,7 @@ def upload_capture():
     The body is an ``np.savez`` of ``Capture.to_arrays()``; it is loaded without pickle and checked
     array by array before it is cached.
     """
+    request.max_content_length = MAX_UPLOAD_BYTES  # this route's own limit, above the app-wide message limit
     if request.content_length is None or request.content_length > MAX_UPLOAD_BYTES:
         raise AtlasError("too_long", f"an uploaded capture must be under {MAX_UPLOAD_BYTES // 2**20} MB", 413)
     body = request.get_data(cache=False)
@@ -179,4 +180,5 @@ def upload_capture():
 
 
 def _query_value(value: str):
-    return int(value) if value.lstrip("-").isdigit() else value
+    digits = value.removeprefix("-")
+    return int(value) if digits.isascii() and digits.isdigit() else value

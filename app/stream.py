@@ -51,7 +51,7 @@ def _send(service: AtlasService, emit: Emit, rid, analysis, layers: list) -> Non
     emit("tokens", {"rid": rid, **shaping.tokens_payload(key, capture)})
     emit("overview", {"rid": rid, **shaping.overview_payload(key, capture)})
     for layer in layers:
-        if isinstance(layer, int) and 0 <= layer < capture.n_layers:
+        if isinstance(layer, int) and not isinstance(layer, bool) and 0 <= layer < capture.n_layers:
             emit("layer", {"rid": rid, **detail(service, "layer", {"key": key, "layer": layer, "mode": "attention"})})
     emit("done", {"rid": rid, "key": key, "cached": analysis.cached, "seconds": round(analysis.seconds, 4)})
 

@@ -281,10 +281,10 @@ function drawMatrix(state, rollout, width, look) {
   const out = prepareCanvas(ui.matrixCanvas, left + m * cell + 8, top + m * cell + LEGEND_H + look.size * 3);
   out.imageSmoothingEnabled = false;
   const skip = new Set(ui.scaleWithoutSinks ? [...sinks].map((i) => binOf(i, m, n)) : []);
-  let top = 0; // the largest value outside the skipped columns: the end of the colour scale
-  for (let r = 0; r < m; r++) for (let c = 0; c < m; c++) if (!skip.has(c)) top = Math.max(top, g.data[r * m + c]);
-  top ||= 1;
-  out.drawImage(heatmapImage(m, m, SEQUENTIAL, (r, c) => unitIndex(fraction(g.data[r * m + c], top))),
+  let peak = 0; // the largest value outside the skipped columns: the end of the colour scale
+  for (let r = 0; r < m; r++) for (let c = 0; c < m; c++) if (!skip.has(c)) peak = Math.max(peak, g.data[r * m + c]);
+  peak ||= 1;
+  out.drawImage(heatmapImage(m, m, SEQUENTIAL, (r, c) => unitIndex(fraction(g.data[r * m + c], peak))),
     left, top, m * cell, m * cell);
   out.strokeStyle = look.muted;
   out.lineWidth = 1;
@@ -320,7 +320,7 @@ function drawMatrix(state, rollout, width, look) {
   }
   const note = scaleNote(skip);
   drawLegend(out, left, top + m * cell + 8, Math.min(300, Math.max(160, m * cell)), LEGEND_H, SEQUENTIAL,
-    [ui.logScale ? "max/1000" : "0", note ? `share, ${note}` : "share", formatNumber(top * g.scale)], look);
+    [ui.logScale ? "max/1000" : "0", note ? `share, ${note}` : "share", formatNumber(peak * g.scale)], look);
 }
 
 export function render(state, el) {

@@ -5,7 +5,7 @@ error or an exception in the server's log.
 CI runs a few hundred cases. ``ATLAS_FUZZ_EXAMPLES=10000`` runs that many per test (the long
 mode; see docs/reliability.md):
 
-    ATLAS_FUZZ_EXAMPLES=10000 .venv/bin/python -m pytest tests/app/test_fuzz.py -q -p no:randomly
+    ATLAS_FUZZ_EXAMPLES=10000 .venv/bin/python -m pytest tests/app/test_fuzz.py -q --hypothesis-show-statistics
 """
 from __future__ import annotations
 
@@ -20,14 +20,16 @@ from hypothesis import event as event_label
 from hypothesis import strategies as st
 
 from app.protocol import NAMESPACE, REQUESTS, AtlasError, Field, parse_request, request_id
+from app.stream import STREAMS
 from tests.app.conftest import collect
 
 EXAMPLES = int(os.environ.get("ATLAS_FUZZ_EXAMPLES", "150"))  # cases per test
-FUZZ = settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=not os.environ.get("ATLAS_FUZZ_EXAMPLES"),
+FUZZ = settings(max_examples=EXAMPLES, deadline=None, database=None,
+                derandomize=not os.environ.get("ATLAS_FUZZ_EXAMPLES"),  # CI: the same cases every run
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
                                        HealthCheck.data_too_large])
 PROMPT = "Fuzzing needs one real analysis to aim at."
-MODEL_WORK_EVENTS = ("analyze", "generate", "open")  # answered by a stream: wait for done/error
+MODEL_WORK_EVENTS = tuple(STREAMS)  # answered by a stream: wait for done/error
 STREAM_END = ("done", "error")
 
 leaves = (st.none() | st.booleans() | st.integers(-(2 ** 70), 2 ** 70) | st.floats() | st.text(max_size=40)

@@ -72,13 +72,15 @@ def test_no_user_path_reaches_the_filesystem(client, url):
     assert "class Config" not in body and "root:" not in body
 
 
-def test_debug_is_off_and_the_secret_key_comes_from_the_environment(app, monkeypatch):
+def test_debug_is_off_and_the_secret_key_comes_from_the_environment(app, monkeypatch, tmp_path):
     assert not app.debug and not app.config["DEBUG"]
     assert len(app.config["SECRET_KEY"]) >= 32
     monkeypatch.setenv("ATLAS_SECRET_KEY", "from-the-environment")
     monkeypatch.setenv("ATLAS_MAX_CHARS", "1234")
+    monkeypatch.setenv("ATLAS_CACHE_DIR", str(tmp_path))
     config = _config_of_a_new_app(monkeypatch)
     assert config["SECRET_KEY"] == "from-the-environment" and config["MAX_CHARS"] == 1234
+    assert not config["DEBUG"]
 
 
 def _config_of_a_new_app(monkeypatch) -> dict:

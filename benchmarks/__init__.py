@@ -1,0 +1,1 @@
+"""The Attention Atlas benchmark (``python -m benchmarks.run``); see docs/benchmarks.md."""

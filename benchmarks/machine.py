@@ -1,0 +1,114 @@
+"""What the numbers were measured on, and how busy the rest of the machine was meanwhile."""
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import time
+from importlib import metadata
+from pathlib import Path
+
+import psutil
+
+REPO = Path(__file__).resolve().parent.parent
+BUSY_FIELDS = ("user", "nice", "system", "irq", "softirq", "steal")
+
+
+def _cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown CPU"
+
+
+def _version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _command(*command: str) -> str:
+    try:
+        return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=30).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+
+
+def describe_machine() -> dict:
+    dirty = bool(_command("git", "status", "--porcelain", "--untracked-files=no"))
+    return {
+        "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+        "cpu": _cpu_model(),
+        "cores": os.cpu_count(),
+        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "os": platform.platform(terse=True),
+        "python": platform.python_version(),
+        "torch": _version("torch"),
+        "transformers": _version("transformers"),
+        "torch_threads": _torch_threads(),
+        "chromium": _command("/usr/bin/chromium", "--version").splitlines()[0:1] or ["unknown"],
+        "bertviz": _version("bertviz"),
+        "commit": _command("git", "rev-parse", "--short", "HEAD") + (" (with uncommitted changes)" if dirty else ""),
+    }
+
+
+def _torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+def _own_processes() -> list[psutil.Process]:
+    me = psutil.Process()
+    return [me, *me.children(recursive=True)]
+
+
+def _busy(times) -> float:
+    return sum(getattr(times, name, 0.0) for name in BUSY_FIELDS)
+
+
+class CpuMeter:
+    """Share of the machine's CPU used by processes other than this benchmark and its children
+    (other people's builds and tests), from creation until ``other_share()``: 0.0 = idle,
+    1.0 = every core busy. Processes of ours that exit before the end are counted as others'."""
+
+    def __init__(self):
+        self.started = time.perf_counter()
+        self.system = _busy(psutil.cpu_times())
+        self.own = self._own_busy()
+
+    @staticmethod
+    def _own_busy() -> dict[int, float]:
+        busy = {}
+        for process in _own_processes():
+            try:
+                times = process.cpu_times()
+                busy[process.pid] = times.user + times.system + times.children_user + times.children_system
+            except psutil.Error:
+                pass
+        return busy
+
+    def other_share(self) -> float:
+        wall = time.perf_counter() - self.started
+        system = _busy(psutil.cpu_times()) - self.system
+        now = self._own_busy()
+        own = sum(busy - self.own.get(pid, 0.0) for pid, busy in now.items())
+        return max(0.0, system - own) / max(wall * (os.cpu_count() or 1), 1e-9)
+
+
+QUIET_SHARE = 0.25  # other processes' CPU share below which the machine counts as quiet
+QUIET_WINDOW = 2.0  # s per sample
+
+
+def wait_for_quiet(max_wait: float) -> float:
+    """Wait (at most ``max_wait`` s) until other processes use under QUIET_SHARE of the CPU
+    over a QUIET_WINDOW, so a measurement does not start in the middle of someone's test run.
+    Returns the share measured last."""
+    deadline = time.perf_counter() + max_wait
+    while True:
+        meter = CpuMeter()
+        time.sleep(QUIET_WINDOW)
+        share = meter.other_share()
+        if share < QUIET_SHARE or time.perf_counter() >= deadline:
+            return share

@@ -5,13 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
 import socket
-import subprocess
-import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -20,6 +16,7 @@ from app.extensions import socketio
 from app.protocol import NAMESPACE
 from models.loading import ModelHandle
 from models.registry import ModelSpec
+from tests.browser.server import running_server
 from tests.conftest import build_tiny
 
 ANSWER_SECONDS = 60  # the longest a test waits for an answer
@@ -127,9 +124,7 @@ def limit(app, monkeypatch):
 
 # --- real servers on loopback ------------------------------------------------------------------
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 PORTS = range(5081, 5090)  # the loopback ports these tests may listen on
-SERVER_START_SECONDS = 60
 WEBSOCKET_CLOSE_SECONDS = 0.2  # how long a closing client waits for the server's close frame
 _taken: set[int] = set()
 
@@ -156,34 +151,13 @@ def release_port(port: int) -> None:
 @contextlib.contextmanager
 def live_server(cache_dir: Path, **env: str):
     """``python -m app serve`` on a free loopback port with ATLAS_* ``env``; yields its URL and
-    stops it (SIGTERM, then SIGKILL) afterwards."""
+    stops it afterwards."""
     port = free_port()
-    log = cache_dir.with_suffix(f".{port}.log")
-    command = [sys.executable, "-m", "app", "--cache-dir", str(cache_dir), "serve", "--host", "127.0.0.1",
-               "--port", str(port)]
-    environment = {**os.environ, **{f"ATLAS_{name}": value for name, value in env.items()}}
-    with log.open("w") as out:
-        process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT, env=environment)
-    url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + SERVER_START_SECONDS
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"the server exited with {process.returncode}:\n{log.read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(f"{url}/api/models", timeout=2):
-                    break
-            except OSError:
-                assert time.monotonic() < deadline, f"no server at {url}:\n{log.read_text()[-3000:]}"
-                time.sleep(0.1)
-        yield url
+        with running_server(cache_dir, cache_dir.with_suffix(f".{port}.log"),
+                            {f"ATLAS_{name}": value for name, value in env.items()}, port=port) as url:
+            yield url
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
         release_port(port)
 
 

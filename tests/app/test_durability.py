@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from app.cache import TEMP_PREFIX, CaptureCache, DiskStore, cache_key
-from tests.app.conftest import REPO_ROOT
+from tests.browser.server import REPO_ROOT
 
 KEYS = 12  # distinct entries the writer cycles through, overwriting each again and again
 ENTRY_BYTES = 4 << 20  # bytes per entry: large enough that a kill usually lands inside a write

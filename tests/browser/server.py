@@ -25,11 +25,11 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_server(cache_dir: str | Path, log: Path, env: dict[str, str] | None = None):
+def running_server(cache_dir: str | Path, log: Path, env: dict[str, str] | None = None, port: int | None = None):
     """Yield the base URL of a fresh server that caches in `cache_dir` and writes its output to
     `log`; stop it afterwards. Raises RuntimeError (with the log's tail) if it exits or does not
     answer within START_SECONDS."""
-    port = free_port()
+    port = port or free_port()
     command = [sys.executable, "-m", "app", "--cache-dir", str(cache_dir), "serve", "--host", "127.0.0.1",
                "--port", str(port)]
     with log.open("w") as out:

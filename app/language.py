@@ -52,10 +52,15 @@ def lens_payload(service: AtlasService, key: str, capture: Capture, start: int, 
     if count <= 0:
         raise AtlasError("bad_request", f"'start' must be below {capture.n_tokens}")
     memo = f"{LENS_PREFIX}{start}.{count}"
-    if memo + ".ids" not in capture.extras:
-        lens = service.model_work(capture.model, lambda handle: logit_lens(handle, capture.text, start, count))
-        capture.extras[memo + ".ids"], capture.extras[memo + ".probs"] = lens["ids"], lens["probs"]
+
+    def work(handle) -> dict[int, str]:
+        """One place in the model queue: the lens (unless memoised) and its words."""
+        if memo + ".ids" not in capture.extras:
+            lens = logit_lens(handle, capture.text, start, count)
+            capture.extras[memo + ".ids"], capture.extras[memo + ".probs"] = lens["ids"], lens["probs"]
+        return token_texts(handle, capture.extras[memo + ".ids"])
+
+    words = service.model_work(capture.model, work)
     ids, probs = capture.extras[memo + ".ids"], capture.extras[memo + ".probs"]
-    words = service.model_work(capture.model, lambda handle: token_texts(handle, ids))
     return {"key": key, "start": start, "count": count, "ids": encode_array(ids, "int32"),
             "probs": encode_array(probs, "float16"), "words": {str(k): v for k, v in words.items()}}

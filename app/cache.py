@@ -7,6 +7,7 @@ served. Disk entries survive restarts and are written atomically (temp file + re
 """
 from __future__ import annotations
 
+import atexit
 import contextlib
 import hashlib
 import io
@@ -15,6 +16,7 @@ import logging
 import os
 import tempfile
 import threading
+import weakref
 from collections import OrderedDict
 from concurrent.futures import Future
 from pathlib import Path
@@ -189,6 +191,12 @@ class CaptureCache:
 
     Two requests for the same key while it is being computed share one computation; a failed
     computation is not cached and its error reaches every waiter.
+
+    A new entry is served from memory at once and written to the store by one background thread
+    (packing, checksumming and fsyncing a large entry takes up to a second, which the user should
+    not wait for). Until written it stays readable here even if the LRU evicts it; a process that
+    dies before the write finishes loses the entry (it is recomputed), never corrupts it.
+    :meth:`flush` waits for pending writes; it runs at interpreter exit.
     """
 
     def __init__(self, store: Store, max_bytes: int):
@@ -198,12 +206,21 @@ class CaptureCache:
         self._bytes = 0
         self._lock = threading.Lock()
         self._inflight: dict[str, Future] = {}
+        # key -> (capture, its arrays as of put), to be written to the store, oldest first
+        self._pending: OrderedDict[str, tuple[Capture, dict[str, np.ndarray]]] = OrderedDict()
+        self._written = threading.Condition(self._lock)  # notified when _pending empties
+        self._writer: threading.Thread | None = None
+        _OPEN_CACHES.add(self)
 
     def get(self, key: str) -> Capture | None:
         with self._lock:
             if key in self._memory:
                 self._memory.move_to_end(key)
                 return self._memory[key]
+            pending = self._pending.get(key)
+        if pending is not None:
+            self._remember(key, pending[0])
+            return pending[0]
         arrays = self.store.read(key)
         if arrays is None:
             return None
@@ -212,8 +229,41 @@ class CaptureCache:
         return capture
 
     def put(self, key: str, capture: Capture) -> None:
-        self.store.write(key, capture.to_arrays())
+        """Serve ``capture`` from memory now; write it to the store in the background.
+
+        The arrays are taken now: analyses memoised into ``capture.extras`` later (by another
+        thread) must not change the dict while the writer reads it."""
+        arrays = capture.to_arrays()
         self._remember(key, capture)
+        with self._lock:
+            self._pending[key] = (capture, arrays)
+            self._pending.move_to_end(key)
+            if self._writer is None:
+                self._writer = threading.Thread(target=self._write_pending, name="cache-writer", daemon=True)
+                self._writer.start()
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every entry put so far is in the store; False if ``timeout`` s ran out."""
+        with self._lock:
+            return self._written.wait_for(lambda: not self._pending, timeout)
+
+    def _write_pending(self) -> None:
+        """The writer thread: store pending entries oldest first, then exit (a later put starts
+        another). A failed write is logged and costs the entry, never the thread."""
+        while True:
+            with self._lock:
+                if not self._pending:
+                    self._writer = None
+                    self._written.notify_all()
+                    return
+                key, entry = next(iter(self._pending.items()))
+            try:
+                self.store.write(key, entry[1])
+            except Exception:
+                log.exception("could not store cache entry %s", key)
+            with self._lock:
+                if self._pending.get(key) is entry:  # not put again meanwhile
+                    del self._pending[key]
 
     def _remember(self, key: str, capture: Capture) -> None:
         with self._lock:
@@ -248,3 +298,14 @@ class CaptureCache:
         finally:
             with self._lock:
                 self._inflight.pop(key, None)
+
+
+_OPEN_CACHES: "weakref.WeakSet[CaptureCache]" = weakref.WeakSet()  # flushed at interpreter exit
+
+
+@atexit.register
+def _flush_open_caches() -> None:
+    """Finish the background writes of every live cache before the process ends (Ctrl-C on the
+    development server, a gunicorn worker's graceful exit)."""
+    for cache in list(_OPEN_CACHES):
+        cache.flush()

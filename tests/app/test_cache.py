@@ -1,6 +1,9 @@
 """The per-prompt cache: content addresses, memory LRU by bytes, durable disk store, single flight."""
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 
@@ -10,6 +13,7 @@ import pytest
 from app.cache import CaptureCache, DiskStore, cache_key, is_key
 from app.record import Capture
 from models.capture import run_capture
+from tests.browser.server import REPO_ROOT
 
 
 @pytest.fixture(scope="module")
@@ -19,6 +23,12 @@ def capture(tiny_models) -> Capture:
 
 def make_cache(root, memory_bytes=1 << 30, disk_bytes=1 << 30) -> CaptureCache:
     return CaptureCache(DiskStore(root, disk_bytes), memory_bytes)
+
+
+def put_and_store(cache: CaptureCache, key: str, capture: Capture) -> None:
+    """``put``, then wait for the background write (what a server does before it exits)."""
+    cache.put(key, capture)
+    assert cache.flush(timeout=30)
 
 
 @pytest.mark.parametrize("change", [
@@ -38,13 +48,13 @@ def assert_same(a: Capture, b: Capture) -> None:
 
 def test_entries_survive_a_restart(tmp_path, capture):
     key = cache_key("m", "f", capture.text)
-    make_cache(tmp_path).put(key, capture)
+    put_and_store(make_cache(tmp_path), key, capture)
     assert_same(make_cache(tmp_path).get(key), capture)
 
 
 def test_corrupt_entry_is_detected_removed_and_recomputed(tmp_path, capture):
     key = cache_key("m", "f", capture.text)
-    make_cache(tmp_path).put(key, capture)
+    put_and_store(make_cache(tmp_path), key, capture)
     path = next(tmp_path.glob("*/*.atlas"))
     blob = bytearray(path.read_bytes())
     blob[-100] ^= 0xFF
@@ -52,12 +62,12 @@ def test_corrupt_entry_is_detected_removed_and_recomputed(tmp_path, capture):
     fresh = make_cache(tmp_path)
     assert fresh.get(key) is None and not path.exists()
     result, cached = fresh.get_or_compute(key, lambda: capture)
-    assert not cached and path.exists()
+    assert not cached and fresh.flush(timeout=30) and path.exists()
 
 
 def test_truncated_entry_from_a_killed_writer_is_not_served(tmp_path, capture):
     key = cache_key("m", "f", capture.text)
-    make_cache(tmp_path).put(key, capture)
+    put_and_store(make_cache(tmp_path), key, capture)
     path = next(tmp_path.glob("*/*.atlas"))
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     (path.parent / ".tmp-leftover").write_bytes(b"partial write")
@@ -68,7 +78,7 @@ def test_memory_is_bounded_by_bytes(tmp_path, capture):
     cache = make_cache(tmp_path, memory_bytes=int(capture.nbytes * 2.5))
     keys = [cache_key("m", "f", str(i)) for i in range(4)]
     for key in keys:
-        cache.put(key, capture)
+        put_and_store(cache, key, capture)
     assert cache._bytes <= cache.max_bytes and len(cache._memory) == 2
     assert list(cache._memory) == keys[2:]
     assert cache.get(keys[0]) is not None  # evicted from memory, still on disk
@@ -77,13 +87,75 @@ def test_memory_is_bounded_by_bytes(tmp_path, capture):
 def test_disk_is_pruned_oldest_first(tmp_path, capture):
     cache = make_cache(tmp_path)
     keys = [cache_key("m", "f", str(i)) for i in range(3)]
-    cache.put(keys[0], capture)
+    put_and_store(cache, keys[0], capture)
     size = next(tmp_path.glob("*/*.atlas")).stat().st_size
     cache.store.max_bytes = int(size * 2.5)
     for key in keys[1:]:
         time.sleep(0.01)
-        cache.put(key, capture)
+        put_and_store(cache, key, capture)
     assert not cache.store._path(keys[0]).exists() and cache.store._path(keys[2]).exists()
+
+
+class SlowStore:
+    """A store whose writes wait for ``release``: shows what is served while a write is pending."""
+
+    def __init__(self):
+        self.release, self.written = threading.Event(), {}
+
+    def read(self, key):
+        return self.written.get(key)
+
+    def write(self, key, arrays):
+        assert self.release.wait(30)
+        self.written[key] = arrays
+        return True
+
+
+def test_a_new_entry_is_served_before_it_is_stored(capture):
+    store = SlowStore()
+    cache = CaptureCache(store, max_bytes=1)  # every older entry leaves memory at once
+    first, second = cache_key("m", "f", "1"), cache_key("m", "f", "2")
+    assert cache.get_or_compute(first, lambda: capture) == (capture, False)  # returns with the write pending
+    cache.put(second, capture)
+    assert first not in cache._memory and cache.get(first) is capture  # pending entries stay readable
+    assert not store.written and not cache.flush(timeout=0.05)
+    store.release.set()
+    assert cache.flush(timeout=30) and set(store.written) == {first, second}
+
+
+def test_a_failed_background_write_is_logged_and_the_writer_goes_on(capture, caplog):
+    class FailingOnce(SlowStore):
+        def write(self, key, arrays):
+            if not self.written and not self.release.is_set():
+                self.release.set()
+                raise OSError("disk gone")
+            return super().write(key, arrays)
+
+    store = FailingOnce()
+    cache = CaptureCache(store, 1 << 30)
+    for text in ("1", "2"):
+        cache.put(cache_key("m", "f", text), capture)
+    assert cache.flush(timeout=30) and list(store.written) == [cache_key("m", "f", "2")]
+    assert "could not store cache entry" in caplog.text
+
+
+def test_pending_writes_finish_before_the_process_exits(tmp_path):
+    script = textwrap.dedent(f"""
+        import numpy as np
+        from app.cache import CaptureCache, DiskStore
+
+        class Entry:
+            nbytes = 8
+            def to_arrays(self):
+                return {{"values": np.arange(1 << 20)}}
+
+        cache = CaptureCache(DiskStore({str(tmp_path)!r}, 1 << 30), 1 << 30)
+        for i in range(3):
+            cache.put(f"{{i:064x}}", Entry())
+    """)
+    subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, check=True, timeout=60)
+    store = DiskStore(tmp_path, 1 << 30)
+    assert all(store.read(f"{i:064x}") is not None for i in range(3))
 
 
 def test_concurrent_requests_share_one_computation(tmp_path, capture):

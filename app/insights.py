@@ -26,12 +26,22 @@ def analysed_tokens(capture: Capture) -> int:
     return min(capture.n_tokens, ANALYSIS_MAX_TOKENS)
 
 
-def prefix_layers(capture: Capture) -> Iterator[np.ndarray]:
+def prefix_layers(capture: Capture, layers: range | None = None, n: int | None = None) -> Iterator[np.ndarray]:
     """Each layer's [H, n, n] attention over the analysed prefix, one layer at a time."""
-    n = analysed_tokens(capture)
+    n = analysed_tokens(capture) if n is None else n
     block = slice(0, n)
-    for layer in range(capture.n_layers):
+    for layer in range(capture.n_layers) if layers is None else layers:
         yield np.stack([capture.attention_block(layer, head, block, block) for head in range(capture.n_heads)])
+
+
+def rollout_scope(capture: Capture) -> tuple[range, int]:
+    """(layers, tokens) that rollout and flow follow: one residual stream through a stack of
+    self-attention. In an encoder-decoder record that is the encoder: its layers and tokens come
+    first, so positions and layer numbers stay the record's own."""
+    if not capture.info.get("encoder_decoder"):
+        return range(capture.n_layers), analysed_tokens(capture)
+    encoder_layers = capture.info["layer_kinds"].count("encoder")
+    return range(encoder_layers), min(capture.info["segments"]["encoder"][1], ANALYSIS_MAX_TOKENS)
 
 
 def summary(capture: Capture) -> dict[str, np.ndarray]:
@@ -82,13 +92,14 @@ def heads_payload(key: str, capture: Capture) -> dict:
 
 
 def _fused_layers(capture: Capture, fusion: str) -> Iterator[np.ndarray]:
-    return (rollout.fuse_heads(attention, fusion) for attention in prefix_layers(capture))
+    layers, n = rollout_scope(capture)
+    return (rollout.fuse_heads(attention, fusion) for attention in prefix_layers(capture, layers, n))
 
 
 def rollout_payload(key: str, capture: Capture, fusion: str, position: int) -> dict:
     """Attention rollout with residual (A + I) / 2: the final [n, n] map (max-pooled to at most
     ``ROLLOUT_MATRIX_MAX``) and, for one output ``position``, its row after every layer [L, n]."""
-    n = analysed_tokens(capture)
+    n = rollout_scope(capture)[1]
     if not 0 <= position < n:
         raise AtlasError("bad_request", f"'position' must be between 0 and {n - 1}")
     rows, final = [], None
@@ -103,9 +114,9 @@ def rollout_payload(key: str, capture: Capture, fusion: str, position: int) -> d
 
 def flow_payload(key: str, capture: Capture, fusion: str, position: int) -> dict:
     """Attention flow (max-flow on the layered graph) from every input token to ``position``."""
-    n = analysed_tokens(capture)
-    if not rollout.flow_size_ok(capture.n_layers, n):
-        raise AtlasError("too_long", f"attention flow over {capture.n_layers} layers x {n} tokens would take "
+    layers, n = rollout_scope(capture)
+    if not rollout.flow_size_ok(len(layers), n):
+        raise AtlasError("too_long", f"attention flow over {len(layers)} layers x {n} tokens would take "
                                      "minutes; use rollout, or a prompt of at most ~64 tokens on this model")
     if not 0 <= position < n:
         raise AtlasError("bad_request", f"'position' must be between 0 and {n - 1}")

@@ -64,6 +64,7 @@ KEY = Field(str)
 INDEX = Field(int, minimum=0)
 REQUESTS: dict[str, dict[str, Field]] = {
     "analyze": {"model": Field(str, required=False), "text": Field(str),
+                "target": Field(str, required=False, default=""),
                 "layers": Field(list, required=False, default=[])},
     "layer": {"key": KEY, "layer": INDEX, "mode": Field(str, False, "attention", ATTENTION_MODES)},
     "matrix": {"key": KEY, "layer": INDEX, "head": INDEX,

@@ -94,7 +94,7 @@ def analyze():
     """Run or fetch one analysis; answers tokens and overview in one JSON document."""
     data = request.get_json(silent=True)
     _, fields = parse_request("analyze", data)
-    analysis = service().analyze(fields["model"], fields["text"])
+    analysis = service().analyze(fields["model"], fields["text"], target=fields["target"])
     return jsonify(jsonable({
         "key": analysis.key, "cached": analysis.cached, "seconds": analysis.seconds,
         "tokens": shaping.tokens_payload(analysis.key, analysis.capture),

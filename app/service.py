@@ -107,26 +107,33 @@ class AtlasService:
             raise AtlasError("unknown_model", str(error), 404) from None
         return name
 
-    def key_for(self, model: str, text: str) -> str:
-        return cache_key(model, self.registry.fingerprint(model), text, CAPTURE_OPTIONS)
+    def key_for(self, model: str, text: str, target: str = "") -> str:
+        """The cache key; a decoder text (encoder-decoder models) is an option only when given, so
+        every other analysis keeps its key."""
+        options = {**CAPTURE_OPTIONS, "target": target} if target else CAPTURE_OPTIONS
+        return cache_key(model, self.registry.fingerprint(model), text, options)
 
     def token_limit(self, name: str) -> int:
         """Tokens a prompt may have on ``name`` (the model's own limit applies on top)."""
         return min(self.config["MAX_TOKENS"], self.config["MODEL_MAX_TOKENS"].get(name, self.config["MAX_TOKENS"]))
 
-    def analyze(self, model: str | None, text: object, progress: Progress | None = None) -> Analysis:
+    def analyze(self, model: str | None, text: object, progress: Progress | None = None,
+                target: object = "") -> Analysis:
         """Validated, cached capture of ``text`` on ``model``; raises AtlasError for the user.
+
+        ``target`` is the text an encoder-decoder model's decoder reads (empty: its own output).
 
         Identical requests in flight share one forward pass; when the client of that pass
         disconnects before it starts, a waiting request takes it over.
         """
         started = time.perf_counter()
         text = check_text(text, self.config["MAX_CHARS"])
+        target = check_text(target, self.config["MAX_CHARS"]) if target else ""
         name = self.model_name(model)
-        key = self.key_for(name, text)
+        key = self.key_for(name, text, target)
         while True:
             try:
-                capture, cached = self.cache.get_or_compute(key, lambda: self._capture(name, text, progress))
+                capture, cached = self.cache.get_or_compute(key, lambda: self._capture(name, text, target, progress))
                 break
             except limits.JobCancelled:
                 if limits.cancelled():
@@ -142,12 +149,13 @@ class AtlasService:
             raise AtlasError("not_found", "this analysis is no longer cached; run the prompt again", 404)
         return capture
 
-    def _capture(self, name: str, text: str, progress: Progress | None) -> Capture:
+    def _capture(self, name: str, text: str, target: str, progress: Progress | None) -> Capture:
         from models.capture import run_capture
 
         limit = self.token_limit(name)
         self._count_tokens(name, text, limit)
-        return self.model_work(name, lambda handle: run_capture(handle, text, max_tokens=limit), progress)
+        return self.model_work(name, lambda handle: run_capture(handle, text, target=target, max_tokens=limit),
+                               progress)
 
     def _count_tokens(self, name: str, text: str, limit: int) -> None:
         """Refuse a prompt over ``limit`` tokens before it takes a place in the queue.

@@ -19,7 +19,8 @@ Emit = Callable[[str, dict], None]
 def stream_analysis(service: AtlasService, emit: Emit, rid, request: dict) -> None:
     """Run (or fetch) one analysis and emit it; every failure becomes one ``error`` event."""
     with reporting_errors(emit, rid):
-        analysis = service.analyze(request["model"], request["text"], _progress(emit, rid))
+        analysis = service.analyze(request["model"], request["text"], _progress(emit, rid),
+                                   target=request.get("target") or "")
         _send(service, emit, rid, analysis, request.get("layers") or [])
 
 

@@ -103,8 +103,7 @@ class _Recorder:
         if query.shape[0] != 1 or query.shape[-2] != key.shape[-2]:
             raise UnsupportedModelError(
                 f"{type(module).__name__}: only self-attention over one sequence can be captured "
-                f"(got queries {tuple(query.shape)} and keys {tuple(key.shape)}); encoder-decoder "
-                "cross-attention is not supported yet"
+                f"(got queries {tuple(query.shape)} and keys {tuple(key.shape)})"
             )
         scaling = query.shape[-1] ** -0.5 if scaling is None else float(scaling)
         weights = weights[0].float()  # [H, N, N]
@@ -141,7 +140,9 @@ class _Recorder:
         if attention_mask is not None:
             mask = attention_mask[0, 0, rows, : scores.shape[-1]]
             scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask.float()
-        error = (torch.softmax(scores, dim=-1) - weights[:, rows]).abs().max()
+        readable = torch.isfinite(scores).any(dim=-1, keepdim=True)  # rows a query may read at all
+        probabilities = torch.softmax(scores.masked_fill(~readable, 0.0), dim=-1) * readable
+        error = (probabilities - weights[:, rows]).abs().max()
         self.scores_exact = bool(error <= SCORE_CHECK_TOLERANCE)
         self.keep_attention = self.keep_attention or not self.scores_exact
 
@@ -174,7 +175,9 @@ def _row_logsumexp(queries, keys, weights, scaling: float):
     best = weights.argmax(dim=-1)  # [H, N]
     best_keys = torch.gather(keys, 1, best[..., None].expand(-1, -1, keys.shape[-1]))  # [H, N, d]
     best_scores = (queries * best_keys).sum(-1) * scaling
-    return best_scores - torch.log(torch.gather(weights, -1, best[..., None])[..., 0])
+    best_weights = torch.gather(weights, -1, best[..., None])[..., 0]
+    # a row that reads nothing (another segment's rows in an encoder-decoder record) stores 0
+    return torch.where(best_weights > 0, best_scores - torch.log(best_weights), 0.0)
 
 
 @contextlib.contextmanager
@@ -213,10 +216,13 @@ def tokenize(tokenizer, text: str, max_tokens: int) -> Tokenized:
     return Tokenized(ids, pieces, tokens, spans, special)
 
 
-def run_capture(handle, text: str, *, precision: str = "float16",
+def run_capture(handle, text: str, *, target: str = "", precision: str = "float16",
                 keep_attention_bytes: int = ATTENTION_KEEP_BYTES, max_tokens: int | None = None,
                 on_layer: Callable[[int, int], None] | None = None) -> Capture:
     """Tokenize ``text`` and run one forward pass of ``handle`` (a models.loading.ModelHandle).
+
+    ``target`` is what the decoder of an encoder-decoder model reads (see :mod:`models.seq2seq`);
+    other models refuse one.
 
     ``on_layer(done, total)`` is called as each attention layer finishes, for progress on long
     prompts.
@@ -225,12 +231,14 @@ def run_capture(handle, text: str, *, precision: str = "float16",
     disk), float32 for exact comparisons in tests. Raises TooManyTokensError, ValueError for an
     empty prompt, UnsupportedModelError for an architecture this hook cannot read.
     """
-    started = time.perf_counter()
     if getattr(handle.config, "is_encoder_decoder", False):
-        raise UnsupportedModelError(
-            f"{handle.name} is an encoder-decoder model; Attention Atlas captures encoder-only and "
-            "decoder-only models so far (cross-attention is not supported yet)"
-        )
+        from models.seq2seq import run_seq2seq_capture
+
+        return run_seq2seq_capture(handle, text, target, precision=precision, max_tokens=max_tokens,
+                                   keep_attention_bytes=keep_attention_bytes, on_layer=on_layer)
+    if target:
+        raise ValueError(f"{handle.name} has no decoder to read a target text; leave it empty")
+    started = time.perf_counter()
     description = handle.describe()
     tokenized = tokenize(handle.tokenizer, text, min(max_tokens or handle.max_tokens, handle.max_tokens))
     n = len(tokenized.ids)

@@ -17,8 +17,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
 import torch  # noqa: E402
-from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer  # noqa: E402
+from transformers import (  # noqa: E402
+    AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer,
+)
 
+from models import seq2seq  # noqa: E402
 from models.capture import ATTENTION_IMPLEMENTATION, register_capture_attention  # noqa: E402
 from models.registry import ModelSpec, Registry  # noqa: E402
 
@@ -61,14 +64,16 @@ class ModelHandle:
         """Architecture facts the frontend shows and the cache key includes."""
         config = self.config
         heads = int(config.num_attention_heads)
+        encoder_decoder = seq2seq.is_encoder_decoder(config)
         return {
             "name": self.name,
             "title": self.spec.title or self.name,
             "architecture": config.model_type,
-            "layers": int(config.num_hidden_layers),
+            "layers": seq2seq.attention_layers(config) if encoder_decoder else int(config.num_hidden_layers),
             "heads": heads,
             "kv_heads": int(getattr(config, "num_key_value_heads", None) or heads),
             "causal": self.is_causal,
+            "encoder_decoder": encoder_decoder,
             "max_tokens": self.max_tokens,
             "device": str(self.device),
             "dtype": str(next(self.model.parameters()).dtype).removeprefix("torch."),
@@ -86,7 +91,8 @@ CAUSAL_HEADS = ("ForCausalLM", "LMHeadModel")  # architecture name endings of de
 
 
 def _model_class(config, from_gguf: bool) -> type:
-    """Causal LMs load with their head (the logit lens and generation need it); others bare.
+    """Causal LMs load with their head (the logit lens and generation need it), encoder-decoder
+    models with theirs (the decoder's default input is the model's own output); others bare.
 
     GGUF files are llama.cpp checkpoints, always decoder-only LMs, and their converted config
     names no architecture.
@@ -94,6 +100,8 @@ def _model_class(config, from_gguf: bool) -> type:
     architectures = getattr(config, "architectures", None) or []
     if from_gguf or any(arch.endswith(CAUSAL_HEADS) for arch in architectures):
         return AutoModelForCausalLM
+    if seq2seq.is_encoder_decoder(config):
+        return AutoModelForSeq2SeqLM
     return AutoModel
 
 

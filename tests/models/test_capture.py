@@ -112,24 +112,6 @@ def test_too_many_tokens_is_refused_before_the_model_runs(tiny_models):
         run_capture(tiny_models["tiny-bert"], PROMPT, max_tokens=8)
 
 
-def test_encoder_decoder_models_get_a_clear_message(minilm):
-    import threading
-
-    import transformers
-
-    from models.loading import ModelHandle
-    from models.registry import ModelSpec
-
-    config = transformers.BartConfig(vocab_size=minilm.tokenizer.vocab_size, d_model=16, encoder_layers=1,
-                                     decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2,
-                                     encoder_ffn_dim=32, decoder_ffn_dim=32)
-    model = transformers.BartModel(config).eval()
-    handle = ModelHandle("tiny-bart", ModelSpec("tiny-bart"), model, minilm.tokenizer, torch.device("cpu"),
-                         "x", 0.0, threading.Lock())
-    with pytest.raises(UnsupportedModelError, match="encoder-decoder"):
-        run_capture(handle, PROMPT)
-
-
 def test_soft_capped_scores_keep_the_models_own_attention(minilm):
     """Gemma-2 soft-caps its scores, so softmax(q.k) is not its attention: the capture notices
     and stores the model's weights instead of recomputing them."""

@@ -1,0 +1,205 @@
+"""Encoder-decoder models (T5, BART, Marian...): encoder, decoder and cross-attention in one record.
+
+The record lays the encoder's tokens and then the decoder's tokens along one axis of N = Ne + Nd
+positions, and lists the attention layers in the order the model runs them: every encoder layer,
+then each decoder block's self-attention and cross-attention. Each layer fills only its own block
+of the N x N matrix (encoder rows x encoder keys, decoder rows x decoder keys, or decoder rows x
+encoder keys) and masks the rest, so every view, share link and export that reads a self-attention
+record reads this one unchanged: the head view draws cross-attention as lines from decoder tokens
+to encoder tokens, the token view shows where a decoder token reads the source. ``info`` names
+each layer's kind and where the two segments lie.
+
+The decoder reads a target text, teacher-forced: the user's, or by default the model's own greedy
+output, which is then analysed like a text the user typed (so a shared link reproduces it).
+"""
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+
+from app.record import Capture
+from models.capture import (
+    ATTENTION_KEEP_BYTES, Tokenized, UnsupportedModelError, _assemble, _Recorder, recording,
+    thumbnail_side, tokenize,
+)
+
+DEFAULT_TARGET_TOKENS = 32  # new tokens of greedy output when the user gives no target text
+CROSS_NAME = re.compile(r"cross|encdec|encoder_attn", re.IGNORECASE)  # module names of cross-attention
+KINDS = ("encoder", "decoder", "cross")
+
+
+def is_encoder_decoder(config) -> bool:
+    return bool(getattr(config, "is_encoder_decoder", False))
+
+
+def stack_sizes(config) -> tuple[int, int]:
+    """(encoder layers, decoder layers) under the names T5- and BART-style configs use."""
+    def first(*names: str) -> int:
+        return next(int(getattr(config, name)) for name in names if getattr(config, name, None) is not None)
+
+    encoder = first("encoder_layers", "num_layers", "num_hidden_layers")
+    return encoder, first("decoder_layers", "num_decoder_layers", "num_layers", "num_hidden_layers")
+
+
+def attention_layers(config) -> int:
+    """Attention layers in one pass: each encoder layer, and self + cross in each decoder block."""
+    encoder, decoder = stack_sizes(config)
+    return encoder + 2 * decoder
+
+
+def check_heads(config) -> None:
+    """One record holds one head count; BART-style configs may give the two stacks different ones."""
+    encoder = getattr(config, "encoder_attention_heads", None)
+    decoder = getattr(config, "decoder_attention_heads", None)
+    if encoder is not None and decoder is not None and encoder != decoder:
+        raise UnsupportedModelError(
+            f"the encoder has {encoder} attention heads and the decoder {decoder}; Attention Atlas shows "
+            "encoder-decoder models whose two stacks have the same number of heads"
+        )
+
+
+@dataclass
+class _SegmentRecorder(_Recorder):
+    """Places each layer's block on the combined encoder + decoder axis, then records it."""
+
+    encoder_tokens: int = 0
+    kinds: list[str] | None = None
+
+    def record(self, module, query, key, value, attention_mask, scaling, weights) -> None:
+        kind = self._kind(module, query, key)
+        rows, cols = self._block(kind)
+        n = self.n_tokens
+        allowed = _allowed(attention_mask, query.shape[-2], key.shape[-2], query.device)
+        full_mask = torch.zeros((1, 1, n, n), dtype=torch.bool, device=query.device)
+        full_mask[..., rows, cols] = allowed
+        full_weights = weights.new_zeros((*weights.shape[:2], n, n))
+        full_weights[..., rows, cols] = weights
+        self.kinds.append(kind)
+        super().record(module, _placed(query, rows, n), _placed(key, cols, n), _placed(value, cols, n),
+                       full_mask, scaling, full_weights)
+
+    def _kind(self, module, query, key) -> str:
+        name = self.names.get(id(module), "")
+        if "decoder" not in name.split("."):
+            return "encoder"
+        cross = query.shape[-2] != key.shape[-2] or CROSS_NAME.search(name) is not None
+        return "cross" if cross else "decoder"
+
+    def _block(self, kind: str) -> tuple[slice, slice]:
+        encoder, decoder = slice(0, self.encoder_tokens), slice(self.encoder_tokens, self.n_tokens)
+        return {"encoder": (encoder, encoder), "decoder": (decoder, decoder), "cross": (decoder, encoder)}[kind]
+
+
+def _placed(states: torch.Tensor, positions: slice, n: int) -> torch.Tensor:
+    """[1, H, s, d] states at ``positions`` of a zero [1, H, n, d] tensor."""
+    full = states.new_zeros((*states.shape[:2], n, states.shape[-1]))
+    full[..., positions, :] = states
+    return full
+
+
+def _allowed(attention_mask, queries: int, keys: int, device) -> torch.Tensor:
+    """[q, k] bool: where the model's mask (bool or additive, possibly broadcast) lets a query read."""
+    if attention_mask is None:
+        return torch.ones((queries, keys), dtype=torch.bool, device=device)
+    mask = attention_mask[0, 0, -queries:, :keys] if attention_mask.shape[-2] >= queries else attention_mask[0, 0]
+    allowed = mask if mask.dtype == torch.bool else mask > torch.finfo(mask.dtype).min / 2
+    return allowed.expand(queries, keys)
+
+
+def default_target(handle, source_ids: list[int], max_new_tokens: int) -> str:
+    """The model's own greedy output for the source: what a user of the model would see."""
+    if not (hasattr(handle.model, "can_generate") and handle.model.can_generate()):
+        raise UnsupportedModelError(
+            f"{handle.name} has no language-model head to write the decoder's text; give the decoder text yourself"
+        )
+    ids = torch.tensor([source_ids], device=handle.device)
+    output = handle.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                                   do_sample=False, num_beams=1)
+    return handle.tokenizer.decode(output[0], skip_special_tokens=True).strip()
+
+
+def decoder_tokens(handle, target: str, max_tokens: int) -> Tokenized:
+    """The decoder's input: its start token, then the target text's tokens (teacher forcing)."""
+    tokenizer = handle.tokenizer
+    start = handle.config.decoder_start_token_id
+    if start is None:
+        raise UnsupportedModelError(f"{handle.name} names no decoder start token")
+    body = tokenize(tokenizer, target, max_tokens - 1) if target else Tokenized([], [], [], np.zeros((0, 2), np.int32),
+                                                                              np.zeros(0, bool))
+    piece = tokenizer.convert_ids_to_tokens(start)
+    return Tokenized([start, *body.ids], [piece, *body.pieces], [piece, *body.tokens],
+                     np.concatenate([np.zeros((1, 2), np.int32), body.spans]), np.concatenate([[True], body.special]))
+
+
+def _joined(source: Tokenized, target: Tokenized) -> Tokenized:
+    return Tokenized(source.ids + target.ids, source.pieces + target.pieces, source.tokens + target.tokens,
+                     np.concatenate([source.spans, target.spans]).astype(np.int32),
+                     np.concatenate([source.special, target.special]).astype(bool))
+
+
+def _hidden_norms(output, kinds: list[str], encoder_tokens: int) -> np.ndarray:
+    """[L + 1, N] residual-stream norms: after the embeddings, then after each recorded layer.
+
+    A decoder block's self- and cross-attention rows both hold the norm after the whole block
+    (transformers returns one hidden state per block); encoder tokens keep the encoder's output
+    through the decoder layers, decoder tokens their embeddings through the encoder layers.
+    """
+    encoder = [h[0].float().norm(dim=-1) for h in output.encoder_hidden_states]  # Le + 1 of [Ne]
+    decoder = [h[0].float().norm(dim=-1) for h in output.decoder_hidden_states]  # Ld + 1 of [Nd]
+    rows, enc, dec = [torch.cat([encoder[0], decoder[0]])], 0, 0
+    for kind in kinds:
+        if kind == "encoder":
+            enc += 1
+        elif kind == "cross":
+            dec += 1
+        rows.append(torch.cat([encoder[min(enc, len(encoder) - 1)], decoder[dec]]))
+    return torch.stack(rows).cpu().numpy()
+
+
+def run_seq2seq_capture(handle, text: str, target: str, *, precision: str = "float16",
+                        keep_attention_bytes: int = ATTENTION_KEEP_BYTES, max_tokens: int | None = None,
+                        on_layer: Callable[[int, int], None] | None = None) -> Capture:
+    """Encode ``text``, decode ``target`` (the model's greedy output when empty), record every
+    attention layer of both stacks. Arguments and errors as :func:`models.capture.run_capture`."""
+    started = time.perf_counter()
+    check_heads(handle.config)
+    limit = min(max_tokens or handle.max_tokens, handle.max_tokens)
+    source = tokenize(handle.tokenizer, text, limit)
+    with handle.lock, torch.inference_mode():
+        target = target or default_target(handle, source.ids, min(DEFAULT_TARGET_TOKENS, limit))
+    decoder = decoder_tokens(handle, target, limit)
+    tokens = _joined(source, decoder)
+    n, layers = len(tokens.ids), attention_layers(handle.config)
+    description = {**handle.describe(), "layers": layers}
+    dtype = np.dtype(precision)
+    keep = layers * description["heads"] * n * n * dtype.itemsize <= keep_attention_bytes
+    recorder = _SegmentRecorder(n, thumbnail_side(layers, description["heads"], n), keep, dtype, {},
+                                on_layer=(lambda done: on_layer(done, layers)) if on_layer else None,
+                                encoder_tokens=len(source.ids), kinds=[])
+    with handle.lock, torch.inference_mode(), recording(handle.model, recorder):
+        forward_started = time.perf_counter()
+        output = handle.model(input_ids=torch.tensor([source.ids], device=handle.device),
+                              decoder_input_ids=torch.tensor([decoder.ids], device=handle.device),
+                              output_hidden_states=True, use_cache=False)
+        forward_seconds = time.perf_counter() - forward_started
+    if len(recorder.layers) != layers:
+        raise UnsupportedModelError(
+            f"{type(handle.model).__name__} ran {len(recorder.layers)} attention layers through transformers' "
+            f"AttentionInterface, expected {layers}; its attention cannot be captured"
+        )
+    hidden_norms = _hidden_norms(output, recorder.kinds, len(source.ids))
+    del output
+    capture = _assemble(handle.name, text, tokens, recorder, hidden_norms, description,
+                        {"forward_seconds": forward_seconds, "capture_seconds": time.perf_counter() - started})
+    capture.info.update({
+        "encoder_decoder": True,
+        "target": target,
+        "segments": {"encoder": [0, len(source.ids)], "decoder": [len(source.ids), n]},
+        "layer_kinds": recorder.kinds,
+    })
+    return capture

@@ -41,7 +41,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def build_app(args: argparse.Namespace, extra: dict | None = None):
     from app import create_app
 
-    config = {"EXTRA_MODELS": args.model_path, **(extra or {})}
+    config = dict(extra or {})
+    if args.model_path:  # else ATLAS_EXTRA_MODELS (from the environment) applies
+        config["EXTRA_MODELS"] = args.model_path
     if args.cache_dir:
         config["CACHE_DIR"] = args.cache_dir
     return create_app(config)

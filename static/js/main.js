@@ -30,6 +30,7 @@ const config = JSON.parse(document.getElementById("atlas-config").textContent);
 const $ = (selector) => document.querySelector(selector);
 const page = {
   form: $("#analyze-form"), model: $("#model"), prompt: $("#prompt"), analyze: $("#analyze"),
+  targetField: $("#target-field"), target: $("#target"),
   progress: $("#progress"), progressBar: $("#progress .bar"), progressLabel: $("#progress .label"),
   error: $("#error-banner"), errorTitle: $("#error-banner .title"), errorMessage: $("#error-banner .message"),
   errorClose: $("#error-banner .dismiss"), info: $("#run-info"), tabs: [...document.querySelectorAll("[role=tab]")],
@@ -39,6 +40,7 @@ const page = {
 };
 const refetched = new Set(); // analysis keys re-requested after the server's cache dropped them
 let shownText = null; // the state text last written into the prompt box
+let shownTarget = null; // the decoder text last written into its box
 let updateQueued = false;
 
 // ---- requests ----
@@ -47,12 +49,15 @@ let updateQueued = false;
 function ensureAnalysis(state) {
   const model = state.model || config.default;
   const { text, key } = state;
+  const target = state.target ?? null;
   if ((!key && !text.trim()) || analysisMatches(state)) return;
-  const asked = (run) => run && (key ? run.key === key : !run.key && run.text === text && run.model === model);
+  const asked = (run) => run && (key ? run.key === key
+    : !run.key && run.text === text && run.model === model && run.target === target);
   if (asked(state.pending) || asked(state.failed)) return;
   const layers = state.view === "head" ? [state.layer] : []; // streamed right after the overview
-  const rid = key ? request("open", { key, layers }) : request("analyze", { model, text, layers });
-  setData({ pending: { rid, model, text, key, layers },
+  const rid = key ? request("open", { key, layers })
+    : request("analyze", { model, text, layers, ...(target ? { target } : {}) });
+  setData({ pending: { rid, model, text, target, key, layers },
     progress: { stage: key ? "opening the analysis" : `analysing with ${model}`, fraction: 0 } });
 }
 
@@ -84,7 +89,8 @@ function onAnalysisEvent(event, payload) {
   else if (event === "overview") {
     state.details.clear(); // the model and text are the ones asked for, so the view state matches exactly
     const { model, text } = pending.key ? pending.tokens : pending; // an analysis opened by key names its own
-    setData({ analysis: { rid: payload.rid, key: payload.key, model, text, tokens: pending.tokens, opened: Boolean(pending.key),
+    const target = pending.key ? null : pending.target;
+    setData({ analysis: { rid: payload.rid, key: payload.key, model, text, target, tokens: pending.tokens, opened: Boolean(pending.key),
       overview: payload, sinks: payload.sinks, done: null }, zoom: null, error: null, failed: null });
     setView({ ...viewOf(state), model, text }, { history: "replace" }); // clamp indices, name the model
   } else if (event === "layer") {
@@ -93,7 +99,8 @@ function onAnalysisEvent(event, payload) {
   } else if (event === "done") {
     setData({ pending: null, progress: null, analysis: state.analysis && { ...state.analysis, done: payload } });
   } else if (event === "error") {
-    setData({ pending: null, progress: null, error: payload, failed: { model: pending.model, text: pending.text, key: pending.key } });
+    setData({ pending: null, progress: null, error: payload,
+      failed: { model: pending.model, text: pending.text, target: pending.target, key: pending.key } });
   }
 }
 
@@ -173,16 +180,45 @@ function syncChrome(state) {
     if (state.text) page.prompt.value = state.text;
   }
   if (state.model) page.model.value = state.model;
+  syncTarget(state, active);
   page.info.textContent = active ? runInfo(state.analysis) : "";
   page.shareField.value = shareUrl(viewOf(state));
   document.title = state.text ? `${state.text.slice(0, TITLE_CHARS)}${state.text.length > TITLE_CHARS ? "…" : ""} · Attention Atlas`
     : "Attention Atlas";
 }
 
+/**
+ * The decoder-text box: shown for an encoder-decoder analysis (or a link that names a target),
+ * holding the state's target or else the model's own output, which the analysis reports.
+ */
+function syncTarget(state, active) {
+  const info = active ? state.analysis.tokens.info : null;
+  page.targetField.hidden = !(info?.encoder_decoder || state.target);
+  const shown = state.target ?? info?.target ?? null;
+  if (shown !== null && shown !== shownTarget) {
+    shownTarget = shown;
+    page.target.value = shown;
+  }
+}
+
+/** The target a submitted form asks for: null (the model's own output) unless the user wrote another. */
+function submittedTarget(state) {
+  const value = page.target.value;
+  if (page.targetField.hidden || !value.trim()) return null;
+  const own = state.analysis && !state.target ? state.analysis.tokens.info.target : null;
+  return value === own ? null : value;
+}
+
 function runInfo(analysis) {
   const info = analysis.tokens.info;
   const parts = [info.title || analysis.model, `${analysis.overview.tokens} tokens`,
     `${analysis.overview.layers} layers × ${analysis.overview.heads} heads`];
+  if (info.encoder_decoder) {
+    const [source, target] = [info.segments.encoder, info.segments.decoder].map(([start, end]) => end - start);
+    parts[1] = `${source} source + ${target} target tokens`;
+    parts[2] = `${info.layer_kinds.filter((kind) => kind === "encoder").length} encoder + `
+      + `${info.layer_kinds.filter((kind) => kind === "cross").length} decoder blocks × ${analysis.overview.heads} heads`;
+  }
   if (info.kv_heads && info.kv_heads !== info.heads) parts.push(`${info.kv_heads} key/value heads`);
   if (analysis.done) parts.push(analysis.done.cached ? "from cache" : `computed in ${analysis.done.seconds.toFixed(2)} s`);
   return parts.join(" · ");
@@ -224,11 +260,13 @@ function bindControls() {
     const state = getState();
     for (const [id, entry] of state.details) if (entry.status === "error") state.details.delete(id); // retry them
     setData({ failed: null, error: null });
-    setView({ text, model: page.model.value, key: null });
+    setView({ text, target: submittedTarget(state), model: page.model.value, key: null });
   });
-  page.prompt.addEventListener("keydown", (event) => {
-    if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) page.form.requestSubmit();
-  });
+  for (const box of [page.prompt, page.target]) {
+    box.addEventListener("keydown", (event) => {
+      if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) page.form.requestSubmit();
+    });
+  }
   page.errorClose.addEventListener("click", () => setData({ error: null }));
   for (const tab of page.tabs) tab.addEventListener("click", () => setView({ view: tab.dataset.view }));
   page.copy.addEventListener("click", copyLink);

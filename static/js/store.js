@@ -6,10 +6,11 @@
 import { ATTENTION_MODES } from "./protocol.js";
 
 export const VIEWS = ["model", "head", "token", "neuron", "matrix", "stats", "heads", "rollout", "compare", "lens", "generate"];
-export const VIEW_FIELDS = ["model", "text", "view", "layer", "head", "heads", "token", "threshold", "mode",
+export const VIEW_FIELDS = ["model", "text", "target", "view", "layer", "head", "heads", "token", "threshold", "mode",
   "measure", "sort", "filter", "fusion", "text2", "generate", "sampling", "seed", "temperature", "step", "start", "key"];
 export const DEFAULT_VIEW = {
   model: null, text: "", view: "model", layer: 0, head: 0,
+  target: null, // encoder-decoder models: the text the decoder reads; null = the model's own output
   heads: null, // null = every head of the layer
   token: null, // null = the first token the tokenizer did not add
   threshold: 0, mode: "attention",
@@ -95,6 +96,7 @@ const ANALYSIS_FIELDS = {
   filter: matching(/^[A-Z][A-Z0-9+-]{0,15}$/),
   fusion: (value) => (value === "max" || value === "min" ? value : null),
   text2: (value) => (typeof value === "string" && value ? value : null),
+  target: (value) => (typeof value === "string" && value ? value : null),
   generate: (value) => {
     const count = optionalInt(value);
     return count ? Math.min(count, MAX_NEW_TOKENS) : null;
@@ -154,11 +156,12 @@ export function clampToAnalysis(view, analysis) {
   };
 }
 
-/** The model/text pair (or the key) a state wants analysed is the one on screen. */
+/** The model/text/target (or the key) a state wants analysed is the one on screen. */
 export function analysisMatches(source) {
   const analysis = source.analysis;
   if (source.key || analysis?.opened) return Boolean(analysis && analysis.key === source.key); // opened by key
-  return Boolean(analysis && analysis.text === source.text && (!source.model || analysis.model === source.model));
+  return Boolean(analysis && analysis.text === source.text && analysis.target === (source.target ?? null)
+    && (!source.model || analysis.model === source.model));
 }
 
 /** Heads shown in the head view: the chosen ones, or all. */

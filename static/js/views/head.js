@@ -5,6 +5,7 @@
 // drawn, and lines are batched into one path per head and opacity step, so prompts of
 // thousands of tokens stay responsive. Data: the `layer` event, dense [H, N, N] or top-k.
 import { displayToken, drawSinkBadge, fitText, formatNumber, pointerIn, prepareCanvas, sinkBadgeWidth, theme, tokenLabels } from "../draw.js";
+import { layerName } from "../layers.js";
 import { headColour } from "../palette.js";
 import { LAYER_MODES } from "../protocol.js";
 import { detailFor, selectedHeads, setView, sinkSet } from "../store.js";
@@ -294,7 +295,7 @@ export function render(state, el) {
     ui.hover = null;
     ui.canvas.dataset.locked = "";
   }
-  ui.layer.sync(analysis.overview.layers, state.layer);
+  ui.layer.sync(analysis.overview.layers, state.layer, (i) => layerName(analysis.tokens.info, i));
   ui.mode.sync(layerMode(state.mode));
   if (ui.preview === null) {
     ui.threshold.value = String(state.threshold);

@@ -4,6 +4,7 @@
 // and drawn scaled, so even 30 x 9 heads paint in a few milliseconds. Click a head to open it.
 import { contentWidth, drawLegend, formatNumber, hideTooltip, pointerIn, prepareCanvas, showTooltip, theme } from "../draw.js";
 import { SEQUENTIAL } from "../palette.js";
+import { layerKinds, layerName } from "../layers.js";
 import { setView } from "../store.js";
 import { changed, h, statusLine } from "../ui.js";
 
@@ -12,6 +13,7 @@ const MAX_CELL = 88; // px, largest thumbnail side
 const MIN_CELL = 30; // px, smallest thumbnail side (the page scrolls beyond that)
 const HEIGHT_FRACTION = 0.8; // of the window height the grid tries to fit in
 const LABEL_EMS = 4.5; // width of the layer-label column, in label font sizes
+const NAMED_LABEL_EMS = 8.5; // ... when layers are named ("decoder 11 cross") in an encoder-decoder model
 const HEADER_EMS = 2.4; // height of the head-number row, in label font sizes
 const LEGEND_HEIGHT = 10; // px
 const LEGEND_WIDTH = 340; // px
@@ -57,8 +59,8 @@ export function overviewImage(overview) {
  * Thumbnail size and orientation: layers down and heads across (as BertViz), or turned the
  * other way when that gives larger thumbnails (deep models with few heads fit one screen).
  */
-function layout(overview, width, look) {
-  const label = Math.round(look.size * LABEL_EMS);
+function layout(overview, width, look, named) {
+  const label = Math.round(look.size * (named ? NAMED_LABEL_EMS : LABEL_EMS));
   const header = Math.round(look.size * HEADER_EMS);
   const budget = window.innerHeight * HEIGHT_FRACTION - header;
   const fit = (rows, cols) => Math.min(MAX_CELL, Math.floor((width - label) / cols) - GAP, Math.floor(budget / rows) - GAP);
@@ -102,7 +104,7 @@ function mount(el) {
       hideTooltip();
     } else {
       const peak = ui.overview.peaks.data[cell.layer * ui.overview.heads + cell.head];
-      showTooltip(`Layer ${cell.layer}, head ${cell.head}\nstrongest link ${formatNumber(peak)}\nclick to open`,
+      showTooltip(`${layerName(ui.info, cell.layer, true)}, head ${cell.head}\nstrongest link ${formatNumber(peak)}\nclick to open`,
         event.clientX, event.clientY);
     }
     if (canvas.dataset.hover !== hover) {
@@ -141,7 +143,7 @@ function draw() {
   const { canvas, overview, state } = ui;
   if (!overview) return;
   const look = theme();
-  const g = layout(overview, contentWidth(ui.el), look);
+  const g = layout(overview, contentWidth(ui.el), look, Boolean(layerKinds(ui.info)));
   ui.geometry = g;
   canvas.dataset.grid = JSON.stringify({ left: g.label, top: g.header, pitch: g.pitch, cell: g.cell, headsAcross: g.headsAcross });
   const ctx = prepareCanvas(canvas, g.width, g.height);
@@ -157,7 +159,8 @@ function draw() {
   ctx.textAlign = "left";
   ctx.fillText(`${colName} →`, 0, header * 0.65);
   ctx.textAlign = "right";
-  for (let r = 0; r < g.rows; r++) ctx.fillText(`${rowName} ${r}`, label - 8, header + r * pitch + cell / 2);
+  const rowLabel = (r) => (rowName === "layer" ? layerName(ui.info, r) : `${rowName} ${r}`);
+  for (let r = 0; r < g.rows; r++) ctx.fillText(rowLabel(r), label - 8, header + r * pitch + cell / 2);
 
   const image = overviewImage(overview);
   const side = overview.side;
@@ -193,5 +196,6 @@ export function render(state, el) {
   const overview = state.analysis?.overview;
   ui.state = state;
   ui.overview = overview;
+  ui.info = state.analysis?.tokens.info;
   if (overview && changed(ui, [overview, state.layer, state.head, el.clientWidth, state.projector])) draw();
 }

@@ -6,6 +6,7 @@ import {
   binOf, binStart, contentWidth, displayToken, drawLegend, fitText, formatNumber, hatchPattern, heatmapImage,
   hideTooltip, labelWidth, pointerIn, poolColumns, prepareCanvas, showTooltip, theme, tokenLabels, drawSinkBadge, sinkBadgeWidth,
 } from "../draw.js";
+import { layerName } from "../layers.js";
 import { SEQUENTIAL } from "../palette.js";
 import { detailFor, setView, sinkSet, tokenIndex } from "../store.js";
 import { arrived, changed, h, statusLine, tokenStrip } from "../ui.js";
@@ -83,7 +84,7 @@ function hover(name, event) {
   const other = cell.end - cell.first === 1 ? `«${displayToken(tokens[cell.first])}»` : `tokens ${cell.first}–${cell.end - 1}`;
   const pair = name === "outgoing" ? `${me} → ${other}` : `${other} → ${me}`;
   const pooled = cell.end - cell.first > 1 ? " (largest)" : "";
-  showTooltip(`Layer ${cell.layer}, head ${cell.head}\n${pair}: ${formatNumber(value)}${pooled}`, event.clientX, event.clientY);
+  showTooltip(`${layerName(ui.state.analysis.tokens.info, cell.layer, true)}, head ${cell.head}\n${pair}: ${formatNumber(value)}${pooled}`, event.clientX, event.clientY);
 }
 
 function drawPanel(name, values, tokens, width, look) {
@@ -93,7 +94,8 @@ function drawPanel(name, values, tokens, width, look) {
   const layerH = row * heads + LAYER_GAP;
   const ctx = panel.canvas.getContext("2d");
   ctx.font = look.font(0.9);
-  const left = labelWidth(ctx, [`layer ${layers - 1}`], 200) + 12;
+  const info = ui.state.analysis.tokens.info;
+  const left = labelWidth(ctx, Array.from({ length: layers }, (_, l) => layerName(info, l)), 200) + 12;
   const bins = Math.max(1, Math.min(n, Math.floor((width - left - 8) / MIN_COL)));
   const col = Math.max(MIN_COL, Math.min(MAX_COL, Math.floor((width - left - 8) / bins)));
   const labelled = bins === n && col >= look.size * 1.1;
@@ -117,7 +119,7 @@ function drawPanel(name, values, tokens, width, look) {
   draw.textAlign = "right";
   draw.textBaseline = "middle";
   const every = Math.ceil(look.size / Math.max(1, layerH)); // layer labels that fit
-  for (let l = 0; l < layers; l += every) draw.fillText(`layer ${l}`, left - 8, top + l * layerH + (heads * row) / 2);
+  for (let l = 0; l < layers; l += every) draw.fillText(layerName(info, l), left - 8, top + l * layerH + (heads * row) / 2);
 
   const index = ui.payload.index;
   const chosen = binOf(index, bins, n); // the column holding the chosen token

@@ -30,6 +30,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     capture = commands.add_parser("capture", help="capture one prompt to a .npz file", parents=[after])
     capture.add_argument("--model", help="registered model name (default: the first registered)")
     capture.add_argument("--text", required=True)
+    capture.add_argument("--target", default="", help="encoder-decoder models: the text the decoder reads "
+                                                      "(default: the model's own output)")
     capture.add_argument("--out", required=True, help="output .npz file")
     commands.add_parser("gallery", help="precompute the demo gallery into the cache", parents=[after])
     args = parser.parse_args(argv)
@@ -55,7 +57,7 @@ def run_capture(args: argparse.Namespace) -> int:
 
     app = build_app(args)
     try:
-        analysis = app.extensions["atlas"].analyze(args.model, args.text)
+        analysis = app.extensions["atlas"].analyze(args.model, args.text, target=args.target)
     except AtlasError as error:
         print(f"error ({error.code}): {error.message}", file=sys.stderr)
         return 2

@@ -125,3 +125,15 @@ def parse_request(event: str, data: Any) -> tuple[Any, dict]:
             raise AtlasError("bad_request", f"'{name}' must be at most {spec.maximum}")
         values[name] = value
     return rid, values
+
+
+def encode_strings(strings: list[str]) -> dict:
+    """A list of strings as one ``joined`` string and ``lengths`` (uint32, UTF-16 code units,
+    which is how JavaScript slices strings). Socket.IO walks every list element in Python to look
+    for binary data, so 4096 tokens as a JSON list cost ~5 ms per message; this costs ~0.1 ms."""
+    joined = "".join(strings)
+    if len(joined.encode("utf-16-le")) == 2 * len(joined):  # no character outside the BMP
+        lengths = np.fromiter(map(len, strings), dtype=np.uint32, count=len(strings))
+    else:
+        lengths = np.array([len(text.encode("utf-16-le")) // 2 for text in strings], dtype=np.uint32)
+    return {"joined": joined, "lengths": encode_array(lengths, "uint32")}

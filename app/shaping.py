@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from app.analysis import sinks
-from app.protocol import AtlasError, encode_array, quantize_unit
+from app.protocol import AtlasError, encode_array, encode_strings, quantize_unit
 from app.record import Capture
 
 TOPK_ROW_CHUNK = 512  # query rows per block when picking top-k links; bounds memory at long N
@@ -19,15 +19,17 @@ def _check_index(name: str, value: int, limit: int) -> int:
 
 
 def tokens_payload(key: str, capture: Capture) -> dict:
+    """The prompt as tokens. Every per-token field is binary or one joined string: this is sent
+    on every analysis, cached ones too, and JSON lists of 4096 tokens cost more than the rest."""
     return {
         "key": key,
         "model": capture.model,
         "text": capture.text,
         "info": capture.info,
-        "tokens": capture.tokens,
-        "pieces": capture.pieces,
-        "spans": capture.spans.tolist(),
-        "special": capture.special.tolist(),
+        "tokens": encode_strings(capture.tokens),
+        "pieces": encode_strings(capture.pieces),
+        "spans": encode_array(capture.spans, "int32"),  # [N, 2]
+        "special": encode_array(capture.special, "uint8"),  # [N] 1 = added by the tokenizer
         "layer_names": capture.layer_names,
     }
 

@@ -105,3 +105,29 @@ export function decodePayload(payload) {
   for (const [name, value] of Object.entries(payload)) out[name] = isWireArray(value) ? decodeArray(value) : decodePayload(value);
   return out;
 }
+
+/** A decoded string list ({joined, lengths} from app/protocol.encode_strings) -> Array of strings. */
+export function decodeStrings({ joined, lengths }) {
+  const out = new Array(lengths.data.length);
+  let start = 0;
+  for (let i = 0; i < out.length; i++) {
+    out[i] = joined.slice(start, start + lengths.data[i]);
+    start += lengths.data[i];
+  }
+  return out;
+}
+
+/**
+ * A decoded `tokens` event -> the form every view reads: `tokens` and `pieces` arrays of strings,
+ * `spans` Int32Array [N * 2] (start, end pairs), `special` an array of booleans.
+ */
+export function decodeTokens(payload) {
+  return { ...payload, tokens: decodeStrings(payload.tokens), pieces: decodeStrings(payload.pieces),
+    spans: payload.spans.data, special: Array.from(payload.special.data, Boolean) };
+}
+
+/** An event's payload as the views read it: wire arrays decoded, and a `tokens` event's lists restored. */
+export function decodeEvent(event, payload) {
+  const decoded = decodePayload(payload);
+  return event === "tokens" ? decodeTokens(decoded) : decoded;
+}

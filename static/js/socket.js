@@ -2,7 +2,7 @@
 // Every request gets a fresh `rid`; answers come back decoded (typed arrays) to one handler,
 // which matches them to requests by that rid.
 import { io } from "../vendor/socket.io-4.8.1.esm.min.js";
-import { EVENTS, NAMESPACE, REQUESTS, decodePayload } from "./protocol.js";
+import { EVENTS, NAMESPACE, REQUESTS, decodeEvent } from "./protocol.js";
 
 let socket = null;
 let nextRid = 1;
@@ -50,7 +50,7 @@ export function connect(onEvent, onStatus) {
     socket.on(event, (payload) => {
       let decoded;
       try {
-        decoded = decodePayload(restoreAttachments(payload, attachments()));
+        decoded = decodeEvent(event, restoreAttachments(payload, attachments()));
       } catch (error) { // a malformed array: report it like a server error for that request
         onEvent("error", { rid: payload?.rid ?? null, code: "bad_payload", message: String(error.message || error) });
         return;

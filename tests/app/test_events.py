@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from app.protocol import NAMESPACE
+from tests.app.wire import decode_array, decode_strings
 
 PROMPT = "The cat sat on the mat because it was tired."
 WAIT_SECONDS = 120  # the first smollm2 request converts its GGUF weights
@@ -53,7 +54,10 @@ def test_events_arrive_overview_first(analysis):
 
 def test_tokens_are_text_with_spans_and_flags(analysis):
     tokens = analysis[[e["name"] for e in analysis].index("tokens")]
-    assert tokens["tokens"][0] == "[CLS]" and tokens["special"][0] and tokens["tokens"][2] == "cat"
+    texts, special, spans = decode_strings(tokens["tokens"]), decode_array(tokens["special"]), decode_array(tokens["spans"])
+    assert texts[0] == "[CLS]" and special[0] and texts[2] == "cat"
+    assert len(decode_strings(tokens["pieces"])) == len(texts) == len(special) and spans.shape == (len(texts), 2)
+    assert tokens["text"][slice(*spans[2])] == "cat"
     assert tokens["info"]["layers"] == 6 and tokens["info"]["heads"] == 12
 
 
@@ -157,7 +161,7 @@ def test_generate_streams_the_continuation_then_its_analysis(socket_client):
     assert [e["name"] for e in events] == ["generated", "tokens", "overview", "done"]
     generated, tokens = events[0], events[1]
     assert generated["text"].startswith("The capital of France is Paris")
-    assert tokens["tokens"][generated["first_generated"]].strip() == "Paris"
+    assert decode_strings(tokens["tokens"])[generated["first_generated"]].strip() == "Paris"
 
 
 @pytest.mark.real_model

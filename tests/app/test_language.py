@@ -6,6 +6,7 @@ import pytest
 
 from app import language
 from app.protocol import AtlasError
+from tests.app.wire import decode_strings
 
 pytestmark = pytest.mark.real_model
 GREEDY = {"max_new_tokens": 3, "sample": False, "seed": 0, "temperature": 1.0}
@@ -51,6 +52,6 @@ def test_generate_over_http(client):
     assert response.status_code == 200, response.get_json()
     answer = response.get_json()
     assert answer["text"].startswith("The capital of France is Paris")
-    assert answer["tokens"]["tokens"][answer["first_generated"]].strip() == "Paris"
+    assert decode_strings(answer["tokens"]["tokens"])[answer["first_generated"]].strip() == "Paris"
     lens = client.get(f"/api/analysis/{answer['key']}/lens?start=0&count=4").get_json()
     assert lens["ids"]["shape"] == [31, 4, 5]

@@ -6,6 +6,8 @@ import base64
 import numpy as np
 import pytest
 
+from tests.app.wire import decode_strings
+
 PROMPT = "Attention is all you need."
 
 
@@ -36,7 +38,7 @@ def test_analyze_returns_tokens_and_base64_overview(analysis):
     overview = analysis["overview"]
     raw = base64.b64decode(overview["thumbnails"]["data"])
     assert len(raw) == int(np.prod(overview["thumbnails"]["shape"]))
-    assert analysis["tokens"]["tokens"][1] == "Attention"
+    assert decode_strings(analysis["tokens"]["tokens"])[1] == "Attention"
 
 
 @pytest.mark.parametrize("event, query", [

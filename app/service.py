@@ -28,6 +28,7 @@ from models.registry import UnknownModelError, load_registry
 log = logging.getLogger(__name__)
 
 Progress = Callable[[str, float], None]
+LayerDone = Callable[[int, int, object], None]  # (layer index, layers in all, its [H, t, t] thumbnails)
 CAPTURE_OPTIONS = {"precision": "float16"}  # part of every cache key
 LOAD_SHARE = 0.6  # share of the progress bar given to loading a model, the rest to the forward pass
 
@@ -118,10 +119,12 @@ class AtlasService:
         return min(self.config["MAX_TOKENS"], self.config["MODEL_MAX_TOKENS"].get(name, self.config["MAX_TOKENS"]))
 
     def analyze(self, model: str | None, text: object, progress: Progress | None = None,
-                target: object = "") -> Analysis:
+                target: object = "", on_layer: LayerDone | None = None) -> Analysis:
         """Validated, cached capture of ``text`` on ``model``; raises AtlasError for the user.
 
         ``target`` is the text an encoder-decoder model's decoder reads (empty: its own output).
+        ``on_layer(layer, layers, thumbnails)`` hears each layer as the model finishes it, when
+        this request is the one that runs the model (not for a cached or shared result).
 
         Identical requests in flight share one forward pass; when the client of that pass
         disconnects before it starts, a waiting request takes it over.
@@ -133,7 +136,8 @@ class AtlasService:
         key = self.key_for(name, text, target)
         while True:
             try:
-                capture, cached = self.cache.get_or_compute(key, lambda: self._capture(name, text, target, progress))
+                capture, cached = self.cache.get_or_compute(
+                    key, lambda: self._capture(name, text, target, progress, on_layer))
                 break
             except limits.JobCancelled:
                 if limits.cancelled():
@@ -149,13 +153,21 @@ class AtlasService:
             raise AtlasError("not_found", "this analysis is no longer cached; run the prompt again", 404)
         return capture
 
-    def _capture(self, name: str, text: str, target: str, progress: Progress | None) -> Capture:
+    def _capture(self, name: str, text: str, target: str, progress: Progress | None,
+                 on_layer: LayerDone | None) -> Capture:
         from models.capture import run_capture
 
         limit = self.token_limit(name)
         self._count_tokens(name, text, limit)
-        return self.model_work(name, lambda handle: run_capture(handle, text, target=target, max_tokens=limit),
-                               progress)
+        progress = progress or (lambda stage, fraction: None)
+
+        def layer_done(layer: int, layers: int, thumbnails) -> None:
+            progress(f"running the model: layer {layer + 1} of {layers}", LOAD_SHARE + (1 - LOAD_SHARE) * (layer + 1) / layers)
+            if on_layer:
+                on_layer(layer, layers, thumbnails)
+
+        return self.model_work(
+            name, lambda handle: run_capture(handle, text, target=target, max_tokens=limit, on_layer=layer_done), progress)
 
     def _count_tokens(self, name: str, text: str, limit: int) -> None:
         """Refuse a prompt over ``limit`` tokens before it takes a place in the queue.

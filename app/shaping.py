@@ -40,22 +40,38 @@ def sink_tokens(capture: Capture) -> dict[str, np.ndarray]:
     return sinks.sink_tokens(capture.received, causal=bool(capture.info.get("causal")))
 
 
-def overview_payload(key: str, capture: Capture) -> dict:
-    """Every head as a thumbnail, each scaled to its own maximum so faint heads stay visible,
-    and the attention-sink tokens, so every view can badge them from the first paint."""
-    thumbnails = capture.thumbnails.astype(np.float32)  # [L, H, t, t]
-    peaks = thumbnails.max(axis=(2, 3))  # [L, H]
-    scaled = thumbnails / np.where(peaks > 0, peaks, 1.0)[..., None, None]
+def scaled_thumbnails(thumbnails: np.ndarray) -> tuple[dict, dict]:
+    """[..., t, t] thumbnails each scaled to its own maximum, so faint heads stay visible
+    (uint8), and those maxima (float16)."""
+    values = thumbnails.astype(np.float32)
+    peaks = values.max(axis=(-2, -1))
+    scaled = values / np.where(peaks > 0, peaks, 1.0)[..., None, None]
+    return quantize_unit(scaled), encode_array(peaks, "float16")
+
+
+def overview_payload(key: str, capture: Capture, streamed: bool = False) -> dict:
+    """Every head as a thumbnail and the attention-sink tokens, so every view can badge them
+    from the first paint. ``streamed``: the client already has every layer's thumbnails from
+    ``overview_layer`` events, so they do not travel twice."""
+    thumbnails, peaks = scaled_thumbnails(capture.thumbnails)  # [L, H, t, t], [L, H]
     return {
         "key": key,
         "layers": capture.n_layers,
         "heads": capture.n_heads,
-        "side": int(thumbnails.shape[-1]),
+        "side": int(capture.thumbnails.shape[-1]),
         "tokens": capture.n_tokens,
-        "thumbnails": quantize_unit(scaled),
-        "peaks": encode_array(peaks, "float16"),
+        "streamed": streamed,
+        "thumbnails": None if streamed else thumbnails,
+        "peaks": peaks,
         "sinks": np.flatnonzero(sink_tokens(capture)["is_sink"]).tolist(),
     }
+
+
+def overview_layer_payload(layer: int, layers: int, thumbnails: np.ndarray) -> dict:
+    """One layer's thumbnails [H, t, t] while the model is still running."""
+    scaled, peaks = scaled_thumbnails(thumbnails)
+    return {"layer": layer, "layers": layers, "heads": int(thumbnails.shape[0]), "side": int(thumbnails.shape[-1]),
+            "thumbnails": scaled, "peaks": peaks}
 
 
 def _mode_matrix(capture: Capture, layer: int, head: int, mode: str, rows=slice(None), cols=slice(None)):

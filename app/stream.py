@@ -1,6 +1,7 @@
-"""Send one analysis to one client, overview first: progress -> tokens -> overview ->
-requested layers -> done. ``emit(event, payload)`` is bound to that client by the caller, so
-this runs the same under Socket.IO, in tests and in benchmarks."""
+"""Send one analysis to one client, overview first: progress (and, while the model runs, each
+layer's thumbnails) -> tokens -> overview -> requested layers -> done. ``emit(event, payload)``
+is bound to that client by the caller, so this runs the same under Socket.IO, in tests and in
+benchmarks."""
 from __future__ import annotations
 
 import contextlib
@@ -19,9 +20,26 @@ Emit = Callable[[str, dict], None]
 def stream_analysis(service: AtlasService, emit: Emit, rid, request: dict) -> None:
     """Run (or fetch) one analysis and emit it; every failure becomes one ``error`` event."""
     with reporting_errors(emit, rid):
+        layers = LayerStream(emit, rid)
         analysis = service.analyze(request["model"], request["text"], _progress(emit, rid),
-                                   target=request.get("target") or "")
-        _send(service, emit, rid, analysis, request.get("layers") or [])
+                                   target=request.get("target") or "", on_layer=layers)
+        _send(service, emit, rid, analysis, request.get("layers") or [], streamed=layers.complete(analysis.capture))
+
+
+class LayerStream:
+    """Sends each layer's thumbnails as the model finishes it (``overview_layer``), so the model
+    view fills in during a long forward pass; remembers which layers went out, so the overview
+    that follows need not carry them again."""
+
+    def __init__(self, emit: Emit, rid):
+        self.emit, self.rid, self.sent = emit, rid, set()
+
+    def __call__(self, layer: int, layers: int, thumbnails) -> None:
+        self.emit("overview_layer", {"rid": self.rid, **shaping.overview_layer_payload(layer, layers, thumbnails)})
+        self.sent.add(layer)
+
+    def complete(self, capture) -> bool:
+        return len(self.sent) == capture.n_layers
 
 
 def stream_generation(service: AtlasService, emit: Emit, rid, request: dict) -> None:
@@ -46,11 +64,11 @@ def _progress(emit: Emit, rid):
     return progress
 
 
-def _send(service: AtlasService, emit: Emit, rid, analysis, layers: list) -> None:
+def _send(service: AtlasService, emit: Emit, rid, analysis, layers: list, streamed: bool = False) -> None:
     """tokens -> overview -> requested layers -> done."""
     capture, key = analysis.capture, analysis.key
     emit("tokens", {"rid": rid, **shaping.tokens_payload(key, capture)})
-    emit("overview", {"rid": rid, **shaping.overview_payload(key, capture)})
+    emit("overview", {"rid": rid, **shaping.overview_payload(key, capture, streamed)})
     for layer in layers:
         if isinstance(layer, int) and not isinstance(layer, bool) and 0 <= layer < capture.n_layers:
             emit("layer", {"rid": rid, **detail(service, "layer", {"key": key, "layer": layer, "mode": "attention"})})

@@ -32,6 +32,7 @@ ATTENTION_KEEP_BYTES = 256 * 1024 * 1024  # bytes; above this attention is recom
 SCORE_CHECK_ROWS = 128  # query rows sampled by the score check
 SCORE_CHECK_TOLERANCE = 1e-3  # max |softmax(scores) - weights| before a record must keep attention
 
+LayerDone = Callable[[int, int, np.ndarray], None]  # (layer index, layers in all, its [H, t, t] thumbnails)
 TORCH_DTYPES = {"float16": torch.float16, "float32": torch.float32}  # storage precision -> torch dtype
 _ACTIVE: contextvars.ContextVar["_Recorder | None"] = contextvars.ContextVar("atlas_recorder", default=None)
 
@@ -94,7 +95,7 @@ class _Recorder:
     keep_attention: bool
     dtype: np.dtype
     names: dict[int, str]
-    on_layer: Callable[[int], None] | None = None
+    on_layer: Callable[[int, np.ndarray], None] | None = None  # (layer index, its thumbnails)
     scores_exact: bool = True
     layers: list[dict] = field(default_factory=list)
     masks: list[np.ndarray] = field(default_factory=list)
@@ -128,7 +129,7 @@ class _Recorder:
             "groups": groups,
         })
         if self.on_layer:
-            self.on_layer(len(self.layers))
+            self.on_layer(len(self.layers) - 1, self.layers[-1]["thumbnails"])
 
     def _check_scores(self, query, key, attention_mask, scaling, weights, groups) -> None:
         """Keep full attention when softmax(q.k * scaling + mask) does not reproduce the model's
@@ -180,6 +181,13 @@ def _row_logsumexp(queries, keys, weights, scaling: float):
     return torch.where(best_weights > 0, best_scores - torch.log(best_weights), 0.0)
 
 
+def layer_callback(on_layer: LayerDone | None, total: int) -> Callable[[int, np.ndarray], None] | None:
+    """The recorder's per-layer callback, telling ``on_layer`` how many layers there are."""
+    if on_layer is None:
+        return None
+    return lambda layer, thumbnails: on_layer(layer, total, thumbnails)
+
+
 @contextlib.contextmanager
 def recording(model, recorder: _Recorder):
     """Activate ``recorder`` for forward passes in this thread; always deactivates."""
@@ -218,14 +226,15 @@ def tokenize(tokenizer, text: str, max_tokens: int) -> Tokenized:
 
 def run_capture(handle, text: str, *, target: str = "", precision: str = "float16",
                 keep_attention_bytes: int = ATTENTION_KEEP_BYTES, max_tokens: int | None = None,
-                on_layer: Callable[[int, int], None] | None = None) -> Capture:
+                on_layer: LayerDone | None = None) -> Capture:
     """Tokenize ``text`` and run one forward pass of ``handle`` (a models.loading.ModelHandle).
 
     ``target`` is what the decoder of an encoder-decoder model reads (see :mod:`models.seq2seq`);
     other models refuse one.
 
-    ``on_layer(done, total)`` is called as each attention layer finishes, for progress on long
-    prompts.
+    ``on_layer(layer, total, thumbnails)`` is called as each attention layer finishes, with that
+    layer's [H, t, t] float16 thumbnails: progress on long prompts, and a model view that fills
+    in while the model runs.
 
     ``precision`` is the dtype arrays are stored in: float16 for the app (half the memory and
     disk), float32 for exact comparisons in tests. Raises TooManyTokensError, ValueError for an
@@ -246,7 +255,7 @@ def run_capture(handle, text: str, *, target: str = "", precision: str = "float1
     dtype = np.dtype(precision)
     keep = layers * heads * n * n * dtype.itemsize <= keep_attention_bytes
     recorder = _Recorder(n, thumbnail_side(layers, heads, n), keep, dtype, {},
-                         on_layer=(lambda done: on_layer(done, layers)) if on_layer else None)
+                         on_layer=layer_callback(on_layer, layers))
     input_ids = torch.tensor([tokenized.ids], device=handle.device)
     with handle.lock, torch.inference_mode(), recording(handle.model, recorder):
         tokenized_at = time.perf_counter()

@@ -7,6 +7,7 @@ import {
   analysisMatches, detailByRid, detailId, getState, putDetail, setData, setView, subscribe, viewOf,
 } from "./store.js";
 import { startClassroom } from "./classroom.js";
+import { assembledOverview, partialOverview } from "./layerstream.js";
 import { bindHistory, fromQuery, shareUrl } from "./url.js";
 import * as compareView from "./views/compare.js";
 import * as generateView from "./views/generate.js";
@@ -15,6 +16,7 @@ import * as headsView from "./views/heads.js";
 import * as lensView from "./views/lens.js";
 import * as matrixView from "./views/matrix.js";
 import * as modelView from "./views/model.js";
+import { overviewImage } from "./views/model.js";
 import * as neuronView from "./views/neuron.js";
 import * as rolloutView from "./views/rollout.js";
 import * as statsView from "./views/stats.js";
@@ -32,6 +34,7 @@ const page = {
   form: $("#analyze-form"), model: $("#model"), prompt: $("#prompt"), analyze: $("#analyze"),
   targetField: $("#target-field"), target: $("#target"),
   progress: $("#progress"), progressBar: $("#progress .bar"), progressLabel: $("#progress .label"),
+  preview: $("#live-overview"),
   error: $("#error-banner"), errorTitle: $("#error-banner .title"), errorMessage: $("#error-banner .message"),
   errorClose: $("#error-banner .dismiss"), info: $("#run-info"), tabs: [...document.querySelectorAll("[role=tab]")],
   panels: Object.fromEntries(Object.keys(VIEWS).map((view) => [view, $(`#view-${view}`)])), empty: $("#empty-state"),
@@ -85,9 +88,13 @@ function onAnalysisEvent(event, payload) {
   const state = getState();
   const pending = state.pending;
   if (event === "progress") setData({ progress: { stage: payload.stage, fraction: payload.fraction } });
-  else if (event === "tokens") pending.tokens = payload;
+  else if (event === "overview_layer") {
+    (pending.layers ??= [])[payload.layer] = payload;
+    drawPreview(pending.layers);
+  } else if (event === "tokens") pending.tokens = payload;
   else if (event === "overview") {
     state.details.clear(); // the model and text are the ones asked for, so the view state matches exactly
+    payload = assembledOverview(payload, pending.layers);
     const { model, text } = pending.key ? pending.tokens : pending; // an analysis opened by key names its own
     const target = pending.key ? null : pending.target;
     setData({ analysis: { rid: payload.rid, key: payload.key, model, text, target, tokens: pending.tokens, opened: Boolean(pending.key),
@@ -132,7 +139,10 @@ function onEvent(event, payload) {
 
 /** An event of a stream a view asked for (a second prompt, a generation): parts gathered until `done`. */
 function onStreamEvent(id, entry, event, payload) {
-  const parts = { ...entry.parts, [event]: payload };
+  const layers = entry.parts?.layers ?? [];
+  if (event === "overview_layer") layers[payload.layer] = payload;
+  const part = event === "overview" ? assembledOverview(payload, layers) : payload;
+  const parts = { ...entry.parts, layers, [event]: part };
   putDetail(id, event === "done" ? { status: "ready", event: entry.event, payload: parts } : { ...entry, parts });
 }
 
@@ -165,6 +175,7 @@ function syncChrome(state) {
       : "Type a prompt and press Analyze to see how the model attends.";
 
   page.progress.hidden = !state.progress;
+  if (!state.pending?.layers) page.preview.hidden = true;
   if (state.progress) {
     page.progressBar.style.width = `${Math.round(100 * state.progress.fraction)}%`;
     page.progressLabel.textContent = `${state.progress.stage}…`;
@@ -207,6 +218,17 @@ function submittedTarget(state) {
   if (page.targetField.hidden || !value.trim()) return null;
   const own = state.analysis && !state.target ? state.analysis.tokens.info.target : null;
   return value === own ? null : value;
+}
+
+/** The model view as it fills in, layer by layer, while the model runs (a long prompt's first sight). */
+function drawPreview(layers) {
+  const overview = partialOverview(layers);
+  const image = overviewImage(overview);
+  page.preview.width = image.width;
+  page.preview.height = image.height;
+  page.preview.getContext("2d").drawImage(image, 0, 0);
+  page.preview.dataset.layers = String(overview.done);
+  page.preview.hidden = false;
 }
 
 function runInfo(analysis) {

@@ -14,7 +14,7 @@ REQUESTS.push("open", ...PRESENTER_REQUESTS);
 // Requests answered by a stream of events (progress, tokens, overview, ..., done) rather than one.
 export const STREAMS = ["analyze", "generate"];
 // Server -> client events.
-export const EVENTS = ["progress", "tokens", "overview", "layer", "matrix", "token", "neuron", "stats", "done", "error",
+export const EVENTS = ["progress", "overview_layer", "tokens", "overview", "layer", "matrix", "token", "neuron", "stats", "done", "error",
   "heads", "rollout", "flow", "compare", "lens", "generated"];
 export const FUSIONS = ["mean", "max", "min"]; // how rollout and flow fuse the heads of a layer
 export const ANALYSIS_MAX_TOKENS = 1024; // tokens whole-model analyses read (app/insights.py); positions beyond are refused

@@ -47,9 +47,28 @@ def analysis(app):
 
 
 def test_events_arrive_overview_first(analysis):
-    names = [event["name"] for event in analysis if event["name"] != "progress"]
+    names = [event["name"] for event in analysis if event["name"] not in ("progress", "overview_layer")]
     assert names == ["tokens", "overview", "layer", "done"]
     assert all(event["rid"] == 7 for event in analysis)
+
+
+def test_layers_stream_while_the_model_runs_and_do_not_travel_twice(socket_client):
+    text = "A prompt no other test sends, so that the model runs for it."
+    socket_client.emit("analyze", {"rid": "s", "model": "minilm", "text": text}, namespace=NAMESPACE)
+    events = [e for e in collect(socket_client) if e["name"] != "progress"]
+    names = [e["name"] for e in events]
+    assert names == ["overview_layer"] * 6 + ["tokens", "overview", "done"]
+    layers = [e for e in events if e["name"] == "overview_layer"]
+    assert [e["layer"] for e in layers] == list(range(6)) and all(e["layers"] == 6 for e in layers)
+    overview = events[names.index("overview")]
+    assert overview["streamed"] and overview["thumbnails"] is None
+
+    socket_client.emit("open", {"rid": "o", "key": events[-1]["key"]}, namespace=NAMESPACE)
+    full = next(e for e in collect(socket_client) if e["name"] == "overview")  # from the cache: no layers streamed
+    assert not full["streamed"]
+    streamed = np.stack([decode(e["thumbnails"]) for e in layers])
+    np.testing.assert_array_equal(streamed, decode(full["thumbnails"]))
+    np.testing.assert_array_equal(np.stack([decode(e["peaks"]) for e in layers]), decode(full["peaks"]))
 
 
 def test_tokens_are_text_with_spans_and_flags(analysis):
@@ -61,8 +80,9 @@ def test_tokens_are_text_with_spans_and_flags(analysis):
     assert tokens["info"]["layers"] == 6 and tokens["info"]["heads"] == 12
 
 
-def test_overview_is_binary_and_small(analysis):
-    overview = next(e for e in analysis if e["name"] == "overview")
+def test_overview_is_binary_and_small(socket_client, analysis):
+    socket_client.emit("open", {"rid": "o", "key": analysis[-1]["key"]}, namespace=NAMESPACE)
+    overview = next(e for e in collect(socket_client) if e["name"] == "overview")  # whole, from the cache
     thumbnails = overview["thumbnails"]
     assert thumbnails["dtype"] == "uint8" and isinstance(thumbnails["data"], bytes)
     layers, heads, side, _ = thumbnails["shape"]

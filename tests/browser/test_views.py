@@ -204,3 +204,22 @@ def test_grouped_query_model_paints_and_names_its_key_head(page, live_server):
     page.wait_for_selector(f"{NEURON_CANVAS}[data-kv-head='1']")  # query head 4 of 9 reads key head 4 // 3
     assert "query head 4 reads key head 1" in page.text_content("#view-neuron .view-info")
     assert ink(page, NEURON_CANVAS) > 1_000
+
+
+def test_model_view_fills_in_while_the_model_runs(page, live_server):
+    """Each layer's thumbnails are drawn as the model finishes it, then the model view shows them all."""
+    page.goto(live_server)
+    page.evaluate("""() => {
+      const preview = document.querySelector("#live-overview");
+      window.previewLayers = [];
+      new MutationObserver(() => window.previewLayers.push(Number(preview.dataset.layers)))
+        .observe(preview, { attributes: true, attributeFilter: ["data-layers"] });
+    }""")
+    page.select_option("#model", "smollm2")
+    page.fill("#prompt", "A sentence that only this test sends, so the model runs while the page watches.")
+    page.click("#analyze")
+    wait_ready(page)
+    layers = page.evaluate("() => window.previewLayers")
+    assert layers and layers == sorted(layers) and layers[-1] == 30
+    assert page.is_hidden("#live-overview")
+    assert wait_ink(page, MODEL_CANVAS, minimum=20_000)

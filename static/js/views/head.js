@@ -239,6 +239,9 @@ function draw() {
     ctx.globalAlpha = 1;
   }
 
+  const decoderStart = analysis.tokens.info.segments?.decoder[0];
+  if (decoderStart) drawSegmentRule(ctx, g, PAD + decoderStart * g.rowH - scrollTop, look);
+
   ctx.font = look.font(1);
   ctx.textBaseline = "middle";
   const selected = state.token;
@@ -268,6 +271,27 @@ function draw() {
   if (!heads.length) ui.status.say("No heads selected: pick heads with the coloured buttons above.");
   else if (focus && payload) ui.status.say(describeFocus(payload, heads, tokens, focus) + (ui.lock ? " · locked (click again to release)" : ""));
   else ui.status.say("");
+}
+
+/** An encoder-decoder record's boundary: source tokens above the rule, the decoder's below. */
+function drawSegmentRule(ctx, g, y, look) {
+  ctx.strokeStyle = look.muted;
+  ctx.lineWidth = look.line;
+  ctx.setLineDash([4, 4]);
+  for (const [from, to] of [[g.leftX - g.labelW, g.leftX], [g.rightX, g.rightX + g.labelW]]) {
+    ctx.beginPath();
+    ctx.moveTo(from, y);
+    ctx.lineTo(to, y);
+    ctx.stroke();
+  }
+  ctx.setLineDash([]);
+  ctx.fillStyle = look.muted;
+  ctx.font = look.font(0.8);
+  ctx.textAlign = "left";
+  ctx.textBaseline = "bottom";
+  ctx.fillText("source ↑", g.rightX + g.labelW + 6, y - 2);
+  ctx.textBaseline = "top";
+  ctx.fillText("decoder ↓", g.rightX + g.labelW + 6, y + 2);
 }
 
 function syncSwatches(state) {

@@ -64,7 +64,8 @@ function layout(overview, width, look, named) {
   const header = Math.round(look.size * HEADER_EMS);
   const budget = window.innerHeight * HEIGHT_FRACTION - header;
   const fit = (rows, cols) => Math.min(MAX_CELL, Math.floor((width - label) / cols) - GAP, Math.floor(budget / rows) - GAP);
-  const headsAcross = fit(overview.layers, overview.heads) >= fit(overview.heads, overview.layers);
+  // named layers ("decoder 3 cross") read as row labels, so they keep layers down the side
+  const headsAcross = named || fit(overview.layers, overview.heads) >= fit(overview.heads, overview.layers);
   const [rows, cols] = headsAcross ? [overview.layers, overview.heads] : [overview.heads, overview.layers];
   const cell = Math.max(MIN_CELL, fit(rows, cols));
   const pitch = cell + GAP;

@@ -29,22 +29,25 @@ class BridgeError(RuntimeError):
     """The server refused or could not be reached; the message is the server's own."""
 
 
-def push(model, text: str, *, tokenizer=None, server: str = DEFAULT_SERVER, view: dict | None = None) -> str:
+def push(model, text: str, *, tokenizer=None, target: str = "", server: str = DEFAULT_SERVER,
+         view: dict | None = None) -> str:
     """Analyse ``text`` and return the share link.
 
     ``model`` is either the name of a model the server offers (the server runs it) or a
     transformers model object with its ``tokenizer`` (captured here, in this process, then
-    uploaded, so models the server has never seen can be explored too).
+    uploaded, so models the server has never seen can be explored too). ``target``: for an
+    encoder-decoder model, the text its decoder reads (default: the model's own output).
     """
     server = server.rstrip("/")
     if isinstance(model, str):
-        answer = _request(f"{server}/api/analyze", json.dumps({"model": model, "text": text}).encode(),
-                          "application/json")
-        query = {"model": model, "text": text}
+        fields = {"model": model, "text": text, **({"target": target} if target else {})}
+        answer = _request(f"{server}/api/analyze", json.dumps(fields).encode(), "application/json")
+        query = fields
     else:
         if tokenizer is None:
             raise ValueError("pass the model's tokenizer with tokenizer=...")
-        answer = _request(f"{server}/api/captures", _capture_bytes(model, tokenizer, text), "application/octet-stream")
+        answer = _request(f"{server}/api/captures", _capture_bytes(model, tokenizer, text, target),
+                          "application/octet-stream")
         query = {"key": answer["key"]}
     return f"{server}/?{urlencode({**query, **(view or {})})}"
 
@@ -56,7 +59,7 @@ def show(link: str, height: int = 720):
     return IFrame(link, width="100%", height=height)
 
 
-def _capture_bytes(model, tokenizer, text: str) -> bytes:
+def _capture_bytes(model, tokenizer, text: str, target: str) -> bytes:
     """Capture with the same hook the server uses, and serialise the record for upload."""
     import torch
 
@@ -71,7 +74,7 @@ def _capture_bytes(model, tokenizer, text: str) -> bytes:
     handle = ModelHandle(name, spec, model.eval(), tokenizer, next(model.parameters()).device, "notebook", 0.0,
                          threading.Lock())
     with torch.inference_mode():
-        capture = run_capture(handle, text)
+        capture = run_capture(handle, text, target=target)
     buffer = io.BytesIO()
     np.savez(buffer, **capture.to_arrays())
     return buffer.getvalue()

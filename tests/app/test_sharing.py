@@ -117,6 +117,10 @@ def test_notebook_bridge_against_a_live_server(tmp_path, tiny_models, minilm):
 
         with urllib.request.urlopen(f"{url}/api/analysis/{key}/layer?layer=1") as response:
             assert json.load(response)["heads"] == 4
+        seq2seq = notebook.push(tiny_models["tiny-bart"].model, PROMPT, tokenizer=minilm.tokenizer,
+                                target="Une question.", server=url)
+        with urllib.request.urlopen(f"{url}/api/analysis/{seq2seq.split('key=')[1]}/token?index=1") as response:
+            assert json.load(response)["outgoing"]["shape"][0] == 6  # 2 encoder + 2 x (self + cross) layers
         with pytest.raises(notebook.BridgeError, match="unknown model"):
             notebook.push("no-such-model", PROMPT, server=url)
     with pytest.raises(notebook.BridgeError, match="cannot reach"):

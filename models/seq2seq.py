@@ -23,8 +23,8 @@ import torch
 
 from app.record import Capture
 from models.capture import (
-    ATTENTION_KEEP_BYTES, LayerDone, Tokenized, UnsupportedModelError, _assemble, _Recorder, layer_callback,
-    recording, thumbnail_side, tokenize,
+    ATTENTION_KEEP_BYTES, LayerDone, Tokenized, TooManyTokensError, UnsupportedModelError, _assemble, _Recorder,
+    layer_callback, recording, thumbnail_side, tokenize,
 )
 
 DEFAULT_TARGET_TOKENS = 32  # new tokens of greedy output when the user gives no target text
@@ -110,29 +110,62 @@ def _allowed(attention_mask, queries: int, keys: int, device) -> torch.Tensor:
     return allowed.expand(queries, keys)
 
 
-def default_target(handle, source_ids: list[int], max_new_tokens: int) -> str:
-    """The model's own greedy output for the source: what a user of the model would see."""
+def generated_decoder(handle, source_ids: list[int], max_new_tokens: int) -> tuple[Tokenized, str]:
+    """The model's own greedy output for the source (what a user of the model would see), as
+    the decoder's input, exactly the ids it generated (start token first), and as text."""
     if not (hasattr(handle.model, "can_generate") and handle.model.can_generate()):
         raise UnsupportedModelError(
             f"{handle.name} has no language-model head to write the decoder's text; give the decoder text yourself"
         )
     ids = torch.tensor([source_ids], device=handle.device)
-    output = handle.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-                                   do_sample=False, num_beams=1)
-    return handle.tokenizer.decode(output[0], skip_special_tokens=True).strip()
+    with handle.lock, torch.inference_mode():
+        output = handle.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                                       do_sample=False, num_beams=1)
+    return tokens_of_ids(handle.tokenizer, output[0].tolist())
+
+
+def tokens_of_ids(tokenizer, ids: list[int]) -> tuple[Tokenized, str]:
+    """Tokens of generated ids with their spans in the decoded text (decoding longer and longer
+    prefixes: a token's text is what it adds), and that text."""
+    special_ids = set(tokenizer.all_special_ids)
+    pieces = tokenizer.convert_ids_to_tokens(ids)
+    text, tokens, spans, kept = "", [], [], []
+    for token_id, piece in zip(ids, pieces):
+        if token_id in special_ids:
+            tokens.append(piece)
+            spans.append((len(text), len(text)))
+            continue
+        kept.append(token_id)
+        longer = tokenizer.decode(kept)
+        start = len(text) if longer.startswith(text) else len(longer)
+        tokens.append(longer[start:] if longer.startswith(text) else piece)
+        spans.append((start, len(longer)))
+        text = longer
+    special = np.array([token_id in special_ids for token_id in ids], dtype=bool)
+    return Tokenized(ids, pieces, tokens, np.asarray(spans, dtype=np.int32).reshape(-1, 2), special), text
 
 
 def decoder_tokens(handle, target: str, max_tokens: int) -> Tokenized:
-    """The decoder's input: its start token, then the target text's tokens (teacher forcing)."""
+    """The decoder's input: its start token, then the target text's tokens (teacher forcing),
+    at most ``max_tokens`` in all."""
     tokenizer = handle.tokenizer
     start = handle.config.decoder_start_token_id
     if start is None:
         raise UnsupportedModelError(f"{handle.name} names no decoder start token")
-    body = tokenize(tokenizer, target, max_tokens - 1) if target else Tokenized([], [], [], np.zeros((0, 2), np.int32),
-                                                                              np.zeros(0, bool))
+    try:
+        body = tokenize(tokenizer, target, max_tokens - 1) if target else _no_tokens()
+    except TooManyTokensError:
+        raise TooManyTokensError(
+            f"the decoder text is {len(tokenizer(target)['input_ids'])} tokens; with this prompt at most "
+            f"{max_tokens - 1} fit (source and decoder tokens share the limit)"
+        ) from None
     piece = tokenizer.convert_ids_to_tokens(start)
     return Tokenized([start, *body.ids], [piece, *body.pieces], [piece, *body.tokens],
                      np.concatenate([np.zeros((1, 2), np.int32), body.spans]), np.concatenate([[True], body.special]))
+
+
+def _no_tokens() -> Tokenized:
+    return Tokenized([], [], [], np.zeros((0, 2), np.int32), np.zeros(0, bool))
 
 
 def _joined(source: Tokenized, target: Tokenized) -> Tokenized:
@@ -168,10 +201,13 @@ def run_seq2seq_capture(handle, text: str, target: str, *, precision: str = "flo
     started = time.perf_counter()
     check_heads(handle.config)
     limit = min(max_tokens or handle.max_tokens, handle.max_tokens)
-    source = tokenize(handle.tokenizer, text, limit)
-    with handle.lock, torch.inference_mode():
-        target = target or default_target(handle, source.ids, min(DEFAULT_TARGET_TOKENS, limit))
-    decoder = decoder_tokens(handle, target, limit)
+    source = tokenize(handle.tokenizer, text, limit - 1)  # room for the decoder's start token
+    room = limit - len(source.ids)  # decoder tokens, start token included
+    new_tokens = min(DEFAULT_TARGET_TOKENS, room - 1)
+    if target or new_tokens < 1:
+        decoder = decoder_tokens(handle, target, room)
+    else:
+        decoder, target = generated_decoder(handle, source.ids, new_tokens)
     tokens = _joined(source, decoder)
     n, layers = len(tokens.ids), attention_layers(handle.config)
     description = {**handle.describe(), "layers": layers}

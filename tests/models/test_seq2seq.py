@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from models.capture import UnsupportedModelError, run_capture
+from models.capture import TooManyTokensError, UnsupportedModelError, run_capture
 
 SOURCE = "The house is wonderful, isn't it?"
 TARGET = "Das Haus ist wunderbar."
@@ -90,9 +90,12 @@ def test_without_a_target_the_decoder_reads_the_models_greedy_output(tiny_models
     ids = torch.tensor([handle.tokenizer(SOURCE)["input_ids"]])
     with torch.inference_mode():
         greedy = handle.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=32, do_sample=False)
-    assert capture.info["target"] == handle.tokenizer.decode(greedy[0], skip_special_tokens=True).strip()
-    again = run_capture(handle, SOURCE, target=capture.info["target"])
-    assert again.tokens == capture.tokens  # a shared link (source + target) reproduces the record
+    ne = capture.info["segments"]["encoder"][1]
+    assert capture.pieces[ne:] == handle.tokenizer.convert_ids_to_tokens(greedy[0])  # exactly what it generated
+    assert capture.info["target"] == handle.tokenizer.decode(greedy[0], skip_special_tokens=True)
+    for token, special, (start, end) in zip(capture.tokens[ne:], capture.special[ne:], capture.spans[ne:]):
+        assert special or capture.info["target"][start:end] == token
+    assert run_capture(handle, SOURCE).tokens == capture.tokens  # the link without a target reproduces it
 
 
 def test_recomputed_attention_agrees_when_the_record_keeps_only_q_and_k(tiny_models):
@@ -127,6 +130,15 @@ def test_a_model_without_a_head_needs_the_decoder_text(minilm):
     with pytest.raises(UnsupportedModelError, match="give the decoder text"):
         run_capture(handle, SOURCE)
     assert run_capture(handle, SOURCE, target=TARGET).info["layer_kinds"] == ["encoder", "decoder", "cross"]
+
+
+def test_source_and_decoder_tokens_share_the_token_limit(tiny_models):
+    handle = tiny_models["tiny-bart"]
+    with pytest.raises(TooManyTokensError, match="the decoder text is"):
+        run_capture(handle, SOURCE, target=TARGET, max_tokens=16)
+    long_source = " ".join(["word"] * 24)  # 26 tokens: room for the start token and a short output only
+    capture = run_capture(handle, long_source, max_tokens=32)
+    assert capture.n_tokens <= 32 and capture.info["segments"]["encoder"] == [0, 26]
 
 
 def test_other_models_refuse_a_target(tiny_models):

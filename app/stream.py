@@ -6,15 +6,21 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from typing import Callable
 
-from app import insights, shaping
+from app import insights, limits, shaping
 from app.protocol import AtlasError
 from app.service import AtlasService
 
 log = logging.getLogger(__name__)
 
 Emit = Callable[[str, dict], None]
+# Per-layer events wait until a request has run this long (s). A shorter forward pass is over
+# before they could help, and the page redrawing after each one takes CPU from the pass itself:
+# on 2 cores, a 128-token capture took 0.72 s with them and 0.56 s without, against 0.3 s alone.
+LIVE_AFTER_SECONDS = 0.5
+PROGRESS_EVERY_SECONDS = 0.2  # at most one "running the model" progress event per interval
 
 
 def stream_analysis(service: AtlasService, emit: Emit, rid, request: dict) -> None:
@@ -28,15 +34,23 @@ def stream_analysis(service: AtlasService, emit: Emit, rid, request: dict) -> No
 
 class LayerStream:
     """Sends each layer's thumbnails as the model finishes it (``overview_layer``), so the model
-    view fills in during a long forward pass; remembers which layers went out, so the overview
-    that follows need not carry them again."""
+    view fills in during a long forward pass (none in a request's first LIVE_AFTER_SECONDS: they
+    are held, then sent together); remembers which layers went out, so the overview that
+    follows need not carry them again."""
 
     def __init__(self, emit: Emit, rid):
         self.emit, self.rid, self.sent = emit, rid, set()
+        self.started = time.monotonic()
+        self.held: list[tuple[int, int, object]] = []  # layers finished before LIVE_AFTER_SECONDS
 
     def __call__(self, layer: int, layers: int, thumbnails) -> None:
-        self.emit("overview_layer", {"rid": self.rid, **shaping.overview_layer_payload(layer, layers, thumbnails)})
-        self.sent.add(layer)
+        self.held.append((layer, layers, thumbnails))
+        if time.monotonic() - self.started < LIVE_AFTER_SECONDS:
+            return
+        for held_layer, total, pooled in self.held:
+            self.emit("overview_layer", {"rid": self.rid, **shaping.overview_layer_payload(held_layer, total, pooled)})
+            self.sent.add(held_layer)
+        self.held.clear()
 
     def complete(self, capture) -> bool:
         return len(self.sent) == capture.n_layers
@@ -58,7 +72,18 @@ def stream_generation(service: AtlasService, emit: Emit, rid, request: dict) -> 
 
 
 def _progress(emit: Emit, rid):
+    """Progress events: every queue position, the rest at most one per PROGRESS_EVERY_SECONDS and
+    none of them before LIVE_AFTER_SECONDS (see there)."""
+    started = time.monotonic()
+    last_sent = started - PROGRESS_EVERY_SECONDS
+
     def progress(stage: str, fraction: float) -> None:
+        nonlocal last_sent
+        now = time.monotonic()
+        if not isinstance(stage, limits.QueueStage):
+            if now - started < LIVE_AFTER_SECONDS or now - last_sent < PROGRESS_EVERY_SECONDS:
+                return
+            last_sent = now
         emit("progress", {"rid": rid, "stage": stage, "fraction": round(fraction, 3)})
 
     return progress

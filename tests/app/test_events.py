@@ -6,6 +6,7 @@ import time
 import numpy as np
 import pytest
 
+from app import stream
 from app.protocol import NAMESPACE
 from tests.app.wire import decode_array, decode_strings
 
@@ -52,7 +53,8 @@ def test_events_arrive_overview_first(analysis):
     assert all(event["rid"] == 7 for event in analysis)
 
 
-def test_layers_stream_while_the_model_runs_and_do_not_travel_twice(socket_client):
+def test_layers_stream_while_the_model_runs_and_do_not_travel_twice(socket_client, monkeypatch):
+    monkeypatch.setattr(stream, "LIVE_AFTER_SECONDS", 0.0)  # however quick the pass, stream every layer
     text = "A prompt no other test sends, so that the model runs for it."
     socket_client.emit("analyze", {"rid": "s", "model": "minilm", "text": text}, namespace=NAMESPACE)
     events = [e for e in collect(socket_client) if e["name"] != "progress"]
@@ -69,6 +71,16 @@ def test_layers_stream_while_the_model_runs_and_do_not_travel_twice(socket_clien
     streamed = np.stack([decode(e["thumbnails"]) for e in layers])
     np.testing.assert_array_equal(streamed, decode(full["thumbnails"]))
     np.testing.assert_array_equal(np.stack([decode(e["peaks"]) for e in layers]), decode(full["peaks"]))
+
+
+def test_a_short_forward_pass_sends_no_layer_events(socket_client, monkeypatch):
+    monkeypatch.setattr(stream, "LIVE_AFTER_SECONDS", 60.0)  # every pass here is shorter than this
+    socket_client.emit("analyze", {"rid": "q", "model": "minilm", "text": "A quick pass, not streamed layer by layer."},
+                       namespace=NAMESPACE)
+    events = collect(socket_client)
+    assert [e["name"] for e in events] == ["tokens", "overview", "done"]  # no progress, no overview_layer
+    overview = events[1]
+    assert not overview["streamed"] and decode(overview["thumbnails"]).shape[0] == 6
 
 
 def test_tokens_are_text_with_spans_and_flags(analysis):

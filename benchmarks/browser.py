@@ -60,7 +60,10 @@ function stampAfterNextFrame(name) {
   requestAnimationFrame(() => requestAnimationFrame(() => { window[name] = performance.now(); }));
 }
 """
+# The pixels are read only once the page holds the analysis (the overview has arrived): read on
+# every frame during the forward pass, they took CPU from the server on the same 2 cores.
 MODEL_VIEW_PAINTED_JS = "() => {" + PAINTED_CANVAS_JS + AFTER_NEXT_FRAME_JS + """
+  if (!document.documentElement.dataset.analysis) return false;
   const canvas = document.querySelector('[data-testid="model-canvas"]');
   if (!canvas || canvas.closest("[hidden]") || !painted(canvas)) return false;
   stampAfterNextFrame("__paintedAt");

@@ -216,7 +216,8 @@ def test_model_view_fills_in_while_the_model_runs(page, live_server):
         .observe(preview, { attributes: true, attributeFilter: ["data-layers"] });
     }""")
     page.select_option("#model", "smollm2")
-    page.fill("#prompt", "A sentence that only this test sends, so the model runs while the page watches.")
+    # long enough that the forward pass outlasts stream.LIVE_AFTER_SECONDS, so layers stream
+    page.fill("#prompt", " ".join(["A sentence that only this test sends, so the model runs while the page watches."] * 40))
     page.click("#analyze")
     wait_ready(page)
     layers = page.evaluate("() => window.previewLayers")

@@ -244,6 +244,17 @@ class CaptureCache:
                 self._writer = threading.Thread(target=self._write_pending, name="cache-writer", daemon=True)
                 self._writer.start()
 
+    def make_room(self, nbytes: int) -> None:
+        """Shrink memory to ``max_bytes - nbytes`` before work that needs ``nbytes`` (a long
+        prompt's forward pass), so cached results and that work together stay within the
+        budget. Drops least recently used entries already in the store; they reload from it."""
+        with self._lock:
+            stored = [key for key in self._memory if key not in self._pending]  # oldest first
+            for key in stored:
+                if self._bytes <= max(0, self.max_bytes - nbytes):
+                    break
+                self._bytes -= self._memory.pop(key).nbytes
+
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every entry put so far is in the store; False if ``timeout`` s ran out."""
         with self._lock:

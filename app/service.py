@@ -167,7 +167,8 @@ class AtlasService:
                 on_layer(layer, layers, thumbnails)
 
         return self.model_work(
-            name, lambda handle: run_capture(handle, text, target=target, max_tokens=limit, on_layer=layer_done), progress)
+            name, lambda handle: run_capture(handle, text, target=target, max_tokens=limit, on_layer=layer_done,
+                                             reserve=self.cache.make_room), progress)
 
     def _count_tokens(self, name: str, text: str, limit: int) -> None:
         """Refuse a prompt over ``limit`` tokens before it takes a place in the queue.

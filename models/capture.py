@@ -45,6 +45,13 @@ class UnsupportedModelError(ValueError):
     """The model's attention cannot be captured; the message says why."""
 
 
+def forward_bytes(n_heads: int, n_tokens: int) -> int:
+    """Memory one eager forward pass needs beyond the weights, at most: one layer's float32
+    scores and weights, softmax's temporary and the recorder's pooled copy, ~4 x H x N x N floats
+    (2.4 GB for 9 heads at 4096 tokens)."""
+    return 4 * n_heads * n_tokens * n_tokens * 4
+
+
 def thumbnail_side(n_layers: int, n_heads: int, n_tokens: int) -> int:
     """Side of each head's thumbnail so the whole overview stays within its byte budget."""
     side = int((OVERVIEW_BUDGET_BYTES / max(1, n_layers * n_heads)) ** 0.5)
@@ -226,7 +233,7 @@ def tokenize(tokenizer, text: str, max_tokens: int) -> Tokenized:
 
 def run_capture(handle, text: str, *, target: str = "", precision: str = "float16",
                 keep_attention_bytes: int = ATTENTION_KEEP_BYTES, max_tokens: int | None = None,
-                on_layer: LayerDone | None = None) -> Capture:
+                on_layer: LayerDone | None = None, reserve: Callable[[int], None] | None = None) -> Capture:
     """Tokenize ``text`` and run one forward pass of ``handle`` (a models.loading.ModelHandle).
 
     ``target`` is what the decoder of an encoder-decoder model reads (see :mod:`models.seq2seq`);
@@ -234,7 +241,8 @@ def run_capture(handle, text: str, *, target: str = "", precision: str = "float1
 
     ``on_layer(layer, total, thumbnails)`` is called as each attention layer finishes, with that
     layer's [H, t, t] float16 thumbnails: progress on long prompts, and a model view that fills
-    in while the model runs.
+    in while the model runs. ``reserve(nbytes)`` is called before the forward pass with the memory
+    it will need (:func:`forward_bytes`), so the caller can free that much first (cached results).
 
     ``precision`` is the dtype arrays are stored in: float16 for the app (half the memory and
     disk), float32 for exact comparisons in tests. Raises TooManyTokensError, ValueError for an
@@ -244,7 +252,7 @@ def run_capture(handle, text: str, *, target: str = "", precision: str = "float1
         from models.seq2seq import run_seq2seq_capture
 
         return run_seq2seq_capture(handle, text, target, precision=precision, max_tokens=max_tokens,
-                                   keep_attention_bytes=keep_attention_bytes, on_layer=on_layer)
+                                   keep_attention_bytes=keep_attention_bytes, on_layer=on_layer, reserve=reserve)
     if target:
         raise ValueError(f"{handle.name} has no decoder to read a target text; leave it empty")
     started = time.perf_counter()
@@ -256,6 +264,8 @@ def run_capture(handle, text: str, *, target: str = "", precision: str = "float1
     keep = layers * heads * n * n * dtype.itemsize <= keep_attention_bytes
     recorder = _Recorder(n, thumbnail_side(layers, heads, n), keep, dtype, {},
                          on_layer=layer_callback(on_layer, layers))
+    if reserve:
+        reserve(forward_bytes(heads, n))
     input_ids = torch.tensor([tokenized.ids], device=handle.device)
     with handle.lock, torch.inference_mode(), recording(handle.model, recorder):
         tokenized_at = time.perf_counter()

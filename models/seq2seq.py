@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -24,7 +25,7 @@ import torch
 from app.record import Capture
 from models.capture import (
     ATTENTION_KEEP_BYTES, LayerDone, Tokenized, TooManyTokensError, UnsupportedModelError, _assemble, _Recorder,
-    layer_callback, recording, thumbnail_side, tokenize,
+    forward_bytes, layer_callback, recording, thumbnail_side, tokenize,
 )
 
 DEFAULT_TARGET_TOKENS = 32  # new tokens of greedy output when the user gives no target text
@@ -195,7 +196,7 @@ def _hidden_norms(output, kinds: list[str], encoder_tokens: int) -> np.ndarray:
 
 def run_seq2seq_capture(handle, text: str, target: str, *, precision: str = "float16",
                         keep_attention_bytes: int = ATTENTION_KEEP_BYTES, max_tokens: int | None = None,
-                        on_layer: LayerDone | None = None) -> Capture:
+                        on_layer: LayerDone | None = None, reserve: Callable[[int], None] | None = None) -> Capture:
     """Encode ``text``, decode ``target`` (the model's greedy output when empty), record every
     attention layer of both stacks. Arguments and errors as :func:`models.capture.run_capture`."""
     started = time.perf_counter()
@@ -216,6 +217,8 @@ def run_seq2seq_capture(handle, text: str, target: str, *, precision: str = "flo
     recorder = _SegmentRecorder(n, thumbnail_side(layers, description["heads"], n), keep, dtype, {},
                                 on_layer=layer_callback(on_layer, layers),
                                 encoder_tokens=len(source.ids), kinds=[])
+    if reserve:
+        reserve(forward_bytes(description["heads"], n))
     with handle.lock, torch.inference_mode(), recording(handle.model, recorder):
         forward_started = time.perf_counter()
         output = handle.model(input_ids=torch.tensor([source.ids], device=handle.device),

@@ -84,6 +84,39 @@ def test_memory_is_bounded_by_bytes(tmp_path, capture):
     assert cache.get(keys[0]) is not None  # evicted from memory, still on disk
 
 
+def test_memory_makes_room_for_a_long_forward_pass(tmp_path, capture):
+    cache = make_cache(tmp_path, memory_bytes=capture.nbytes * 4)
+    keys = [cache_key("m", "f", str(i)) for i in range(3)]
+    for key in keys:
+        put_and_store(cache, key, capture)
+    cache.make_room(capture.nbytes * 2)  # the pass needs half the budget: keep the newest two
+    assert list(cache._memory) == keys[1:]
+    cache.make_room(cache.max_bytes)  # it needs all of it: keep nothing in memory
+    assert not cache._memory and cache._bytes == 0
+    assert cache.get(keys[0]) is not None  # everything reloads from disk
+
+
+def test_making_room_keeps_entries_not_yet_stored(capture):
+    store = SlowStore()
+    cache = CaptureCache(store, max_bytes=capture.nbytes * 4)
+    cache.put(cache_key("m", "f", "pending"), capture)
+    cache.make_room(cache.max_bytes)
+    assert len(cache._memory) == 1  # the only copy until the writer stores it
+    store.release.set()
+    assert cache.flush(timeout=30)
+
+
+def test_a_capture_reserves_memory_for_its_forward_pass_first(tiny_models):
+    from models.capture import forward_bytes
+
+    asked = []
+    run_capture(tiny_models["tiny-gpt2"], "Four score and seven years ago",
+                reserve=lambda nbytes: asked.append(nbytes), on_layer=lambda *layer: asked.append("layer"))
+    heads = tiny_models["tiny-gpt2"].config.n_head
+    n = len(tiny_models["tiny-gpt2"].tokenizer("Four score and seven years ago")["input_ids"])
+    assert asked[0] == forward_bytes(heads, n) and set(asked[1:]) == {"layer"}
+
+
 def test_disk_is_pruned_oldest_first(tmp_path, capture):
     cache = make_cache(tmp_path)
     keys = [cache_key("m", "f", str(i)) for i in range(3)]

@@ -164,9 +164,7 @@ class _Recorder:
         if attention_mask is None:
             allowed = np.ones((n, n), dtype=bool)
         else:
-            mask = attention_mask[0, 0, :n, :n]
-            allowed = mask if mask.dtype == torch.bool else mask > torch.finfo(mask.dtype).min / 2
-            allowed = allowed.cpu().numpy()
+            allowed = allowed_positions(attention_mask[0, 0, :n, :n]).cpu().numpy()
         for index, known in enumerate(self.masks):
             if np.array_equal(known, allowed):
                 return index
@@ -188,11 +186,31 @@ def _row_logsumexp(queries, keys, weights, scaling: float):
     return torch.where(best_weights > 0, best_scores - torch.log(best_weights), 0.0)
 
 
-def layer_callback(on_layer: LayerDone | None, total: int) -> Callable[[int, np.ndarray], None] | None:
-    """The recorder's per-layer callback, telling ``on_layer`` how many layers there are."""
-    if on_layer is None:
-        return None
-    return lambda layer, thumbnails: on_layer(layer, total, thumbnails)
+def allowed_positions(mask: torch.Tensor) -> torch.Tensor:
+    """Bool: True where a mask lets a query attend, for boolean masks and additive ones (which
+    put the dtype's minimum, or -inf, where they forbid)."""
+    return mask if mask.dtype == torch.bool else mask > torch.finfo(mask.dtype).min / 2
+
+
+def new_recorder(recorder_class: type[_Recorder], n: int, layers: int, heads: int, precision: str,
+                 keep_attention_bytes: int, on_layer: LayerDone | None, **fields) -> _Recorder:
+    """A recorder for ``layers`` x ``heads`` over ``n`` tokens: attention kept when it fits
+    ``keep_attention_bytes``, ``on_layer`` told how many layers there are."""
+    dtype = np.dtype(precision)
+    keep = layers * heads * n * n * dtype.itemsize <= keep_attention_bytes
+    callback = (lambda layer, thumbnails: on_layer(layer, layers, thumbnails)) if on_layer else None
+    return recorder_class(n, thumbnail_side(layers, heads, n), keep, dtype, {}, on_layer=callback, **fields)
+
+
+def recorded_forward(handle, recorder: _Recorder, heads: int, reserve: Callable[[int], None] | None, **inputs):
+    """(output, seconds) of one forward pass with ``recorder`` active; ``reserve`` hears first the
+    memory the pass will need."""
+    if reserve:
+        reserve(forward_bytes(heads, recorder.n_tokens))
+    with handle.lock, torch.inference_mode(), recording(handle.model, recorder):
+        started = time.perf_counter()
+        output = handle.model(**inputs, output_hidden_states=True, use_cache=False)
+        return output, time.perf_counter() - started
 
 
 @contextlib.contextmanager
@@ -260,18 +278,10 @@ def run_capture(handle, text: str, *, target: str = "", precision: str = "float1
     tokenized = tokenize(handle.tokenizer, text, min(max_tokens or handle.max_tokens, handle.max_tokens))
     n = len(tokenized.ids)
     layers, heads = description["layers"], description["heads"]
-    dtype = np.dtype(precision)
-    keep = layers * heads * n * n * dtype.itemsize <= keep_attention_bytes
-    recorder = _Recorder(n, thumbnail_side(layers, heads, n), keep, dtype, {},
-                         on_layer=layer_callback(on_layer, layers))
-    if reserve:
-        reserve(forward_bytes(heads, n))
-    input_ids = torch.tensor([tokenized.ids], device=handle.device)
-    with handle.lock, torch.inference_mode(), recording(handle.model, recorder):
-        tokenized_at = time.perf_counter()
-        output = handle.model(input_ids=input_ids, output_hidden_states=True, use_cache=False,
-                              **({"logits_to_keep": 1} if handle.is_causal else {}))
-        forward_seconds = time.perf_counter() - tokenized_at
+    recorder = new_recorder(_Recorder, n, layers, heads, precision, keep_attention_bytes, on_layer)
+    output, forward_seconds = recorded_forward(handle, recorder, heads, reserve,
+                                               input_ids=torch.tensor([tokenized.ids], device=handle.device),
+                                               **({"logits_to_keep": 1} if handle.is_causal else {}))
     if not recorder.layers:
         raise UnsupportedModelError(
             f"{type(handle.model).__name__} does not dispatch attention through transformers' "

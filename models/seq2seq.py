@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -25,7 +25,7 @@ import torch
 from app.record import Capture
 from models.capture import (
     ATTENTION_KEEP_BYTES, LayerDone, Tokenized, TooManyTokensError, UnsupportedModelError, _assemble, _Recorder,
-    forward_bytes, layer_callback, recording, thumbnail_side, tokenize,
+    allowed_positions, new_recorder, recorded_forward, tokenize,
 )
 
 DEFAULT_TARGET_TOKENS = 32  # new tokens of greedy output when the user gives no target text
@@ -68,7 +68,7 @@ class _SegmentRecorder(_Recorder):
     """Places each layer's block on the combined encoder + decoder axis, then records it."""
 
     encoder_tokens: int = 0
-    kinds: list[str] | None = None
+    kinds: list[str] = field(default_factory=list)
 
     def record(self, module, query, key, value, attention_mask, scaling, weights) -> None:
         kind = self._kind(module, query, key)
@@ -107,8 +107,7 @@ def _allowed(attention_mask, queries: int, keys: int, device) -> torch.Tensor:
     if attention_mask is None:
         return torch.ones((queries, keys), dtype=torch.bool, device=device)
     mask = attention_mask[0, 0, -queries:, :keys] if attention_mask.shape[-2] >= queries else attention_mask[0, 0]
-    allowed = mask if mask.dtype == torch.bool else mask > torch.finfo(mask.dtype).min / 2
-    return allowed.expand(queries, keys)
+    return allowed_positions(mask).expand(queries, keys)
 
 
 def generated_decoder(handle, source_ids: list[int], max_new_tokens: int) -> tuple[Tokenized, str]:
@@ -175,7 +174,7 @@ def _joined(source: Tokenized, target: Tokenized) -> Tokenized:
                      np.concatenate([source.special, target.special]).astype(bool))
 
 
-def _hidden_norms(output, kinds: list[str], encoder_tokens: int) -> np.ndarray:
+def _hidden_norms(output, kinds: list[str]) -> np.ndarray:
     """[L + 1, N] residual-stream norms: after the embeddings, then after each recorded layer.
 
     A decoder block's self- and cross-attention rows both hold the norm after the whole block
@@ -210,27 +209,19 @@ def run_seq2seq_capture(handle, text: str, target: str, *, precision: str = "flo
     else:
         decoder, target = generated_decoder(handle, source.ids, new_tokens)
     tokens = _joined(source, decoder)
-    n, layers = len(tokens.ids), attention_layers(handle.config)
-    description = {**handle.describe(), "layers": layers}
-    dtype = np.dtype(precision)
-    keep = layers * description["heads"] * n * n * dtype.itemsize <= keep_attention_bytes
-    recorder = _SegmentRecorder(n, thumbnail_side(layers, description["heads"], n), keep, dtype, {},
-                                on_layer=layer_callback(on_layer, layers),
-                                encoder_tokens=len(source.ids), kinds=[])
-    if reserve:
-        reserve(forward_bytes(description["heads"], n))
-    with handle.lock, torch.inference_mode(), recording(handle.model, recorder):
-        forward_started = time.perf_counter()
-        output = handle.model(input_ids=torch.tensor([source.ids], device=handle.device),
-                              decoder_input_ids=torch.tensor([decoder.ids], device=handle.device),
-                              output_hidden_states=True, use_cache=False)
-        forward_seconds = time.perf_counter() - forward_started
+    n, description = len(tokens.ids), handle.describe()  # its "layers" counts both stacks' attention
+    layers, heads = description["layers"], description["heads"]
+    recorder = new_recorder(_SegmentRecorder, n, layers, heads, precision, keep_attention_bytes, on_layer,
+                            encoder_tokens=len(source.ids))
+    output, forward_seconds = recorded_forward(handle, recorder, heads, reserve,
+                                               input_ids=torch.tensor([source.ids], device=handle.device),
+                                               decoder_input_ids=torch.tensor([decoder.ids], device=handle.device))
     if len(recorder.layers) != layers:
         raise UnsupportedModelError(
             f"{type(handle.model).__name__} ran {len(recorder.layers)} attention layers through transformers' "
             f"AttentionInterface, expected {layers}; its attention cannot be captured"
         )
-    hidden_norms = _hidden_norms(output, recorder.kinds, len(source.ids))
+    hidden_norms = _hidden_norms(output, recorder.kinds)
     del output
     capture = _assemble(handle.name, text, tokens, recorder, hidden_norms, description,
                         {"forward_seconds": forward_seconds, "capture_seconds": time.perf_counter() - started})

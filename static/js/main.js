@@ -220,13 +220,20 @@ function submittedTarget(state) {
   return value === own ? null : value;
 }
 
-/** The model view as it fills in, layer by layer, while the model runs (a long prompt's first sight). */
+/**
+ * The model view as it fills in, layer by layer, while the model runs (a long prompt's first
+ * sight): layers across, heads down, so a deep model fills a strip from left to right.
+ */
 function drawPreview(layers) {
   const overview = partialOverview(layers);
-  const image = overviewImage(overview);
-  page.preview.width = image.width;
-  page.preview.height = image.height;
-  page.preview.getContext("2d").drawImage(image, 0, 0);
+  const image = overviewImage(overview); // layers down, heads across
+  const { side } = overview;
+  page.preview.width = overview.layers * side;
+  page.preview.height = overview.heads * side;
+  const ctx = page.preview.getContext("2d");
+  for (let l = 0; l < overview.layers; l++) {
+    for (let hd = 0; hd < overview.heads; hd++) ctx.drawImage(image, hd * side, l * side, side, side, l * side, hd * side, side, side);
+  }
   page.preview.dataset.layers = String(overview.done);
   page.preview.hidden = false;
 }

@@ -2,7 +2,7 @@
 leak internals (the API answers JSON ``{rid, code, message}``; pages get a plain status page).
 
 The Content-Security-Policy allows scripts only from this origin (no inline script, no eval):
-BokehJS 3.9 and the app's ES modules render under it (tests/app/test_security.py checks this in
+BokehJS 3.9 and the app's ES modules render under it (tests/integration/test_security.py checks this in
 Chromium). ``style-src 'unsafe-inline'`` stays because BokehJS sets element styles from script.
 """
 from __future__ import annotations

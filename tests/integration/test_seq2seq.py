@@ -9,7 +9,7 @@ import pytest
 
 from models.loading import ModelHandle
 from models.registry import ModelSpec
-from tests.app.test_events import collect, decode, request
+from tests.integration.test_events import collect, decode, request
 from tests.conftest import build_tiny
 
 SOURCE = "The house is wonderful."

@@ -5,7 +5,7 @@ error or an exception in the server's log.
 CI runs a few hundred cases. ``ATLAS_FUZZ_EXAMPLES=10000`` runs that many per test (the long
 mode; see docs/reliability.md):
 
-    ATLAS_FUZZ_EXAMPLES=10000 .venv/bin/python -m pytest tests/app/test_fuzz.py -q --hypothesis-show-statistics
+    ATLAS_FUZZ_EXAMPLES=10000 .venv/bin/python -m pytest tests/integration/test_fuzz.py -q --hypothesis-show-statistics
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from app.protocol import NAMESPACE, REQUESTS, AtlasError, Field, parse_request, request_id
 from app.stream import STREAMS
-from tests.app.conftest import collect
+from tests.integration.conftest import collect
 
 EXAMPLES = int(os.environ.get("ATLAS_FUZZ_EXAMPLES", "150"))  # cases per test
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, database=None,

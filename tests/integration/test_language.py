@@ -6,7 +6,7 @@ import pytest
 
 from app import language
 from app.protocol import AtlasError
-from tests.app.wire import decode_strings
+from tests.wire import decode_strings
 
 pytestmark = pytest.mark.real_model
 GREEDY = {"max_new_tokens": 3, "sample": False, "seed": 0, "temperature": 1.0}

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from app.protocol import encode_strings, jsonable
-from tests.app.wire import decode_strings
+from tests.wire import decode_strings
 
 
 @pytest.mark.parametrize("strings", [[], ["a"], ["The", " cat", ""], ["é", "😀", "a😀b", "\u200b", "<s>"]])

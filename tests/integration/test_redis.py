@@ -15,7 +15,7 @@ import pytest
 
 from app.cache import cache_key, pack
 from app.protocol import NAMESPACE
-from tests.app.conftest import free_port, live_server, release_port, socket_client
+from tests.integration.conftest import free_port, live_server, release_port, socket_client
 
 REDIS_SERVER = shutil.which("redis-server")
 pytestmark = pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed "

@@ -12,7 +12,7 @@ import torch
 
 from app.protocol import NAMESPACE
 from models.registry import ModelSpec
-from tests.app.conftest import collect, socket_client
+from tests.integration.conftest import collect, socket_client
 
 PROMPT = "Every failure is answered and forgotten."
 KEEPS_SERVING = "The server keeps serving the rest of the class."

@@ -9,7 +9,7 @@ import pytest
 
 from app import shaping
 from models.capture import run_capture
-from tests.app.wire import decode_array
+from tests.wire import decode_array
 
 TOP_K = 5
 PROMPT = "Attention heads pick a few keys; the head view draws the strongest links of every query token."

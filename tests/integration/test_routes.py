@@ -6,7 +6,7 @@ import base64
 import numpy as np
 import pytest
 
-from tests.app.wire import decode_strings
+from tests.wire import decode_strings
 
 PROMPT = "Attention is all you need."
 

@@ -8,7 +8,7 @@ import pytest
 
 from app import stream
 from app.protocol import NAMESPACE
-from tests.app.wire import decode_array, decode_strings
+from tests.wire import decode_array, decode_strings
 
 PROMPT = "The cat sat on the mat because it was tired."
 WAIT_SECONDS = 120  # the first smollm2 request converts its GGUF weights

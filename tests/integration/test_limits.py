@@ -15,7 +15,7 @@ from app.config import Config
 from app.limits import JobQueue, QueueStage, RateLimiter
 from app.protocol import NAMESPACE, AtlasError
 from app.service import AtlasService
-from tests.app.conftest import collect, socket_client
+from tests.integration.conftest import collect, socket_client
 
 CACHED = "A prompt that is already cached when the queue is blocked."
 

@@ -19,11 +19,13 @@ SOCKETIO_CHANNEL = "attention-atlas"  # the Redis pub/sub channel of Socket.IO m
 
 def create_app(test_config: dict | None = None) -> Flask:
     """Build the app: config (defaults, ATLAS_* environment, test_config), extensions,
-    blueprints and the Socket.IO namespace. Reads no configuration at import time.
+    blueprints and the Socket.IO namespace. Reads no configuration at import time, and leaves
+    the process's logging and environment to its entry point (:mod:`app.wsgi`, ``python -m app``).
 
     Raises ValueError for a setting that would disable a limit, RuntimeError when REDIS_URL
     is set but Redis cannot be reached."""
     from app import limits, security
+    from app.dispatch import Dispatcher
     from app.events import AtlasNamespace, client_manager, no_delay
     from app.routes import api, pages
     from app.service import AtlasService
@@ -41,13 +43,12 @@ def create_app(test_config: dict | None = None) -> Flask:
                     "key on every process behind the load balancer")
     app.config["SECRET_KEY"] = app.config["SECRET_KEY"] or secrets.token_hex(32)
     app.config["MAX_CONTENT_LENGTH"] = app.config["MAX_CONTENT_LENGTH"] or app.config["MAX_MESSAGE_BYTES"]
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     service = AtlasService(app.config)
     app.extensions["atlas"] = service
     limiter = app.extensions["atlas_limiter"] = limits.RateLimiter(lambda: limits.rate_limits(app.config))
+    dispatcher = app.extensions["atlas_dispatcher"] = Dispatcher(service, limiter)
     security.init_app(app)
-    limits.init_app(app, limiter)
     if app.config["PROXY_FIX_X_FOR"]:
         from werkzeug.middleware.proxy_fix import ProxyFix
 
@@ -64,6 +65,6 @@ def create_app(test_config: dict | None = None) -> Flask:
     socketio.init_app(app, async_mode="threading", max_http_buffer_size=app.config["MAX_MESSAGE_BYTES"],
                       cors_allowed_origins=app.config["CORS_ALLOWED_ORIGINS"], message_queue=None,
                       client_manager=client_manager(app.config["REDIS_URL"], SOCKETIO_CHANNEL))
-    socketio.on_namespace(AtlasNamespace(service, limiter))
+    socketio.on_namespace(AtlasNamespace(dispatcher))
     app.wsgi_app = no_delay(app.wsgi_app)
     return app

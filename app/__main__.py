@@ -14,6 +14,8 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402  (after the setting above)
 
+from app.wsgi import prepare_process  # noqa: E402
+
 
 def common_options(dest_suffix: str) -> argparse.ArgumentParser:
     """Options accepted both before and after the command (``--cache-dir D serve`` or ``serve --cache-dir D``)."""
@@ -99,6 +101,7 @@ def run_server(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    prepare_process()  # every command loads models: before any of them is imported
     if args.command == "capture":
         return run_capture(args)
     if args.command == "gallery":

@@ -25,7 +25,7 @@ from typing import Callable, Protocol
 
 import numpy as np
 
-from app.record import FORMAT_VERSION, Capture
+from models.record import FORMAT_VERSION, Capture
 
 log = logging.getLogger(__name__)
 
@@ -204,12 +204,12 @@ class CaptureCache:
     def __init__(self, store: Store, max_bytes: int):
         self.store = store
         self.max_bytes = max_bytes
-        self._memory: OrderedDict[str, Capture] = OrderedDict()
+        self._memory: OrderedDict[str, tuple[Capture, int]] = OrderedDict()  # key -> (capture, its bytes)
         self._bytes = 0
         self._lock = threading.Lock()
         self._inflight: dict[str, Future] = {}
-        # key -> (capture, its arrays as of put), to be written to the store, oldest first
-        self._pending: OrderedDict[str, tuple[Capture, dict[str, np.ndarray]]] = OrderedDict()
+        # key -> (capture or None for a derived result, its arrays), to be written to the store, oldest first
+        self._pending: OrderedDict[str, tuple[Capture | None, dict[str, np.ndarray]]] = OrderedDict()
         self._written = threading.Condition(self._lock)  # notified when _pending empties
         self._writer: threading.Thread | None = None
         _OPEN_CACHES.add(self)
@@ -218,9 +218,9 @@ class CaptureCache:
         with self._lock:
             if key in self._memory:
                 self._memory.move_to_end(key)
-                return self._memory[key]
+                return self._memory[key][0]
             pending = self._pending.get(key)
-        if pending is not None:
+        if pending is not None and pending[0] is not None:
             self._remember(key, pending[0])
             return pending[0]
         arrays = self.store.read(key)
@@ -231,18 +231,25 @@ class CaptureCache:
         return capture
 
     def put(self, key: str, capture: Capture) -> None:
-        """Serve ``capture`` from memory now; write it to the store in the background.
-
-        The arrays are taken now: analyses memoised into ``capture.extras`` later (by another
-        thread) must not change the dict while the writer reads it."""
-        arrays = capture.to_arrays()
+        """Serve ``capture`` from memory now; write it to the store in the background."""
         self._remember(key, capture)
+        self.write_later(key, capture.to_arrays(), capture)
+
+    def write_later(self, key: str, arrays: dict[str, np.ndarray], capture: Capture | None = None) -> None:
+        """Queue ``arrays`` for the store (a capture's, or a result derived from one: app.memo);
+        until written they are readable here (:meth:`read_arrays`, and :meth:`get` for a capture)."""
         with self._lock:
             self._pending[key] = (capture, arrays)
             self._pending.move_to_end(key)
             if self._writer is None:
                 self._writer = threading.Thread(target=self._write_pending, name="cache-writer", daemon=True)
                 self._writer.start()
+
+    def read_arrays(self, key: str) -> dict[str, np.ndarray] | None:
+        """Stored arrays by key, pending writes included."""
+        with self._lock:
+            pending = self._pending.get(key)
+        return pending[1] if pending is not None else self.store.read(key)
 
     def make_room(self, nbytes: int) -> None:
         """Shrink memory to ``max_bytes - nbytes`` before work that needs ``nbytes`` (a long
@@ -253,7 +260,7 @@ class CaptureCache:
             for key in stored:
                 if self._bytes <= max(0, self.max_bytes - nbytes):
                     break
-                self._bytes -= self._memory.pop(key).nbytes
+                self._bytes -= self._memory.pop(key)[1]
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every entry put so far is in the store; False if ``timeout`` s ran out."""
@@ -280,14 +287,15 @@ class CaptureCache:
         return_freed_memory()  # after a capture and its write, both done with their buffers
 
     def _remember(self, key: str, capture: Capture) -> None:
+        """Keep ``capture`` in memory; its size is taken once, so eviction subtracts what was added."""
+        size = capture.nbytes
         with self._lock:
             if key in self._memory:
-                self._bytes -= self._memory.pop(key).nbytes
-            self._memory[key] = capture
-            self._bytes += capture.nbytes
+                self._bytes -= self._memory.pop(key)[1]
+            self._memory[key] = (capture, size)
+            self._bytes += size
             while self._bytes > self.max_bytes and len(self._memory) > 1:
-                _, evicted = self._memory.popitem(last=False)
-                self._bytes -= evicted.nbytes
+                self._bytes -= self._memory.popitem(last=False)[1][1]
 
     def get_or_compute(self, key: str, compute: Callable[[], Capture]) -> tuple[Capture, bool]:
         """Return (capture, was_cached). Concurrent callers of one key share one ``compute``."""

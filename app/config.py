@@ -33,7 +33,11 @@ class Config:
     MAX_QUEUED_JOBS = 64  # model jobs waiting per device; more are answered `busy` at once
     DEVICE_WORKERS = 1  # model jobs running at once per device
     MAX_QUEUE_WAIT_SECONDS = 300  # a job that waits longer for its turn is answered `busy`
-    MAX_JOBS_PER_CLIENT = 2  # analyses one connection may have in progress at once
+    MAX_JOBS_PER_CLIENT = 2  # model requests and streams one client may have in progress at once
+    CPU_WORKERS = 1  # analyses of stored results (summary, rollout, flow, exports) running at once
+    MAX_QUEUED_CPU_JOBS = 32  # such analyses waiting; more are answered `busy` at once
+    MAX_CPU_JOBS_PER_CLIENT = 4  # such analyses one client may have in progress at once
+    MEMO_MEMORY_BYTES = 256 * MIB  # bytes of derived results (summaries, rollouts, lens windows) kept in memory
     RATE_ANALYZE_PER_MINUTE = 30  # analyze/generate requests per client per minute (0 = no limit)
     RATE_ANALYZE_BURST = 10  # analyze/generate requests a client may send back to back
     RATE_EVENTS_PER_SECOND = 40  # requests of any kind per client per second, burst of 2 s (0 = no limit)
@@ -48,12 +52,14 @@ class Config:
     DENSE_LAYER_MAX_TOKENS = 256  # above this a layer travels as top-k links per query
     LAYER_TOP_K = 16  # links per query token and head in top-k layer payloads
     MATRIX_TILE_MAX = 256  # cells per side of one matrix-view tile
+    JSON_EXPORT_MAX_TOKENS = 512  # tokens of the JSON export (above, its attention lists run to hundreds of MB)
 
 
 JSON_BYTES_PER_CHAR = 6  # worst case for one prompt character in a JSON message (\u001f)
 MESSAGE_OVERHEAD_BYTES = 4096  # the rest of an analyze message: event name, rid, model, layers
 POSITIVE = ("MAX_CHARS", "MAX_TOKENS", "MAX_GENERATE_TOKENS", "MAX_MESSAGE_BYTES", "MAX_QUEUED_JOBS",
-            "DEVICE_WORKERS", "MAX_QUEUE_WAIT_SECONDS", "MAX_JOBS_PER_CLIENT", "CACHE_MEMORY_BYTES",
+            "DEVICE_WORKERS", "MAX_QUEUE_WAIT_SECONDS", "MAX_JOBS_PER_CLIENT", "CPU_WORKERS", "MAX_QUEUED_CPU_JOBS",
+            "MAX_CPU_JOBS_PER_CLIENT", "MEMO_MEMORY_BYTES", "JSON_EXPORT_MAX_TOKENS", "CACHE_MEMORY_BYTES",
             "CACHE_DISK_BYTES", "REDIS_CACHE_TTL_SECONDS", "REDIS_MAX_ENTRY_BYTES")
 NON_NEGATIVE = ("RATE_ANALYZE_PER_MINUTE", "RATE_ANALYZE_BURST", "RATE_EVENTS_PER_SECOND", "PROXY_FIX_X_FOR")
 

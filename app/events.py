@@ -1,21 +1,22 @@
-"""The Socket.IO namespace: check each message (rate, size of the client's share, fields), then
-hand work to the streamer or the shaper. Long work runs in a background task that emits to the
-requesting client only, and is dropped from the model queue when that client disconnects."""
+"""The Socket.IO transport: each event is looked up in the request table (app/requests.py) and
+handed to the dispatcher, which admits it and runs its handler; answers go to the requesting
+client only. Work other than a cached answer runs in a background task and is dropped from its
+queue when that client disconnects."""
 from __future__ import annotations
 
 import contextlib
 import logging
 import socket
 import threading
-from dataclasses import dataclass, field
 
 import socketio as python_socketio
 from flask_socketio import Namespace
 
-from app import limits, presenter, stream
+from app import limits, presenter
+from app.dispatch import Call, Dispatcher
 from app.extensions import socketio
-from app.protocol import NAMESPACE, REQUESTS, AtlasError, parse_request, request_id
-from app.service import AtlasService
+from app.protocol import NAMESPACE, AtlasError, request_id
+from app.requests import SOCKET_EVENTS, Cost
 
 log = logging.getLogger(__name__)
 
@@ -44,18 +45,6 @@ class OrderedRedisManager(python_socketio.RedisManager):
             return super()._handle_emit(message)
 
 
-MAX_STREAM_LAYERS = 64  # layers one analyze/open request may ask to have streamed with it
-
-
-def check_layers(layers) -> None:
-    """``layers`` of a stream request: at most MAX_STREAM_LAYERS integers (not booleans, which
-    Python counts as integers and numpy reads as masks)."""
-    if not layers:
-        return
-    if len(layers) > MAX_STREAM_LAYERS or not all(type(layer) is int for layer in layers):
-        raise AtlasError("bad_request", f"'layers' must be a list of at most {MAX_STREAM_LAYERS} layer indices")
-
-
 def no_delay(wsgi_app):
     """Send each WebSocket frame at once on Werkzeug's server (``python -m app serve``).
 
@@ -77,28 +66,20 @@ def client_manager(redis_url: str | None, channel: str):
     return OrderedRedisManager(redis_url, channel=channel) if redis_url else OrderedManager()
 
 
-@dataclass
-class Client:
-    """One connection: whether it has gone, and how many of its streams are running."""
-
-    gone: threading.Event = field(default_factory=threading.Event)
-    streams: int = 0
-
-
 class AtlasNamespace(Namespace):
-    def __init__(self, service: AtlasService, limiter: limits.RateLimiter):
+    def __init__(self, dispatcher: Dispatcher):
         super().__init__(NAMESPACE)
-        self.service = service
-        self.limiter = limiter
+        self.dispatcher = dispatcher
         self.rooms = presenter.RoomEvents(presenter.Rooms(), lambda: socketio.server, NAMESPACE)
-        self._clients: dict[str, Client] = {}
+        self._gone: dict[str, threading.Event] = {}  # sid -> set when that client disconnects
         self._lock = threading.Lock()
 
     def trigger_event(self, event: str, *args):
-        """Route every client event through validation; unknown or malformed ones get an error."""
+        """Route every client event through the table; unknown or malformed ones get an error."""
         sid, data = args[0], (args[1] if len(args) > 1 else None)
-        if event == "connect" and sid not in self._clients:  # a later "connect" is a client's message
-            self._client(sid)
+        if event == "connect" and sid not in self._gone:  # a later "connect" is a client's message
+            with self._lock:
+                self._gone[sid] = threading.Event()
             return super().trigger_event(event, *args)
         if event == "disconnect" and self._left(sid):
             self._leave(sid)
@@ -106,62 +87,58 @@ class AtlasNamespace(Namespace):
             return super().trigger_event(event, *args)
         rid = request_id(data)
         try:
-            self.limiter.check(sid, "event")
-            if event not in REQUESTS:
-                raise AtlasError("bad_request", f"unknown event '{event}'")
-            rid, fields = parse_request(event, data)
-            if event in presenter.EVENTS:
-                self.rooms.handle(sid, event, rid, fields)
-            elif event in stream.STREAMS:
-                check_layers(fields.get("layers"))
-                self.limiter.check(sid, "analyze")
-                client = self._start_stream(sid)
-                socketio.start_background_task(self._stream, stream.STREAMS[event], sid, client, rid, fields)
+            request, fields = self.dispatcher.parse(sid, SOCKET_EVENTS.get(event), event, data)
+            call = self._call(sid, request, rid)
+            if request.cost in (Cost.CACHED, Cost.ROOM):
+                self._answer(call, self.dispatcher.run(call, fields))
             else:
-                self._emit(sid, event, {"rid": rid, **stream.detail(self.service, event, fields)})
+                admission = contextlib.ExitStack()  # limits are checked now, the job held until the task ends
+                admission.enter_context(self.dispatcher.admit(call))
+                socketio.start_background_task(self._work, call, fields, admission)
         except AtlasError as error:
             self._emit(sid, "error", error.payload(rid))
         except Exception:
             log.exception("event %s failed", event)
             self._emit(sid, "error", AtlasError("internal", "the server failed on this request").payload(rid))
 
+    def _work(self, call: Call, fields: dict, admission: contextlib.ExitStack) -> None:
+        """A background task: run an admitted call; every failure becomes one ``error`` event."""
+        try:
+            self._answer(call, self.dispatcher.execute(call, fields))
+        except AtlasError as error:
+            call.emit("error", error.payload(call.rid))
+        except Exception:
+            log.exception("request %s %r failed", call.request.name, call.rid)
+            call.emit("error", AtlasError("internal", "the server failed on this request; it has been logged")
+                      .payload(call.rid))
+        finally:
+            admission.close()
+
+    def _answer(self, call: Call, payload: dict | None) -> None:
+        if payload is not None:  # None: the handler streamed its answer, or a room answered itself
+            call.emit(call.request.name, {"rid": call.rid, **payload})
+
+    def _call(self, sid: str, request, rid) -> Call:
+        with self._lock:
+            gone = self._gone.setdefault(sid, threading.Event())
+        return Call(self.dispatcher.service, request, sid, rid, self._emitter(sid, gone), gone.is_set,
+                    live=True, rooms=self.rooms)
+
     def _left(self, sid: str) -> bool:
         """Whether ``sid`` is really leaving: Socket.IO passes on a client message named
         "disconnect" like any event, but marks a leaving sid as disconnected first."""
         return not self.server.manager.is_connected(sid, NAMESPACE)
 
-    def _client(self, sid: str) -> Client:
-        with self._lock:
-            return self._clients.setdefault(sid, Client())
-
     def _leave(self, sid: str) -> None:
         with self._lock:
-            client = self._clients.pop(sid, None)
-        if client:
-            client.gone.set()  # its queued jobs leave the queue; its streams stop sending
-        self.limiter.forget(sid)
+            gone = self._gone.pop(sid, None)
+        if gone:
+            gone.set()  # its queued jobs leave the queue; its streams stop sending
+        self.dispatcher.limiter.forget(sid)
 
-    def _start_stream(self, sid: str) -> Client:
-        """Count one more running stream for this client, or refuse with ``busy``."""
-        client, most = self._client(sid), self.service.config["MAX_JOBS_PER_CLIENT"]
-        with self._lock:
-            if client.streams >= most:
-                raise AtlasError("busy", f"this client already has {client.streams} analyses in progress; wait for "
-                                         "one to finish", 429)
-            client.streams += 1
-        return client
-
-    def _stream(self, run, sid: str, client: Client, rid, fields: dict) -> None:
-        try:
-            with limits.cancel_scope(client.gone.is_set):
-                run(self.service, self._emitter(sid, client), rid, fields)
-        finally:
-            with self._lock:
-                client.streams -= 1
-
-    def _emitter(self, sid: str, client: Client):
+    def _emitter(self, sid: str, gone: threading.Event):
         def emit(event: str, payload: dict) -> None:
-            if client.gone.is_set():
+            if gone.is_set():
                 return  # nobody to send to; the work that produced this is already done
             stage = payload.get("stage") if event == "progress" else None
             if isinstance(stage, limits.QueueStage):

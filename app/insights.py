@@ -13,13 +13,12 @@ import numpy as np
 
 from app.analysis import head_roles, rollout
 from app.protocol import AtlasError, encode_array
-from app.record import Capture
 from app.shaping import max_pool, sink_tokens
+from models.record import Capture
 
 ANALYSIS_MAX_TOKENS = 1024  # tokens read by whole-model analyses (head summary, sinks, rollout)
 ROLLOUT_MATRIX_MAX = 256  # cells per side of the rollout matrix sent to the browser
 CLUSTERS = 8  # head clusters in the head summary
-SUMMARY_PREFIX = "summary."  # capture.extras namespace for the memoised summary
 
 
 def analysed_tokens(capture: Capture) -> int:
@@ -45,12 +44,8 @@ def rollout_scope(capture: Capture) -> tuple[range, int]:
 
 
 def summary(capture: Capture) -> dict[str, np.ndarray]:
-    """Head metrics [L, H] per name, ``role`` [L, H] and ``cluster`` [L, H]; computed in one
-    pass over the layers and memoised in ``capture.extras``."""
-    cached = {name[len(SUMMARY_PREFIX):]: value for name, value in capture.extras.items()
-              if name.startswith(SUMMARY_PREFIX)}
-    if cached:
-        return cached
+    """Head metrics [L, H] per name, ``role`` [L, H] and ``cluster`` [L, H], in one pass over the
+    layers (the service memoises it per analysis: app/handlers.summary_of)."""
     n = analysed_tokens(capture)
     causal = bool(capture.info.get("causal"))
     special, punctuation = capture.special[:n], head_roles.punctuation_mask(capture.tokens[:n])
@@ -59,7 +54,6 @@ def summary(capture: Capture) -> dict[str, np.ndarray]:
     result = {name: np.stack([layer[name] for layer in per_layer]) for name in per_layer[0]}
     result["role"] = head_roles.role_labels(result).astype(str)
     result["cluster"] = _clusters(capture)
-    capture.extras.update({SUMMARY_PREFIX + name: value for name, value in result.items()})
     return result
 
 
@@ -74,9 +68,9 @@ def _clusters(capture: Capture) -> np.ndarray:
     return np.asarray(labels, dtype=np.int32).reshape(capture.n_layers, capture.n_heads)
 
 
-def heads_payload(key: str, capture: Capture) -> dict:
-    """The head summary view: every metric as float16 [L, H], roles, clusters, sink tokens."""
-    result = summary(capture)
+def heads_payload(key: str, capture: Capture, result: dict[str, np.ndarray]) -> dict:
+    """The head summary view from :func:`summary`'s ``result``: every metric as float16 [L, H],
+    roles, clusters, sink tokens."""
     flagged = sink_tokens(capture)
     metrics = {name: encode_array(value, "float16") for name, value in result.items()
                if name not in ("role", "cluster")}

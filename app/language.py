@@ -9,19 +9,23 @@ from __future__ import annotations
 import numpy as np
 
 from app.cache import cache_key
-from app.protocol import AtlasError, encode_array
-from app.record import Capture
+from app.protocol import AtlasError, Field, encode_array
 from app.service import AtlasService, Progress, check_text
+from models.record import Capture
 
 LENS_MAX_POSITIONS = 32  # positions per logit-lens request
-LENS_PREFIX = "lens."  # capture.extras namespace for memoised lens windows
+GENERATION_FIELDS = {  # the sampling settings of a `generate` request (the page reads their bounds)
+    "max_new_tokens": Field(int, False, 20, minimum=1),  # at most MAX_GENERATE_TOKENS (config)
+    "sample": Field(bool, False, False),
+    "seed": Field(int, False, 0, minimum=0, maximum=2**31 - 1),
+    "temperature": Field(float, False, 1.0, minimum=0.05, maximum=5.0),
+}
 
 
 def generate(service: AtlasService, model: str | None, text: object, settings: dict,
              progress: Progress | None = None) -> str:
-    """Prompt + continuation; the same request is answered from the cache."""
-    from models.language import generate as run_generation
-
+    """Prompt + continuation; the same request is answered from the memo (shared by every
+    process through the store, like analyses)."""
     text = check_text(text, service.config["MAX_CHARS"])
     limit = service.config["MAX_GENERATE_TOKENS"]
     if settings["max_new_tokens"] > limit:
@@ -29,12 +33,12 @@ def generate(service: AtlasService, model: str | None, text: object, settings: d
     name = service.model_name(model)
     options = {"generate": {k: settings[k] for k in ("max_new_tokens", "sample", "seed", "temperature")}}
     key = cache_key(name, service.registry.fingerprint(name), text, options)
-    stored = service.cache.store.read(key)
-    if stored is not None:
-        return bytes(stored["text"]).decode()
-    full = service.model_work(name, lambda handle: run_generation(handle, text, **options["generate"]), progress)
-    service.cache.store.write(key, {"text": np.frombuffer(full.encode(), dtype=np.uint8)})
-    return full
+
+    def run() -> dict[str, np.ndarray]:
+        full = service.model_work(name, lambda handle: _generate(handle, text, options["generate"]), progress)
+        return {"text": np.frombuffer(full.encode(), dtype=np.uint8)}
+
+    return service.memo.get_or_compute(key, "text", run)["text"].tobytes().decode()
 
 
 def first_generated_token(capture: Capture, prompt: str) -> int:
@@ -45,22 +49,31 @@ def first_generated_token(capture: Capture, prompt: str) -> int:
 
 
 def lens_payload(service: AtlasService, key: str, capture: Capture, start: int, count: int) -> dict:
-    """Top-k predictions from every layer's residual stream at ``count`` positions from ``start``."""
-    from models.language import logit_lens, token_texts
+    """Top-k predictions from every layer's residual stream at ``count`` positions from ``start``.
 
+    The lens runs a forward pass over the prompt up to the window, so the server's token limit
+    applies to that prefix whatever the record claims (an uploaded record may claim anything)."""
     count = min(count, LENS_MAX_POSITIONS, capture.n_tokens - start)
     if count <= 0:
         raise AtlasError("bad_request", f"'start' must be below {capture.n_tokens}")
-    memo = f"{LENS_PREFIX}{start}.{count}"
+    limit = service.token_limit(service.model_name(capture.model))
+    if start + count > limit:
+        raise AtlasError("too_long", f"the logit lens reads at most the first {limit:,} tokens on this server")
 
-    def work(handle) -> dict[int, str]:
-        """One place in the model queue: the lens (unless memoised) and its words."""
-        if memo + ".ids" not in capture.extras:
-            lens = logit_lens(handle, capture.text, start, count)
-            capture.extras[memo + ".ids"], capture.extras[memo + ".probs"] = lens["ids"], lens["probs"]
-        return token_texts(handle, capture.extras[memo + ".ids"])
+    def work(handle) -> tuple[dict[str, np.ndarray], dict[int, str]]:
+        """One place in the model queue: the lens and its token texts."""
+        from models.language import logit_lens, token_texts
 
-    words = service.model_work(capture.model, work)
-    ids, probs = capture.extras[memo + ".ids"], capture.extras[memo + ".probs"]
-    return {"key": key, "start": start, "count": count, "ids": encode_array(ids, "int32"),
-            "probs": encode_array(probs, "float16"), "words": {str(k): v for k, v in words.items()}}
+        lens = logit_lens(handle, capture.text, start, count)
+        return lens, token_texts(handle, lens["ids"])
+
+    lens, words = service.model_work(capture.model, work)
+    return {"key": key, "start": start, "count": count, "ids": encode_array(lens["ids"], "int32"),
+            "probs": encode_array(lens["probs"], "float16"), "words": {str(k): v for k, v in words.items()}}
+
+
+def _generate(handle, text: str, settings: dict) -> str:
+    """Model work: imported here, after the loader has imported the model code (service.loader)."""
+    from models.language import generate
+
+    return generate(handle, text, **settings)

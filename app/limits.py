@@ -81,6 +81,11 @@ class JobQueue:
         self._running = 0
         self._changed = threading.Condition()
 
+    def configure(self, capacity: int, workers: int, max_wait_seconds: float) -> "JobQueue":
+        """Apply limits read from the configuration (on each job, so a change applies at once)."""
+        self.capacity, self.workers, self.max_wait_seconds = capacity, workers, max_wait_seconds
+        return self
+
     @property
     def waiting(self) -> int:
         return len(self._waiting)
@@ -185,20 +190,6 @@ class RateLimiter:
         for bucket, (_, last) in list(self._buckets.items()):
             if now - last > IDLE_CLIENT_SECONDS:
                 del self._buckets[bucket]
-
-
-def init_app(app, limiter: RateLimiter) -> None:
-    """Rate-limit the HTTP API per client address (set PROXY_FIX_X_FOR behind a proxy, so the
-    address is the user's, not the proxy's)."""
-    from flask import request
-
-    @app.before_request
-    def limit_api() -> None:
-        if request.path.startswith("/api/"):
-            client = request.remote_addr or "unknown"
-            limiter.check(client, "event")
-            if request.method == "POST" and request.path == "/api/analyze":
-                limiter.check(client, "analyze")
 
 
 def rate_limits(config) -> dict[str, tuple[float, float]]:

@@ -63,8 +63,9 @@ def _capture_bytes(model, tokenizer, text: str, target: str) -> bytes:
     """Capture with the same hook the server uses, and serialise the record for upload."""
     import torch
 
-    from models.capture import ATTENTION_IMPLEMENTATION, register_capture_attention, run_capture
+    from models.capture import run_capture
     from models.loading import ModelHandle
+    from models.recorder import ATTENTION_IMPLEMENTATION, register_capture_attention
     from models.registry import ModelSpec
 
     register_capture_attention()

@@ -9,17 +9,15 @@ from bokeh.models import ColorBar, ColumnDataSource, HoverTool, LinearColorMappe
 from bokeh.palettes import Viridis256
 from bokeh.plotting import figure
 
-from app.insights import summary
-from app.record import Capture
+from models.record import Capture
 
 PLOT_HEIGHT = 340  # pixels
 METRIC_KEYS = ("entropy_norm", "distance", "sink", "previous", "self", "next", "delimiter")
 
 
-def head_stats_item(capture: Capture) -> dict:
+def head_stats_item(capture: Capture, metrics: dict[str, np.ndarray]) -> dict:
     """A heatmap of normalised entropy per layer x head and an entropy-vs-distance scatter,
-    one dot per head, hover for its role."""
-    metrics = summary(capture)
+    one dot per head, hover for its role; ``metrics`` is the head summary (app.insights.summary)."""
     layers, heads = np.meshgrid(np.arange(capture.n_layers), np.arange(capture.n_heads), indexing="ij")
     source = ColumnDataSource({
         "layer": layers.ravel(), "head": heads.ravel(), "role": metrics["role"].ravel().tolist(),

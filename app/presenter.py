@@ -90,9 +90,6 @@ class Rooms:
             self._rooms.pop(room.code, None)
         return room
 
-    def presented_by(self, sid: str) -> list[Room]:
-        return [room for room in self._rooms.values() if room.presenter == sid]
-
     def _expire(self) -> None:
         now = time.monotonic()
         for code in [c for c, room in self._rooms.items() if now - room.touched > ROOM_IDLE_SECONDS]:

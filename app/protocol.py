@@ -15,10 +15,38 @@ ATTENTION_MODES = ("attention", "scores", "value")
 FUSIONS = ("mean", "max", "min")
 
 
+# Every error code the server sends, with the title the page shows above its message (published
+# to the page by app/published.py; the codes only the page itself raises are in static/js/protocol.js).
+ERRORS = {
+    "bad_request": "The request was not understood",
+    "empty_prompt": "The prompt is empty",
+    "too_long": "The prompt is too long",
+    "unknown_model": "Unknown model",
+    "model_load_failed": "The model could not be loaded",
+    "unsupported_model": "This model is not supported",
+    "not_found": "This analysis is no longer cached",
+    "out_of_memory": "The server ran out of memory",
+    "busy": "The server is busy",
+    "rate_limited": "Too many requests",
+    "forbidden": "Not allowed",
+    "internal": "The server failed",
+}
+
+# Every event the server sends a client: the stream of an analysis or generation, the answer to
+# a detail request (an event of the request's own name), `error`, and presenter mode's.
+SERVER_EVENTS = (
+    "progress", "overview_layer", "tokens", "overview", "generated", "done", "error",
+    "layer", "matrix", "token", "neuron", "stats", "heads", "rollout", "flow", "compare", "lens",
+    "present_started", "present_state", "present_followers", "present_ended",
+)
+
+
 class AtlasError(Exception):
-    """An error the user should see: ``code`` is stable for programs, ``message`` for people."""
+    """An error the user should see: ``code`` (one of ERRORS) is stable for programs,
+    ``message`` for people."""
 
     def __init__(self, code: str, message: str, status: int = 400):
+        assert code in ERRORS, f"unknown error code {code!r}: add it to app.protocol.ERRORS"
         super().__init__(message)
         self.code, self.message, self.status = code, message, status
 
@@ -56,40 +84,9 @@ class Field:
     required: bool = True
     default: Any = None
     choices: tuple = ()
-    minimum: float | None = None
+    minimum: float | None = None  # of a number, or of a list's integers
     maximum: float | None = None
-
-
-KEY = Field(str)
-INDEX = Field(int, minimum=0)
-REQUESTS: dict[str, dict[str, Field]] = {
-    "analyze": {"model": Field(str, required=False), "text": Field(str),
-                "target": Field(str, required=False, default=""),
-                "layers": Field(list, required=False, default=[])},
-    "layer": {"key": KEY, "layer": INDEX, "mode": Field(str, False, "attention", ATTENTION_MODES)},
-    "matrix": {"key": KEY, "layer": INDEX, "head": INDEX,
-               "mode": Field(str, False, "attention", ATTENTION_MODES),
-               "row0": Field(int, False, 0, minimum=0), "row1": Field(int, False, None, minimum=0),
-               "col0": Field(int, False, 0, minimum=0), "col1": Field(int, False, None, minimum=0)},
-    "token": {"key": KEY, "index": INDEX},
-    "neuron": {"key": KEY, "layer": INDEX, "head": INDEX, "query": INDEX},
-    "stats": {"key": KEY},
-    "heads": {"key": KEY},
-    "rollout": {"key": KEY, "fusion": Field(str, False, "mean", FUSIONS), "position": Field(int, False, 0, minimum=0)},
-    "flow": {"key": KEY, "fusion": Field(str, False, "mean", FUSIONS), "position": Field(int, False, 0, minimum=0)},
-    "compare": {"key": KEY, "other": KEY},
-    "open": {"key": KEY, "layers": Field(list, required=False, default=[])},
-    "present_start": {},
-    "present_join": {"code": Field(str)},
-    "present_leave": {"code": Field(str)},
-    "present_update": {"code": Field(str), "secret": Field(str), "state": Field(str)},
-    "present_end": {"code": Field(str), "secret": Field(str)},
-    "lens": {"key": KEY, "start": Field(int, False, 0, minimum=0), "count": Field(int, False, 16, minimum=1)},
-    "generate": {"model": Field(str, required=False), "text": Field(str),
-                 "max_new_tokens": Field(int, False, 20, minimum=1),
-                 "sample": Field(bool, False, False), "seed": Field(int, False, 0, minimum=0, maximum=2**31 - 1),
-                 "temperature": Field(float, False, 1.0, minimum=0.05, maximum=5.0)},
-}
+    max_items: int | None = None  # a list field: at most this many integers (never booleans)
 
 
 def request_id(data: Any) -> str | int | None:
@@ -99,15 +96,16 @@ def request_id(data: Any) -> str | int | None:
     return rid if valid else None
 
 
-def parse_request(event: str, data: Any) -> tuple[Any, dict]:
-    """Validate a client request: returns (rid, fields) or raises AtlasError('bad_request')."""
+def parse_request(event: str, specs: dict[str, Field], data: Any) -> tuple[Any, dict]:
+    """Validate a client request against its fields (app/requests.py): returns (rid, fields) or
+    raises AtlasError('bad_request')."""
     if not isinstance(data, dict):
-        raise AtlasError("bad_request", f"'{event}' expects an object with fields {sorted(REQUESTS[event])}")
+        raise AtlasError("bad_request", f"'{event}' expects an object with fields {sorted(specs)}")
     rid = request_id(data)
     if rid is None and data.get("rid") is not None:
         raise AtlasError("bad_request", f"'rid' must be a string or integer of at most {MAX_RID_CHARS} characters")
     values = {}
-    for name, spec in REQUESTS[event].items():
+    for name, spec in specs.items():
         value = data.get(name)
         if value is None:
             if spec.required:
@@ -119,12 +117,22 @@ def parse_request(event: str, data: Any) -> tuple[Any, dict]:
             raise AtlasError("bad_request", f"'{name}' must be of type {spec.kind.__name__}")
         if spec.choices and value not in spec.choices:
             raise AtlasError("bad_request", f"'{name}' must be one of {', '.join(spec.choices)}")
-        if spec.minimum is not None and value < spec.minimum:
+        if spec.kind is list:
+            _check_indices(name, value, spec)
+        elif spec.minimum is not None and value < spec.minimum:
             raise AtlasError("bad_request", f"'{name}' must be at least {spec.minimum}")
-        if spec.maximum is not None and value > spec.maximum:
+        elif spec.maximum is not None and value > spec.maximum:
             raise AtlasError("bad_request", f"'{name}' must be at most {spec.maximum}")
         values[name] = value
     return rid, values
+
+
+def _check_indices(name: str, value: list, spec: Field) -> None:
+    """A list of integer indices (not booleans, which Python counts as integers and numpy reads
+    as masks), at most ``max_items`` of them."""
+    if (spec.max_items is not None and len(value) > spec.max_items) or \
+            not all(type(item) is int and (spec.minimum is None or item >= spec.minimum) for item in value):
+        raise AtlasError("bad_request", f"'{name}' must be a list of at most {spec.max_items} indices")
 
 
 def encode_strings(strings: list[str]) -> dict:

@@ -21,9 +21,12 @@ from typing import Callable
 
 from app import limits
 from app.cache import CaptureCache, DiskStore, cache_key, is_key
+from app.links import LinkStore
+from app.memo import Memo
 from app.protocol import AtlasError
-from app.record import Capture
-from models.registry import UnknownModelError, load_registry
+from models.errors import ModelLoadError, TooManyTokensError, UnknownModelError, UnsupportedModelError
+from models.record import Capture
+from models.registry import load_registry
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +69,8 @@ class AtlasService:
             raise ValueError("no models left after ALLOWED_MODELS; check ATLAS_ALLOWED_MODELS")
         cache_dir = Path(config["CACHE_DIR"])
         self.cache = CaptureCache(result_store(config), config["CACHE_MEMORY_BYTES"])
+        self.memo = Memo(self.cache, config["MEMO_MEMORY_BYTES"])  # results derived from stored analyses
+        self._links: LinkStore | None = None
         self.converted_dir = cache_dir / "converted"
         self._loader = None
         self._loader_lock = threading.Lock()
@@ -75,13 +80,29 @@ class AtlasService:
 
     @property
     def loader(self):
-        """The model loader, created (importing torch) on first use."""
+        """The model loader, created on first use. All model code (torch, transformers) is
+        imported here, in one thread under one lock: two threads importing transformers at once
+        (a preload and a first request) can see it half-initialised ("cannot import name ...").
+        Model work imports what it needs only after this (inside :meth:`model_work`)."""
         with self._loader_lock:
             if self._loader is None:
+                import models.capture  # noqa: F401  (imported for the reason above)
+                import models.language  # noqa: F401
                 from models.loading import ModelLoader
 
                 self._loader = ModelLoader(self.registry, self.converted_dir)
             return self._loader
+
+    @property
+    def links(self) -> LinkStore:
+        """Short links, beside the results on this server's disk; created on first use."""
+        if self._links is None:
+            self._links = LinkStore(Path(self.config["CACHE_DIR"]) / "links")
+        return self._links
+
+    def store(self, key: str, capture: Capture) -> None:
+        """Keep a capture made elsewhere (an upload) as an analysis under ``key``."""
+        self.cache.put(key, capture)
 
     def preload(self, names: list[str]) -> None:
         """Load models in the background at start-up, so the first user does not wait."""
@@ -155,8 +176,6 @@ class AtlasService:
 
     def _capture(self, name: str, text: str, target: str, progress: Progress | None,
                  on_layer: LayerDone | None) -> Capture:
-        from models.capture import run_capture
-
         limit = self.token_limit(name)
         self._count_tokens(name, text, limit)
         progress = progress or (lambda stage, fraction: None)
@@ -166,9 +185,13 @@ class AtlasService:
             if on_layer:
                 on_layer(layer, layers, thumbnails)
 
-        return self.model_work(
-            name, lambda handle: run_capture(handle, text, target=target, max_tokens=limit, on_layer=layer_done,
-                                             reserve=self.cache.make_room), progress)
+        def work(handle) -> Capture:
+            from models.capture import run_capture
+
+            return run_capture(handle, text, target=target, max_tokens=limit, on_layer=layer_done,
+                               reserve=self.cache.make_room)
+
+        return self.model_work(name, work, progress)
 
     def _count_tokens(self, name: str, text: str, limit: int) -> None:
         """Refuse a prompt over ``limit`` tokens before it takes a place in the queue.
@@ -177,10 +200,10 @@ class AtlasService:
         right after loading and before the forward pass. Uses a private tokenizer copy, so it
         never shares a (not thread-safe) fast tokenizer with a job that is running.
         """
-        from models.capture import tokenize
-
         if not (self._loader and self._loader.is_loaded(name)):
             return
+        from models.recorder import tokenize  # imported by the loader already (see loader)
+
         handle = self._loader.get(name)
         with self._guard(name):
             if name not in self._counters:
@@ -191,15 +214,13 @@ class AtlasService:
 
     def _queue(self) -> limits.JobQueue:
         """The work queue of the device models run on (one per device: they share its memory)."""
+        self.loader  # noqa: B018  (the model code is imported under the loader's lock first)
         from models.loading import pick_device
 
         device = str(pick_device()[0])
         with self._queues_lock:
-            queue = self._queues.setdefault(device, limits.JobQueue(1))
-            # the limits are read on each job, so a changed configuration applies at once
-            queue.capacity, queue.workers = self.config["MAX_QUEUED_JOBS"], self.config["DEVICE_WORKERS"]
-            queue.max_wait_seconds = self.config["MAX_QUEUE_WAIT_SECONDS"]
-            return queue
+            return self._queues.setdefault(device, limits.JobQueue(1)).configure(
+                self.config["MAX_QUEUED_JOBS"], self.config["DEVICE_WORKERS"], self.config["MAX_QUEUE_WAIT_SECONDS"])
 
     def model_work(self, name: str, work: Callable, progress: Progress | None = None):
         """Run ``work(handle)`` on a loaded model, in turn with all other model work on its device.
@@ -220,9 +241,6 @@ class AtlasService:
     @contextlib.contextmanager
     def _guard(self, name: str):
         """Translate what models, tokenizers and devices raise into errors for the user."""
-        from models.capture import TooManyTokensError, UnsupportedModelError
-        from models.loading import ModelLoadError
-
         try:
             yield
         except AtlasError:

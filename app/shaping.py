@@ -6,7 +6,7 @@ import numpy as np
 
 from app.analysis import sinks
 from app.protocol import AtlasError, encode_array, encode_strings, quantize_unit
-from app.record import Capture
+from models.record import Capture
 
 TOPK_ROW_CHUNK = 512  # query rows per block when picking top-k links; bounds memory at long N
 NEURON_MAX_KEYS = 4096  # keys shown in the neuron view; all of them up to the longest prompt

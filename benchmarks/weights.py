@@ -10,6 +10,8 @@ import os
 import time
 from pathlib import Path
 
+# Only benchmark processes import this module (run.py and bertviz_html.py's worker); like the
+# server's entry points (app.wsgi.prepare_process) they read local weights only.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 

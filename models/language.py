@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from models.capture import TooManyTokensError, UnsupportedModelError
+from models.errors import TooManyTokensError, UnsupportedModelError
 
 LENS_TOP_K = 5  # predictions per layer and position
 

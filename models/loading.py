@@ -1,6 +1,14 @@
 """Load registered models once, lazily, on the best device, with attention we can capture.
 
-This module and :mod:`models.capture` are the only places that import torch or transformers.
+Within the ``models`` package, the modules that run models import torch and transformers: this
+one, :mod:`models.recorder`, :mod:`models.capture`, :mod:`models.seq2seq` and
+:mod:`models.language`. :mod:`models.registry`, :mod:`models.record` and :mod:`models.errors`
+import neither, and they are all the web app imports at start-up, so it lists models, checks
+requests and serves cached results without waiting for torch (tests/unit/test_imports.py checks).
+
+Importing this module changes no environment: whether the hub may be reached
+(``HF_HUB_OFFLINE``) is the choice of whoever starts the process (the app's entry points, the
+tests), not of a notebook that imports the app.
 """
 from __future__ import annotations
 
@@ -13,25 +21,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+import torch
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
-import torch  # noqa: E402
-from transformers import (  # noqa: E402
-    AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer,
-)
-
-from models import seq2seq  # noqa: E402
-from models.capture import ATTENTION_IMPLEMENTATION, register_capture_attention  # noqa: E402
-from models.registry import ModelSpec, Registry  # noqa: E402
+from models import seq2seq
+from models.errors import ModelLoadError
+from models.recorder import ATTENTION_IMPLEMENTATION, register_capture_attention
+from models.registry import ModelSpec, Registry
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[str, float], None]  # (stage message, fraction 0..1)
-
-
-class ModelLoadError(RuntimeError):
-    """A registered model could not be loaded; the message says what to install or fix."""
 
 
 @dataclass

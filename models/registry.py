@@ -12,17 +12,12 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from models.errors import UnknownModelError
+
 DEFAULT_REGISTRY = Path(__file__).with_name("registry.toml")
 DEFAULT_MAX_TOKENS = 512  # tokens; used when an entry names none
 FINGERPRINT_EDGE_BYTES = 1 << 20  # bytes read from each end of a weight file to fingerprint it
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth")
-
-
-class UnknownModelError(KeyError):
-    """Raised for a model name that is neither registered nor allowed."""
-
-    def __str__(self) -> str:
-        return str(self.args[0]) if self.args else "unknown model"
 
 
 @dataclass(frozen=True)

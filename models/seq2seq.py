@@ -22,10 +22,11 @@ from typing import Callable
 import numpy as np
 import torch
 
-from app.record import Capture
-from models.capture import (
-    ATTENTION_KEEP_BYTES, LayerDone, Tokenized, TooManyTokensError, UnsupportedModelError, _assemble, _Recorder,
-    allowed_positions, new_recorder, recorded_forward, tokenize,
+from models.errors import TooManyTokensError, UnsupportedModelError
+from models.record import Capture
+from models.recorder import (
+    ATTENTION_KEEP_BYTES, LayerDone, Recorder, Tokenized, allowed_positions, assemble, new_recorder, recorded_forward,
+    tokenize,
 )
 
 DEFAULT_TARGET_TOKENS = 32  # new tokens of greedy output when the user gives no target text
@@ -64,7 +65,7 @@ def check_heads(config) -> None:
 
 
 @dataclass
-class _SegmentRecorder(_Recorder):
+class _SegmentRecorder(Recorder):
     """Places each layer's block on the combined encoder + decoder axis, then records it."""
 
     encoder_tokens: int = 0
@@ -223,8 +224,8 @@ def run_seq2seq_capture(handle, text: str, target: str, *, precision: str = "flo
         )
     hidden_norms = _hidden_norms(output, recorder.kinds)
     del output
-    capture = _assemble(handle.name, text, tokens, recorder, hidden_norms, description,
-                        {"forward_seconds": forward_seconds, "capture_seconds": time.perf_counter() - started})
+    capture = assemble(handle.name, text, tokens, recorder, hidden_norms, description,
+                       {"forward_seconds": forward_seconds, "capture_seconds": time.perf_counter() - started})
     capture.info.update({
         "encoder_decoder": True,
         "target": target,

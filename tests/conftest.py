@@ -6,15 +6,23 @@ models, loaded once.
 """
 from __future__ import annotations
 
+import os
 import threading
 
 import pytest
 
-from app import create_app
-from app.extensions import socketio
-from app.protocol import NAMESPACE
-from models.loading import ModelHandle, ModelLoader
-from models.registry import ModelSpec
+from app.wsgi import MODEL_ENVIRONMENT
+
+# What the entry points set (app.wsgi.prepare_process), before anything imports huggingface_hub:
+# the tests load only local weights, like the server.
+for _name, _value in MODEL_ENVIRONMENT.items():
+    os.environ.setdefault(_name, _value)
+
+from app import create_app  # noqa: E402
+from app.extensions import socketio  # noqa: E402
+from app.protocol import NAMESPACE  # noqa: E402
+from models.loading import ModelHandle, ModelLoader  # noqa: E402
+from models.registry import ModelSpec  # noqa: E402
 
 TINY_CONFIGS = {
     "tiny-bert": ("BertConfig", dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
@@ -68,7 +76,7 @@ def build_tiny(name: str, tokenizer) -> ModelHandle:
     import torch
     import transformers
 
-    from models.capture import ATTENTION_IMPLEMENTATION
+    from models.recorder import ATTENTION_IMPLEMENTATION
 
     config_class, options = TINY_CONFIGS[name]
     if name in SEQ2SEQ:  # the BERT tokenizer's own ids, so decoded output reads as its tokens

@@ -1,26 +1,15 @@
-"""Norm-based attention (Kobayashi et al. 2020, "Attention is not only a weight").
+"""Row shares, for norm-based attention (Kobayashi et al. 2020, "Attention is not only a weight")
+and for rollout.
 
 A head's output for query i is sum_j alpha_ij f(x_j). A large weight on a token whose
 transformed vector f(x_j) is tiny moves nothing: sink tokens typically get high weight and small
-norms. Weighting each alpha_ij by ||f(x_j)|| shows what actually reaches the output.
+norms. Weighting each alpha_ij by ||f(x_j)|| shows what actually reaches the output; the views'
+"value" mode does that in :mod:`app.shaping`, block by block as it reads attention, so no
+[H, N, N] product is ever built here. Both it and rollout then need each row as shares.
 """
 from __future__ import annotations
 
 import numpy as np
-
-
-def value_weighted(attention: np.ndarray, value_norms: np.ndarray) -> np.ndarray:
-    """[H, N, N] weights, [H, N] norms of each key's value -> [H, N, N] float32 ||alpha_ij f(x_j)||.
-
-    The paper's f includes the output projection; the capture stores ||v_j|| (without W_O), a
-    per-head rescaling of the same picture. Raises ValueError if the shapes disagree.
-    """
-    if value_norms.shape != (attention.shape[0], attention.shape[-1]):
-        raise ValueError(
-            f"value_norms {value_norms.shape} must be [heads, keys] = "
-            f"{(attention.shape[0], attention.shape[-1])} to match attention {attention.shape}"
-        )
-    return (attention * value_norms[:, None, :]).astype(np.float32)  # [H, N, N]
 
 
 def normalise_rows(x: np.ndarray) -> np.ndarray:

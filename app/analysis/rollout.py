@@ -67,17 +67,6 @@ def iter_rollout(layers: Iterable[np.ndarray], residual: bool = True) -> Iterato
         yield rollout
 
 
-def attention_rollout(layers: Iterable[np.ndarray], residual: bool = True) -> np.ndarray:
-    """[L, N, N] float32: every layer's cumulative rollout (see ``iter_rollout``).
-
-    Raises ValueError when ``layers`` is empty.
-    """
-    maps = list(iter_rollout(layers, residual))
-    if not maps:
-        raise ValueError("attention_rollout needs at least one layer")
-    return np.stack(maps)
-
-
 def flow_work(n_layers: int, n_tokens: int) -> int:
     """L^2 * N^3: edges of the dense layered graph (L * N^2) times path length (L) times the N
     max-flow runs. Measured run time follows it within a factor of 1.5 (docs/analyses.md)."""

@@ -4,17 +4,16 @@
 // and NPZ exports) and a self-contained offline HTML file (offline.js).
 import { displayToken, theme } from "./draw.js";
 import { offlineData, offlineHtml } from "./offline.js";
+import { limits, viewLabel } from "./settings.js";
 import { analysisMatches, getState, subscribe, tokenIndex, viewOf } from "./store.js";
 import { h } from "./ui.js";
 import { toQuery } from "./url.js";
 
-const JSON_EXPORT_MAX_TOKENS = 512; // app/routes.py: above this the server answers too_long (use NPZ)
 const CAPTION_PX = 15; // font size of the caption of PNG and SVG exports, CSS px
 const CAPTION_LINES = 3; // prompt lines at most under the title
 const MARGIN = 16; // CSS px around the exported picture
 const SVG_NS = "http://www.w3.org/2000/svg";
 const XLINK_NS = "http://www.w3.org/1999/xlink";
-const TAB_LABEL = (view) => document.querySelector(`[role=tab][data-view="${view}"]`)?.textContent.trim() ?? view;
 
 let ui = null;
 
@@ -70,9 +69,9 @@ export function shortLinkNow() {
 function syncLinks(state) {
   const active = Boolean(state.analysis && analysisMatches(state));
   const key = active ? state.analysis.key : "";
-  const tooLong = active && state.analysis.overview.tokens > JSON_EXPORT_MAX_TOKENS;
+  const tooLong = active && state.analysis.overview.tokens > limits.json_export_max_tokens;
   setLink(ui.json, active && !tooLong ? `/api/analysis/${key}/export.json` : null);
-  ui.json.title = tooLong ? `The JSON export holds at most ${JSON_EXPORT_MAX_TOKENS} tokens: use NPZ`
+  ui.json.title = tooLong ? `The JSON export holds at most ${limits.json_export_max_tokens} tokens: use NPZ`
     : "Tokens and attention [layers, heads, query, key] as JSON lists";
   setLink(ui.npz, active ? `/api/analysis/${key}/export.npz` : null);
   for (const control of ui.panel.querySelectorAll("[data-testid^=export-]:is(button)")) control.disabled = !active;
@@ -133,7 +132,7 @@ function fileName(state, extension) {
 
 /** One line about what the view shows: view, model, and the layer, head or token where they matter. */
 function describe(state) {
-  const parts = [`${TAB_LABEL(state.view)} view`, state.analysis.tokens.info?.title || state.analysis.model];
+  const parts = [`${viewLabel(state.view)} view`, state.analysis.tokens.info?.title || state.analysis.model];
   if (["head", "matrix", "neuron"].includes(state.view)) parts.push(`layer ${state.layer}`);
   if (state.view === "head" && state.heads) parts.push(`heads ${state.heads.join(", ") || "none"}`);
   if (["matrix", "neuron"].includes(state.view)) parts.push(`head ${state.head}`);
@@ -292,7 +291,7 @@ async function exportOffline(state) {
   const response = await fetch(`/api/analysis/${key}/layer?layer=${state.layer}&mode=attention`);
   const layer = await response.json();
   if (!response.ok) throw new Error(layer.message || response.statusText);
-  const html = offlineHtml(offlineData(state.analysis, layer, state));
+  const html = await offlineHtml(offlineData(state.analysis, layer, state));
   const name = `atlas-${state.analysis.model}-layer${state.layer}.html`.replace(/[^A-Za-z0-9._-]+/g, "_");
   download(new Blob([html], { type: "text/html" }), name);
   return `Saved ${name} (${Math.ceil(html.length / 1024)} KB): it opens in any browser with no server and no internet.`;

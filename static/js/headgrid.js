@@ -1,7 +1,8 @@
-// Layers x heads grids, shared by the head-roles and compare views: one cell per head, painted
-// by a callback, layers down and heads across (as BertViz) or turned when that gives larger
-// cells (deep models with few heads); an optional order of the heads within each layer (sorted
-// grids), outlines for the chosen and hovered head, hit testing, and a ranked list of heads.
+// Layers x heads grids, shared by the model, head-roles and compare views and the live preview
+// of an analysis: one cell per head, painted by a callback, layers down and heads across (as
+// BertViz) or turned when that gives larger cells (deep models with few heads); an optional order
+// of the heads within each layer (sorted grids), outlines for the chosen and hovered head, hit
+// testing, arrow-key moves, and a ranked list of heads.
 import { h } from "./ui.js";
 
 const GAP = 3; // px between cells
@@ -10,18 +11,22 @@ const HEADER_EMS = 2.2; // height of the column-number row, in label font sizes
 const DIM_ALPHA = 0.8; // opacity of the veil over heads a filter leaves out
 
 /**
- * Cell size and orientation for `layers` x `heads` within `width` x `maxHeight` CSS px.
- * Returns the geometry every other function here takes.
+ * Cell size and orientation for `layers` x `heads` within `width` x `maxHeight` CSS px: the
+ * orientation with the larger cells, unless `headsAcross` (true: layers down; false: layers
+ * across) fixes it. `minCell`, `maxCell` and `gap` are CSS px; `labelEms` and `headerEms` size
+ * the row-label column and the column-number row in label font sizes (`look` may be null when
+ * both are 0). Returns the geometry every other function here takes.
  */
-export function gridLayout(layers, heads, width, maxHeight, look, { minCell = 12, maxCell = 44 } = {}) {
-  const label = Math.round(look.size * LABEL_EMS);
-  const header = Math.round(look.size * HEADER_EMS);
-  const fit = (rows, cols) => Math.min(maxCell, Math.floor((width - label) / cols) - GAP, Math.floor((maxHeight - header) / rows) - GAP);
-  const headsAcross = fit(layers, heads) >= fit(heads, layers);
-  const [rows, cols] = headsAcross ? [layers, heads] : [heads, layers];
+export function gridLayout(layers, heads, width, maxHeight, look,
+  { minCell = 12, maxCell = 44, gap = GAP, labelEms = LABEL_EMS, headerEms = HEADER_EMS, headsAcross = null } = {}) {
+  const label = labelEms ? Math.round(look.size * labelEms) : 0;
+  const header = headerEms ? Math.round(look.size * headerEms) : 0;
+  const fit = (rows, cols) => Math.min(maxCell, Math.floor((width - label) / cols) - gap, Math.floor((maxHeight - header) / rows) - gap);
+  const across = headsAcross ?? fit(layers, heads) >= fit(heads, layers);
+  const [rows, cols] = across ? [layers, heads] : [heads, layers];
   const cell = Math.max(minCell, fit(rows, cols));
-  const pitch = cell + GAP;
-  return { label, header, cell, pitch, rows, cols, headsAcross, layers, heads, order: null, slots: null,
+  const pitch = cell + gap;
+  return { label, header, cell, pitch, rows, cols, headsAcross: across, layers, heads, order: null, slots: null,
     width: label + cols * pitch, height: header + rows * pitch };
 }
 
@@ -56,11 +61,12 @@ export function gridCellAt(g, point) {
 /**
  * Draw the grid at the context's origin: axis labels, `paint(layer, head, x, y, cell)` per head,
  * a veil over heads where `dim(layer, head)` is true, and outlines for `selected` and `hover`
- * ({layer, head} or null).
+ * ({layer, head} or null). `layerName(layer)` labels the rows when they are layers.
  */
-export function drawGrid(ctx, g, look, { paint, dim = () => false, selected = null, hover = null }) {
+export function drawGrid(ctx, g, look, { paint, dim = () => false, selected = null, hover = null, layerName = null }) {
   const along = g.order ? "rank" : "head";
   const [rowName, colName] = g.headsAcross ? ["layer", along] : [along, "layer"];
+  const rowLabel = layerName && g.headsAcross ? layerName : (r) => `${rowName} ${r}`;
   ctx.fillStyle = look.muted;
   ctx.font = look.font(0.85);
   ctx.textBaseline = "middle";
@@ -71,7 +77,7 @@ export function drawGrid(ctx, g, look, { paint, dim = () => false, selected = nu
   ctx.fillText(`${colName} →`, 0, g.header * 0.6);
   ctx.textAlign = "right";
   const rowEvery = Math.ceil((look.size * 1.1) / g.pitch);
-  for (let r = 0; r < g.rows; r += rowEvery) ctx.fillText(`${rowName} ${r}`, g.label - 6, g.header + r * g.pitch + g.cell / 2);
+  for (let r = 0; r < g.rows; r += rowEvery) ctx.fillText(rowLabel(r), g.label - 6, g.header + r * g.pitch + g.cell / 2);
 
   for (let layer = 0; layer < g.layers; layer++) {
     for (let head = 0; head < g.heads; head++) {

@@ -1,7 +1,9 @@
 // Wiring: page controls -> store; store -> socket requests (the analysis, then whatever detail
 // the active view needs) and -> views; socket answers -> store. Views never call the server:
 // each says what it needs with need(state), and this module fetches it once.
-import { ERROR_TITLES, STREAMS } from "./protocol.js";
+import { cellOrigin, gridLayout } from "./headgrid.js";
+import { STREAMS } from "./protocol.js";
+import { errorTitle, settings } from "./settings.js";
 import { connect, request } from "./socket.js";
 import {
   analysisMatches, detailByRid, detailId, getState, putDetail, setData, setView, subscribe, viewOf,
@@ -9,26 +11,13 @@ import {
 import { startClassroom } from "./classroom.js";
 import { assembledOverview, partialOverview } from "./layerstream.js";
 import { bindHistory, fromQuery, shareUrl } from "./url.js";
-import * as compareView from "./views/compare.js";
-import * as generateView from "./views/generate.js";
-import * as headView from "./views/head.js";
-import * as headsView from "./views/heads.js";
-import * as lensView from "./views/lens.js";
-import * as matrixView from "./views/matrix.js";
-import * as modelView from "./views/model.js";
+import { VIEW_NAMES, loadViews } from "./views/index.js";
 import { overviewImage } from "./views/model.js";
-import * as neuronView from "./views/neuron.js";
-import * as rolloutView from "./views/rollout.js";
-import * as statsView from "./views/stats.js";
-import * as tokenView from "./views/token.js";
 
-const VIEWS = { model: modelView, head: headView, token: tokenView, neuron: neuronView, matrix: matrixView, stats: statsView,
-  heads: headsView, rollout: rolloutView, compare: compareView, lens: lensView, generate: generateView };
 const PROJECTOR_KEY = "attention-atlas.projector"; // localStorage flag for large-font, high-contrast mode
 const EXAMPLE_PROMPT = "The cat sat on the mat because it was tired.";
 const TITLE_CHARS = 40; // of the prompt shown in the window title
 
-const config = JSON.parse(document.getElementById("atlas-config").textContent);
 const $ = (selector) => document.querySelector(selector);
 const page = {
   form: $("#analyze-form"), model: $("#model"), prompt: $("#prompt"), analyze: $("#analyze"),
@@ -37,7 +26,7 @@ const page = {
   preview: $("#live-overview"),
   error: $("#error-banner"), errorTitle: $("#error-banner .title"), errorMessage: $("#error-banner .message"),
   errorClose: $("#error-banner .dismiss"), info: $("#run-info"), tabs: [...document.querySelectorAll("[role=tab]")],
-  panels: Object.fromEntries(Object.keys(VIEWS).map((view) => [view, $(`#view-${view}`)])), empty: $("#empty-state"),
+  panels: Object.fromEntries(VIEW_NAMES.map((view) => [view, $(`#view-${view}`)])), empty: $("#empty-state"),
   copy: $("#copy-link"), share: $("#share"), shareField: $("#share-field"), shareStatus: $("#share-status"),
   projector: $("#projector"),
 };
@@ -45,12 +34,13 @@ const refetched = new Set(); // analysis keys re-requested after the server's ca
 let shownText = null; // the state text last written into the prompt box
 let shownTarget = null; // the decoder text last written into its box
 let updateQueued = false;
+let views = null; // name -> view module, once loaded (start() does not wait for them)
 
 // ---- requests ----
 
 /** Ask for the analysis the state names: `analyze` model + text, or `open` a cached one by its key. */
 function ensureAnalysis(state) {
-  const model = state.model || config.default;
+  const model = state.model || settings.default;
   const { text, key } = state;
   const target = state.target ?? null;
   if ((!key && !text.trim()) || analysisMatches(state)) return;
@@ -74,7 +64,7 @@ function streamed(state, needed) {
 /** Ask once for each request the view needs (none, one or a list); the sink tokens every view marks come with the overview. */
 function ensureDetail(state) {
   if (!analysisMatches(state)) return;
-  const needs = [VIEWS[state.view].need(state)].flat().filter(Boolean);
+  const needs = [views[state.view].need(state)].flat().filter(Boolean);
   for (const needed of needs) {
     if (streamed(state, needed) || (STREAMS.includes(needed.event) && state.pending)) continue; // one stream at a time
     const id = detailId(needed);
@@ -163,7 +153,7 @@ function onStatus(status, detail) {
 // ---- page chrome ----
 
 function syncChrome(state) {
-  const active = Boolean(state.analysis && analysisMatches(state));
+  const active = Boolean(views && state.analysis && analysisMatches(state)); // shown once its view can draw it
   document.documentElement.dataset.busy = String(Boolean(state.pending));
   document.documentElement.dataset.view = state.view;
   document.documentElement.dataset.analysis = active ? state.analysis.key : "";
@@ -182,7 +172,7 @@ function syncChrome(state) {
   }
   page.error.hidden = !state.error;
   if (state.error) {
-    page.errorTitle.textContent = ERROR_TITLES[state.error.code] ?? "Something went wrong";
+    page.errorTitle.textContent = errorTitle(state.error.code);
     page.errorMessage.textContent = state.error.message;
     page.error.dataset.code = state.error.code;
   }
@@ -228,11 +218,13 @@ function drawPreview(layers) {
   const overview = partialOverview(layers);
   const image = overviewImage(overview); // layers down, heads across
   const { side } = overview;
-  page.preview.width = overview.layers * side;
-  page.preview.height = overview.heads * side;
+  const g = gridLayout(overview.layers, overview.heads, Infinity, Infinity, null, // native size, no gaps or labels
+    { minCell: side, maxCell: side, gap: 0, labelEms: 0, headerEms: 0, headsAcross: false });
+  page.preview.width = g.width;
+  page.preview.height = g.height;
   const ctx = page.preview.getContext("2d");
   for (let l = 0; l < overview.layers; l++) {
-    for (let hd = 0; hd < overview.heads; hd++) ctx.drawImage(image, hd * side, l * side, side, side, l * side, hd * side, side, side);
+    for (let hd = 0; hd < overview.heads; hd++) ctx.drawImage(image, hd * side, l * side, side, side, ...cellOrigin(g, l, hd), side, side);
   }
   page.preview.dataset.layers = String(overview.done);
   page.preview.hidden = false;
@@ -243,7 +235,7 @@ function runInfo(analysis) {
   const parts = [info.title || analysis.model, `${analysis.overview.tokens} tokens`,
     `${analysis.overview.layers} layers × ${analysis.overview.heads} heads`];
   if (info.encoder_decoder) {
-    const [source, target] = [info.segments.encoder, info.segments.decoder].map(([start, end]) => end - start);
+    const [source, target] = [info.segments.encoder, info.segments.decoder].map(([first, end]) => end - first);
     parts[1] = `${source} source + ${target} target tokens`;
     parts[2] = `${info.layer_kinds.filter((kind) => kind === "encoder").length} encoder + `
       + `${info.layer_kinds.filter((kind) => kind === "cross").length} decoder blocks × ${analysis.overview.heads} heads`;
@@ -257,9 +249,9 @@ function update() {
   updateQueued = false;
   const state = getState();
   ensureAnalysis(state);
-  ensureDetail(state);
+  if (views) ensureDetail(state);
   syncChrome(state);
-  if (state.analysis && analysisMatches(state)) VIEWS[state.view].render(state, page.panels[state.view]);
+  if (views && state.analysis && analysisMatches(state)) views[state.view].render(state, page.panels[state.view]);
 }
 
 function scheduleUpdate() {
@@ -271,13 +263,6 @@ function scheduleUpdate() {
 // ---- controls ----
 
 function bindControls() {
-  page.model.replaceChildren(...config.models.map((model) => {
-    const option = document.createElement("option");
-    option.value = model.name;
-    option.textContent = model.title;
-    return option;
-  }));
-  page.model.value = config.default;
   page.form.addEventListener("submit", (event) => {
     event.preventDefault();
     const text = page.prompt.value;
@@ -327,6 +312,10 @@ function setProjector(on) {
 }
 
 function start() {
+  loadViews().then((loaded) => {
+    views = loaded;
+    scheduleUpdate();
+  });
   bindControls();
   let projector = false;
   try {

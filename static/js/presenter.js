@@ -5,6 +5,7 @@
 // latest view again. The room's secret lives only in this tab's sessionStorage, never in a URL,
 // so only the tab that started a room can move or end it.
 import { drawQr, encodeQr } from "./qr.js";
+import { limits } from "./settings.js";
 import { listen, request } from "./socket.js";
 import { getState, subscribe, viewOf } from "./store.js";
 import { h } from "./ui.js";
@@ -13,7 +14,7 @@ import { openQuery, shareUrl } from "./url.js";
 const PRESENTING_KEY = "attention-atlas.presenting"; // sessionStorage: {code, secret} of the room this tab presents
 const FOLLOWING_KEY = "attention-atlas.following"; // sessionStorage: code of the room this tab follows
 const JOIN_PARAM = "join"; // /?join=CODE: a student's link into a room
-const CODE_PATTERN = /^[A-HJ-NP-Z2-9]{6}$/; // app/presenter.py CODE_ALPHABET x CODE_LENGTH
+const CODE_PATTERN = new RegExp(`^[${limits.presenter_code_alphabet}]{${limits.presenter_code_length}}$`); // a join code
 const QR_PIXELS = 232; // CSS px of the join QR code, quiet zone included
 const LOOPBACK = /^(localhost|127\.|\[::1\])/; // hosts students' laptops cannot reach
 
@@ -40,7 +41,7 @@ export function mountPresenter(bar, panel) {
     dismiss: h("button", { type: "button", className: "quiet", text: "Dismiss", onClick: () => say("") }),
     start: h("button", { type: "button", className: "primary", text: "Start presenting", "data-testid": "start-presenting",
       onClick: start }),
-    codeInput: h("input", { type: "text", name: "join-code", maxlength: 6, placeholder: "ABC234", autocapitalize: "characters",
+    codeInput: h("input", { type: "text", name: "join-code", maxlength: limits.presenter_code_length, placeholder: "ABC234", autocapitalize: "characters",
       spellcheck: "false", "aria-label": "Join code", "data-testid": "join-code" }),
     joinCard: h("div", { className: "join-card", "data-testid": "join-card" }),
     note: h("p", { className: "classroom-note" }),

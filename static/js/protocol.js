@@ -1,44 +1,33 @@
 // The wire contract, mirroring app/protocol.py and docs/protocol.md: namespace, event names,
-// modes, error codes, and decoding of binary arrays ({dtype, shape, data, scale}) into typed
-// arrays. Nothing here talks to the network; socket.js does.
+// modes, the page's own error codes, and decoding of binary arrays ({dtype, shape, data, scale})
+// into typed arrays. Nothing here talks to the network; socket.js does. Limits and the titles of
+// the server's error codes are not here: the server publishes them (settings.js).
+// tests/unit/test_js_protocol.py checks these tables against Python's.
 
 export const NAMESPACE = "/atlas";
 
-// Client -> server requests.
-export const REQUESTS = ["analyze", "layer", "matrix", "token", "neuron", "stats",
-  "heads", "rollout", "flow", "compare", "lens", "generate"];
-// Presenter mode (docs/protocol.md "Presenter mode"), and `open`: stream a cached analysis by its key.
+// Presenter mode (docs/protocol.md "Presenter mode").
 export const PRESENTER_REQUESTS = ["present_start", "present_join", "present_leave", "present_update", "present_end"];
 export const PRESENTER_EVENTS = ["present_started", "present_state", "present_followers", "present_ended"];
-REQUESTS.push("open", ...PRESENTER_REQUESTS);
+// Client -> server requests, as Socket.IO events; `open` streams a cached analysis by its key.
+export const REQUESTS = ["analyze", "layer", "matrix", "token", "neuron", "stats", "heads", "rollout", "flow", "compare",
+  "lens", "generate", "open", ...PRESENTER_REQUESTS];
 // Requests answered by a stream of events (progress, tokens, overview, ..., done) rather than one.
-export const STREAMS = ["analyze", "generate"];
-// Server -> client events.
+export const STREAMS = ["analyze", "generate", "open"];
+// Server -> client events, besides presenter mode's.
 export const EVENTS = ["progress", "overview_layer", "tokens", "overview", "layer", "matrix", "token", "neuron", "stats", "done", "error",
   "heads", "rollout", "flow", "compare", "lens", "generated"];
 export const FUSIONS = ["mean", "max", "min"]; // how rollout and flow fuse the heads of a layer
-export const ANALYSIS_MAX_TOKENS = 1024; // tokens whole-model analyses read (app/insights.py); positions beyond are refused
-export const LENS_MAX_POSITIONS = 32; // positions per logit-lens request (app/language.py)
 
 export const ATTENTION_MODES = ["attention", "scores", "value"];
 export const LAYER_MODES = ["attention", "value"]; // the head view has no pre-softmax scores
 
-// Human titles for error codes; the server's `message` carries the detail.
-export const ERROR_TITLES = {
-  bad_request: "The request was not understood",
-  empty_prompt: "The prompt is empty",
-  too_long: "The prompt is too long",
-  unknown_model: "Unknown model",
-  model_load_failed: "The model could not be loaded",
-  unsupported_model: "This model is not supported",
-  not_found: "This analysis is no longer cached",
-  out_of_memory: "The server ran out of memory",
-  busy: "The server is busy",
-  rate_limited: "Too many requests",
-  internal: "The server failed",
+// Error codes the page raises itself, never the server (whose codes and titles are published:
+// settings.js errorTitle), with their titles.
+export const CLIENT_ERRORS = {
   disconnected: "Lost the connection to the server",
   bad_payload: "The page could not read the server's answer",
-  forbidden: "Not allowed",
+  not_in_file: "Not saved in this file", // an offline file (offline.js) holds one layer
 };
 
 const TYPED = {

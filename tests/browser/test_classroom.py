@@ -5,6 +5,7 @@ by its key."""
 from __future__ import annotations
 
 import json
+import re
 import struct
 import urllib.request
 import xml.etree.ElementTree as ElementTree
@@ -17,7 +18,7 @@ import pytest
 
 from tests.browser.conftest import watch
 from tests.browser.helpers import (
-    PROMPT, analyze, ink, model_cell_center, open_view, query_state, wait_ink, wait_ready,
+    INK_PIXELS, PROMPT, analyze, ink, model_cell_center, open_view, query_state, wait_ink, wait_ready,
 )
 
 pytestmark = pytest.mark.browser
@@ -281,14 +282,20 @@ def test_exports_png_svg_data_and_an_offline_file(page, live_server, open_contex
     assert len(document["attention"]) == 6 and len(document["tokens"]) == 13
 
     html = download(page, "export-html").decode()
+    modules = json.loads(re.search(r'id="atlas-modules">(.*?)</script>', html, re.S).group(1))["sources"]
+    for painter in ("views/model.js", "views/head.js", "headgrid.js", "draw.js"):  # the page's own, not copies
+        assert modules[painter] == urllib.request.urlopen(f"{live_server}/static/js/{painter}").read().decode()
     offline, log, requests = new_offline_page(open_context)
     offline.set_content(html)
     offline.wait_for_selector("html[data-ready=true]")
-    assert ink(offline, "#model") > 20_000 and ink(offline, "#head") > 2_000
+    model, head = "[data-testid=model-canvas]", "[data-testid=head-canvas]"  # the live views' own canvases
+    assert wait_ink(offline, model, minimum=20_000) and wait_ink(offline, head, minimum=2_000)
     assert "The cat sat on the mat" in offline.text_content("#prompt")
-    before = ink(offline, "#head")
-    offline.click("#heads button >> nth=3")  # turn head 3 off: fewer lines
-    assert ink(offline, "#head") < before
+    before = ink(offline, head)
+    offline.click("#view-head .swatch[data-head='3']")  # turn head 3 off: fewer lines
+    offline.wait_for_function(f"([selector, before]) => ({INK_PIXELS})(selector) < before", arg=[head, before])
+    offline.click(model, position=model_cell_center(offline, layer=4, head=0))  # a layer the file does not hold
+    assert "holds the attention weights of layer 2 only" in offline.text_content("#view-head .notice")
     assert requests == [] and not log.errors
 
 

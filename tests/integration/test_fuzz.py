@@ -19,8 +19,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import event as event_label
 from hypothesis import strategies as st
 
-from app.protocol import NAMESPACE, REQUESTS, AtlasError, Field, parse_request, request_id
-from app.stream import STREAMS
+from app.protocol import NAMESPACE, AtlasError, Field, parse_request, request_id
+from app.requests import SOCKET_EVENTS as REQUESTS
+from app.requests import Cost
 from tests.integration.conftest import collect
 
 EXAMPLES = int(os.environ.get("ATLAS_FUZZ_EXAMPLES", "150"))  # cases per test
@@ -29,7 +30,8 @@ FUZZ = settings(max_examples=EXAMPLES, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
                                        HealthCheck.data_too_large])
 PROMPT = "Fuzzing needs one real analysis to aim at."
-MODEL_WORK_EVENTS = tuple(STREAMS)  # answered by a stream: wait for done/error
+# answered from a background task (not within the test client's emit): wait for the answer
+BACKGROUND_EVENTS = tuple(name for name, row in REQUESTS.items() if row.cost not in (Cost.CACHED, Cost.ROOM))
 STREAM_END = ("done", "error")
 
 leaves = (st.none() | st.booleans() | st.integers(-(2 ** 70), 2 ** 70) | st.floats() | st.text(max_size=40)
@@ -113,7 +115,7 @@ def socket_requests(draw, key: str):
     event = draw(st.sampled_from(sorted(REQUESTS)))
     if roll == 2:
         return event, draw(json_values)  # not even an object
-    fields = REQUESTS[event]
+    fields = REQUESTS[event].fields
     payload = {name: draw(valid_values(name, spec, key)) for name, spec in fields.items()
                if spec.required or draw(st.booleans())}
     for _ in range(draw(st.integers(0, 2))):
@@ -133,7 +135,7 @@ def expected_error(event: str, payload) -> str | None:
     if event not in REQUESTS:
         return "bad_request"
     try:
-        parse_request(event, payload)
+        parse_request(event, REQUESTS[event].fields, payload)
     except AtlasError as error:
         return error.code
     return None
@@ -149,18 +151,18 @@ def test_every_socket_event_answers_malformed_payloads_with_an_error(connect, re
     client.emit(event, payload, namespace=NAMESPACE)
     rid, code = request_id(payload), expected_error(event, payload)
     event_label(f"{'well-formed' if code is None else 'malformed'} {event if event in REQUESTS else '(unknown)'}")
-    if code is not None or event not in MODEL_WORK_EVENTS:
+    if code is not None or event not in BACKGROUND_EVENTS:
         answers = [{"name": e["name"], **(e["args"][0] if e["args"] and isinstance(e["args"][0], dict) else {})}
                    for e in client.get_received(NAMESPACE)]  # handled synchronously by the test client
     else:
-        answers = collect(client, until=STREAM_END, rid=rid)
+        answers = collect(client, until=STREAM_END if REQUESTS[event].streams else (event, "error"), rid=rid)
     errors = [a for a in answers if a["name"] == "error"]
     assert all(e["code"] != "internal" for e in errors), (event, payload, errors)
     assert all(isinstance(e["message"], str) and e["message"] for e in errors)
     if code is not None:
         assert [(e["code"], e["rid"]) for e in errors] == [(code, rid)], (event, payload, answers)
-    elif event in MODEL_WORK_EVENTS:
-        assert answers[-1]["name"] in STREAM_END and answers[-1]["rid"] == rid
+    elif event in BACKGROUND_EVENTS:
+        assert answers[-1]["name"] in STREAM_END + (event,) and answers[-1]["rid"] == rid
     if event in REQUESTS and not event.startswith("present_"):
         assert answers, (event, payload)  # every request is answered
 

@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 
 from app import insights
-from app.analysis import rollout
 from models.capture import run_capture
 
 PAIR = ("The doctor asked the nurse a question. She", "The doctor asked the nurse a question. He")
@@ -25,7 +24,7 @@ def pair(request):
 @pytest.mark.real_model
 def test_head_summary_has_a_role_and_cluster_per_head(pair):
     capture = pair[0]
-    payload = insights.heads_payload("k", capture)
+    payload = insights.heads_payload("k", capture, insights.summary(capture))
     shape = (capture.n_layers, capture.n_heads)
     assert np.array(payload["roles"]).shape == shape and decode(payload["clusters"]).shape == shape
     assert decode(payload["metrics"]["entropy_norm"]).shape == shape
@@ -41,21 +40,27 @@ def test_smollm2_has_previous_token_heads_and_a_first_token_sink(smollm2):
     text = ("The quick brown fox jumps over the lazy dog. Meanwhile, the cat watched from the window, "
             "wondering why anyone would run so fast on a Sunday morning. Later that day it rained, and "
             "the fox, the dog and the cat all stayed inside, listening to the storm and waiting for the sun.")
-    payload = insights.heads_payload("k", run_capture(smollm2, text))
+    capture = run_capture(smollm2, text)
+    payload = insights.heads_payload("k", capture, insights.summary(capture))
     roles = np.array(payload["roles"])
     assert (roles == "PREVIOUS").sum() >= 1 and (roles == "SINK").sum() >= 1
     assert 0 in payload["sinks"]
 
 
 @pytest.mark.real_model
-def test_rollout_rows_are_distributions_and_match_the_analysis_module(pair):
+def test_rollout_rows_are_distributions_and_match_the_papers_definition(pair):
     capture = pair[0]
     payload = insights.rollout_payload("k", capture, "mean", capture.n_tokens - 1)
     rows = decode(payload["rows"]).astype(np.float32)
     assert rows.shape == (capture.n_layers, capture.n_tokens)
     np.testing.assert_allclose(rows.sum(-1), 1.0, atol=5e-3)
-    fused = [rollout.fuse_heads(capture.layer_attention(l)) for l in range(capture.n_layers)]
-    np.testing.assert_allclose(rows[-1], rollout.attention_rollout(fused)[-1, -1], atol=2e-3)
+    # Abnar & Zuidema 2020, written out here rather than read from app.analysis.rollout: heads
+    # averaged, A_hat = 0.5 A + 0.5 I with rows renormalised, then the product over layers.
+    expected = np.eye(capture.n_tokens)
+    for layer in range(capture.n_layers):
+        adjusted = 0.5 * capture.layer_attention(layer).astype(np.float64).mean(axis=0) + 0.5 * np.eye(capture.n_tokens)
+        expected = (adjusted / adjusted.sum(axis=-1, keepdims=True)) @ expected
+    np.testing.assert_allclose(rows[-1], expected[-1], atol=2e-3)
 
 
 @pytest.mark.real_model
@@ -63,7 +68,6 @@ def test_flow_is_bounded_and_refused_when_too_large(pair):
     capture = pair[0]
     flows = decode(insights.flow_payload("k", capture, "mean", capture.n_tokens - 1)["flow"])
     assert flows.shape == (capture.n_tokens,) and np.all((flows >= 0) & (flows <= 1 + 1e-6))
-    capture.extras.clear()
     long = run_capture_like(capture, 400)
     with pytest.raises(insights.AtlasError, match="flow"):
         insights.flow_payload("k", long, "mean", 0)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from app.cache import CaptureCache, DiskStore, cache_key, is_key
-from app.record import Capture
+from models.record import Capture
 from models.capture import run_capture
 from tests.browser.server import REPO_ROOT
 
@@ -107,7 +107,7 @@ def test_making_room_keeps_entries_not_yet_stored(capture):
 
 
 def test_a_capture_reserves_memory_for_its_forward_pass_first(tiny_models):
-    from models.capture import forward_bytes
+    from models.recorder import forward_bytes
 
     asked = []
     run_capture(tiny_models["tiny-gpt2"], "Four score and seven years ago",

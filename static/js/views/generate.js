@@ -11,11 +11,10 @@ import {
   hideTooltip, labelWidth, pointerIn, poolColumns, prepareCanvas, showTooltip, theme, tokenLabels,
 } from "../draw.js";
 import { BAR_COLOUR, SEQUENTIAL } from "../palette.js";
+import { limits } from "../settings.js";
 import { detailFor, dropDetail, setView } from "../store.js";
 import { changed, h, notice, segmented, statusLine } from "../ui.js";
 
-const DEFAULT_NEW_TOKENS = 20; // the form's first value
-const MAX_NEW_TOKENS = 256; // the server's default MAX_GENERATE_TOKENS
 const PANEL_HEIGHT = 420; // px the head rows aim for
 const MIN_ROW = 2; // px per head row, at least...
 const MAX_ROW = 6; // ...and at most
@@ -56,8 +55,8 @@ export function need(state) {
 }
 
 function mount(el) {
-  const count = h("input", { type: "number", name: "max_new_tokens", min: 1, max: MAX_NEW_TOKENS, value: DEFAULT_NEW_TOKENS,
-    "data-control": "max-new-tokens" });
+  const count = h("input", { type: "number", name: "max_new_tokens", min: 1, max: limits.max_generate_tokens,
+    value: limits.default_new_tokens, "data-control": "max-new-tokens" });
   const sampling = segmented("Decoding", "sampling", [
     { value: "greedy", text: "Greedy", title: "always the most likely next token" },
     { value: "sample", text: "Sampled", title: "drawn from the distribution, with a seed so links replay it" },
@@ -66,8 +65,8 @@ function mount(el) {
     syncForm();
   });
   const seed = h("input", { type: "number", name: "seed", min: 0, step: 1, value: 0, "data-control": "seed" });
-  const temperature = h("input", { type: "number", name: "temperature", min: 0.05, max: 5, step: 0.05, value: 1,
-    "data-control": "temperature" });
+  const temperature = h("input", { type: "number", name: "temperature", min: limits.min_temperature,
+    max: limits.max_temperature, step: 0.05, value: 1, "data-control": "temperature" });
   const form = h("form", { className: "toolbar generate-form", "data-testid": "generate-form" }, [
     h("label", { className: "control" }, [h("span", { text: "New tokens" }), count]), sampling.root,
     h("label", { className: "control" }, [h("span", { text: "Seed" }), seed]),
@@ -76,7 +75,7 @@ function mount(el) {
   ]);
   form.addEventListener("submit", (event) => {
     event.preventDefault();
-    const wanted = { generate: Number(count.value) || DEFAULT_NEW_TOKENS, sampling: ui.sample ? "sample" : null,
+    const wanted = { generate: Number(count.value) || limits.default_new_tokens, sampling: ui.sample ? "sample" : null,
       seed: ui.sample ? seed.value : null, temperature: ui.sample ? temperature.value : null, step: 0 };
     if (setView(wanted)) return;
     const request = generation(ui.state); // the same settings again: retry a failed run
@@ -205,8 +204,8 @@ function drawAttention(outgoing, index, tokens, width, look) {
     out.fillStyle = look.muted;
     out.textAlign = "left";
     out.textBaseline = "bottom";
-    const step = Math.ceil((look.size * 4) / col);
-    for (let b = 0; b < bins; b += step) out.fillText(String(binStart(b, bins, 0, n)), left + b * col, labelsH - 2);
+    const every = Math.ceil((look.size * 4) / col); // label every this many bins
+    for (let b = 0; b < bins; b += every) out.fillText(String(binStart(b, bins, 0, n)), left + b * col, labelsH - 2);
   }
   const peak = Math.max(1e-6, ...mean);
   const barsTop = labelsH + 4;

@@ -214,7 +214,7 @@ function draw() {
     { maxCell: MAX_CELL });
   if (state.sort === "rank") {
     const byValue = compareHeads(payload, measure);
-    setOrder(g, Array.from({ length: layers }, (_, l) => Array.from({ length: heads }, (_, hd) => hd)
+    setOrder(g, Array.from({ length: layers }, (_, l) => [...Array(heads).keys()]
       .sort((a, b) => byValue([l, a], [l, b]))));
   }
   ui.geometry = g;

@@ -1,24 +1,24 @@
 // Logit lens (after nostalgebraist 2020): what a decoder would predict next if it stopped after
 // each layer, read by putting the residual stream through the final norm and the unembedding.
 // A table of layers (rows; the embeddings at the bottom or top) x positions (columns): each
-// cell holds the top-1 predicted token, coloured by its probability; hover for the top 5,
-// click to choose the position (and jump to the token view). Windows of up to 32 positions,
-// paged. Data: the `lens` event (ids int32 and probs float16 [L + 1, count, 5], words).
+// cell holds the top-1 predicted token, coloured by its probability; hover for the top k,
+// click to choose the position (and jump to the token view). Windows of as many positions as
+// the server answers, paged. Data: the `lens` event (ids int32 and probs float16 [L + 1, count, k], words).
 // Encoders (no next-token head) get a notice instead.
 import { displayToken, formatNumber, hideTooltip, showTooltip } from "../draw.js";
 import { SEQUENTIAL, inkOn, lutColour, unitIndex } from "../palette.js";
-import { LENS_MAX_POSITIONS } from "../protocol.js";
+import { limits } from "../settings.js";
 import { detailFor, setView, tokenIndex } from "../store.js";
 import { arrived, h, notice, segmented, statusLine } from "../ui.js";
 
-const TOP_K = 5; // predictions per cell (the server's LENS_TOP_K)
+const WINDOW = limits.lens_max_positions; // positions per lens request: as many as the server answers
 
 let ui = null;
 
 function windowOf(state) {
   const n = state.analysis.overview.tokens;
-  const start = Math.min(state.start ?? Math.floor(tokenIndex(state) / LENS_MAX_POSITIONS) * LENS_MAX_POSITIONS, n - 1);
-  return { start, count: Math.min(LENS_MAX_POSITIONS, n - start), n };
+  const start = Math.min(state.start ?? Math.floor(tokenIndex(state) / WINDOW) * WINDOW, n - 1);
+  return { start, count: Math.min(WINDOW, n - start), n };
 }
 
 export function need(state) {
@@ -28,9 +28,9 @@ export function need(state) {
 }
 
 function mount(el) {
-  const previous = h("button", { type: "button", className: "quiet", text: `◀ Previous ${LENS_MAX_POSITIONS}`, "data-control": "lens-previous",
+  const previous = h("button", { type: "button", className: "quiet", text: `◀ Previous ${WINDOW}`, "data-control": "lens-previous",
     onClick: () => page(-1) });
-  const next = h("button", { type: "button", className: "quiet", text: `Next ${LENS_MAX_POSITIONS} ▶`, "data-control": "lens-next",
+  const next = h("button", { type: "button", className: "quiet", text: `Next ${WINDOW} ▶`, "data-control": "lens-next",
     onClick: () => page(1) });
   const range = h("span", { className: "zoom-info" });
   const order = segmented("Embeddings", "lens-order", [
@@ -44,7 +44,7 @@ function mount(el) {
   const table = h("table", { className: "lens-table", "data-testid": "lens-table" });
   const detail = h("div", { className: "lens-detail", "aria-live": "polite" });
   const status = statusLine("Each cell: the most likely next token after that layer at that position, shaded by its probability. "
-    + "Underlined: it is the token that really comes next. Hover for the top 5; click to choose the position.");
+    + "Underlined: it is the token that really comes next. Hover for the top predictions; click to choose the position.");
   el.append(h("div", { className: "toolbar" }, [previous, range, next, order.root]),
     h("div", { className: "view-body" }, [h("div", { className: "lens-scroll" }, [table]), detail]), status.root);
   ui = { el, previous, next, range, order, table, detail, status, embeddingsTop: false, built: null };
@@ -67,18 +67,19 @@ function mount(el) {
 
 function page(direction) {
   const { start, n } = windowOf(ui.state);
-  const next = Math.max(0, Math.min(n - 1, start + direction * LENS_MAX_POSITIONS));
+  const next = Math.max(0, Math.min(n - 1, start + direction * WINDOW));
   setView({ start: next });
 }
 
-/** Top-5 lines of one cell: "«word» 0.83". */
+/** Top-k lines of one cell: "«word» 0.83". */
 function predictions(layer, position) {
   const p = ui.payload;
   const column = position - p.start;
-  const base = (layer * p.count + column) * TOP_K;
+  const topK = p.ids.shape[2]; // predictions per cell
+  const base = (layer * p.count + column) * topK;
   const where = layer === 0 ? "after the embeddings" : `after layer ${layer - 1}`;
   const lines = [`Position ${position} ${where}:`];
-  for (let k = 0; k < TOP_K; k++) {
+  for (let k = 0; k < topK; k++) {
     lines.push(`«${displayToken(p.words[String(p.ids.data[base + k])] ?? "?")}» ${formatNumber(p.probs.data[base + k])}`);
   }
   return lines.join("\n");
@@ -94,7 +95,7 @@ function build(state, p) {
   const body = order.map((layer) => h("tr", {}, [
     h("th", { scope: "row", text: layer === 0 ? "embeddings" : `layer ${layer - 1}` }),
     ...positions.map((position, column) => {
-      const base = (layer * p.count + column) * TOP_K;
+      const base = (layer * p.count + column) * p.ids.shape[2];
       const word = p.words[String(p.ids.data[base])] ?? "?";
       const prob = p.probs.data[base];
       const cell = h("td", { "data-layer": layer, "data-position": position, text: displayToken(word),

@@ -88,7 +88,7 @@ function geometry(payload, tokens, width, look) {
     width: Math.max(width, barX + BAR_W) };
 }
 
-function strip(ctx, values, offset, d, x, y, cell, height, limit) {
+function drawStrip(ctx, values, offset, d, x, y, cell, height, limit) {
   for (let i = 0; i < d; i++) {
     ctx.fillStyle = lutColour(DIVERGING, signedIndex(values[offset + i], limit));
     ctx.fillRect(x + i * cell, y, Math.max(1, cell - (cell > 5 ? 1 : 0)), height);
@@ -125,7 +125,7 @@ function drawHeader(payload, g, look) {
   ctx.textBaseline = "middle";
   ctx.fillStyle = look.accent;
   ctx.fillText(fitText(ctx, g.queryLabel, g.keysX - 10), g.keysX - 8, qY + g.rowH / 2);
-  strip(ctx, payload.query_vector.data, 0, g.d, g.keysX, qY + 2, g.cell, g.rowH - 4, ui.vectorLimit);
+  drawStrip(ctx, payload.query_vector.data, 0, g.d, g.keysX, qY + 2, g.cell, g.rowH - 4, ui.vectorLimit);
   ctx.fillStyle = look.muted;
   ctx.font = look.font(0.9);
   ctx.textAlign = "left";
@@ -163,8 +163,8 @@ function draw() {
     const label = fitText(ctx, g.labels[j], g.labelW - 6);
     ctx.fillText(label, g.keysX - 8, mid);
     if (sinks.has(j)) drawSinkBadge(ctx, g.keysX - 12 - ctx.measureText(label).width, mid, look, "right");
-    strip(ctx, keys.data, j * g.d, g.d, g.keysX, y + 2, g.cell, g.rowH - 4, ui.vectorLimit);
-    strip(ctx, products.data, j * g.d, g.d, g.productsX, y + 2, g.cell, g.rowH - 4, ui.productLimit);
+    drawStrip(ctx, keys.data, j * g.d, g.d, g.keysX, y + 2, g.cell, g.rowH - 4, ui.vectorLimit);
+    drawStrip(ctx, products.data, j * g.d, g.d, g.productsX, y + 2, g.cell, g.rowH - 4, ui.productLimit);
     ctx.font = look.font(0.95);
     ctx.fillStyle = look.ink;
     ctx.fillText(formatNumber(dots.data[j]), g.dotX + NUMBER_W - 6, mid);

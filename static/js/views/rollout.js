@@ -10,7 +10,8 @@ import {
   hideTooltip, labelWidth, pointerIn, prepareCanvas, showTooltip, sinkBadgeWidth, theme, tokenLabels,
 } from "../draw.js";
 import { BAR_COLOUR, SEQUENTIAL, unitIndex } from "../palette.js";
-import { ANALYSIS_MAX_TOKENS, FUSIONS } from "../protocol.js";
+import { FUSIONS } from "../protocol.js";
+import { limits } from "../settings.js";
 import { detailFor, setView, sinkSet, tokenIndex } from "../store.js";
 import { changed, h, notice, segmented, statusLine, tokenStrip } from "../ui.js";
 
@@ -34,7 +35,7 @@ let ui = null;
 /** The output position: the chosen token, else the last token (causal) or the first real one. */
 function positionOf(state) {
   const analysis = state.analysis;
-  const n = Math.min(analysis.overview.tokens, ANALYSIS_MAX_TOKENS);
+  const n = Math.min(analysis.overview.tokens, limits.analysis_max_tokens);
   const fallback = analysis.tokens.info.causal ? n - 1 : tokenIndex(state);
   return Math.min(state.token ?? fallback, n - 1);
 }

@@ -1,27 +1,17 @@
 import numpy as np
 import pytest
 
-from app.analysis.norms import normalise_rows, value_weighted
+from app.analysis.norms import normalise_rows
 
 ATTENTION = np.array([[[0.5, 0.5], [0.9, 0.1]]], dtype=np.float32)  # [H=1, N=2, N=2]
 VALUE_NORMS = np.array([[0.5, 4.0]], dtype=np.float32)  # [H=1, N=2]: key 0 is a quiet sink
 
 
-def test_value_weighted_scales_each_key_by_its_norm():
-    weighted = value_weighted(ATTENTION, VALUE_NORMS)
-    assert weighted.dtype == np.float32
-    np.testing.assert_allclose(weighted, [[[0.25, 2.0], [0.45, 0.4]]])
-
-
 def test_value_weighting_moves_share_away_from_a_small_norm_sink():
-    shares = normalise_rows(value_weighted(ATTENTION, VALUE_NORMS))
+    weighted = ATTENTION * VALUE_NORMS[:, None, :]  # alpha_ij * ||f(x_j)||, Kobayashi et al. 2020
+    shares = normalise_rows(weighted)
     np.testing.assert_allclose(shares[0, 1], [0.45 / 0.85, 0.4 / 0.85], rtol=1e-6)
     assert shares[0, 1, 0] < ATTENTION[0, 1, 0]
-
-
-def test_value_weighted_rejects_mismatched_norms():
-    with pytest.raises(ValueError, match="heads, keys"):
-        value_weighted(ATTENTION, np.ones((2, 2), dtype=np.float32))
 
 
 @pytest.mark.parametrize(

@@ -3,7 +3,6 @@ import pytest
 
 from app.analysis.rollout import (
     attention_flow,
-    attention_rollout,
     flow_size_ok,
     fuse_heads,
     iter_rollout,
@@ -21,6 +20,26 @@ HEADS = np.array(
 # Three tokens, two layers, no residual: worked by hand in test_flow_two_layers_by_hand.
 LAYER_1 = np.array([[1.0, 0.0, 0.0], [0.6, 0.4, 0.0], [0.1, 0.2, 0.7]], dtype=np.float32)
 LAYER_2 = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.0], [0.2, 0.3, 0.5]], dtype=np.float32)
+
+
+def reference_rollout(layers, residual: bool = True) -> np.ndarray:
+    """[L, N, N] float64 rollout written from Abnar & Zuidema 2020, independent of the module:
+    per layer A_hat = 0.5 A + 0.5 I (or A alone), rows renormalised (a row of zeros stays zeros),
+    and after layer l the product A_hat_l ... A_hat_1."""
+    product, out = None, []
+    for attention in layers:
+        attention = np.asarray(attention, dtype=np.float64)
+        adjusted = 0.5 * attention + 0.5 * np.eye(len(attention)) if residual else attention
+        sums = adjusted.sum(axis=-1, keepdims=True)
+        adjusted = np.divide(adjusted, sums, out=np.zeros_like(adjusted), where=sums > 0)
+        product = adjusted if product is None else adjusted @ product
+        out.append(product)
+    return np.stack(out)
+
+
+def rollout_of(layers, residual: bool = True) -> np.ndarray:
+    """[L, N, N] float32: every layer's cumulative rollout from the module's generator."""
+    return np.stack(list(iter_rollout(layers, residual)))
 
 
 def random_causal_layers(n_layers: int, n_tokens: int, seed: int) -> np.ndarray:
@@ -63,40 +82,42 @@ def test_residual_adjust_keeps_rows_of_zeros_finite(residual, expected_row):
 
 @pytest.mark.parametrize("residual", [True, False])
 def test_rollout_of_one_layer_is_the_adjusted_attention(residual):
-    rollout = attention_rollout([LAYER_1], residual)
+    rollout = rollout_of([LAYER_1], residual)
     assert rollout.shape == (1, 3, 3) and rollout.dtype == np.float32
     np.testing.assert_allclose(rollout[0], residual_adjust(LAYER_1, residual))
+    np.testing.assert_allclose(rollout, reference_rollout([LAYER_1], residual), rtol=1e-6)
 
 
 @pytest.mark.parametrize("residual", [True, False])
 def test_rollout_of_identity_is_identity(residual):
     layers = np.stack([np.eye(4, dtype=np.float32)] * 3)  # [L, N, N] stack works like a list
-    np.testing.assert_allclose(attention_rollout(layers, residual), layers)
+    np.testing.assert_allclose(rollout_of(layers, residual), layers)
 
 
 def test_rollout_two_layers_by_hand():
     # A_hat = [[1, 0], [0.5, 0.5]] both layers; A_hat @ A_hat = [[1, 0], [0.75, 0.25]].
     attention = np.array([[1.0, 0.0], [1.0, 0.0]], dtype=np.float32)
-    rollout = attention_rollout([attention, attention])
+    rollout = rollout_of([attention, attention])
     np.testing.assert_allclose(rollout[0], [[1.0, 0.0], [0.5, 0.5]])
     np.testing.assert_allclose(rollout[1], [[1.0, 0.0], [0.75, 0.25]])
 
 
 def test_rollout_rows_sum_to_one_and_stay_causal():
-    rollout = attention_rollout(random_causal_layers(4, 6, seed=0))
+    rollout = rollout_of(random_causal_layers(4, 6, seed=0))
     np.testing.assert_allclose(rollout.sum(axis=-1), 1.0, rtol=1e-5)
     assert np.all(np.triu(rollout, k=1) == 0)
+
+
+@pytest.mark.parametrize("residual", [True, False])
+def test_rollout_matches_the_papers_definition(residual):
+    layers = random_causal_layers(5, 7, seed=4)
+    np.testing.assert_allclose(rollout_of(layers, residual), reference_rollout(layers, residual), atol=1e-6)
 
 
 def test_iter_rollout_streams_from_a_generator():
     layers = random_causal_layers(3, 5, seed=1)
     streamed = list(iter_rollout(layer for layer in layers))
-    np.testing.assert_allclose(np.stack(streamed), attention_rollout(layers))
-
-
-def test_rollout_needs_a_layer():
-    with pytest.raises(ValueError):
-        attention_rollout([])
+    np.testing.assert_allclose(np.stack(streamed), reference_rollout(layers), atol=1e-6)
 
 
 @pytest.mark.parametrize("residual", [True, False])
@@ -116,7 +137,7 @@ def test_flow_two_layers_by_hand():
     flow = attention_flow([LAYER_1, LAYER_2], output_position=2, residual=False)
     np.testing.assert_allclose(flow, [0.6, 0.5, 0.5], atol=1e-6)
     # Rollout row: .2 [1, 0, 0] + .3 [.6, .4, 0] + .5 [.1, .2, .7] = [.43, .22, .35].
-    rollout = attention_rollout([LAYER_1, LAYER_2], residual=False)[-1, 2]
+    rollout = reference_rollout([LAYER_1, LAYER_2], residual=False)[-1, 2]
     np.testing.assert_allclose(rollout, [0.43, 0.22, 0.35], atol=1e-6)
     assert np.argmax(flow) == np.argmax(rollout) == 0
 
@@ -127,7 +148,7 @@ def test_flow_is_bounded_by_one_and_by_rollout_below(residual):
     # so max flow >= rollout; the output's in-edges sum to 1, so flow <= 1.
     layers = random_causal_layers(3, 6, seed=2)
     flow = attention_flow(layers, output_position=5, residual=residual)
-    rollout = attention_rollout(layers, residual)[-1, 5]
+    rollout = reference_rollout(layers, residual)[-1, 5]
     assert np.all(flow <= 1.0 + 1e-6) and np.all(flow >= rollout - 1e-5)
 
 
@@ -153,5 +174,5 @@ def test_flow_size_ok(n_layers, n_tokens, ok):
 @pytest.mark.parametrize("residual, expected", [(True, [0.0, 1.0]), (False, [0.0, 0.0])])
 def test_rows_of_zeros_are_safe(residual, expected):
     silent = np.zeros((2, 2), dtype=np.float32)
-    np.testing.assert_allclose(attention_rollout([silent], residual)[0, 1], expected)
+    np.testing.assert_allclose(rollout_of([silent], residual)[0, 1], expected)
     np.testing.assert_allclose(attention_flow([silent, silent], 1, residual), expected)

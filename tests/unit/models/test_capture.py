@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from app.record import softmax_rows
-from models.capture import TooManyTokensError, UnsupportedModelError, run_capture, thumbnail_side
+from models.capture import run_capture
+from models.errors import TooManyTokensError, UnsupportedModelError
+from models.recorder import thumbnail_side
 
 PROMPT = "The doctor asked the nurse a question. She said: it's fine, isn't it?"
 TOLERANCE = 1e-4
@@ -20,6 +21,16 @@ def reference_attention(handle, text: str) -> np.ndarray:
         output = handle.model(input_ids=ids["input_ids"], output_attentions=True, use_cache=False)
     assert output.attentions, "the model returned no attentions"
     return np.stack([layer[0].float().numpy() for layer in output.attentions])
+
+
+def softmax_rows(scores: np.ndarray) -> np.ndarray:
+    """Softmax over the last axis, written here from its definition so the check does not reuse
+    the code under test; a row that is -inf everywhere (no visible key) comes out all zero."""
+    peak = np.max(scores, axis=-1, keepdims=True)
+    peak = np.where(np.isfinite(peak), peak, 0.0)
+    weights = np.exp(scores - peak)
+    total = weights.sum(axis=-1, keepdims=True)
+    return np.divide(weights, total, out=np.zeros_like(weights), where=total > 0)
 
 
 def recomputed(capture) -> np.ndarray:
@@ -119,8 +130,8 @@ def test_soft_capped_scores_keep_the_models_own_attention(minilm):
 
     import transformers
 
-    from models.capture import ATTENTION_IMPLEMENTATION
     from models.loading import ModelHandle
+    from models.recorder import ATTENTION_IMPLEMENTATION
     from models.registry import ModelSpec
 
     torch.manual_seed(0)

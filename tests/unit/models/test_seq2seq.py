@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from models.capture import TooManyTokensError, UnsupportedModelError, run_capture
+from models.capture import run_capture
+from models.errors import TooManyTokensError, UnsupportedModelError
 
 SOURCE = "The house is wonderful, isn't it?"
 TARGET = "Das Haus ist wunderbar."
@@ -29,7 +30,7 @@ def reference(handle, capture):
         with torch.inference_mode():
             return handle.model(input_ids=source, decoder_input_ids=decoder, output_attentions=True, use_cache=False)
     finally:
-        from models.capture import ATTENTION_IMPLEMENTATION
+        from models.recorder import ATTENTION_IMPLEMENTATION
 
         handle.model.set_attn_implementation(ATTENTION_IMPLEMENTATION)
 
@@ -116,8 +117,8 @@ def test_relative_position_bias_keeps_the_models_weights(tiny_models):
 def test_a_model_without_a_head_needs_the_decoder_text(minilm):
     import transformers
 
-    from models.capture import ATTENTION_IMPLEMENTATION
     from models.loading import ModelHandle
+    from models.recorder import ATTENTION_IMPLEMENTATION
     from models.registry import ModelSpec
 
     config = transformers.BartConfig(vocab_size=minilm.tokenizer.vocab_size, d_model=16, encoder_layers=1,

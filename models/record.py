@@ -8,7 +8,7 @@ softmax(q.k * scaling + mask) the model ran (the capture tests check the two agr
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 
 import numpy as np
 
@@ -45,7 +45,6 @@ class Capture:
     received: np.ndarray     # [L, N] float32, attention each key receives per head and visible query
     thumbnails: np.ndarray   # [L, H, t, t] float16, max-pooled attention for the model view
     attention: np.ndarray | None = None  # [L, H, N, N], kept only within the byte budget
-    extras: dict = field(default_factory=dict)  # analyses cached alongside (name -> array)
 
     @property
     def n_layers(self) -> int:
@@ -61,7 +60,7 @@ class Capture:
 
     @property
     def nbytes(self) -> int:
-        arrays = [getattr(self, name) for name in ARRAY_FIELDS] + list(self.extras.values())
+        arrays = [getattr(self, name) for name in ARRAY_FIELDS]
         return int(sum(a.nbytes for a in arrays if a is not None))
 
     def head_keys(self, layer: int, head: int) -> np.ndarray:
@@ -131,7 +130,6 @@ class Capture:
         meta = {name: getattr(self, name) for name in ("model", "text", "tokens", "pieces", "layer_names", "info")}
         arrays = {name: getattr(self, name) for name in ARRAY_FIELDS if getattr(self, name) is not None}
         arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
-        arrays.update({f"extra.{name}": value for name, value in self.extras.items()})
         return arrays
 
     @classmethod
@@ -139,14 +137,5 @@ class Capture:
         meta = json.loads(bytes(arrays["meta"]).decode())
         known = {f.name for f in fields(cls)}
         values = {name: arrays.get(name) for name in ARRAY_FIELDS}
-        extras = {name[len("extra."):]: value for name, value in arrays.items() if name.startswith("extra.")}
-        return cls(**{k: v for k, v in meta.items() if k in known}, **values, extras=extras)
+        return cls(**{k: v for k, v in meta.items() if k in known}, **values)
 
-
-def softmax_rows(scores: np.ndarray) -> np.ndarray:
-    """Softmax over the last axis that tolerates rows of -inf (they come out all zero)."""
-    peak = np.max(scores, axis=-1, keepdims=True)
-    peak = np.where(np.isfinite(peak), peak, 0.0)
-    weights = np.exp(scores - peak)
-    total = weights.sum(axis=-1, keepdims=True)
-    return np.divide(weights, total, out=np.zeros_like(weights), where=total > 0)

@@ -1,0 +1,131 @@
+"""Admission and running of one request from the table (:mod:`app.requests`), the same for a
+Socket.IO event and an HTTP call: per-client rate limits, the per-client job cap, the cancel
+scope, the queue of its kind, and the memo of derived results.
+
+A transport (app/events.py, app/routes.py) parses nothing and limits nothing itself: it builds
+a :class:`Call` (who asks, where answers go) and hands it to :meth:`Dispatcher.run`.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+from app import limits
+from app.memo import pack_payload, unpack_payload
+from app.protocol import AtlasError, parse_request
+from app.requests import Cost, Request
+
+Emit = Callable[[str, dict], None]  # (event, payload) to the one client of a call
+
+# What each kind of cost pays before it runs. ``analyze`` is the per-minute limit on model work.
+RATE_LIMITS = {Cost.CACHED: ("event",), Cost.CPU: ("event",), Cost.MODEL: ("event", "analyze"),
+               Cost.STREAM: ("event",), Cost.ROOM: ("event",)}
+JOB_CAPS = {Cost.MODEL: "MAX_JOBS_PER_CLIENT", Cost.STREAM: "MAX_JOBS_PER_CLIENT",
+            Cost.CPU: "MAX_CPU_JOBS_PER_CLIENT"}  # config setting capping a client's jobs of that kind
+
+
+@dataclass
+class Call:
+    """One request in progress: who asked (a socket id or an HTTP client address), how to
+    answer, and whether that client is still there."""
+
+    service: Any  # app.service.AtlasService
+    request: Request
+    client: str
+    rid: Any
+    emit: Emit
+    gone: Callable[[], bool] = lambda: False
+    live: bool = True  # send progress and per-layer events (a socket; HTTP answers once)
+    rooms: Any = None  # app.presenter.RoomEvents, for socket calls
+
+
+@dataclass
+class JobCount:
+    """Jobs in progress per (client, cap), so one client cannot hold every queue place."""
+
+    running: dict[tuple[str, str], int] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @contextlib.contextmanager
+    def hold(self, client: str, cap: str, most: int) -> Iterator[None]:
+        slot = (client, cap)
+        with self.lock:
+            count = self.running.get(slot, 0)
+            if count >= most:
+                raise AtlasError("busy", f"this client already has {count} requests of this kind in progress; "
+                                         "wait for one to finish", 429)
+            self.running[slot] = count + 1
+        try:
+            yield
+        finally:
+            with self.lock:
+                self.running[slot] -= 1
+                if not self.running[slot]:
+                    del self.running[slot]
+
+
+class Dispatcher:
+    def __init__(self, service, limiter: limits.RateLimiter):
+        self.service = service
+        self.limiter = limiter
+        self.jobs = JobCount()
+        self._cpu_queue = limits.JobQueue(1)
+
+    @property
+    def cpu_queue(self) -> limits.JobQueue:
+        """The queue of CPU work, its limits read from the configuration on each use."""
+        config = self.service.config
+        return self._cpu_queue.configure(config["MAX_QUEUED_CPU_JOBS"], config["CPU_WORKERS"],
+                                         config["MAX_QUEUE_WAIT_SECONDS"])
+
+    def parse(self, client: str, request: Request | None, name: str, data: Any) -> tuple[Request, dict]:
+        """The table's request and its validated fields. A message that is refused here
+        (unknown, malformed) still pays the event rate limit, so a flood of them is stopped too."""
+        try:
+            if request is None:
+                raise AtlasError("bad_request", f"unknown request '{name}'", 404)
+            return request, parse_request(name, request.fields, data)[1]
+        except AtlasError:
+            self.limiter.check(client, "event")
+            raise
+
+    @contextlib.contextmanager
+    def admit(self, call: Call) -> Iterator[None]:
+        """Rate limits and job cap of the call's kind of cost; raises AtlasError
+        (``rate_limited``, ``busy``) before any work starts."""
+        cost = call.request.cost
+        for kind in RATE_LIMITS[cost]:
+            self.limiter.check(call.client, kind)
+        cap = JOB_CAPS.get(cost)
+        with self.jobs.hold(call.client, cap, self.service.config[cap]) if cap else contextlib.nullcontext():
+            yield
+
+    def run(self, call: Call, fields: dict) -> Any:
+        """Admit the call, then answer it: returns a single answer's payload (or a file
+        response), or None when the handler streamed its answer through ``call.emit``."""
+        with self.admit(call):
+            return self.execute(call, fields)
+
+    def execute(self, call: Call, fields: dict) -> Any:
+        """Run an admitted call within its cancel scope, queue and memo."""
+        request = call.request
+        with limits.cancel_scope(call.gone):
+            if not request.memoised:
+                return self._queued(call, fields)
+            name = json.dumps({"request": request.name, **fields}, sort_keys=True)
+            arrays = self.service.memo.get_or_compute(fields["key"], name,
+                                                      lambda: pack_payload(self._queued(call, fields)))
+            return unpack_payload(arrays)
+
+    def _queued(self, call: Call, fields: dict) -> Any:
+        """CPU work waits for a place in the CPU queue (model work takes its device's queue
+        inside the service); the rest runs at once."""
+        if call.request.cost is not Cost.CPU:
+            return call.request.handler(call, fields)
+        with self.cpu_queue.slot():
+            if limits.cancelled():
+                raise limits.JobCancelled()
+            return call.request.handler(call, fields)

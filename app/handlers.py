@@ -1,0 +1,149 @@
+"""One function per request that answers once (the table in app/requests.py names them; the
+streams are in app/stream.py). Each takes the :class:`app.dispatch.Call` and the validated
+fields and returns the payload; admission, queues and memo are the dispatcher's, not theirs."""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import zipfile
+
+import numpy as np
+from flask import current_app, request, send_file
+
+from app import gallery, insights, language, plots, shaping
+from app.cache import cache_key
+from app.links import LinkError
+from app.protocol import AtlasError
+from models.record import Capture
+
+MAX_UPLOAD_BYTES = 512 * 1024 * 1024  # bytes of one uploaded capture (a 4096-token record is ~220 MB)
+
+
+def on_layer(call, fields: dict) -> dict:
+    key, config = fields["key"], call.service.config
+    return shaping.layer_payload(key, call.service.lookup(key), fields["layer"], fields["mode"],
+                                 config["DENSE_LAYER_MAX_TOKENS"], config["LAYER_TOP_K"])
+
+
+def on_matrix(call, fields: dict) -> dict:
+    key = fields["key"]
+    return shaping.matrix_payload(key, call.service.lookup(key), fields["layer"], fields["head"], fields["mode"],
+                                  fields["row0"], fields["row1"], fields["col0"], fields["col1"],
+                                  call.service.config["MATRIX_TILE_MAX"])
+
+
+def on_token(call, fields: dict) -> dict:
+    return shaping.token_payload(fields["key"], call.service.lookup(fields["key"]), fields["index"])
+
+
+def on_neuron(call, fields: dict) -> dict:
+    return shaping.neuron_payload(fields["key"], call.service.lookup(fields["key"]), fields["layer"], fields["head"],
+                                  fields["query"])
+
+
+def summary_of(call, key: str, capture: Capture) -> dict[str, np.ndarray]:
+    """The head summary, computed once per analysis for the head-roles and statistics views."""
+    return call.service.memo.get_or_compute(key, "summary", lambda: insights.summary(capture))
+
+
+def on_stats(call, fields: dict) -> dict:
+    key = fields["key"]
+    capture = call.service.lookup(key)
+    return {"key": key, "plot": plots.head_stats_item(capture, summary_of(call, key, capture))}
+
+
+def on_heads(call, fields: dict) -> dict:
+    key = fields["key"]
+    capture = call.service.lookup(key)
+    return insights.heads_payload(key, capture, summary_of(call, key, capture))
+
+
+def on_rollout(call, fields: dict) -> dict:
+    key = fields["key"]
+    return insights.rollout_payload(key, call.service.lookup(key), fields["fusion"], fields["position"])
+
+
+def on_flow(call, fields: dict) -> dict:
+    key = fields["key"]
+    return insights.flow_payload(key, call.service.lookup(key), fields["fusion"], fields["position"])
+
+
+def on_compare(call, fields: dict) -> dict:
+    key, other = fields["key"], fields["other"]
+    return insights.compare_payload(key, call.service.lookup(key), other, call.service.lookup(other))
+
+
+def on_lens(call, fields: dict) -> dict:
+    key = fields["key"]
+    return language.lens_payload(call.service, key, call.service.lookup(key), fields["start"], fields["count"])
+
+
+def on_export_npz(call, fields: dict):
+    """The whole record as NumPy arrays (attention recomputed as [layers, heads, query, key])."""
+    key = fields["key"]
+    capture = call.service.lookup(key)
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **capture.to_arrays())
+    buffer.seek(0)
+    return send_file(buffer, mimetype="application/octet-stream", as_attachment=True,
+                     download_name=f"atlas-{capture.model}-{key[:12]}.npz")
+
+
+def on_export_json(call, fields: dict):
+    """Tokens and attention as plain JSON lists, for tools that read nothing else."""
+    key = fields["key"]
+    capture = call.service.lookup(key)
+    most = call.service.config["JSON_EXPORT_MAX_TOKENS"]
+    if capture.n_tokens > most:
+        raise AtlasError("too_long", f"JSON export is limited to {most} tokens; use the NPZ export")
+    attention = np.stack([capture.layer_attention(layer) for layer in range(capture.n_layers)])
+    document = {"model": capture.model, "text": capture.text, "tokens": capture.tokens,
+                "special": capture.special.tolist(), "info": capture.info, "attention": np.round(attention, 5).tolist()}
+    response = current_app.response_class(json.dumps(document), mimetype="application/json")
+    response.headers["Content-Disposition"] = f'attachment; filename="atlas-{capture.model}-{key[:12]}.json"'
+    return response
+
+
+def on_upload(call, fields: dict) -> dict:
+    """Store a capture made elsewhere (the notebook bridge) and answer its key and share link.
+
+    The body is an ``np.savez`` of ``Capture.to_arrays()``; it is loaded without pickle and checked
+    array by array before it is cached.
+    """
+    request.max_content_length = MAX_UPLOAD_BYTES  # this route's own limit, above the app-wide message limit
+    if request.content_length is None or request.content_length > MAX_UPLOAD_BYTES:
+        raise AtlasError("too_long", f"an uploaded capture must be under {MAX_UPLOAD_BYTES // 2**20} MB", 413)
+    body = request.get_data(cache=False)
+    try:
+        with zipfile.ZipFile(io.BytesIO(body)) as archive:
+            if sum(member.file_size for member in archive.infolist()) > MAX_UPLOAD_BYTES:
+                raise ValueError("the arrays unpack to more than the upload limit")
+        with np.load(io.BytesIO(body), allow_pickle=False) as archive:
+            capture = Capture.from_arrays({name: archive[name] for name in archive.files}).validate()
+    except (ValueError, KeyError, TypeError, OSError, EOFError, zipfile.BadZipFile) as error:
+        raise AtlasError("bad_request", f"not a valid Attention Atlas capture: {error}") from None
+    key = cache_key(capture.model, "upload", capture.text, {"sha256": hashlib.sha256(body).hexdigest()})
+    call.service.store(key, capture)
+    return {"key": key, "link": f"/?key={key}"}
+
+
+def on_models(call, fields: dict) -> dict:
+    return {"default": call.service.registry.default, "models": call.service.models()}
+
+
+def on_gallery(call, fields: dict) -> dict:
+    return {"items": gallery.gallery_for(call.service)}
+
+
+def on_link(call, fields: dict) -> dict:
+    try:
+        link_id = call.service.links.create(fields["query"])
+    except LinkError as error:
+        raise AtlasError("bad_request", str(error)) from None
+    return {"id": link_id, "path": f"/s/{link_id}"}
+
+
+def on_room(call, fields: dict) -> None:
+    """Presenter mode: the room events answer the presenter and followers themselves."""
+    call.rooms.handle(call.client, call.request.name, call.rid, fields)

@@ -1,0 +1,34 @@
+"""Process set-up for the entry points, and gunicorn's app factory (the Procfile's
+``gunicorn 'app.wsgi:create()'``).
+
+Environment and logging belong to whoever starts the process, so they are set here and by
+``python -m app``, never when a module is imported or an app is built: a notebook that imports
+:mod:`app.notebook`, or a test that builds ``create_app()``, keeps its own hub access and logging.
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+from flask import Flask
+
+from app import create_app
+
+# Served models load from local files only (a hub id loads when its weights are already cached),
+# and transformers' advice to developers is noise in a server's log. Read when huggingface_hub
+# and transformers are imported, so they must be set before any model code loads.
+MODEL_ENVIRONMENT = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1"}
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def prepare_process() -> None:
+    """Set the model environment (values already in the environment win) and log INFO to stderr."""
+    for name, value in MODEL_ENVIRONMENT.items():
+        os.environ.setdefault(name, value)
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+
+
+def create() -> Flask:
+    """The app as gunicorn serves it: the process prepared first, then :func:`app.create_app`."""
+    prepare_process()
+    return create_app()

@@ -1,5 +1,6 @@
 """Attention Atlas: a web app that shows how a transformer attends, from the whole model down
 to one query/key pair."""
+
 from __future__ import annotations
 
 import logging
@@ -39,8 +40,10 @@ def create_app(test_config: dict | None = None) -> Flask:
         app.config.update(test_config)
     settings.check(app.config)
     if not app.config["SECRET_KEY"] and app.config["REDIS_URL"]:
-        log.warning("ATLAS_SECRET_KEY is unset: each process signs with its own random key; set the same "
-                    "key on every process behind the load balancer")
+        log.warning(
+            "ATLAS_SECRET_KEY is unset: each process signs with its own random key; set the same "
+            "key on every process behind the load balancer"
+        )
     app.config["SECRET_KEY"] = app.config["SECRET_KEY"] or secrets.token_hex(32)
     app.config["MAX_CONTENT_LENGTH"] = app.config["MAX_CONTENT_LENGTH"] or app.config["MAX_MESSAGE_BYTES"]
 
@@ -62,9 +65,14 @@ def create_app(test_config: dict | None = None) -> Flask:
     app.register_blueprint(api)
     # The client manager is always passed: Flask-SocketIO keeps options between init_app calls,
     # and a Redis manager left by an earlier app must not leak into this one.
-    socketio.init_app(app, async_mode="threading", max_http_buffer_size=app.config["MAX_MESSAGE_BYTES"],
-                      cors_allowed_origins=app.config["CORS_ALLOWED_ORIGINS"], message_queue=None,
-                      client_manager=client_manager(app.config["REDIS_URL"], SOCKETIO_CHANNEL))
+    socketio.init_app(
+        app,
+        async_mode="threading",
+        max_http_buffer_size=app.config["MAX_MESSAGE_BYTES"],
+        cors_allowed_origins=app.config["CORS_ALLOWED_ORIGINS"],
+        message_queue=None,
+        client_manager=client_manager(app.config["REDIS_URL"], SOCKETIO_CHANNEL),
+    )
     socketio.on_namespace(AtlasNamespace(dispatcher))
     app.wsgi_app = no_delay(app.wsgi_app)
     return app

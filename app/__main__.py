@@ -1,4 +1,5 @@
 """Command line: ``python -m app serve`` (the default) and ``python -m app capture``."""
+
 from __future__ import annotations
 
 import argparse
@@ -20,9 +21,17 @@ from app.wsgi import prepare_process  # noqa: E402
 def common_options(dest_suffix: str) -> argparse.ArgumentParser:
     """Options accepted both before and after the command (``--cache-dir D serve`` or ``serve --cache-dir D``)."""
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--model-path", action="append", default=[], dest=f"model_path{dest_suffix}",
-                        metavar="NAME=PATH_OR_HF_ID", help="add a model by local folder or Hugging Face id (repeatable)")
-    common.add_argument("--cache-dir", dest=f"cache_dir{dest_suffix}", help="where results and converted weights are kept")
+    common.add_argument(
+        "--model-path",
+        action="append",
+        default=[],
+        dest=f"model_path{dest_suffix}",
+        metavar="NAME=PATH_OR_HF_ID",
+        help="add a model by local folder or Hugging Face id (repeatable)",
+    )
+    common.add_argument(
+        "--cache-dir", dest=f"cache_dir{dest_suffix}", help="where results and converted weights are kept"
+    )
     return common
 
 
@@ -33,13 +42,21 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     serve = commands.add_parser("serve", help="start the web app (default)", parents=[after])
     serve.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
     serve.add_argument("--port", type=int, default=int(os.environ.get("PORT", "5000")))
-    serve.add_argument("--preload", action="append", default=[], metavar="NAME",
-                       help="load this model at start-up instead of on first use (repeatable)")
+    serve.add_argument(
+        "--preload",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="load this model at start-up instead of on first use (repeatable)",
+    )
     capture = commands.add_parser("capture", help="capture one prompt to a .npz file", parents=[after])
     capture.add_argument("--model", help="registered model name (default: the first registered)")
     capture.add_argument("--text", required=True)
-    capture.add_argument("--target", default="", help="encoder-decoder models: the text the decoder reads "
-                                                      "(default: the model's own output)")
+    capture.add_argument(
+        "--target",
+        default="",
+        help="encoder-decoder models: the text the decoder reads (default: the model's own output)",
+    )
     capture.add_argument("--out", required=True, help="output .npz file")
     commands.add_parser("gallery", help="precompute the demo gallery into the cache", parents=[after])
     args = parser.parse_args(argv)
@@ -72,12 +89,20 @@ def run_capture(args: argparse.Namespace) -> int:
     capture = analysis.capture
     attention = np.stack([capture.layer_attention(layer) for layer in range(capture.n_layers)])
     arrays = {name: value for name, value in capture.to_arrays().items() if name not in ("attention", "meta")}
-    np.savez(args.out, attention=attention.astype(np.float32), tokens=np.asarray(capture.tokens),
-             pieces=np.asarray(capture.pieces), layer_names=np.asarray(capture.layer_names),
-             info=np.asarray(json.dumps(capture.info)), **arrays)
+    np.savez(
+        args.out,
+        attention=attention.astype(np.float32),
+        tokens=np.asarray(capture.tokens),
+        pieces=np.asarray(capture.pieces),
+        layer_names=np.asarray(capture.layer_names),
+        info=np.asarray(json.dumps(capture.info)),
+        **arrays,
+    )
     source = "cache" if analysis.cached else "model"
-    print(f"{args.out}: {capture.n_tokens} tokens, attention {attention.shape} from the {source} "
-          f"in {analysis.seconds:.3f} s (key {analysis.key[:12]})")
+    print(
+        f"{args.out}: {capture.n_tokens} tokens, attention {attention.shape} from the {source} "
+        f"in {analysis.seconds:.3f} s (key {analysis.key[:12]})"
+    )
     return 0
 
 

@@ -5,6 +5,7 @@ several server processes, :class:`app.redis_store.RedisStore`; both keep checksu
 (:func:`pack`), so a torn or corrupted entry is detected, deleted and recomputed instead of
 served. Disk entries survive restarts and are written atomically (temp file + rename).
 """
+
 from __future__ import annotations
 
 import atexit
@@ -19,9 +20,10 @@ import tempfile
 import threading
 import weakref
 from collections import OrderedDict
+from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Protocol
 
 import numpy as np
 
@@ -38,7 +40,8 @@ def cache_key(model: str, fingerprint: str, text: str, options: dict | None = No
     """Content address of one analysis: model + weights, exact prompt, options, format version."""
     material = json.dumps(
         {"model": model, "weights": fingerprint, "text": text, "options": options or {}, "format": FORMAT_VERSION},
-        sort_keys=True, ensure_ascii=False,
+        sort_keys=True,
+        ensure_ascii=False,
     )
     return hashlib.sha256(material.encode()).hexdigest()
 
@@ -66,8 +69,8 @@ def pack(arrays: dict[str, np.ndarray]) -> bytes:
 
 def unpack(blob: bytes) -> dict[str, np.ndarray] | None:
     """The arrays of a stored entry, or None when it is torn or corrupt (checksum mismatch)."""
-    header, digest = blob[: len(MAGIC)], blob[len(MAGIC): len(MAGIC) + DIGEST_BYTES]
-    payload = blob[len(MAGIC) + DIGEST_BYTES:]
+    header, digest = blob[: len(MAGIC)], blob[len(MAGIC) : len(MAGIC) + DIGEST_BYTES]
+    payload = blob[len(MAGIC) + DIGEST_BYTES :]
     if header != MAGIC or hashlib.sha256(payload).digest() != digest:
         return None
     with np.load(io.BytesIO(payload), allow_pickle=False) as archive:
@@ -175,7 +178,7 @@ def _fsync_dir(folder: Path) -> None:
 
 def _writer_alive(temp_name: str) -> bool:
     """Whether the process named in ``.tmp-PID-...`` is still running (then it may be writing)."""
-    pid = temp_name[len(TEMP_PREFIX):].partition("-")[0]
+    pid = temp_name[len(TEMP_PREFIX) :].partition("-")[0]
     if not pid.isdigit() or int(pid) == os.getpid():
         return False
     try:
@@ -342,7 +345,7 @@ def _glibc():
 
 
 _LIBC = _glibc()
-_OPEN_CACHES: "weakref.WeakSet[CaptureCache]" = weakref.WeakSet()  # flushed at interpreter exit
+_OPEN_CACHES: weakref.WeakSet[CaptureCache] = weakref.WeakSet()  # flushed at interpreter exit
 
 
 @atexit.register

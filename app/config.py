@@ -1,11 +1,12 @@
 """Configuration objects. Values come from these defaults, then ATLAS_* environment variables
 (``Flask.config.from_prefixed_env("ATLAS")``: ``ATLAS_MAX_CHARS=20000`` sets ``MAX_CHARS``,
 values are parsed as JSON when they can be), then the ``test_config`` mapping of ``create_app``."""
+
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 KIB, MIB, GIB = 1 << 10, 1 << 20, 1 << 30
 
@@ -46,9 +47,11 @@ class Config:
     REDIS_URL: str | None = None  # ATLAS_REDIS_URL or REDIS_URL: share sessions and results between processes
     REDIS_CACHE_TTL_SECONDS = 7 * 24 * 3600  # a shared result expires this long after its last use
     REDIS_MAX_ENTRY_BYTES = 256 * MIB  # larger results stay in the computing process's memory only
-    CONTENT_SECURITY_POLICY = ("default-src 'self'; script-src 'self'; connect-src 'self'; "
-                               "img-src 'self' data: blob:; style-src 'self' 'unsafe-inline'; object-src 'none'; "
-                               "base-uri 'none'; frame-ancestors 'self'; form-action 'self'")
+    CONTENT_SECURITY_POLICY = (
+        "default-src 'self'; script-src 'self'; connect-src 'self'; "
+        "img-src 'self' data: blob:; style-src 'self' 'unsafe-inline'; object-src 'none'; "
+        "base-uri 'none'; frame-ancestors 'self'; form-action 'self'"
+    )
     DENSE_LAYER_MAX_TOKENS = 256  # above this a layer travels as top-k links per query
     LAYER_TOP_K = 16  # links per query token and head in top-k layer payloads
     MATRIX_TILE_MAX = 256  # cells per side of one matrix-view tile
@@ -57,10 +60,25 @@ class Config:
 
 JSON_BYTES_PER_CHAR = 6  # worst case for one prompt character in a JSON message (\u001f)
 MESSAGE_OVERHEAD_BYTES = 4096  # the rest of an analyze message: event name, rid, model, layers
-POSITIVE = ("MAX_CHARS", "MAX_TOKENS", "MAX_GENERATE_TOKENS", "MAX_MESSAGE_BYTES", "MAX_QUEUED_JOBS",
-            "DEVICE_WORKERS", "MAX_QUEUE_WAIT_SECONDS", "MAX_JOBS_PER_CLIENT", "CPU_WORKERS", "MAX_QUEUED_CPU_JOBS",
-            "MAX_CPU_JOBS_PER_CLIENT", "MEMO_MEMORY_BYTES", "JSON_EXPORT_MAX_TOKENS", "CACHE_MEMORY_BYTES",
-            "CACHE_DISK_BYTES", "REDIS_CACHE_TTL_SECONDS", "REDIS_MAX_ENTRY_BYTES")
+POSITIVE = (
+    "MAX_CHARS",
+    "MAX_TOKENS",
+    "MAX_GENERATE_TOKENS",
+    "MAX_MESSAGE_BYTES",
+    "MAX_QUEUED_JOBS",
+    "DEVICE_WORKERS",
+    "MAX_QUEUE_WAIT_SECONDS",
+    "MAX_JOBS_PER_CLIENT",
+    "CPU_WORKERS",
+    "MAX_QUEUED_CPU_JOBS",
+    "MAX_CPU_JOBS_PER_CLIENT",
+    "MEMO_MEMORY_BYTES",
+    "JSON_EXPORT_MAX_TOKENS",
+    "CACHE_MEMORY_BYTES",
+    "CACHE_DISK_BYTES",
+    "REDIS_CACHE_TTL_SECONDS",
+    "REDIS_MAX_ENTRY_BYTES",
+)
 NON_NEGATIVE = ("RATE_ANALYZE_PER_MINUTE", "RATE_ANALYZE_BURST", "RATE_EVENTS_PER_SECOND", "PROXY_FIX_X_FOR")
 
 
@@ -74,10 +92,14 @@ def check(config: Mapping) -> None:
             kind = "a positive" if positive else "a non-negative"
             raise ValueError(f"{name} must be {kind} number, got {value!r} (check ATLAS_{name})")
     if config["MAX_MESSAGE_BYTES"] < JSON_BYTES_PER_CHAR * config["MAX_CHARS"] + MESSAGE_OVERHEAD_BYTES:
-        raise ValueError(f"MAX_MESSAGE_BYTES ({config['MAX_MESSAGE_BYTES']}) is too small for prompts of MAX_CHARS "
-                         f"({config['MAX_CHARS']}) characters: a prompt within the limit would be dropped instead of "
-                         f"answered; allow {JSON_BYTES_PER_CHAR} bytes per character plus {MESSAGE_OVERHEAD_BYTES}")
+        raise ValueError(
+            f"MAX_MESSAGE_BYTES ({config['MAX_MESSAGE_BYTES']}) is too small for prompts of MAX_CHARS "
+            f"({config['MAX_CHARS']}) characters: a prompt within the limit would be dropped instead of "
+            f"answered; allow {JSON_BYTES_PER_CHAR} bytes per character plus {MESSAGE_OVERHEAD_BYTES}"
+        )
     limits = config["MODEL_MAX_TOKENS"]
     if not isinstance(limits, dict) or not all(isinstance(v, int) and v > 0 for v in limits.values()):
-        raise ValueError(f'MODEL_MAX_TOKENS must map model names to positive token counts, e.g. '
-                         f'ATLAS_MODEL_MAX_TOKENS=\'{{"smollm2": 1024}}\'; got {limits!r}')
+        raise ValueError(
+            f"MODEL_MAX_TOKENS must map model names to positive token counts, e.g. "
+            f"ATLAS_MODEL_MAX_TOKENS='{{\"smollm2\": 1024}}'; got {limits!r}"
+        )

@@ -5,13 +5,15 @@ scope, the queue of its kind, and the memo of derived results.
 A transport (app/events.py, app/routes.py) parses nothing and limits nothing itself: it builds
 a :class:`Call` (who asks, where answers go) and hands it to :meth:`Dispatcher.run`.
 """
+
 from __future__ import annotations
 
 import contextlib
 import json
 import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from app import limits
 from app.memo import pack_payload, unpack_payload
@@ -21,10 +23,18 @@ from app.requests import Cost, Request
 Emit = Callable[[str, dict], None]  # (event, payload) to the one client of a call
 
 # What each kind of cost pays before it runs. ``analyze`` is the per-minute limit on model work.
-RATE_LIMITS = {Cost.CACHED: ("event",), Cost.CPU: ("event",), Cost.MODEL: ("event", "analyze"),
-               Cost.STREAM: ("event",), Cost.ROOM: ("event",)}
-JOB_CAPS = {Cost.MODEL: "MAX_JOBS_PER_CLIENT", Cost.STREAM: "MAX_JOBS_PER_CLIENT",
-            Cost.CPU: "MAX_CPU_JOBS_PER_CLIENT"}  # config setting capping a client's jobs of that kind
+RATE_LIMITS = {
+    Cost.CACHED: ("event",),
+    Cost.CPU: ("event",),
+    Cost.MODEL: ("event", "analyze"),
+    Cost.STREAM: ("event",),
+    Cost.ROOM: ("event",),
+}
+JOB_CAPS = {
+    Cost.MODEL: "MAX_JOBS_PER_CLIENT",
+    Cost.STREAM: "MAX_JOBS_PER_CLIENT",
+    Cost.CPU: "MAX_CPU_JOBS_PER_CLIENT",
+}  # config setting capping a client's jobs of that kind
 
 
 @dataclass
@@ -55,8 +65,11 @@ class JobCount:
         with self.lock:
             count = self.running.get(slot, 0)
             if count >= most:
-                raise AtlasError("busy", f"this client already has {count} requests of this kind in progress; "
-                                         "wait for one to finish", 429)
+                raise AtlasError(
+                    "busy",
+                    f"this client already has {count} requests of this kind in progress; wait for one to finish",
+                    429,
+                )
             self.running[slot] = count + 1
         try:
             yield
@@ -78,8 +91,9 @@ class Dispatcher:
     def cpu_queue(self) -> limits.JobQueue:
         """The queue of CPU work, its limits read from the configuration on each use."""
         config = self.service.config
-        return self._cpu_queue.configure(config["MAX_QUEUED_CPU_JOBS"], config["CPU_WORKERS"],
-                                         config["MAX_QUEUE_WAIT_SECONDS"])
+        return self._cpu_queue.configure(
+            config["MAX_QUEUED_CPU_JOBS"], config["CPU_WORKERS"], config["MAX_QUEUE_WAIT_SECONDS"]
+        )
 
     def parse(self, client: str, request: Request | None, name: str, data: Any) -> tuple[Request, dict]:
         """The table's request and its validated fields. A message that is refused here
@@ -116,8 +130,9 @@ class Dispatcher:
             if not request.memoised:
                 return self._queued(call, fields)
             name = json.dumps({"request": request.name, **fields}, sort_keys=True)
-            arrays = self.service.memo.get_or_compute(fields["key"], name,
-                                                      lambda: pack_payload(self._queued(call, fields)))
+            arrays = self.service.memo.get_or_compute(
+                fields["key"], name, lambda: pack_payload(self._queued(call, fields))
+            )
             return unpack_payload(arrays)
 
     def _queued(self, call: Call, fields: dict) -> Any:

@@ -2,6 +2,7 @@
 handed to the dispatcher, which admits it and runs its handler; answers go to the requesting
 client only. Work other than a cached answer runs in a background task and is dropped from its
 queue when that client disconnects."""
+
 from __future__ import annotations
 
 import contextlib
@@ -52,6 +53,7 @@ def no_delay(wsgi_app):
     for the client's delayed ACK, adding ~40 ms to every request. Gunicorn already sets
     TCP_NODELAY on its sockets; Werkzeug does not.
     """
+
     def app(environ, start_response):
         connection = environ.get("werkzeug.socket")
         if connection is not None and environ.get("HTTP_UPGRADE", "").lower() == "websocket":
@@ -109,8 +111,10 @@ class AtlasNamespace(Namespace):
             call.emit("error", error.payload(call.rid))
         except Exception:
             log.exception("request %s %r failed", call.request.name, call.rid)
-            call.emit("error", AtlasError("internal", "the server failed on this request; it has been logged")
-                      .payload(call.rid))
+            call.emit(
+                "error",
+                AtlasError("internal", "the server failed on this request; it has been logged").payload(call.rid),
+            )
         finally:
             admission.close()
 
@@ -121,8 +125,16 @@ class AtlasNamespace(Namespace):
     def _call(self, sid: str, request, rid) -> Call:
         with self._lock:
             gone = self._gone.setdefault(sid, threading.Event())
-        return Call(self.dispatcher.service, request, sid, rid, self._emitter(sid, gone), gone.is_set,
-                    live=True, rooms=self.rooms)
+        return Call(
+            self.dispatcher.service,
+            request,
+            sid,
+            rid,
+            self._emitter(sid, gone),
+            gone.is_set,
+            live=True,
+            rooms=self.rooms,
+        )
 
     def _left(self, sid: str) -> bool:
         """Whether ``sid`` is really leaving: Socket.IO passes on a client message named

@@ -1,5 +1,6 @@
 """The demo gallery: curated prompts with an explanation and a pre-selected view, precomputed so
 a class runs from the cache with no GPU and no wait."""
+
 from __future__ import annotations
 
 import logging

@@ -1,6 +1,7 @@
 """One function per request that answers once (the table in app/requests.py names them; the
 streams are in app/stream.py). Each takes the :class:`app.dispatch.Call` and the validated
 fields and returns the payload; admission, queues and memo are the dispatcher's, not theirs."""
+
 from __future__ import annotations
 
 import hashlib
@@ -22,15 +23,30 @@ MAX_UPLOAD_BYTES = 512 * 1024 * 1024  # bytes of one uploaded capture (a 4096-to
 
 def on_layer(call, fields: dict) -> dict:
     key, config = fields["key"], call.service.config
-    return shaping.layer_payload(key, call.service.lookup(key), fields["layer"], fields["mode"],
-                                 config["DENSE_LAYER_MAX_TOKENS"], config["LAYER_TOP_K"])
+    return shaping.layer_payload(
+        key,
+        call.service.lookup(key),
+        fields["layer"],
+        fields["mode"],
+        config["DENSE_LAYER_MAX_TOKENS"],
+        config["LAYER_TOP_K"],
+    )
 
 
 def on_matrix(call, fields: dict) -> dict:
     key = fields["key"]
-    return shaping.matrix_payload(key, call.service.lookup(key), fields["layer"], fields["head"], fields["mode"],
-                                  fields["row0"], fields["row1"], fields["col0"], fields["col1"],
-                                  call.service.config["MATRIX_TILE_MAX"])
+    return shaping.matrix_payload(
+        key,
+        call.service.lookup(key),
+        fields["layer"],
+        fields["head"],
+        fields["mode"],
+        fields["row0"],
+        fields["row1"],
+        fields["col0"],
+        fields["col1"],
+        call.service.config["MATRIX_TILE_MAX"],
+    )
 
 
 def on_token(call, fields: dict) -> dict:
@@ -38,8 +54,9 @@ def on_token(call, fields: dict) -> dict:
 
 
 def on_neuron(call, fields: dict) -> dict:
-    return shaping.neuron_payload(fields["key"], call.service.lookup(fields["key"]), fields["layer"], fields["head"],
-                                  fields["query"])
+    return shaping.neuron_payload(
+        fields["key"], call.service.lookup(fields["key"]), fields["layer"], fields["head"], fields["query"]
+    )
 
 
 def summary_of(call, key: str, capture: Capture) -> dict[str, np.ndarray]:
@@ -86,8 +103,12 @@ def on_export_npz(call, fields: dict):
     buffer = io.BytesIO()
     np.savez_compressed(buffer, **capture.to_arrays())
     buffer.seek(0)
-    return send_file(buffer, mimetype="application/octet-stream", as_attachment=True,
-                     download_name=f"atlas-{capture.model}-{key[:12]}.npz")
+    return send_file(
+        buffer,
+        mimetype="application/octet-stream",
+        as_attachment=True,
+        download_name=f"atlas-{capture.model}-{key[:12]}.npz",
+    )
 
 
 def on_export_json(call, fields: dict):
@@ -98,8 +119,14 @@ def on_export_json(call, fields: dict):
     if capture.n_tokens > most:
         raise AtlasError("too_long", f"JSON export is limited to {most} tokens; use the NPZ export")
     attention = np.stack([capture.layer_attention(layer) for layer in range(capture.n_layers)])
-    document = {"model": capture.model, "text": capture.text, "tokens": capture.tokens,
-                "special": capture.special.tolist(), "info": capture.info, "attention": np.round(attention, 5).tolist()}
+    document = {
+        "model": capture.model,
+        "text": capture.text,
+        "tokens": capture.tokens,
+        "special": capture.special.tolist(),
+        "info": capture.info,
+        "attention": np.round(attention, 5).tolist(),
+    }
     response = current_app.response_class(json.dumps(document), mimetype="application/json")
     response.headers["Content-Disposition"] = f'attachment; filename="atlas-{capture.model}-{key[:12]}.json"'
     return response

@@ -5,9 +5,10 @@ Whole-model analyses cost O(L x N^2) or more, so on long prompts they read the l
 ``ANALYSIS_MAX_TOKENS`` tokens. For a causal model that block is exactly the attention of that
 prefix (later tokens cannot change it); payloads say how many tokens they cover.
 """
+
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -49,8 +50,9 @@ def summary(capture: Capture) -> dict[str, np.ndarray]:
     n = analysed_tokens(capture)
     causal = bool(capture.info.get("causal"))
     special, punctuation = capture.special[:n], head_roles.punctuation_mask(capture.tokens[:n])
-    per_layer = [head_roles.head_metrics(attention, special, punctuation, causal=causal)
-                 for attention in prefix_layers(capture)]
+    per_layer = [
+        head_roles.head_metrics(attention, special, punctuation, causal=causal) for attention in prefix_layers(capture)
+    ]
     result = {name: np.stack([layer[name] for layer in per_layer]) for name in per_layer[0]}
     result["role"] = head_roles.role_labels(result).astype(str)
     result["cluster"] = _clusters(capture)
@@ -72,8 +74,9 @@ def heads_payload(key: str, capture: Capture, result: dict[str, np.ndarray]) -> 
     """The head summary view from :func:`summary`'s ``result``: every metric as float16 [L, H],
     roles, clusters, sink tokens."""
     flagged = sink_tokens(capture)
-    metrics = {name: encode_array(value, "float16") for name, value in result.items()
-               if name not in ("role", "cluster")}
+    metrics = {
+        name: encode_array(value, "float16") for name, value in result.items() if name not in ("role", "cluster")
+    }
     return {
         "key": key,
         "analysed_tokens": analysed_tokens(capture),
@@ -101,17 +104,25 @@ def rollout_payload(key: str, capture: Capture, fusion: str, position: int) -> d
         rows.append(cumulative[position])
         final = cumulative
     # float16, not uint8: a sink often holds ~all of the rollout, and every other cell would round to 0
-    return {"key": key, "fusion": fusion, "position": position, "analysed_tokens": n,
-            "matrix": encode_array(max_pool(final, ROLLOUT_MATRIX_MAX), "float16"),
-            "rows": encode_array(np.stack(rows), "float16")}
+    return {
+        "key": key,
+        "fusion": fusion,
+        "position": position,
+        "analysed_tokens": n,
+        "matrix": encode_array(max_pool(final, ROLLOUT_MATRIX_MAX), "float16"),
+        "rows": encode_array(np.stack(rows), "float16"),
+    }
 
 
 def flow_payload(key: str, capture: Capture, fusion: str, position: int) -> dict:
     """Attention flow (max-flow on the layered graph) from every input token to ``position``."""
     layers, n = rollout_scope(capture)
     if not rollout.flow_size_ok(len(layers), n):
-        raise AtlasError("too_long", f"attention flow over {len(layers)} layers x {n} tokens would take "
-                                     "minutes; use rollout, or a prompt of at most ~64 tokens on this model")
+        raise AtlasError(
+            "too_long",
+            f"attention flow over {len(layers)} layers x {n} tokens would take "
+            "minutes; use rollout, or a prompt of at most ~64 tokens on this model",
+        )
     if not 0 <= position < n:
         raise AtlasError("bad_request", f"'position' must be between 0 and {n - 1}")
     flows = rollout.attention_flow(list(_fused_layers(capture, fusion)), position)
@@ -128,16 +139,32 @@ def compare_payload(key: str, capture: Capture, other_key: str, other: Capture) 
     if same_length:
         n = min(capture.n_tokens, ANALYSIS_MAX_TOKENS)
         block = slice(0, n)
-        difference = np.array([[np.abs(capture.attention_block(l, h, block, block)
-                                       - other.attention_block(l, h, block, block)).sum(-1).mean() / 2
-                                for h in range(capture.n_heads)] for l in range(capture.n_layers)])
+        difference = np.array(
+            [
+                [
+                    np.abs(
+                        capture.attention_block(layer, h, block, block) - other.attention_block(layer, h, block, block)
+                    )
+                    .sum(-1)
+                    .mean()
+                    / 2
+                    for h in range(capture.n_heads)
+                ]
+                for layer in range(capture.n_layers)
+            ]
+        )
     else:
         side = min(capture.thumbnails.shape[-1], other.thumbnails.shape[-1])
         a, b = (_pooled_thumbnails(c, side) for c in (capture, other))
         difference = np.abs(a - b).mean(axis=(-1, -2))
     changed = [i for i, (x, y) in enumerate(zip(capture.tokens, other.tokens)) if x != y] if same_length else []
-    return {"key": key, "other": other_key, "same_length": same_length, "changed_tokens": changed,
-            "difference": encode_array(difference, "float32")}
+    return {
+        "key": key,
+        "other": other_key,
+        "same_length": same_length,
+        "changed_tokens": changed,
+        "difference": encode_array(difference, "float32"),
+    }
 
 
 def _pooled_thumbnails(capture: Capture, side: int) -> np.ndarray:

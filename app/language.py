@@ -4,6 +4,7 @@ A generation is cached as its resulting text (keyed by model, weights, prompt an
 settings), and that text is then analysed like any prompt: with causal attention, the capture of
 prompt + continuation holds exactly the attention each new token had when it was generated.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -22,8 +23,9 @@ GENERATION_FIELDS = {  # the sampling settings of a `generate` request (the page
 }
 
 
-def generate(service: AtlasService, model: str | None, text: object, settings: dict,
-             progress: Progress | None = None) -> str:
+def generate(
+    service: AtlasService, model: str | None, text: object, settings: dict, progress: Progress | None = None
+) -> str:
     """Prompt + continuation; the same request is answered from the memo (shared by every
     process through the store, like analyses)."""
     text = check_text(text, service.config["MAX_CHARS"])
@@ -68,8 +70,14 @@ def lens_payload(service: AtlasService, key: str, capture: Capture, start: int, 
         return lens, token_texts(handle, lens["ids"])
 
     lens, words = service.model_work(capture.model, work)
-    return {"key": key, "start": start, "count": count, "ids": encode_array(lens["ids"], "int32"),
-            "probs": encode_array(lens["probs"], "float16"), "words": {str(k): v for k, v in words.items()}}
+    return {
+        "key": key,
+        "start": start,
+        "count": count,
+        "ids": encode_array(lens["ids"], "int32"),
+        "probs": encode_array(lens["probs"], "float16"),
+        "words": {str(k): v for k, v in words.items()},
+    }
 
 
 def _generate(handle, text: str, settings: dict) -> str:

@@ -10,6 +10,7 @@
 Everything here answers with :class:`AtlasError` (``rate_limited``, ``busy``), before any model
 work starts. Cached answers never pass through a queue, so a slow job cannot delay them.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -17,15 +18,16 @@ import contextvars
 import threading
 import time
 from collections import deque
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 from app.protocol import AtlasError
 
 QUEUE_POLL_SECONDS = 0.25  # how often a waiting job checks whether its client is still there
 IDLE_CLIENT_SECONDS = 600  # buckets untouched this long are forgotten (they are full again anyway)
 
-_CANCELLED: contextvars.ContextVar[Callable[[], bool]] = contextvars.ContextVar("atlas_cancelled",
-                                                                             default=lambda: False)
+_CANCELLED: contextvars.ContextVar[Callable[[], bool]] = contextvars.ContextVar(
+    "atlas_cancelled", default=lambda: False
+)
 
 
 class JobCancelled(AtlasError):
@@ -59,8 +61,11 @@ class QueueStage(str):
 
     def __new__(cls, position: int, waiting: int):
         ahead = position - 1
-        text = "next in line for the model" if ahead == 0 else \
-            f"waiting for the model: {ahead} request{'s' if ahead > 1 else ''} ahead"
+        text = (
+            "next in line for the model"
+            if ahead == 0
+            else f"waiting for the model: {ahead} request{'s' if ahead > 1 else ''} ahead"
+        )
         stage = super().__new__(cls, text)
         stage.position, stage.waiting = position, waiting
         return stage
@@ -81,7 +86,7 @@ class JobQueue:
         self._running = 0
         self._changed = threading.Condition()
 
-    def configure(self, capacity: int, workers: int, max_wait_seconds: float) -> "JobQueue":
+    def configure(self, capacity: int, workers: int, max_wait_seconds: float) -> JobQueue:
         """Apply limits read from the configuration (on each job, so a change applies at once)."""
         self.capacity, self.workers, self.max_wait_seconds = capacity, workers, max_wait_seconds
         return self
@@ -108,8 +113,12 @@ class JobQueue:
                 self._running += 1
                 ticket = None
             elif len(self._waiting) >= self.capacity:
-                raise AtlasError("busy", f"the server is busy ({len(self._waiting)} requests are waiting for the "
-                                         "model); try again in a minute", 503)
+                raise AtlasError(
+                    "busy",
+                    f"the server is busy ({len(self._waiting)} requests are waiting for the "
+                    "model); try again in a minute",
+                    503,
+                )
             else:
                 self._waiting.append(ticket)
         if ticket is not None:
@@ -138,8 +147,12 @@ class JobQueue:
                     self._changed.notify_all()
                     if gone:
                         raise JobCancelled()
-                    raise AtlasError("busy", f"waited {self.max_wait_seconds:.0f} s for the model without a turn; "
-                                             "the server is overloaded, try again later", 503)
+                    raise AtlasError(
+                        "busy",
+                        f"waited {self.max_wait_seconds:.0f} s for the model without a turn; "
+                        "the server is overloaded, try again later",
+                        503,
+                    )
                 if position != reported:
                     stage, reported = QueueStage(position, len(self._waiting)), position
                 else:
@@ -174,8 +187,9 @@ class RateLimiter:
             if tokens < 1:
                 self._buckets[(client, kind)] = [tokens, now]
                 wait = (1 - tokens) / rate
-                raise AtlasError("rate_limited", f"too many {kind} requests from this client; "
-                                                 f"wait {wait:.1f} s and try again", 429)
+                raise AtlasError(
+                    "rate_limited", f"too many {kind} requests from this client; wait {wait:.1f} s and try again", 429
+                )
             self._buckets[(client, kind)] = [tokens - 1, now]
             if now - self._last_sweep > IDLE_CLIENT_SECONDS:
                 self._sweep(now)
@@ -196,5 +210,7 @@ def rate_limits(config) -> dict[str, tuple[float, float]]:
     """(rate per second, burst) per kind of request, from the configuration."""
     analyses = config["RATE_ANALYZE_PER_MINUTE"]
     events = config["RATE_EVENTS_PER_SECOND"]
-    return {"analyze": (analyses / 60.0, max(1.0, config["RATE_ANALYZE_BURST"])),
-            "event": (events, max(1.0, 2.0 * events))}
+    return {
+        "analyze": (analyses / 60.0, max(1.0, config["RATE_ANALYZE_BURST"])),
+        "event": (events, max(1.0, 2.0 * events)),
+    }

@@ -1,5 +1,6 @@
 """Short permalinks (``/s/<id>``) for long share links, kept on the server's own disk so they
 resolve after a restart and the prompt is never sent to a third-party shortener."""
+
 from __future__ import annotations
 
 import hashlib
@@ -13,7 +14,7 @@ LINK_ID_CHARS = 10  # characters of the content hash used as the id (base-32 dig
 MAX_QUERY_CHARS = 200_000  # characters of one stored query string
 MAX_PARAMS = 40
 PARAM_NAME = re.compile(r"^[a-z][a-z0-9_]{0,23}$")
-LINK_ID = re.compile(r"^[a-z2-7]{%d}$" % LINK_ID_CHARS)
+LINK_ID = re.compile(rf"^[a-z2-7]{{{LINK_ID_CHARS}}}$")
 
 
 class LinkError(ValueError):
@@ -25,8 +26,9 @@ def normalise_query(query: str) -> str:
     if not isinstance(query, str) or len(query) > MAX_QUERY_CHARS:
         raise LinkError(f"a link holds at most {MAX_QUERY_CHARS:,} characters")
     try:
-        params = parse_qsl(query.lstrip("?"), keep_blank_values=True, strict_parsing=bool(query.lstrip("?")),
-                           max_num_fields=MAX_PARAMS)
+        params = parse_qsl(
+            query.lstrip("?"), keep_blank_values=True, strict_parsing=bool(query.lstrip("?")), max_num_fields=MAX_PARAMS
+        )
     except ValueError as error:
         raise LinkError(f"not a valid link query: {error}") from None
     if not params:

@@ -6,14 +6,16 @@ the model produced, so its size never changes after it is cached, and two thread
 different results from one record never write into the same object. Entries are dicts of numpy
 arrays; :func:`pack_payload` turns a view payload (nested dicts with binary arrays) into one.
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from concurrent.futures import Future
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -129,6 +131,7 @@ def pack_payload(payload: dict) -> Arrays:
 
 def unpack_payload(arrays: Arrays) -> dict:
     """The payload :func:`pack_payload` packed."""
+
     def restore(value: Any) -> Any:
         if isinstance(value, dict):
             if set(value) == {BLOB}:

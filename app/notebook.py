@@ -10,6 +10,7 @@ server and open (or embed) the full app::
 
 Only the standard library talks HTTP, so this works wherever the app's requirements are installed.
 """
+
 from __future__ import annotations
 
 import io
@@ -29,8 +30,9 @@ class BridgeError(RuntimeError):
     """The server refused or could not be reached; the message is the server's own."""
 
 
-def push(model, text: str, *, tokenizer=None, target: str = "", server: str = DEFAULT_SERVER,
-         view: dict | None = None) -> str:
+def push(
+    model, text: str, *, tokenizer=None, target: str = "", server: str = DEFAULT_SERVER, view: dict | None = None
+) -> str:
     """Analyse ``text`` and return the share link.
 
     ``model`` is either the name of a model the server offers (the server runs it) or a
@@ -46,8 +48,9 @@ def push(model, text: str, *, tokenizer=None, target: str = "", server: str = DE
     else:
         if tokenizer is None:
             raise ValueError("pass the model's tokenizer with tokenizer=...")
-        answer = _request(f"{server}/api/captures", _capture_bytes(model, tokenizer, text, target),
-                          "application/octet-stream")
+        answer = _request(
+            f"{server}/api/captures", _capture_bytes(model, tokenizer, text, target), "application/octet-stream"
+        )
         query = {"key": answer["key"]}
     return f"{server}/?{urlencode({**query, **(view or {})})}"
 
@@ -72,8 +75,9 @@ def _capture_bytes(model, tokenizer, text: str, target: str) -> bytes:
     model.set_attn_implementation(ATTENTION_IMPLEMENTATION)
     name = str(getattr(model.config, "name_or_path", "") or type(model).__name__)
     spec = ModelSpec(name=name, max_tokens=int(getattr(model.config, "max_position_embeddings", 4096) or 4096))
-    handle = ModelHandle(name, spec, model.eval(), tokenizer, next(model.parameters()).device, "notebook", 0.0,
-                         threading.Lock())
+    handle = ModelHandle(
+        name, spec, model.eval(), tokenizer, next(model.parameters()).device, "notebook", 0.0, threading.Lock()
+    )
     with torch.inference_mode():
         capture = run_capture(handle, text, target=target)
     buffer = io.BytesIO()

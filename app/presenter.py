@@ -4,6 +4,7 @@ A room is named by a short join code that students type or scan; only the holder
 secret (returned once, to the presenter) can move it. Join codes are random, not sequential, and
 the secret is 128 bits compared in constant time, so nobody drives a room they did not create.
 """
+
 from __future__ import annotations
 
 import hmac
@@ -120,8 +121,9 @@ class RoomEvents:
     def present_update(self, sid: str, rid, fields: dict) -> None:
         room = self.rooms.update(fields["code"], fields["secret"], fields["state"])
         room.presenter = sid  # a presenter who reconnected keeps the room with the secret
-        self.server.emit("present_state", {"code": room.code, "state": room.state}, to=room.code,
-                         namespace=self.namespace)
+        self.server.emit(
+            "present_state", {"code": room.code, "state": room.state}, to=room.code, namespace=self.namespace
+        )
         self._followers(room)
 
     def present_join(self, sid: str, rid, fields: dict) -> None:

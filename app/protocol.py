@@ -1,6 +1,7 @@
 """The wire contract between server and browser, mirrored by ``static/js/protocol.js`` and
 described in ``docs/protocol.md``: namespace, event names, request fields, error codes, and how
 arrays travel (binary, float16 or uint8 with a scale; never JSON lists of floats)."""
+
 from __future__ import annotations
 
 import base64
@@ -35,9 +36,27 @@ ERRORS = {
 # Every event the server sends a client: the stream of an analysis or generation, the answer to
 # a detail request (an event of the request's own name), `error`, and presenter mode's.
 SERVER_EVENTS = (
-    "progress", "overview_layer", "tokens", "overview", "generated", "done", "error",
-    "layer", "matrix", "token", "neuron", "stats", "heads", "rollout", "flow", "compare", "lens",
-    "present_started", "present_state", "present_followers", "present_ended",
+    "progress",
+    "overview_layer",
+    "tokens",
+    "overview",
+    "generated",
+    "done",
+    "error",
+    "layer",
+    "matrix",
+    "token",
+    "neuron",
+    "stats",
+    "heads",
+    "rollout",
+    "flow",
+    "compare",
+    "lens",
+    "present_started",
+    "present_state",
+    "present_followers",
+    "present_ended",
 )
 
 
@@ -130,8 +149,9 @@ def parse_request(event: str, specs: dict[str, Field], data: Any) -> tuple[Any, 
 def _check_indices(name: str, value: list, spec: Field) -> None:
     """A list of integer indices (not booleans, which Python counts as integers and numpy reads
     as masks), at most ``max_items`` of them."""
-    if (spec.max_items is not None and len(value) > spec.max_items) or \
-            not all(type(item) is int and (spec.minimum is None or item >= spec.minimum) for item in value):
+    if (spec.max_items is not None and len(value) > spec.max_items) or not all(
+        type(item) is int and (spec.minimum is None or item >= spec.minimum) for item in value
+    ):
         raise AtlasError("bad_request", f"'{name}' must be a list of at most {spec.max_items} indices")
 
 

@@ -6,9 +6,10 @@ mirroring the values as JavaScript constants (as datasette serves its ``SETTINGS
 Each value is read where it lives (the app config, or the constant of the module that enforces
 it), so changing a limit changes what the page shows and clamps to.
 """
+
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 from app import insights, language, presenter
 from app.protocol import ERRORS

@@ -6,8 +6,10 @@ Size stays bounded by Redis itself: every entry expires ``ttl_seconds`` after it
 an operator sets ``maxmemory`` with an evicting ``maxmemory-policy`` (see README, Deployment).
 A Redis that is down or full costs cache hits, never answers: reads miss, writes are skipped.
 """
+
 from __future__ import annotations
 
+import contextlib
 import logging
 
 import numpy as np
@@ -20,8 +22,15 @@ log = logging.getLogger(__name__)
 KEY_PREFIX = "atlas:result:"  # Redis key of an entry: prefix + the 64-hex cache key
 CONNECT_TIMEOUT_SECONDS = 5
 IO_TIMEOUT_SECONDS = 30  # a 256 MB value takes a while on a slow link
-EVICTING_POLICIES = ("allkeys-lru", "allkeys-lfu", "allkeys-random", "volatile-lru", "volatile-lfu",
-                     "volatile-random", "volatile-ttl")
+EVICTING_POLICIES = (
+    "allkeys-lru",
+    "allkeys-lfu",
+    "allkeys-random",
+    "volatile-lru",
+    "volatile-lfu",
+    "volatile-random",
+    "volatile-ttl",
+)
 
 
 class RedisStore:
@@ -31,8 +40,9 @@ class RedisStore:
         self.url = url
         self.ttl_seconds = int(ttl_seconds)
         self.max_entry_bytes = max_entry_bytes
-        self.client = redis.Redis.from_url(url, socket_connect_timeout=CONNECT_TIMEOUT_SECONDS,
-                                           socket_timeout=IO_TIMEOUT_SECONDS)
+        self.client = redis.Redis.from_url(
+            url, socket_connect_timeout=CONNECT_TIMEOUT_SECONDS, socket_timeout=IO_TIMEOUT_SECONDS
+        )
 
     def check(self) -> None:
         """Fail at start-up, with the address, when Redis cannot be reached; warn when it has
@@ -40,17 +50,22 @@ class RedisStore:
         try:
             self.client.ping()
         except redis.RedisError as error:
-            raise RuntimeError(f"cannot reach Redis at {redact(self.url)}: {error}; start it or fix "
-                               "ATLAS_REDIS_URL") from error
+            raise RuntimeError(
+                f"cannot reach Redis at {redact(self.url)}: {error}; start it or fix ATLAS_REDIS_URL"
+            ) from error
         try:
             settings = self.client.config_get("maxmemory*")
         except redis.RedisError:  # managed services often refuse CONFIG; their defaults evict
             return
         if int(settings.get("maxmemory", 0) or 0) == 0 or settings.get("maxmemory-policy") not in EVICTING_POLICIES:
-            log.warning("Redis at %s has maxmemory=%s, maxmemory-policy=%s: cached results leave only by their "
-                        "%d s expiry; set maxmemory and maxmemory-policy allkeys-lru to bound its size",
-                        redact(self.url), settings.get("maxmemory"), settings.get("maxmemory-policy"),
-                        self.ttl_seconds)
+            log.warning(
+                "Redis at %s has maxmemory=%s, maxmemory-policy=%s: cached results leave only by their "
+                "%d s expiry; set maxmemory and maxmemory-policy allkeys-lru to bound its size",
+                redact(self.url),
+                settings.get("maxmemory"),
+                settings.get("maxmemory-policy"),
+                self.ttl_seconds,
+            )
 
     def _name(self, key: str) -> str:
         if not is_key(key):
@@ -89,10 +104,8 @@ class RedisStore:
         return True
 
     def _delete(self, name: str) -> None:
-        try:
+        with contextlib.suppress(redis.RedisError):
             self.client.delete(name)
-        except redis.RedisError:
-            pass
 
 
 def redact(url: str) -> str:

@@ -14,11 +14,12 @@ The cost decides admission, in one place (:mod:`app.dispatch`), identically for 
 Every request pays the per-client event rate limit. Adding a request means adding a row here;
 nothing else decides what it may cost.
 """
+
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from app import handlers, language, published, stream
 from app.protocol import ATTENTION_MODES, FUSIONS, Field
@@ -63,33 +64,86 @@ def detail(name: str) -> tuple[str, str]:
 
 
 TABLE: tuple[Request, ...] = (
-    Request("analyze", {"model": MODEL, "text": TEXT, "target": Field(str, required=False, default=""),
-                        "layers": LAYERS},
-            stream.stream_analysis, Cost.MODEL, http=("POST", "/analyze"), streams=True),
-    Request("generate", {"model": MODEL, "text": TEXT, **language.GENERATION_FIELDS},
-            stream.stream_generation, Cost.MODEL, http=("POST", "/generate"), streams=True),
-    Request("lens", {"key": KEY, "start": Field(int, False, 0, minimum=0), "count": Field(int, False, 16, minimum=1)},
-            handlers.on_lens, Cost.MODEL, http=detail("lens")),
+    Request(
+        "analyze",
+        {"model": MODEL, "text": TEXT, "target": Field(str, required=False, default=""), "layers": LAYERS},
+        stream.stream_analysis,
+        Cost.MODEL,
+        http=("POST", "/analyze"),
+        streams=True,
+    ),
+    Request(
+        "generate",
+        {"model": MODEL, "text": TEXT, **language.GENERATION_FIELDS},
+        stream.stream_generation,
+        Cost.MODEL,
+        http=("POST", "/generate"),
+        streams=True,
+    ),
+    Request(
+        "lens",
+        {"key": KEY, "start": Field(int, False, 0, minimum=0), "count": Field(int, False, 16, minimum=1)},
+        handlers.on_lens,
+        Cost.MODEL,
+        http=detail("lens"),
+    ),
     Request("open", {"key": KEY, "layers": LAYERS}, stream.stream_open, Cost.STREAM, streams=True),
     Request("layer", {"key": KEY, "layer": INDEX, "mode": MODE}, handlers.on_layer, Cost.CACHED, http=detail("layer")),
-    Request("matrix", {"key": KEY, "layer": INDEX, "head": INDEX, "mode": MODE,
-                       "row0": Field(int, False, 0, minimum=0), "row1": Field(int, False, None, minimum=0),
-                       "col0": Field(int, False, 0, minimum=0), "col1": Field(int, False, None, minimum=0)},
-            handlers.on_matrix, Cost.CACHED, http=detail("matrix")),
+    Request(
+        "matrix",
+        {
+            "key": KEY,
+            "layer": INDEX,
+            "head": INDEX,
+            "mode": MODE,
+            "row0": Field(int, False, 0, minimum=0),
+            "row1": Field(int, False, None, minimum=0),
+            "col0": Field(int, False, 0, minimum=0),
+            "col1": Field(int, False, None, minimum=0),
+        },
+        handlers.on_matrix,
+        Cost.CACHED,
+        http=detail("matrix"),
+    ),
     Request("token", {"key": KEY, "index": INDEX}, handlers.on_token, Cost.CACHED, http=detail("token")),
-    Request("neuron", {"key": KEY, "layer": INDEX, "head": INDEX, "query": INDEX}, handlers.on_neuron, Cost.CACHED,
-            http=detail("neuron")),
+    Request(
+        "neuron",
+        {"key": KEY, "layer": INDEX, "head": INDEX, "query": INDEX},
+        handlers.on_neuron,
+        Cost.CACHED,
+        http=detail("neuron"),
+    ),
     Request("stats", {"key": KEY}, handlers.on_stats, Cost.CPU, http=detail("stats")),
     Request("heads", {"key": KEY}, handlers.on_heads, Cost.CPU, http=detail("heads")),
-    Request("rollout", {"key": KEY, "fusion": FUSION, "position": POSITION}, handlers.on_rollout, Cost.CPU,
-            http=detail("rollout")),
-    Request("flow", {"key": KEY, "fusion": FUSION, "position": POSITION}, handlers.on_flow, Cost.CPU,
-            http=detail("flow")),
+    Request(
+        "rollout",
+        {"key": KEY, "fusion": FUSION, "position": POSITION},
+        handlers.on_rollout,
+        Cost.CPU,
+        http=detail("rollout"),
+    ),
+    Request(
+        "flow", {"key": KEY, "fusion": FUSION, "position": POSITION}, handlers.on_flow, Cost.CPU, http=detail("flow")
+    ),
     Request("compare", {"key": KEY, "other": KEY}, handlers.on_compare, Cost.CPU, http=detail("compare")),
-    Request("export_npz", {"key": KEY}, handlers.on_export_npz, Cost.CPU, socket=False,
-            http=detail("export.npz"), memo=False),
-    Request("export_json", {"key": KEY}, handlers.on_export_json, Cost.CPU, socket=False,
-            http=detail("export.json"), memo=False),
+    Request(
+        "export_npz",
+        {"key": KEY},
+        handlers.on_export_npz,
+        Cost.CPU,
+        socket=False,
+        http=detail("export.npz"),
+        memo=False,
+    ),
+    Request(
+        "export_json",
+        {"key": KEY},
+        handlers.on_export_json,
+        Cost.CPU,
+        socket=False,
+        http=detail("export.json"),
+        memo=False,
+    ),
     Request("upload", {}, handlers.on_upload, Cost.CPU, socket=False, http=("POST", "/captures"), memo=False),
     Request("models", {}, handlers.on_models, Cost.CACHED, socket=False, http=("GET", "/models")),
     Request("settings", {}, published.on_settings, Cost.CACHED, socket=False, http=("GET", "/settings")),
@@ -98,8 +152,9 @@ TABLE: tuple[Request, ...] = (
     Request("present_start", {}, handlers.on_room, Cost.ROOM),
     Request("present_join", {"code": Field(str)}, handlers.on_room, Cost.ROOM),
     Request("present_leave", {"code": Field(str)}, handlers.on_room, Cost.ROOM),
-    Request("present_update", {"code": Field(str), "secret": Field(str), "state": Field(str)}, handlers.on_room,
-            Cost.ROOM),
+    Request(
+        "present_update", {"code": Field(str), "secret": Field(str), "state": Field(str)}, handlers.on_room, Cost.ROOM
+    ),
     Request("present_end", {"code": Field(str), "secret": Field(str)}, handlers.on_room, Cost.ROOM),
 )
 REQUESTS: dict[str, Request] = {request.name: request for request in TABLE}

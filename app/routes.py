@@ -2,13 +2,23 @@
 HTTP route becomes one, admitted and run by the same dispatcher as its Socket.IO event. The API
 answers the same payloads as the socket, as JSON with arrays base64-encoded, so scripts and
 notebooks can use everything the browser can."""
+
 from __future__ import annotations
 
 from pathlib import Path
 
 import bokeh
-from flask import Blueprint, Response, abort, current_app, jsonify, redirect, render_template, request, \
-    send_from_directory
+from flask import (
+    Blueprint,
+    Response,
+    abort,
+    current_app,
+    jsonify,
+    redirect,
+    render_template,
+    request,
+    send_from_directory,
+)
 
 from app.dispatch import Call
 from app.protocol import AtlasError, jsonable

@@ -5,6 +5,7 @@ The Content-Security-Policy allows scripts only from this origin (no inline scri
 BokehJS 3.9 and the app's ES modules render under it (tests/integration/test_security.py checks this in
 Chromium). ``style-src 'unsafe-inline'`` stays because BokehJS sets element styles from script.
 """
+
 from __future__ import annotations
 
 import logging
@@ -23,8 +24,16 @@ HEADERS = {
     "Cross-Origin-Resource-Policy": "same-origin",
     "Permissions-Policy": "camera=(), microphone=(), geolocation=(), payment=(), usb=()",
 }
-STATUS_CODES = {400: "bad_request", 404: "not_found", 405: "bad_request", 413: "too_long", 414: "too_long",
-                429: "rate_limited", 431: "too_long", 503: "busy"}  # HTTP status -> protocol error code
+STATUS_CODES = {
+    400: "bad_request",
+    404: "not_found",
+    405: "bad_request",
+    413: "too_long",
+    414: "too_long",
+    429: "rate_limited",
+    431: "too_long",
+    503: "busy",
+}  # HTTP status -> protocol error code
 
 
 def init_app(app: Flask) -> None:

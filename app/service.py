@@ -8,6 +8,7 @@ Every piece of model work (loading, forward passes, generation) goes through
 :meth:`AtlasService.model_work`, which queues it on its device's :class:`app.limits.JobQueue`
 and turns every model failure into an :class:`AtlasError` for the one client that asked.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -15,9 +16,9 @@ import copy
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from app import limits
 from app.cache import CaptureCache, DiskStore, cache_key, is_key
@@ -118,8 +119,15 @@ class AtlasService:
 
     def models(self) -> list[dict]:
         loaded = self._loader.is_loaded if self._loader else (lambda name: False)
-        return [{"name": spec.name, "title": spec.title or spec.name, "max_tokens": spec.max_tokens,
-                 "loaded": loaded(spec.name)} for spec in self.registry.specs.values()]
+        return [
+            {
+                "name": spec.name,
+                "title": spec.title or spec.name,
+                "max_tokens": spec.max_tokens,
+                "loaded": loaded(spec.name),
+            }
+            for spec in self.registry.specs.values()
+        ]
 
     def model_name(self, model: str | None) -> str:
         name = model or self.registry.default
@@ -139,8 +147,14 @@ class AtlasService:
         """Tokens a prompt may have on ``name`` (the model's own limit applies on top)."""
         return min(self.config["MAX_TOKENS"], self.config["MODEL_MAX_TOKENS"].get(name, self.config["MAX_TOKENS"]))
 
-    def analyze(self, model: str | None, text: object, progress: Progress | None = None,
-                target: object = "", on_layer: LayerDone | None = None) -> Analysis:
+    def analyze(
+        self,
+        model: str | None,
+        text: object,
+        progress: Progress | None = None,
+        target: object = "",
+        on_layer: LayerDone | None = None,
+    ) -> Analysis:
         """Validated, cached capture of ``text`` on ``model``; raises AtlasError for the user.
 
         ``target`` is the text an encoder-decoder model's decoder reads (empty: its own output).
@@ -158,7 +172,8 @@ class AtlasService:
         while True:
             try:
                 capture, cached = self.cache.get_or_compute(
-                    key, lambda: self._capture(name, text, target, progress, on_layer))
+                    key, lambda: self._capture(name, text, target, progress, on_layer)
+                )
                 break
             except limits.JobCancelled:
                 if limits.cancelled():
@@ -174,22 +189,27 @@ class AtlasService:
             raise AtlasError("not_found", "this analysis is no longer cached; run the prompt again", 404)
         return capture
 
-    def _capture(self, name: str, text: str, target: str, progress: Progress | None,
-                 on_layer: LayerDone | None) -> Capture:
+    def _capture(
+        self, name: str, text: str, target: str, progress: Progress | None, on_layer: LayerDone | None
+    ) -> Capture:
         limit = self.token_limit(name)
         self._count_tokens(name, text, limit)
         progress = progress or (lambda stage, fraction: None)
 
         def layer_done(layer: int, layers: int, thumbnails) -> None:
-            progress(f"running the model: layer {layer + 1} of {layers}", LOAD_SHARE + (1 - LOAD_SHARE) * (layer + 1) / layers)
+            progress(
+                f"running the model: layer {layer + 1} of {layers}",
+                LOAD_SHARE + (1 - LOAD_SHARE) * (layer + 1) / layers,
+            )
             if on_layer:
                 on_layer(layer, layers, thumbnails)
 
         def work(handle) -> Capture:
             from models.capture import run_capture
 
-            return run_capture(handle, text, target=target, max_tokens=limit, on_layer=layer_done,
-                               reserve=self.cache.make_room)
+            return run_capture(
+                handle, text, target=target, max_tokens=limit, on_layer=layer_done, reserve=self.cache.make_room
+            )
 
         return self.model_work(name, work, progress)
 
@@ -220,7 +240,8 @@ class AtlasService:
         device = str(pick_device()[0])
         with self._queues_lock:
             return self._queues.setdefault(device, limits.JobQueue(1)).configure(
-                self.config["MAX_QUEUED_JOBS"], self.config["DEVICE_WORKERS"], self.config["MAX_QUEUE_WAIT_SECONDS"])
+                self.config["MAX_QUEUED_JOBS"], self.config["DEVICE_WORKERS"], self.config["MAX_QUEUE_WAIT_SECONDS"]
+            )
 
     def model_work(self, name: str, work: Callable, progress: Progress | None = None):
         """Run ``work(handle)`` on a loaded model, in turn with all other model work on its device.
@@ -256,11 +277,15 @@ class AtlasService:
         except Exception as error:  # MemoryError and torch.cuda.OutOfMemoryError included
             if is_out_of_memory(error):
                 release_device_memory()
-                raise AtlasError("out_of_memory", f"the server ran out of memory running {name} on this prompt; "
-                                                  "try a shorter one", 503) from None
+                raise AtlasError(
+                    "out_of_memory",
+                    f"the server ran out of memory running {name} on this prompt; try a shorter one",
+                    503,
+                ) from None
             log.exception("model work on %s failed", name)
-            raise AtlasError("internal", f"{name} failed on this request ({type(error).__name__}); "
-                                         "the error has been logged", 500) from None
+            raise AtlasError(
+                "internal", f"{name} failed on this request ({type(error).__name__}); the error has been logged", 500
+            ) from None
         except BaseException as error:
             if type(error).__name__ != "PanicException":  # the Rust tokenizers' crash, a BaseException
                 raise

@@ -1,5 +1,6 @@
 """Capture -> view payloads. Pure numpy: the socket namespace and the HTTP API send these same
 dicts (one binary, one base64), so every payload is shaped once, here."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -70,8 +71,14 @@ def overview_payload(key: str, capture: Capture, streamed: bool = False) -> dict
 def overview_layer_payload(layer: int, layers: int, thumbnails: np.ndarray) -> dict:
     """One layer's thumbnails [H, t, t] while the model is still running."""
     scaled, peaks = scaled_thumbnails(thumbnails)
-    return {"layer": layer, "layers": layers, "heads": int(thumbnails.shape[0]), "side": int(thumbnails.shape[-1]),
-            "thumbnails": scaled, "peaks": peaks}
+    return {
+        "layer": layer,
+        "layers": layers,
+        "heads": int(thumbnails.shape[0]),
+        "side": int(thumbnails.shape[-1]),
+        "thumbnails": scaled,
+        "peaks": peaks,
+    }
 
 
 def _mode_matrix(capture: Capture, layer: int, head: int, mode: str, rows=slice(None), cols=slice(None)):
@@ -100,8 +107,13 @@ def layer_payload(key: str, capture: Capture, layer: int, mode: str, dense_max: 
     k = min(top_k, n)
     indices, values = _top_links(capture, layer, mode, k)  # [H, N, k] each
     index_type = "uint16" if n <= 65535 else "uint32"
-    return {**base, "format": "topk", "k": k,
-            "indices": encode_array(indices, index_type), "values": quantize_unit(values)}
+    return {
+        **base,
+        "format": "topk",
+        "k": k,
+        "indices": encode_array(indices, index_type),
+        "values": quantize_unit(values),
+    }
 
 
 def _top_links(capture: Capture, layer: int, mode: str, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -159,8 +171,18 @@ def _top_in_rows(torch, capture: Capture, layer: int, head: int, mode: str, rows
     return top.indices, top.values
 
 
-def matrix_payload(key: str, capture: Capture, layer: int, head: int, mode: str,
-                   row0: int, row1: int | None, col0: int, col1: int | None, tile_max: int) -> dict:
+def matrix_payload(
+    key: str,
+    capture: Capture,
+    layer: int,
+    head: int,
+    mode: str,
+    row0: int,
+    row1: int | None,
+    col0: int,
+    col1: int | None,
+    tile_max: int,
+) -> dict:
     """One head's matrix (or a zoomed block of it), max-pooled to at most ``tile_max`` per side."""
     _check_index("layer", layer, capture.n_layers)
     _check_index("head", head, capture.n_heads)
@@ -170,8 +192,16 @@ def matrix_payload(key: str, capture: Capture, layer: int, head: int, mode: str,
         raise AtlasError("bad_request", "the requested block is empty")
     block = _mode_matrix(capture, layer, head, mode, slice(row0, row1), slice(col0, col1))
     pooled = max_pool(block, tile_max)
-    base = {"key": key, "layer": layer, "head": head, "mode": mode,
-            "row0": row0, "row1": row1, "col0": col0, "col1": col1}
+    base = {
+        "key": key,
+        "layer": layer,
+        "head": head,
+        "mode": mode,
+        "row0": row0,
+        "row1": row1,
+        "col0": col0,
+        "col1": col1,
+    }
     if mode == "scores":
         return {**base, "matrix": encode_array(pooled, "float16")}
     return {**base, "matrix": quantize_unit(pooled)}
@@ -193,8 +223,8 @@ def token_payload(key: str, capture: Capture, index: int) -> dict:
     row, col = slice(index, index + 1), slice(index, index + 1)
     heads = [(layer, head) for layer in range(capture.n_layers) for head in range(capture.n_heads)]
     shape = (capture.n_layers, capture.n_heads, capture.n_tokens)
-    outgoing = np.stack([capture.attention_block(l, h, rows=row)[0] for l, h in heads]).reshape(shape)
-    incoming = np.stack([capture.attention_block(l, h, cols=col)[:, 0] for l, h in heads]).reshape(shape)
+    outgoing = np.stack([capture.attention_block(layer, head, rows=row)[0] for layer, head in heads]).reshape(shape)
+    incoming = np.stack([capture.attention_block(layer, head, cols=col)[:, 0] for layer, head in heads]).reshape(shape)
     return {"key": key, "index": index, "outgoing": quantize_unit(outgoing), "incoming": quantize_unit(incoming)}
 
 
@@ -209,7 +239,10 @@ def neuron_payload(key: str, capture: Capture, layer: int, head: int, query: int
     cols = slice(0, keys.shape[0])
     row = slice(query, query + 1)
     return {
-        "key": key, "layer": layer, "head": head, "query": query,
+        "key": key,
+        "layer": layer,
+        "head": head,
+        "query": query,
         "kv_head": int(capture.kv_map[head]),
         "scaling": float(capture.scaling[layer]),
         "query_vector": encode_array(q, "float32"),

@@ -3,10 +3,11 @@ layer's thumbnails) -> tokens -> overview -> requested layers -> done. Answers g
 call's ``emit``, bound to that client by the transport (a socket, or an HTTP answer that collects
 them), so this runs the same under Socket.IO, over HTTP, in tests and in benchmarks. Errors are
 raised; the transport turns them into one ``error`` answer."""
+
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from app import limits, shaping
 from app.handlers import on_layer
@@ -23,8 +24,9 @@ PROGRESS_EVERY_SECONDS = 0.2  # at most one "running the model" progress event p
 def stream_analysis(call, fields: dict) -> None:
     """Run (or fetch) one analysis and emit it."""
     layers = LayerStream(call.emit, call.rid) if call.live else None
-    analysis = call.service.analyze(fields["model"], fields["text"], _progress(call), target=fields["target"],
-                                    on_layer=layers)
+    analysis = call.service.analyze(
+        fields["model"], fields["text"], _progress(call), target=fields["target"], on_layer=layers
+    )
     _send(call, analysis, fields["layers"], streamed=bool(layers and layers.complete(analysis.capture)))
 
 
@@ -60,9 +62,17 @@ def stream_generation(call, fields: dict) -> None:
     settings = {name: fields[name] for name in ("max_new_tokens", "sample", "seed", "temperature")}
     full = language.generate(call.service, fields["model"], fields["text"], settings, _progress(call))
     analysis = call.service.analyze(fields["model"], full, _progress(call))
-    call.emit("generated", {"rid": call.rid, "key": analysis.key, "prompt": fields["text"], "text": full,
-                            "first_generated": language.first_generated_token(analysis.capture, fields["text"]),
-                            **settings})
+    call.emit(
+        "generated",
+        {
+            "rid": call.rid,
+            "key": analysis.key,
+            "prompt": fields["text"],
+            "text": full,
+            "first_generated": language.first_generated_token(analysis.capture, fields["text"]),
+            **settings,
+        },
+    )
     _send(call, analysis, [])
 
 

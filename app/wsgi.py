@@ -5,6 +5,7 @@ Environment and logging belong to whoever starts the process, so they are set he
 ``python -m app``, never when a module is imported or an app is built: a notebook that imports
 :mod:`app.notebook`, or a test that builds ``create_app()``, keeps its own hub access and logging.
 """
+
 from __future__ import annotations
 
 import logging

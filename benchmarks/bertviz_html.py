@@ -9,6 +9,7 @@ JSON object: forward seconds, and per view the HTML bytes and seconds, or the er
 
 VIEWS is a comma-separated subset of model_view,head_view (default both).
 """
+
 from __future__ import annotations
 
 import json
@@ -64,8 +65,11 @@ def main(source: str, prompt_file: str, out_dir: str, memory_limit: int, views=V
             html = getattr(bertviz, view)(attention, tokens, html_action="return").data
             path = Path(out_dir) / f"{view}.html"
             path.write_text(html, encoding="utf-8")
-            result[view] = {"html_seconds": time.perf_counter() - started, "bytes": path.stat().st_size,
-                            "path": str(path)}
+            result[view] = {
+                "html_seconds": time.perf_counter() - started,
+                "bytes": path.stat().st_size,
+                "path": str(path),
+            }
             del html
         except (MemoryError, RuntimeError, OverflowError) as error:
             result[view] = {"html_seconds": time.perf_counter() - started, "error": _failure(error)}

@@ -5,8 +5,10 @@ BertViz pages load require.js, d3 and jQuery from a CDN. There is no internet he
 same versions are fetched once from the npm registry (``npm pack``) and Playwright answers the
 CDN URLs with those local files (jQuery 2.0.0 is not on npm; 2.1.0 stands in).
 """
+
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import subprocess
@@ -19,8 +21,13 @@ from playwright.sync_api import TimeoutError as PlaywrightTimeout
 from playwright.sync_api import sync_playwright
 
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+]
 VIEWPORT = {"width": 1280, "height": 900}  # px, a laptop window
 VIEW_READY_LIMIT = 60  # s a detail view may take after its tab is clicked before it counts as failed
 # CDN file -> (npm package spec, file inside the package tarball)
@@ -62,16 +69,25 @@ function stampAfterNextFrame(name) {
 """
 # The pixels are read only once the page holds the analysis (the overview has arrived): read on
 # every frame during the forward pass, they took CPU from the server on the same 2 cores.
-MODEL_VIEW_PAINTED_JS = "() => {" + PAINTED_CANVAS_JS + AFTER_NEXT_FRAME_JS + """
+MODEL_VIEW_PAINTED_JS = (
+    "() => {"
+    + PAINTED_CANVAS_JS
+    + AFTER_NEXT_FRAME_JS
+    + """
   if (!document.documentElement.dataset.analysis) return false;
   const canvas = document.querySelector('[data-testid="model-canvas"]');
   if (!canvas || canvas.closest("[hidden]") || !painted(canvas)) return false;
   stampAfterNextFrame("__paintedAt");
   return true;
 }"""
+)
 # A detail view is ready when its panel shows, no notice (Loading…, error) is left in it, and
 # a canvas in it is painted (the statistics panel: its Bokeh plot says ready).
-VIEW_READY_JS = "(view) => {" + PAINTED_CANVAS_JS + AFTER_NEXT_FRAME_JS + """
+VIEW_READY_JS = (
+    "(view) => {"
+    + PAINTED_CANVAS_JS
+    + AFTER_NEXT_FRAME_JS
+    + """
   const panel = document.getElementById(`view-${view}`);
   const banner = document.getElementById("error-banner");
   if (banner && !banner.hidden) return `error: ${banner.textContent.trim()}`;
@@ -87,12 +103,19 @@ VIEW_READY_JS = "(view) => {" + PAINTED_CANVAS_JS + AFTER_NEXT_FRAME_JS + """
   stampAfterNextFrame("__readyAt");
   return "ok";
 }"""
-LONGEST_TASK_JS = """(since) => Math.max(0, ...window.__longTasks.filter(([start, d]) => start + d >= since).map(([, d]) => d))"""
-BERTVIZ_DRAWN_JS = "() => {" + AFTER_NEXT_FRAME_JS + """
+)
+LONGEST_TASK_JS = (
+    """(since) => Math.max(0, ...window.__longTasks.filter(([start, d]) => start + d >= since).map(([, d]) => d))"""
+)
+BERTVIZ_DRAWN_JS = (
+    "() => {"
+    + AFTER_NEXT_FRAME_JS
+    + """
   if (!document.querySelector("#vis svg line")) return false;
   stampAfterNextFrame("__drawnAt");
   return true;
 }"""
+)
 
 
 def _wait_stamp(page, name: str, timeout: float) -> float:
@@ -112,8 +135,13 @@ def local_cdn_files(cache: Path) -> dict[str, Path]:
         target = cache / package / Path(member).name
         if not target.exists():
             try:
-                name = subprocess.run(["npm", "pack", package, "--silent"], cwd=cache, check=True,
-                                      capture_output=True, text=True).stdout.strip().splitlines()[-1]
+                name = (
+                    subprocess.run(
+                        ["npm", "pack", package, "--silent"], cwd=cache, check=True, capture_output=True, text=True
+                    )
+                    .stdout.strip()
+                    .splitlines()[-1]
+                )
             except (OSError, subprocess.CalledProcessError, IndexError) as error:
                 raise RuntimeError(f"could not fetch {package} with npm pack: {error}") from error
             with tarfile.open(cache / name) as archive:
@@ -175,7 +203,7 @@ class FrameLog:
     def received(self, since: int, until_event: str | None = None) -> int:
         """Bytes received after frame ``since``, up to and including ``until_event`` if given."""
         total, seen = 0, False
-        for at, direction, size, name in self.frames[since:]:
+        for _at, direction, size, name in self.frames[since:]:
             if direction != "in":
                 continue
             if seen and name != until_event:
@@ -187,7 +215,7 @@ class FrameLog:
     def json_of(self, event: str) -> dict:
         """The JSON fields of the last text frame of ``event`` (binary placeholders left in)."""
         text = self.texts[event]
-        return json.loads(text[text.index("["):])[1]
+        return json.loads(text[text.index("[") :])[1]
 
 
 class Chromium:
@@ -220,8 +248,10 @@ def open_atlas(browser: Chromium, url: str):
     deadline = time.perf_counter() + 30
     while not frames.connected:
         if time.perf_counter() > deadline:
-            raise RuntimeError("the page did not open its Socket.IO connection in 30 s"
-                               + (f" (page errors: {'; '.join(errors)[:300]})" if errors else ""))
+            raise RuntimeError(
+                "the page did not open its Socket.IO connection in 30 s"
+                + (f" (page errors: {'; '.join(errors)[:300]})" if errors else "")
+            )
         page.wait_for_timeout(50)
     return page, frames
 
@@ -274,8 +304,9 @@ def atlas_views(page, frames: FrameLog) -> dict:
         page.click(selector)
         entry: dict = {}
         try:
-            outcome = page.wait_for_function(VIEW_READY_JS, arg=view, polling="raf",
-                                             timeout=VIEW_READY_LIMIT * 1000).json_value()
+            outcome = page.wait_for_function(
+                VIEW_READY_JS, arg=view, polling="raf", timeout=VIEW_READY_LIMIT * 1000
+            ).json_value()
             if outcome == "ok":
                 ready = _wait_stamp(page, "__readyAt", VIEW_READY_LIMIT)
                 entry["seconds"] = (ready - page.evaluate("window.__clickAt")) / 1000
@@ -296,10 +327,8 @@ def page_asset_bytes(browser: Chromium, url: str) -> int:
     sizes = []
 
     def count(response):
-        try:
+        with contextlib.suppress(PlaywrightError):  # redirects and aborted requests have no body
             sizes.append(len(response.body()))
-        except PlaywrightError:  # redirects and aborted requests have no body
-            pass
 
     page.on("response", count)
     page.goto(url + "/", wait_until="networkidle")
@@ -329,8 +358,10 @@ def bertviz_render(html: Path, cdn_files: dict[str, Path], limit: float) -> dict
             remaining = max(1.0, limit - (time.perf_counter() - started))
             page.wait_for_function(BERTVIZ_DRAWN_JS, polling="raf", timeout=remaining * 1000)
             remaining = max(1.0, limit - (time.perf_counter() - started))
-            return {"render_seconds": _wait_stamp(page, "__drawnAt", remaining) / 1000,
-                    "longest_task": page.evaluate(LONGEST_TASK_JS, 0) / 1000}
+            return {
+                "render_seconds": _wait_stamp(page, "__drawnAt", remaining) / 1000,
+                "longest_task": page.evaluate(LONGEST_TASK_JS, 0) / 1000,
+            }
         except PlaywrightTimeout:
             return {"error": f"not drawn within {limit:.0f} s"}
         except PlaywrightError as error:

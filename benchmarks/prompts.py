@@ -3,6 +3,7 @@
 The text is the Python reference manual's topic help that ships with every CPython
 (``pydoc_data.topics``), so every machine builds the same prompts without a download.
 """
+
 from __future__ import annotations
 
 import pydoc_data.topics
@@ -32,7 +33,7 @@ def exact_prompt(tokenizer, n_tokens: int, text: str | None = None, variant: int
     source text is too short or the count cannot be hit.
     """
     ids = tokenizer(text or source_text(), add_special_tokens=False, truncation=False)["input_ids"]
-    ids = ids[variant * VARIANT_STRIDE:]
+    ids = ids[variant * VARIANT_STRIDE :]
     special = count(tokenizer, "a") - len(tokenizer("a", add_special_tokens=False)["input_ids"])
     take = n_tokens - special
     for _ in range(MAX_ADJUST_STEPS):

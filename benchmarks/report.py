@@ -1,5 +1,6 @@
 """Results -> Markdown tables, ratios and the issue's targets, printed and written into
 docs/benchmarks.md (one block per model, between markers, so runs on other models stay)."""
+
 from __future__ import annotations
 
 import re
@@ -54,8 +55,10 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def views_summary(views: dict) -> str:
-    return ", ".join(f"{view} {_s(entry.get('seconds'))} s" if "seconds" in entry else f"{view} FAILED"
-                     for view, entry in views.items())
+    return ", ".join(
+        f"{view} {_s(entry.get('seconds'))} s" if "seconds" in entry else f"{view} FAILED"
+        for view, entry in views.items()
+    )
 
 
 def bertviz_summary(result: dict) -> str:
@@ -63,13 +66,18 @@ def bertviz_summary(result: dict) -> str:
         return f"failed: {result['error']}"
     if "skipped" in result:
         return result["skipped"]
-    return (f"{_mb(result.get('bytes'))} MB HTML in {_s(result.get('html_seconds'))} s, "
-            f"drawn in {_s(result.get('render_seconds'))} s")
+    return (
+        f"{_mb(result.get('bytes'))} MB HTML in {_s(result.get('html_seconds'))} s, "
+        f"drawn in {_s(result.get('render_seconds'))} s"
+    )
 
 
 def usable(entry: dict) -> bool:
-    return ("seconds" in entry and entry["seconds"] <= USABLE_SECONDS
-            and entry.get("longest_task", 0) <= USABLE_TASK_SECONDS)
+    return (
+        "seconds" in entry
+        and entry["seconds"] <= USABLE_SECONDS
+        and entry.get("longest_task", 0) <= USABLE_TASK_SECONDS
+    )
 
 
 def _bertviz_total(results: dict, n: int, view: str) -> float | None:
@@ -99,15 +107,42 @@ def atlas_table(results: dict) -> str:
             rows.append([str(n), "", _s(bare), "failed: " + entry.get("error", "?")] + [""] * 8)
             continue
         cached = entry.get("cached", {})
-        rows.append([str(n), str(len(entry.get("trials", [1]))), _s(bare), _s(entry["capture_seconds"]), _s(entry["overview"]), _s(entry["painted"]),
-                     _ratio(entry["painted"], bare), _kb(entry["bytes_first_view"]), _kb(entry["bytes_analysis"]),
-                     f"{_ms(cached.get('p50'))} / {_ms(cached.get('p99'))}"
-                     + (f" ({cached['count']} runs)" if cached.get("count", results["repeats"]) < results["repeats"] else ""),
-                     f"{_mb(entry.get('rss_start'))} / {_mb(entry['peak_rss'])}",
-                     f"{entry['background_cpu']:.0%}"])
-    return _table(["N tokens", "prompts", "bare forward s", "capture s", "analyze→overview s", "first view painted s",
-                   "painted / bare", "KB before view", "KB analysis", "cached p50 / p99 ms", "server RSS before / peak MiB",
-                   "other CPU load"], rows)
+        rows.append(
+            [
+                str(n),
+                str(len(entry.get("trials", [1]))),
+                _s(bare),
+                _s(entry["capture_seconds"]),
+                _s(entry["overview"]),
+                _s(entry["painted"]),
+                _ratio(entry["painted"], bare),
+                _kb(entry["bytes_first_view"]),
+                _kb(entry["bytes_analysis"]),
+                f"{_ms(cached.get('p50'))} / {_ms(cached.get('p99'))}"
+                + (
+                    f" ({cached['count']} runs)" if cached.get("count", results["repeats"]) < results["repeats"] else ""
+                ),
+                f"{_mb(entry.get('rss_start'))} / {_mb(entry['peak_rss'])}",
+                f"{entry['background_cpu']:.0%}",
+            ]
+        )
+    return _table(
+        [
+            "N tokens",
+            "prompts",
+            "bare forward s",
+            "capture s",
+            "analyze→overview s",
+            "first view painted s",
+            "painted / bare",
+            "KB before view",
+            "KB analysis",
+            "cached p50 / p99 ms",
+            "server RSS before / peak MiB",
+            "other CPU load",
+        ],
+        rows,
+    )
 
 
 def views_table(results: dict) -> str:
@@ -118,11 +153,16 @@ def views_table(results: dict) -> str:
         cells = []
         for view in ATLAS_VIEWS:
             entry = views.get(view, {})
-            cells.append("failed" if "error" in entry else _s(entry.get("seconds")) + ("" if usable(entry) or not entry else " (slow)"))
+            cells.append(
+                "failed"
+                if "error" in entry
+                else _s(entry.get("seconds")) + ("" if usable(entry) or not entry else " (slow)")
+            )
         longest = max((entry.get("longest_task", 0) for entry in views.values()), default=None)
         rows.append([str(n), *cells, _ms(longest), _kb(sizes[str(n)].get("bytes_all_views"))])
-    return _table(["N tokens", *[f"{view} s" for view in ATLAS_VIEWS], "longest main-thread task ms",
-                   "KB all views"], rows)
+    return _table(
+        ["N tokens", *[f"{view} s" for view in ATLAS_VIEWS], "longest main-thread task ms", "KB all views"], rows
+    )
 
 
 def bertviz_table(results: dict) -> str:
@@ -130,13 +170,31 @@ def bertviz_table(results: dict) -> str:
     for n in _sizes(results.get("bertviz", {})):
         entry = results["bertviz"][str(n)]
         model, head = entry.get("model_view", {}), entry.get("head_view", {})
-        rows.append([str(n), _s(entry.get("forward_seconds")),
-                     _bertviz_cell(model, "bytes", _mb), _bertviz_cell(model, "html_seconds", _s),
-                     _bertviz_cell(model, "render_seconds", _s),
-                     _bertviz_cell(head, "bytes", _mb), _bertviz_cell(head, "html_seconds", _s),
-                     _bertviz_cell(head, "render_seconds", _s)])
-    return _table(["N tokens", "forward (eager + attentions) s", "model_view MB", "model_view HTML s",
-                   "model_view drawn s", "head_view MB", "head_view HTML s", "head_view drawn s"], rows)
+        rows.append(
+            [
+                str(n),
+                _s(entry.get("forward_seconds")),
+                _bertviz_cell(model, "bytes", _mb),
+                _bertviz_cell(model, "html_seconds", _s),
+                _bertviz_cell(model, "render_seconds", _s),
+                _bertviz_cell(head, "bytes", _mb),
+                _bertviz_cell(head, "html_seconds", _s),
+                _bertviz_cell(head, "render_seconds", _s),
+            ]
+        )
+    return _table(
+        [
+            "N tokens",
+            "forward (eager + attentions) s",
+            "model_view MB",
+            "model_view HTML s",
+            "model_view drawn s",
+            "head_view MB",
+            "head_view HTML s",
+            "head_view drawn s",
+        ],
+        rows,
+    )
 
 
 def bertviz_failures(results: dict) -> list[str]:
@@ -160,12 +218,35 @@ def comparison_table(results: dict) -> str:
         ours_head = entry["painted"] + head if head is not None else None
         bv_model, bv_head = _bertviz_total(results, n, "model_view"), _bertviz_total(results, n, "head_view")
         bv_bytes = results.get("bertviz", {}).get(str(n), {}).get("model_view", {}).get("bytes")
-        rows.append([str(n), _s(entry["painted"]), _s(bv_model), _ratio(entry["painted"], bv_model),
-                     _s(ours_head), _s(bv_head), _ratio(ours_head, bv_head),
-                     _kb(entry["bytes_first_view"]), _kb(bv_bytes), _ratio(entry["bytes_first_view"], bv_bytes)])
-    return _table(["N tokens", "ours: model view s", "BertViz model_view s", "ours / BertViz",
-                   "ours: head view s", "BertViz head_view s", "ours / BertViz",
-                   "ours: KB before view", "BertViz KB", "ours / BertViz"], rows)
+        rows.append(
+            [
+                str(n),
+                _s(entry["painted"]),
+                _s(bv_model),
+                _ratio(entry["painted"], bv_model),
+                _s(ours_head),
+                _s(bv_head),
+                _ratio(ours_head, bv_head),
+                _kb(entry["bytes_first_view"]),
+                _kb(bv_bytes),
+                _ratio(entry["bytes_first_view"], bv_bytes),
+            ]
+        )
+    return _table(
+        [
+            "N tokens",
+            "ours: model view s",
+            "BertViz model_view s",
+            "ours / BertViz",
+            "ours: head view s",
+            "BertViz head_view s",
+            "ours / BertViz",
+            "ours: KB before view",
+            "BertViz KB",
+            "ours / BertViz",
+        ],
+        rows,
+    )
 
 
 def targets(results: dict) -> list[tuple[bool | None, str]]:
@@ -183,37 +264,66 @@ def targets(results: dict) -> list[tuple[bool | None, str]]:
         if painted is None or not floor:
             out.append((None, f"first painted view <= {limit}x bare forward at {n} tokens: not measured"))
         else:
-            out.append((painted / floor <= limit, f"first painted view <= {limit}x bare forward at {n} tokens: "
-                        f"{painted:.2f} s / {floor:.2f} s = {painted / floor:.2f}x"))
+            out.append(
+                (
+                    painted / floor <= limit,
+                    f"first painted view <= {limit}x bare forward at {n} tokens: "
+                    f"{painted:.2f} s / {floor:.2f} s = {painted / floor:.2f}x",
+                )
+            )
     first = entry(1024).get("bytes_first_view")
     if first is not None:
-        out.append((first <= TARGET_BYTES_1024, f"bytes before the first view <= 256 KB at 1024 tokens: {first / KIB:.0f} KB"))
+        out.append(
+            (first <= TARGET_BYTES_1024, f"bytes before the first view <= 256 KB at 1024 tokens: {first / KIB:.0f} KB")
+        )
     measured = [(n, entry(n)["bytes_first_view"]) for n in _sizes(sizes) if "bytes_first_view" in entry(n)]
     if len(measured) >= 2:
         steps = [(b2 / b1) / (n2 / n1) for (n1, b1), (n2, b2) in zip(measured, measured[1:])]
         slope = (measured[-1][1] - measured[-2][1]) / (measured[-1][0] - measured[-2][0])
-        out.append((max(steps) <= 1.0, "bytes before the first view grow at most linearly in N: largest growth "
-                    f"relative to N between two sizes {max(steps):.2f} (<= 1 is at most linear); "
-                    f"{measured[0][1] / KIB:.0f} KB at {measured[0][0]} -> {measured[-1][1] / KIB:.0f} KB at "
-                    f"{measured[-1][0]} tokens, {slope:.0f} bytes per extra token"))
+        out.append(
+            (
+                max(steps) <= 1.0,
+                "bytes before the first view grow at most linearly in N: largest growth "
+                f"relative to N between two sizes {max(steps):.2f} (<= 1 is at most linear); "
+                f"{measured[0][1] / KIB:.0f} KB at {measured[0][0]} -> {measured[-1][1] / KIB:.0f} KB at "
+                f"{measured[-1][0]} tokens, {slope:.0f} bytes per extra token",
+            )
+        )
     cached = [(n, entry(n)["cached"]) for n in _sizes(sizes) if "cached" in entry(n)]
     if cached:
         worst50 = max(cached, key=lambda item: item[1]["p50"])
         worst99 = max(cached, key=lambda item: item[1]["p99"])
-        out.append((worst50[1]["p50"] <= TARGET_CACHED_P50, f"cached repeat p50 <= 20 ms: worst "
-                    f"{worst50[1]['p50'] * 1000:.1f} ms (at {worst50[0]} tokens)"))
-        out.append((worst99[1]["p99"] <= TARGET_CACHED_P99, f"cached repeat p99 <= 100 ms: worst "
-                    f"{worst99[1]['p99'] * 1000:.1f} ms (at {worst99[0]} tokens)"))
+        out.append(
+            (
+                worst50[1]["p50"] <= TARGET_CACHED_P50,
+                f"cached repeat p50 <= 20 ms: worst {worst50[1]['p50'] * 1000:.1f} ms (at {worst50[0]} tokens)",
+            )
+        )
+        out.append(
+            (
+                worst99[1]["p99"] <= TARGET_CACHED_P99,
+                f"cached repeat p99 <= 100 ms: worst {worst99[1]['p99'] * 1000:.1f} ms (at {worst99[0]} tokens)",
+            )
+        )
     big = entry(4096)
     if "views" in big:
         slow = [view for view, result in big["views"].items() if not usable(result)]
-        out.append((not slow, "4096 tokens, every view usable (drawn without error within "
-                    f"{USABLE_SECONDS} s, no main-thread task over {USABLE_TASK_SECONDS} s): "
-                    + (views_summary(big["views"]) + (f"; not usable: {', '.join(slow)}" if slow else ""))))
+        out.append(
+            (
+                not slow,
+                "4096 tokens, every view usable (drawn without error within "
+                f"{USABLE_SECONDS} s, no main-thread task over {USABLE_TASK_SECONDS} s): "
+                + (views_summary(big["views"]) + (f"; not usable: {', '.join(slow)}" if slow else "")),
+            )
+        )
     if "peak_rss" in big:
         start = f" (RSS {big['rss_start'] / GIB:.2f} GiB before it)" if "rss_start" in big else ""
-        out.append((big["peak_rss"] < TARGET_RSS_4096, f"4096 tokens, server peak RSS < 4 GiB: "
-                    f"{big['peak_rss'] / GIB:.2f} GiB{start}"))
+        out.append(
+            (
+                big["peak_rss"] < TARGET_RSS_4096,
+                f"4096 tokens, server peak RSS < 4 GiB: {big['peak_rss'] / GIB:.2f} GiB{start}",
+            )
+        )
     return out
 
 
@@ -232,16 +342,35 @@ def machine_lines(results: dict) -> list[str]:
 
 def render(results: dict) -> str:
     """The whole result block: machine, tables, targets."""
-    parts = ["### Machine", *machine_lines(results), "",
-             "### Attention Atlas (first view, cached repeats, memory)", atlas_table(results), "",
-             "### Every view, opened one after another after the first view", views_table(results), ""]
+    parts = [
+        "### Machine",
+        *machine_lines(results),
+        "",
+        "### Attention Atlas (first view, cached repeats, memory)",
+        atlas_table(results),
+        "",
+        "### Every view, opened one after another after the first view",
+        views_table(results),
+        "",
+    ]
     if results.get("bertviz"):
-        parts += ["### BertViz", bertviz_table(results), "", *bertviz_failures(results), "",
-                  "### Attention Atlas / BertViz", comparison_table(results), ""]
+        parts += [
+            "### BertViz",
+            bertviz_table(results),
+            "",
+            *bertviz_failures(results),
+            "",
+            "### Attention Atlas / BertViz",
+            comparison_table(results),
+            "",
+        ]
     parts += ["### Targets"]
     parts += [f"- {'PASS' if ok else 'MISS' if ok is False else 'n/a'}: {line}" for ok, line in targets(results)]
-    parts += ["", f"Page assets (HTML, CSS, JS, Bokeh; once per visit, cacheable): "
-              f"{results['atlas'].get('page_bytes', 0) / KIB:,.0f} KB."]
+    parts += [
+        "",
+        f"Page assets (HTML, CSS, JS, Bokeh; once per visit, cacheable): "
+        f"{results['atlas'].get('page_bytes', 0) / KIB:,.0f} KB.",
+    ]
     return "\n".join(parts)
 
 

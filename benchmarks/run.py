@@ -14,6 +14,7 @@ view; per size, time repeated cached analyses with a Socket.IO client, then open
 view; (3) per size, make BertViz's HTML in a memory-capped worker and time its rendering in
 headless Chromium, until it fails.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -51,19 +52,32 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--model", default="smollm2", help="registered model name (default smollm2)")
     parser.add_argument("--skip-bertviz", action="store_true", help="measure Attention Atlas only")
     parser.add_argument("--repeats", type=int, default=200, help="cached repeats per size (default 200)")
-    parser.add_argument("--trials", type=int, default=3,
-                        help=f"distinct uncached prompts per size up to {TRIAL_MAX_TOKENS} tokens; the best "
-                             "figures are kept (default 3)")
-    parser.add_argument("--quiet-wait", type=float, default=30, metavar="SECONDS",
-                        help="before each measurement wait up to this long for other processes to leave "
-                             "the CPU mostly idle (default 30; 0 = don't wait)")
+    parser.add_argument(
+        "--trials",
+        type=int,
+        default=3,
+        help=f"distinct uncached prompts per size up to {TRIAL_MAX_TOKENS} tokens; the best "
+        "figures are kept (default 3)",
+    )
+    parser.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=30,
+        metavar="SECONDS",
+        help="before each measurement wait up to this long for other processes to leave "
+        "the CPU mostly idle (default 30; 0 = don't wait)",
+    )
     parser.add_argument("--port", type=int, default=5063, help="port for the server (default 5063)")
     parser.add_argument("--out", type=Path, help="write the results into this Markdown file (docs/benchmarks.md)")
     parser.add_argument("--label", help="name of this run's block in --out (default: the model name)")
     parser.add_argument("--json", type=Path, help="also save the raw results as JSON")
     parser.add_argument("--keep", action="store_true", help="keep the run's temporary folder")
-    parser.add_argument("--from-json", type=Path, metavar="JSON",
-                        help="measure nothing: print (and --out) the results saved earlier with --json")
+    parser.add_argument(
+        "--from-json",
+        type=Path,
+        metavar="JSON",
+        help="measure nothing: print (and --out) the results saved earlier with --json",
+    )
     args = parser.parse_args(argv)
     args.sizes = sorted({int(size) for size in args.sizes.split(",") if size.strip()})
     return args
@@ -80,8 +94,13 @@ def build_prompts(source: str, sizes: list[int], trials: int) -> dict[int, list[
 
     tokenizer = load_tokenizer(source)
     text = prompts.source_text()
-    return {n: [prompts.exact_prompt(tokenizer, n, text, variant)
-                for variant in range(trials if n <= TRIAL_MAX_TOKENS else 1)] for n in sizes}
+    return {
+        n: [
+            prompts.exact_prompt(tokenizer, n, text, variant)
+            for variant in range(trials if n <= TRIAL_MAX_TOKENS else 1)
+        ]
+        for n in sizes
+    }
 
 
 def first_view_trials(args, chromium, server: Server, bare, texts: list[str]) -> dict:
@@ -94,13 +113,18 @@ def first_view_trials(args, chromium, server: Server, bare, texts: list[str]) ->
         meter = CpuMeter()
         floor = bare.seconds(text)
         page, frames = browser.open_atlas(chromium, server.url)
-        trial = {"bare": floor, **browser.atlas_first_view(page, frames, args.model, text, FIRST_VIEW_LIMIT),
-                 "background_cpu": meter.other_share()}
+        trial = {
+            "bare": floor,
+            **browser.atlas_first_view(page, frames, args.model, text, FIRST_VIEW_LIMIT),
+            "background_cpu": meter.other_share(),
+        }
         trials.append(trial)
         if text is not texts[-1]:
             page.context.close()
-    best = {name: min(trial[name] for trial in trials)
-            for name in ("bare", "capture_seconds", "forward_seconds", "overview", "painted")}
+    best = {
+        name: min(trial[name] for trial in trials)
+        for name in ("bare", "capture_seconds", "forward_seconds", "overview", "painted")
+    }
     load = sum(trial["background_cpu"] for trial in trials) / len(trials)
     return {**trials[0], **best, "background_cpu": load, "trials": trials, "page": page, "frames": frames}
 
@@ -126,16 +150,20 @@ def measure_atlas(args, cache_dir: Path, run_dir: Path, variants: dict[int, list
                 try:
                     entry = first_view_trials(args, chromium, server, bare, texts)
                     page, frames = entry.pop("page"), entry.pop("frames")
-                    log(f"atlas N={n}: bare {entry['bare']:.2f} s, capture {entry['capture_seconds']:.2f} s, "
+                    log(
+                        f"atlas N={n}: bare {entry['bare']:.2f} s, capture {entry['capture_seconds']:.2f} s, "
                         f"painted {entry['painted']:.2f} s, {entry['bytes_first_view'] / 1024:.0f} KB before the view "
-                        f"(best of {len(texts)}; other processes' CPU load {entry['background_cpu']:.0%})")
+                        f"(best of {len(texts)}; other processes' CPU load {entry['background_cpu']:.0%})"
+                    )
                     wait_for_quiet(args.quiet_wait)  # before the views: their work would slow the server
                     entry["cached"] = cached_repeats(client, args.model, texts[-1], args.repeats)
                     entry["views"] = browser.atlas_views(page, frames)
                     entry["bytes_all_views"] = frames.received(0)
                     page.context.close()
-                    log(f"atlas N={n}: cached p50 {entry['cached']['p50'] * 1000:.1f} ms p99 "
-                        f"{entry['cached']['p99'] * 1000:.1f} ms; views {report.views_summary(entry['views'])}")
+                    log(
+                        f"atlas N={n}: cached p50 {entry['cached']['p50'] * 1000:.1f} ms p99 "
+                        f"{entry['cached']['p99'] * 1000:.1f} ms; views {report.views_summary(entry['views'])}"
+                    )
                 except RuntimeError as error:
                     entry["error"] = str(error)
                     log(f"atlas N={n}: FAILED {error}")
@@ -167,8 +195,16 @@ def measure_bertviz(source: str, texts: dict[int, str], run_dir: Path, quiet_wai
         meter = CpuMeter()
         (work / "prompt.txt").write_text(text, encoding="utf-8")
         memory = int(min(BERTVIZ_MEMORY_CAP, BERTVIZ_MEMORY_SHARE * psutil.virtual_memory().available))
-        command = [sys.executable, "-m", "benchmarks.bertviz_html", source, str(work / "prompt.txt"), str(work),
-                   str(memory), ",".join(views)]
+        command = [
+            sys.executable,
+            "-m",
+            "benchmarks.bertviz_html",
+            source,
+            str(work / "prompt.txt"),
+            str(work),
+            str(memory),
+            ",".join(views),
+        ]
         try:
             done = subprocess.run(command, cwd=report.REPO, capture_output=True, text=True, timeout=BERTVIZ_HTML_LIMIT)
             made = json.loads(done.stdout.strip().splitlines()[-1])
@@ -210,16 +246,21 @@ def main(argv: list[str] | None = None) -> int:
         log(f"preparing {args.model} (the first run converts GGUF weights, ~25 s)")
         source = weights_source(args.model, converted)
         variants = build_prompts(source, args.sizes, args.trials)
-        results = {"model": args.model, "label": args.label or args.model, "machine": describe_machine(),
-                   "repeats": args.repeats}
+        results = {
+            "model": args.model,
+            "label": args.label or args.model,
+            "machine": describe_machine(),
+            "repeats": args.repeats,
+        }
         bare = BareForward(source)
         try:
             results["atlas"] = measure_atlas(args, cache_dir, run_dir, variants, bare)
         finally:
             bare.close()
         if not args.skip_bertviz:
-            results["bertviz"] = measure_bertviz(source, {n: texts[0] for n, texts in variants.items()},
-                                                 run_dir, args.quiet_wait)
+            results["bertviz"] = measure_bertviz(
+                source, {n: texts[0] for n, texts in variants.items()}, run_dir, args.quiet_wait
+            )
         results["seconds"] = time.perf_counter() - started
     finally:
         if not args.keep:

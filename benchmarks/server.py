@@ -1,5 +1,6 @@
 """The real Attention Atlas server as a subprocess, its memory, and a Socket.IO client that
 times repeated (cached) analyses the way the browser sends them."""
+
 from __future__ import annotations
 
 import os
@@ -34,10 +35,20 @@ class Server:
         self.url = f"http://127.0.0.1:{port}"
         self.model = model
         self.log_path = log_path
-        command = [sys.executable, "-m", "app", "--cache-dir", str(cache_dir), "serve",
-                   "--port", str(port), "--preload", model]
+        command = [
+            sys.executable,
+            "-m",
+            "app",
+            "--cache-dir",
+            str(cache_dir),
+            "serve",
+            "--port",
+            str(port),
+            "--preload",
+            model,
+        ]
         env = {**os.environ, **SERVER_ENV, "PYTHONUNBUFFERED": "1"}
-        self._log = open(log_path, "wb")
+        self._log = open(log_path, "wb")  # noqa: SIM115  (open for the server's lifetime, closed in stop())
         self.process = subprocess.Popen(command, cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT, env=env)
 
     @property
@@ -114,6 +125,7 @@ class AtlasClient:
             with self._done:
                 self._answers.setdefault(payload.get("rid"), []).append((event, at, payload))
                 self._done.notify_all()
+
         return handle
 
     def analyze(self, model: str, text: str, timeout: float = REQUEST_TIMEOUT) -> dict:
@@ -127,7 +139,8 @@ class AtlasClient:
         self.client.emit("analyze", {"rid": rid, "model": model, "text": text}, namespace=NAMESPACE)
         with self._done:
             finished = self._done.wait_for(
-                lambda: any(event in ("done", "error") for event, _, _ in self._answers.get(rid, [])), timeout)
+                lambda: any(event in ("done", "error") for event, _, _ in self._answers.get(rid, [])), timeout
+            )
             answers = self._answers.pop(rid, [])
         if not finished:
             raise RuntimeError(f"no answer to analyze in {timeout:.0f} s")
@@ -170,8 +183,13 @@ def cached_repeats(client: AtlasClient, model: str, text: str, repeats: int) -> 
             raise RuntimeError("a repeated prompt was not served from the cache")
         round_trips.append(answer["seconds"]["done"])
         server.append(answer["done"]["seconds"])
-    return {"p50": percentile(round_trips, 50), "p99": percentile(round_trips, 99),
-            "lookup_p50": percentile(server, 50), "lookup_p99": percentile(server, 99), "count": len(round_trips)}
+    return {
+        "p50": percentile(round_trips, 50),
+        "p99": percentile(round_trips, 99),
+        "lookup_p50": percentile(server, 50),
+        "lookup_p99": percentile(server, 99),
+        "count": len(round_trips),
+    }
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -3,6 +3,7 @@ pass (``sdpa``, no attention output) and for BertViz (``eager`` with ``output_at
 
 Like models/, this module imports torch and transformers; the benchmark's other modules don't.
 """
+
 from __future__ import annotations
 
 import gc

@@ -5,24 +5,39 @@ The hook and the recorder live in :mod:`models.recorder`; this module decides wh
 own driver, :mod:`models.seq2seq`, which :func:`run_capture` hands them to so that callers have
 one entry point.
 """
+
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
 from models.errors import UnsupportedModelError
 from models.record import Capture
 from models.recorder import (
-    ATTENTION_KEEP_BYTES, LayerDone, Recorder, assemble, new_recorder, recorded_forward, tokenize,
+    ATTENTION_KEEP_BYTES,
+    LayerDone,
+    Recorder,
+    assemble,
+    new_recorder,
+    recorded_forward,
+    tokenize,
 )
 from models.seq2seq import run_seq2seq_capture
 
 
-def run_capture(handle, text: str, *, target: str = "", precision: str = "float16",
-                keep_attention_bytes: int = ATTENTION_KEEP_BYTES, max_tokens: int | None = None,
-                on_layer: LayerDone | None = None, reserve: Callable[[int], None] | None = None) -> Capture:
+def run_capture(
+    handle,
+    text: str,
+    *,
+    target: str = "",
+    precision: str = "float16",
+    keep_attention_bytes: int = ATTENTION_KEEP_BYTES,
+    max_tokens: int | None = None,
+    on_layer: LayerDone | None = None,
+    reserve: Callable[[int], None] | None = None,
+) -> Capture:
     """Tokenize ``text`` and run one forward pass of ``handle`` (a models.loading.ModelHandle).
 
     ``target`` is what the decoder of an encoder-decoder model reads (see :mod:`models.seq2seq`);
@@ -39,8 +54,16 @@ def run_capture(handle, text: str, *, target: str = "", precision: str = "float1
     empty prompt, UnsupportedModelError for an architecture this hook cannot read.
     """
     if getattr(handle.config, "is_encoder_decoder", False):
-        return run_seq2seq_capture(handle, text, target, precision=precision, max_tokens=max_tokens,
-                                   keep_attention_bytes=keep_attention_bytes, on_layer=on_layer, reserve=reserve)
+        return run_seq2seq_capture(
+            handle,
+            text,
+            target,
+            precision=precision,
+            max_tokens=max_tokens,
+            keep_attention_bytes=keep_attention_bytes,
+            on_layer=on_layer,
+            reserve=reserve,
+        )
     if target:
         raise ValueError(f"{handle.name} has no decoder to read a target text; leave it empty")
     started = time.perf_counter()
@@ -49,9 +72,14 @@ def run_capture(handle, text: str, *, target: str = "", precision: str = "float1
     n = len(tokenized.ids)
     layers, heads = description["layers"], description["heads"]
     recorder = new_recorder(Recorder, n, layers, heads, precision, keep_attention_bytes, on_layer)
-    output, forward_seconds = recorded_forward(handle, recorder, heads, reserve,
-                                               input_ids=torch.tensor([tokenized.ids], device=handle.device),
-                                               **({"logits_to_keep": 1} if handle.is_causal else {}))
+    output, forward_seconds = recorded_forward(
+        handle,
+        recorder,
+        heads,
+        reserve,
+        input_ids=torch.tensor([tokenized.ids], device=handle.device),
+        **({"logits_to_keep": 1} if handle.is_causal else {}),
+    )
     if not recorder.layers:
         raise UnsupportedModelError(
             f"{type(handle.model).__name__} does not dispatch attention through transformers' "
@@ -60,5 +88,12 @@ def run_capture(handle, text: str, *, target: str = "", precision: str = "float1
     hidden = output.hidden_states
     hidden_norms = torch.stack([h[0].float().norm(dim=-1) for h in hidden]).cpu().numpy()  # [L+1, N]
     del output, hidden
-    return assemble(handle.name, text, tokenized, recorder, hidden_norms, description,
-                    {"forward_seconds": forward_seconds, "capture_seconds": time.perf_counter() - started})
+    return assemble(
+        handle.name,
+        text,
+        tokenized,
+        recorder,
+        hidden_norms,
+        description,
+        {"forward_seconds": forward_seconds, "capture_seconds": time.perf_counter() - started},
+    )

@@ -5,6 +5,7 @@ name them without importing torch (which models load on first use), so they live
 code that raises them. Their bases stay what callers already catch: a refused input is a
 ValueError, an unknown name a KeyError, a failed load a RuntimeError.
 """
+
 from __future__ import annotations
 
 

@@ -3,6 +3,7 @@
 Both need the model's own head (and final norm), so they live beside capture, the other code
 that runs models.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -33,9 +34,15 @@ def generate(handle, text: str, max_new_tokens: int, sample: bool, seed: int, te
     options = {"do_sample": True, "temperature": temperature, "top_k": 0} if sample else {"do_sample": False}
     with handle.lock, torch.inference_mode():
         torch.manual_seed(seed)
-        output = handle.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-                                       pad_token_id=handle.tokenizer.eos_token_id, top_p=None, **options)
-    return text + handle.tokenizer.decode(output[0, ids.shape[1]:], skip_special_tokens=False)
+        output = handle.model.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=max_new_tokens,
+            pad_token_id=handle.tokenizer.eos_token_id,
+            top_p=None,
+            **options,
+        )
+    return text + handle.tokenizer.decode(output[0, ids.shape[1] :], skip_special_tokens=False)
 
 
 def _final_norm(model):
@@ -61,8 +68,12 @@ def logit_lens(handle, text: str, start: int, count: int) -> dict[str, np.ndarra
         raise ValueError(f"'start' must be below the prompt's {len(ids)} tokens")
     head, norm = handle.model.get_output_embeddings(), _final_norm(handle.model)
     with handle.lock, torch.inference_mode():
-        output = handle.model(input_ids=torch.tensor([ids], device=handle.device), output_hidden_states=True,
-                              use_cache=False, logits_to_keep=1)
+        output = handle.model(
+            input_ids=torch.tensor([ids], device=handle.device),
+            output_hidden_states=True,
+            use_cache=False,
+            logits_to_keep=1,
+        )
         states = torch.stack([h[0, start:] for h in output.hidden_states])  # [L + 1, count, D]
         # the last hidden state already has the final norm applied
         normed = torch.cat([norm(states[:-1]), states[-1:]])

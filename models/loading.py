@@ -10,6 +10,7 @@ Importing this module changes no environment: whether the hub may be reached
 (``HF_HUB_OFFLINE``) is the choice of whoever starts the process (the app's entry points, the
 tests), not of a notebook that imports the app.
 """
+
 from __future__ import annotations
 
 import logging
@@ -17,9 +18,9 @@ import os
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer

@@ -5,6 +5,7 @@ matrices grow as N^2 per head, so a record keeps them only while they fit a byte
 any head's attention is recomputed exactly from the captured queries, keys and mask, the same
 softmax(q.k * scaling + mask) the model ran (the capture tests check the two agree).
 """
+
 from __future__ import annotations
 
 import json
@@ -15,8 +16,20 @@ import numpy as np
 FORMAT_VERSION = 2  # bump when the arrays or their meaning change; part of every cache key
 
 ARRAY_FIELDS = (
-    "spans", "special", "queries", "keys", "kv_map", "scaling", "masks", "mask_index",
-    "row_lse", "value_norms", "hidden_norms", "received", "thumbnails", "attention",
+    "spans",
+    "special",
+    "queries",
+    "keys",
+    "kv_map",
+    "scaling",
+    "masks",
+    "mask_index",
+    "row_lse",
+    "value_norms",
+    "hidden_norms",
+    "received",
+    "thumbnails",
+    "attention",
 )
 
 
@@ -27,23 +40,23 @@ class Capture:
 
     model: str
     text: str
-    tokens: list[str]        # display text of each token (its span of the prompt, or the special token)
-    pieces: list[str]        # the tokenizer's own token strings ("Ġthe", "##ing")
-    layer_names: list[str]   # module path of each attention layer
-    info: dict               # model description and timings
-    spans: np.ndarray        # [N, 2] int32 character offsets into text
-    special: np.ndarray      # [N] bool, True for tokens the tokenizer added
-    queries: np.ndarray      # [L, H, N, d] after rotary embedding, as the model used them
-    keys: np.ndarray         # [L, KV, N, d] after rotary embedding
-    kv_map: np.ndarray       # [H] int32, the key/value head each query head reads
-    scaling: np.ndarray      # [L] float32, the factor on q.k before softmax
-    masks: np.ndarray        # [M, N, N] bool, True where a query may attend to a key
-    mask_index: np.ndarray   # [L] int32, which mask each layer used
-    row_lse: np.ndarray      # [L, H, N] float32, log-sum-exp of each attention row's scores
+    tokens: list[str]  # display text of each token (its span of the prompt, or the special token)
+    pieces: list[str]  # the tokenizer's own token strings ("Ġthe", "##ing")
+    layer_names: list[str]  # module path of each attention layer
+    info: dict  # model description and timings
+    spans: np.ndarray  # [N, 2] int32 character offsets into text
+    special: np.ndarray  # [N] bool, True for tokens the tokenizer added
+    queries: np.ndarray  # [L, H, N, d] after rotary embedding, as the model used them
+    keys: np.ndarray  # [L, KV, N, d] after rotary embedding
+    kv_map: np.ndarray  # [H] int32, the key/value head each query head reads
+    scaling: np.ndarray  # [L] float32, the factor on q.k before softmax
+    masks: np.ndarray  # [M, N, N] bool, True where a query may attend to a key
+    mask_index: np.ndarray  # [L] int32, which mask each layer used
+    row_lse: np.ndarray  # [L, H, N] float32, log-sum-exp of each attention row's scores
     value_norms: np.ndarray  # [L, H, N] float32, ||v_j|| of each head's value vectors
     hidden_norms: np.ndarray  # [L + 1, N] float32, residual-stream norm after embeddings and each layer
-    received: np.ndarray     # [L, N] float32, attention each key receives per head and visible query
-    thumbnails: np.ndarray   # [L, H, t, t] float16, max-pooled attention for the model view
+    received: np.ndarray  # [L, N] float32, attention each key receives per head and visible query
+    thumbnails: np.ndarray  # [L, H, t, t] float16, max-pooled attention for the model view
     attention: np.ndarray | None = None  # [L, H, N, N], kept only within the byte budget
 
     @property
@@ -75,7 +88,9 @@ class Capture:
         allowed = self.masks[self.mask_index[layer]][rows, cols]
         return np.where(allowed, scores, np.float32(-np.inf))
 
-    def attention_block(self, layer: int, head: int, rows: slice = slice(None), cols: slice = slice(None)) -> np.ndarray:
+    def attention_block(
+        self, layer: int, head: int, rows: slice = slice(None), cols: slice = slice(None)
+    ) -> np.ndarray:
         """[r, c] float32 attention probabilities for any block of one head.
 
         Without stored attention, exp(score - row log-sum-exp) gives any block exactly, without
@@ -96,17 +111,26 @@ class Capture:
             return self.attention[layer].astype(np.float32)
         return np.stack([self.head_attention(layer, head) for head in range(self.n_heads)])
 
-    def validate(self) -> "Capture":
+    def validate(self) -> Capture:
         """Check that every array agrees on L, H, KV, N and d; raises ValueError naming the first
         mismatch. Records from outside (notebook uploads) pass through here before being served."""
         layers, heads, n, d = self.queries.shape
         kv_heads = self.keys.shape[1]
         side = self.thumbnails.shape[-1]
         expected = {
-            "tokens": (n,), "pieces": (n,), "spans": (n, 2), "special": (n,),
-            "keys": (layers, kv_heads, n, d), "kv_map": (heads,), "scaling": (layers,),
-            "mask_index": (layers,), "row_lse": (layers, heads, n), "value_norms": (layers, heads, n),
-            "hidden_norms": (layers + 1, n), "received": (layers, n), "thumbnails": (layers, heads, side, side),
+            "tokens": (n,),
+            "pieces": (n,),
+            "spans": (n, 2),
+            "special": (n,),
+            "keys": (layers, kv_heads, n, d),
+            "kv_map": (heads,),
+            "scaling": (layers,),
+            "mask_index": (layers,),
+            "row_lse": (layers, heads, n),
+            "value_norms": (layers, heads, n),
+            "hidden_norms": (layers + 1, n),
+            "received": (layers, n),
+            "thumbnails": (layers, heads, side, side),
         }
         for name, shape in expected.items():
             value = getattr(self, name)
@@ -133,9 +157,8 @@ class Capture:
         return arrays
 
     @classmethod
-    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> "Capture":
+    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> Capture:
         meta = json.loads(bytes(arrays["meta"]).decode())
         known = {f.name for f in fields(cls)}
         values = {name: arrays.get(name) for name in ARRAY_FIELDS}
         return cls(**{k: v for k, v in meta.items() if k in known}, **values)
-

@@ -12,14 +12,15 @@ The drivers that decide what a forward pass reads, :mod:`models.capture` (one se
 knows seq2seq (it hands encoder-decoder models on), so the two import no private names and form
 no cycle.
 """
+
 from __future__ import annotations
 
 import contextlib
 import contextvars
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 import torch
@@ -40,7 +41,7 @@ SCORE_CHECK_TOLERANCE = 1e-3  # max |softmax(scores) - weights| before a record 
 
 LayerDone = Callable[[int, int, np.ndarray], None]  # (layer index, layers in all, its [H, t, t] thumbnails)
 TORCH_DTYPES = {"float16": torch.float16, "float32": torch.float32}  # storage precision -> torch dtype
-_ACTIVE: contextvars.ContextVar["Recorder | None"] = contextvars.ContextVar("atlas_recorder", default=None)
+_ACTIVE: contextvars.ContextVar[Recorder | None] = contextvars.ContextVar("atlas_recorder", default=None)
 
 
 def forward_bytes(n_heads: int, n_tokens: int) -> int:
@@ -120,19 +121,21 @@ class Recorder:
         keys = key[0].float().repeat_interleave(groups, 0)  # [H, N, d]
         mask = self._mask_index(attention_mask)
         visible = torch.from_numpy(self.masks[mask].sum(axis=0).clip(min=1)).to(weights)  # [N] queries per key
-        self.layers.append({
-            "name": self.names.get(id(module), type(module).__name__),
-            "queries": self._numpy(query[0]),                        # [H, N, d]
-            "keys": self._numpy(key[0]),                             # [KV, N, d]
-            "row_lse": _row_logsumexp(query[0].float(), keys, weights, scaling).cpu().numpy(),  # [H, N]
-            "received": (weights.sum(dim=(0, 1)) / (weights.shape[0] * visible)).cpu().numpy(),  # [N]
-            "value_norms": value[0].float().norm(dim=-1).repeat_interleave(groups, 0).cpu().numpy(),  # [H, N]
-            "thumbnails": thumbs.cpu().numpy().astype(np.float16),
-            "attention": self._numpy(weights) if self.keep_attention else None,
-            "scaling": scaling,
-            "mask": mask,
-            "groups": groups,
-        })
+        self.layers.append(
+            {
+                "name": self.names.get(id(module), type(module).__name__),
+                "queries": self._numpy(query[0]),  # [H, N, d]
+                "keys": self._numpy(key[0]),  # [KV, N, d]
+                "row_lse": _row_logsumexp(query[0].float(), keys, weights, scaling).cpu().numpy(),  # [H, N]
+                "received": (weights.sum(dim=(0, 1)) / (weights.shape[0] * visible)).cpu().numpy(),  # [N]
+                "value_norms": value[0].float().norm(dim=-1).repeat_interleave(groups, 0).cpu().numpy(),  # [H, N]
+                "thumbnails": thumbs.cpu().numpy().astype(np.float16),
+                "attention": self._numpy(weights) if self.keep_attention else None,
+                "scaling": scaling,
+                "mask": mask,
+                "groups": groups,
+            }
+        )
         if self.on_layer:
             self.on_layer(len(self.layers) - 1, self.layers[-1]["thumbnails"])
 
@@ -190,8 +193,16 @@ def allowed_positions(mask: torch.Tensor) -> torch.Tensor:
     return mask if mask.dtype == torch.bool else mask > torch.finfo(mask.dtype).min / 2
 
 
-def new_recorder(recorder_class: type[Recorder], n: int, layers: int, heads: int, precision: str,
-                 keep_attention_bytes: int, on_layer: LayerDone | None, **fields) -> Recorder:
+def new_recorder(
+    recorder_class: type[Recorder],
+    n: int,
+    layers: int,
+    heads: int,
+    precision: str,
+    keep_attention_bytes: int,
+    on_layer: LayerDone | None,
+    **fields,
+) -> Recorder:
     """A recorder for ``layers`` x ``heads`` over ``n`` tokens: attention kept when it fits
     ``keep_attention_bytes``, ``on_layer`` told how many layers there are."""
     dtype = np.dtype(precision)
@@ -229,7 +240,7 @@ class Tokenized:
     ids: list[int]
     pieces: list[str]
     tokens: list[str]
-    spans: np.ndarray    # [N, 2] int32
+    spans: np.ndarray  # [N, 2] int32
     special: np.ndarray  # [N] bool
 
 
@@ -244,13 +255,22 @@ def tokenize(tokenizer, text: str, max_tokens: int) -> Tokenized:
     spans = np.asarray(encoded["offset_mapping"], dtype=np.int32).reshape(-1, 2)
     special = np.asarray(encoded["special_tokens_mask"], dtype=bool)
     pieces = tokenizer.convert_ids_to_tokens(ids)
-    tokens = [piece if is_special or start == end else text[start:end]
-              for piece, is_special, (start, end) in zip(pieces, special, spans)]
+    tokens = [
+        piece if is_special or start == end else text[start:end]
+        for piece, is_special, (start, end) in zip(pieces, special, spans)
+    ]
     return Tokenized(ids, pieces, tokens, spans, special)
 
 
-def assemble(model: str, text: str, tokenized: Tokenized, recorder: Recorder, hidden_norms: np.ndarray,
-             description: dict, timings: dict) -> Capture:
+def assemble(
+    model: str,
+    text: str,
+    tokenized: Tokenized,
+    recorder: Recorder,
+    hidden_norms: np.ndarray,
+    description: dict,
+    timings: dict,
+) -> Capture:
     """The record of one finished pass: the recorder's per-layer arrays stacked along a layer axis.
 
     ``hidden_norms`` is [L + 1, N]; each driver reads it off its own model output, because

@@ -4,6 +4,7 @@ The registry is declarative (``registry.toml`` beside this file, plus optional u
 loading itself lives in :mod:`models.loading`. Keeping the two apart means the web app can list
 models, validate a request and compute cache keys without importing torch.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -121,8 +122,9 @@ def spec_from_argument(argument: str) -> ModelSpec:
     return ModelSpec(name=name, title=where, hf_id=where)
 
 
-def load_registry(extra_files: list[str] | tuple = (), extra_args: list[str] | tuple = (),
-                  allowed: list[str] | tuple = ()) -> Registry:
+def load_registry(
+    extra_files: list[str] | tuple = (), extra_args: list[str] | tuple = (), allowed: list[str] | tuple = ()
+) -> Registry:
     """Build the registry from the packaged file, user TOML files and NAME=WHERE arguments.
 
     ``allowed``, when given, keeps only those names (the operator's allow-list).

@@ -12,12 +12,13 @@ each layer's kind and where the two segments lie.
 The decoder reads a target text, teacher-forced: the user's, or by default the model's own greedy
 output, which is then analysed like a text the user typed (so a shared link reproduces it).
 """
+
 from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 import torch
@@ -25,7 +26,14 @@ import torch
 from models.errors import TooManyTokensError, UnsupportedModelError
 from models.record import Capture
 from models.recorder import (
-    ATTENTION_KEEP_BYTES, LayerDone, Recorder, Tokenized, allowed_positions, assemble, new_recorder, recorded_forward,
+    ATTENTION_KEEP_BYTES,
+    LayerDone,
+    Recorder,
+    Tokenized,
+    allowed_positions,
+    assemble,
+    new_recorder,
+    recorded_forward,
     tokenize,
 )
 
@@ -40,6 +48,7 @@ def is_encoder_decoder(config) -> bool:
 
 def stack_sizes(config) -> tuple[int, int]:
     """(encoder layers, decoder layers) under the names T5- and BART-style configs use."""
+
     def first(*names: str) -> int:
         return next(int(getattr(config, name)) for name in names if getattr(config, name, None) is not None)
 
@@ -81,8 +90,15 @@ class _SegmentRecorder(Recorder):
         full_weights = weights.new_zeros((*weights.shape[:2], n, n))
         full_weights[..., rows, cols] = weights
         self.kinds.append(kind)
-        super().record(module, _placed(query, rows, n), _placed(key, cols, n), _placed(value, cols, n),
-                       full_mask, scaling, full_weights)
+        super().record(
+            module,
+            _placed(query, rows, n),
+            _placed(key, cols, n),
+            _placed(value, cols, n),
+            full_mask,
+            scaling,
+            full_weights,
+        )
 
     def _kind(self, module, query, key) -> str:
         name = self.names.get(id(module), "")
@@ -120,8 +136,9 @@ def generated_decoder(handle, source_ids: list[int], max_new_tokens: int) -> tup
         )
     ids = torch.tensor([source_ids], device=handle.device)
     with handle.lock, torch.inference_mode():
-        output = handle.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-                                       do_sample=False, num_beams=1)
+        output = handle.model.generate(
+            ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens, do_sample=False, num_beams=1
+        )
     return tokens_of_ids(handle.tokenizer, output[0].tolist())
 
 
@@ -161,8 +178,13 @@ def decoder_tokens(handle, target: str, max_tokens: int) -> Tokenized:
             f"{max_tokens - 1} fit (source and decoder tokens share the limit)"
         ) from None
     piece = tokenizer.convert_ids_to_tokens(start)
-    return Tokenized([start, *body.ids], [piece, *body.pieces], [piece, *body.tokens],
-                     np.concatenate([np.zeros((1, 2), np.int32), body.spans]), np.concatenate([[True], body.special]))
+    return Tokenized(
+        [start, *body.ids],
+        [piece, *body.pieces],
+        [piece, *body.tokens],
+        np.concatenate([np.zeros((1, 2), np.int32), body.spans]),
+        np.concatenate([[True], body.special]),
+    )
 
 
 def _no_tokens() -> Tokenized:
@@ -170,9 +192,13 @@ def _no_tokens() -> Tokenized:
 
 
 def _joined(source: Tokenized, target: Tokenized) -> Tokenized:
-    return Tokenized(source.ids + target.ids, source.pieces + target.pieces, source.tokens + target.tokens,
-                     np.concatenate([source.spans, target.spans]).astype(np.int32),
-                     np.concatenate([source.special, target.special]).astype(bool))
+    return Tokenized(
+        source.ids + target.ids,
+        source.pieces + target.pieces,
+        source.tokens + target.tokens,
+        np.concatenate([source.spans, target.spans]).astype(np.int32),
+        np.concatenate([source.special, target.special]).astype(bool),
+    )
 
 
 def _hidden_norms(output, kinds: list[str]) -> np.ndarray:
@@ -194,9 +220,17 @@ def _hidden_norms(output, kinds: list[str]) -> np.ndarray:
     return torch.stack(rows).cpu().numpy()
 
 
-def run_seq2seq_capture(handle, text: str, target: str, *, precision: str = "float16",
-                        keep_attention_bytes: int = ATTENTION_KEEP_BYTES, max_tokens: int | None = None,
-                        on_layer: LayerDone | None = None, reserve: Callable[[int], None] | None = None) -> Capture:
+def run_seq2seq_capture(
+    handle,
+    text: str,
+    target: str,
+    *,
+    precision: str = "float16",
+    keep_attention_bytes: int = ATTENTION_KEEP_BYTES,
+    max_tokens: int | None = None,
+    on_layer: LayerDone | None = None,
+    reserve: Callable[[int], None] | None = None,
+) -> Capture:
     """Encode ``text``, decode ``target`` (the model's greedy output when empty), record every
     attention layer of both stacks. Arguments and errors as :func:`models.capture.run_capture`."""
     started = time.perf_counter()
@@ -212,11 +246,17 @@ def run_seq2seq_capture(handle, text: str, target: str, *, precision: str = "flo
     tokens = _joined(source, decoder)
     n, description = len(tokens.ids), handle.describe()  # its "layers" counts both stacks' attention
     layers, heads = description["layers"], description["heads"]
-    recorder = new_recorder(_SegmentRecorder, n, layers, heads, precision, keep_attention_bytes, on_layer,
-                            encoder_tokens=len(source.ids))
-    output, forward_seconds = recorded_forward(handle, recorder, heads, reserve,
-                                               input_ids=torch.tensor([source.ids], device=handle.device),
-                                               decoder_input_ids=torch.tensor([decoder.ids], device=handle.device))
+    recorder = new_recorder(
+        _SegmentRecorder, n, layers, heads, precision, keep_attention_bytes, on_layer, encoder_tokens=len(source.ids)
+    )
+    output, forward_seconds = recorded_forward(
+        handle,
+        recorder,
+        heads,
+        reserve,
+        input_ids=torch.tensor([source.ids], device=handle.device),
+        decoder_input_ids=torch.tensor([decoder.ids], device=handle.device),
+    )
     if len(recorder.layers) != layers:
         raise UnsupportedModelError(
             f"{type(handle.model).__name__} ran {len(recorder.layers)} attention layers through transformers' "
@@ -224,12 +264,21 @@ def run_seq2seq_capture(handle, text: str, target: str, *, precision: str = "flo
         )
     hidden_norms = _hidden_norms(output, recorder.kinds)
     del output
-    capture = assemble(handle.name, text, tokens, recorder, hidden_norms, description,
-                       {"forward_seconds": forward_seconds, "capture_seconds": time.perf_counter() - started})
-    capture.info.update({
-        "encoder_decoder": True,
-        "target": target,
-        "segments": {"encoder": [0, len(source.ids)], "decoder": [len(source.ids), n]},
-        "layer_kinds": recorder.kinds,
-    })
+    capture = assemble(
+        handle.name,
+        text,
+        tokens,
+        recorder,
+        hidden_norms,
+        description,
+        {"forward_seconds": forward_seconds, "capture_seconds": time.perf_counter() - started},
+    )
+    capture.info.update(
+        {
+            "encoder_decoder": True,
+            "target": target,
+            "segments": {"encoder": [0, len(source.ids)], "decoder": [len(source.ids), n]},
+            "layer_kinds": recorder.kinds,
+        }
+    )
     return capture

@@ -15,6 +15,7 @@ itself after ``--duration`` seconds plus a grace period for answers in flight.
 
     .venv/bin/python scripts/loadtest.py --clients 50 --duration 150
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,7 +25,6 @@ import os
 import random
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -66,8 +66,29 @@ SHARED_PROMPTS = [  # what a class pastes from the slide: mostly cached after th
     "Students paste the same link in the same minute.",
     "</textarea><svg onload=alert(2)>",
 ]
-WORDS = ("attention head layer token query key value model softmax weight student lecture prompt "
-         "matrix vector sentence grammar meaning context position embedding").split()
+WORDS = [
+    "attention",
+    "head",
+    "layer",
+    "token",
+    "query",
+    "key",
+    "value",
+    "model",
+    "softmax",
+    "weight",
+    "student",
+    "lecture",
+    "prompt",
+    "matrix",
+    "vector",
+    "sentence",
+    "grammar",
+    "meaning",
+    "context",
+    "position",
+    "embedding",
+]
 DETAILS = ("token", "layer", "matrix")
 
 
@@ -198,8 +219,9 @@ class Student(threading.Thread):
             while time.monotonic() < self.deadline and self.client.connected:
                 kind, text = self.prompt()
                 key = expected_key(text, self.fingerprint)
-                sent = self.request("analyze", {"model": MODEL, "text": text}, Sent(text, kind, time.monotonic(),
-                                                                                    key=key))
+                sent = self.request(
+                    "analyze", {"model": MODEL, "text": text}, Sent(text, kind, time.monotonic(), key=key)
+                )
                 if sent.outcome == "done":
                     for _ in range(self.random.randint(0, 3)):
                         self.detail(key)
@@ -209,8 +231,11 @@ class Student(threading.Thread):
 
     def detail(self, key: str) -> None:
         event = self.random.choice(DETAILS)
-        fields = {"token": {"index": 1}, "layer": {"layer": self.random.randint(0, 5)},
-                  "matrix": {"layer": self.random.randint(0, 5), "head": self.random.randint(0, 11)}}[event]
+        fields = {
+            "token": {"index": 1},
+            "layer": {"layer": self.random.randint(0, 5)},
+            "matrix": {"layer": self.random.randint(0, 5), "head": self.random.randint(0, 11)},
+        }[event]
         self.request(event, {"key": key, **fields}, Sent("", "detail", time.monotonic(), event=event, key=key))
 
     def close(self) -> None:
@@ -219,6 +244,7 @@ class Student(threading.Thread):
 
 
 # --- the server ------------------------------------------------------------------------------------
+
 
 def free_port() -> int:
     for port in PORTS:
@@ -233,10 +259,27 @@ def free_port() -> int:
 
 def start_server(cache_dir: str, env: dict) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    log = open(Path(cache_dir) / "server.log", "w")
-    process = subprocess.Popen([sys.executable, "-m", "app", "--cache-dir", cache_dir, "serve", "--host", "127.0.0.1",
-                                "--port", str(port), "--preload", MODEL], cwd=ROOT, stdout=log,
-                               stderr=subprocess.STDOUT, env={**os.environ, **env})
+    log = open(Path(cache_dir) / "server.log", "w")  # noqa: SIM115  (the server's stdout for its lifetime)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "app",
+            "--cache-dir",
+            cache_dir,
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--preload",
+            MODEL,
+        ],
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, **env},
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while True:
@@ -277,6 +320,7 @@ class RssSampler(threading.Thread):
 
 # --- the report ------------------------------------------------------------------------------------
 
+
 def percentile(values: list[float], fraction: float) -> float | None:
     if not values:
         return None
@@ -285,8 +329,12 @@ def percentile(values: list[float], fraction: float) -> float | None:
 
 
 def latency_line(values: list[float]) -> dict:
-    return {"count": len(values), "p50_ms": _ms(percentile(values, 0.5)), "p99_ms": _ms(percentile(values, 0.99)),
-            "max_ms": _ms(max(values) if values else None)}
+    return {
+        "count": len(values),
+        "p50_ms": _ms(percentile(values, 0.5)),
+        "p99_ms": _ms(percentile(values, 0.99)),
+        "max_ms": _ms(max(values) if values else None),
+    }
 
 
 def _ms(seconds: float | None) -> float | None:
@@ -303,14 +351,18 @@ def report(students: list[Student], args, seconds: float, rss: list[int]) -> dic
     for r in analyses:
         by_kind[r.kind][r.outcome or "lost"] += 1
     return {
-        "clients": args.clients, "duration_s": round(seconds, 1), "requests": len(requests),
-        "analyses": len(analyses), "details": len(details),
+        "clients": args.clients,
+        "duration_s": round(seconds, 1),
+        "requests": len(requests),
+        "analyses": len(analyses),
+        "details": len(details),
         "lost": outcome["lost"],
         "wrong_client": sum(s.stats.wrong_client for s in students),
         "wrong_key": sum(s.stats.wrong_key for s in students),
         "wrong_text": sum(s.stats.wrong_text for s in students),
         "client_failures": [s.failure for s in students if s.failure],
-        "outcomes": dict(outcome), "analyses_by_kind": {k: dict(v) for k, v in by_kind.items()},
+        "outcomes": dict(outcome),
+        "analyses_by_kind": {k: dict(v) for k, v in by_kind.items()},
         "latency": {
             "analyze_cached": latency_line([r.answered - r.at for r in done if r.cached]),
             "analyze_computed": latency_line([r.answered - r.at for r in done if not r.cached]),
@@ -319,10 +371,14 @@ def report(students: list[Student], args, seconds: float, rss: list[int]) -> dic
         },
         "throughput_per_s": round(len(requests) / seconds, 1),
         "max_queue_position": max(s.stats.max_position for s in students),
-        "server_rss_mib": {"start": _mib(rss[0] if rss else 0), "peak": _mib(max(rss) if rss else 0),
-                           "end": _mib(rss[-1] if rss else 0),
-                           "every_30_s": [_mib(value) for value in rss[::int(30 / RSS_SAMPLE_SECONDS)]]},
-        "load_average_1min": round(os.getloadavg()[0], 2), "cpus": os.cpu_count(),
+        "server_rss_mib": {
+            "start": _mib(rss[0] if rss else 0),
+            "peak": _mib(max(rss) if rss else 0),
+            "end": _mib(rss[-1] if rss else 0),
+            "every_30_s": [_mib(value) for value in rss[:: int(30 / RSS_SAMPLE_SECONDS)]],
+        },
+        "load_average_1min": round(os.getloadavg()[0], 2),
+        "cpus": os.cpu_count(),
     }
 
 

@@ -8,6 +8,7 @@ pictures presenter.png, follower.png (a teacher presenting, a student following)
 Each view is opened from a share link (the same URL a user would send), so the pictures also
 show that links restore views. Fails if a view logs a console error or its canvas stays blank.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,27 +36,48 @@ BIAS_A = "The doctor asked the nurse a question. She"  # the compare view's pres
 BIAS_B = "The doctor asked the nurse a question. He"
 # view -> (share-link state, selector of the view's element once it has painted; a canvas must not be blank)
 SHOTS = {
-    "model": ({"model": "minilm", "text": PROMPT, "view": "model", "layer": 2, "head": 9},
-              "canvas[data-testid=model-canvas][data-grid]"),
-    "head": ({"model": "minilm", "text": PROMPT, "view": "head", "layer": 2, "heads": "0,5,9", "head": 9, "token": 8},
-             "canvas[data-testid=head-canvas][data-ready=true]"),
-    "token": ({"model": "smollm2", "text": DECODER_PROMPT, "view": "token", "token": 12},
-              "canvas[data-testid=token-incoming][data-token='12']"),
-    "neuron": ({"model": "smollm2", "text": DECODER_PROMPT, "view": "neuron", "layer": 9, "head": 4, "token": 12},
-               "canvas[data-testid=neuron-canvas][data-query='12']"),
-    "matrix": ({"model": "smollm2", "text": DECODER_PROMPT, "view": "matrix", "layer": 9, "head": 4, "mode": "scores"},
-               "canvas[data-testid=matrix-canvas][data-mode=scores]"),
+    "model": (
+        {"model": "minilm", "text": PROMPT, "view": "model", "layer": 2, "head": 9},
+        "canvas[data-testid=model-canvas][data-grid]",
+    ),
+    "head": (
+        {"model": "minilm", "text": PROMPT, "view": "head", "layer": 2, "heads": "0,5,9", "head": 9, "token": 8},
+        "canvas[data-testid=head-canvas][data-ready=true]",
+    ),
+    "token": (
+        {"model": "smollm2", "text": DECODER_PROMPT, "view": "token", "token": 12},
+        "canvas[data-testid=token-incoming][data-token='12']",
+    ),
+    "neuron": (
+        {"model": "smollm2", "text": DECODER_PROMPT, "view": "neuron", "layer": 9, "head": 4, "token": 12},
+        "canvas[data-testid=neuron-canvas][data-query='12']",
+    ),
+    "matrix": (
+        {"model": "smollm2", "text": DECODER_PROMPT, "view": "matrix", "layer": 9, "head": 4, "mode": "scores"},
+        "canvas[data-testid=matrix-canvas][data-mode=scores]",
+    ),
     "stats": ({"model": "minilm", "text": PROMPT, "view": "stats"}, "[data-testid=stats-plot][data-state=ready]"),
     # the analysis views
-    "heads": ({"model": "smollm2", "text": DECODER_PROMPT, "view": "heads", "layer": 3, "head": 1},
-              "canvas[data-testid=heads-canvas][data-measure=role]"),
-    "rollout": ({"model": "minilm", "text": PROMPT, "view": "rollout", "token": 8},
-                "canvas[data-testid=rollout-bars][data-flow=ready]"),
-    "compare": ({"model": "minilm", "text": BIAS_A, "text2": BIAS_B, "view": "compare", "layer": 5, "head": 8},
-                "canvas[data-testid=compare-difference][data-ready=true]"),
-    "lens": ({"model": "smollm2", "text": DECODER_PROMPT, "view": "lens", "token": 12}, "[data-testid=lens-table] td[data-layer]"),
-    "generate": ({"model": "smollm2", "text": "The capital of France is", "view": "generate", "generate": 8, "step": 0},
-                 "canvas[data-testid=generate-attention][data-token]"),
+    "heads": (
+        {"model": "smollm2", "text": DECODER_PROMPT, "view": "heads", "layer": 3, "head": 1},
+        "canvas[data-testid=heads-canvas][data-measure=role]",
+    ),
+    "rollout": (
+        {"model": "minilm", "text": PROMPT, "view": "rollout", "token": 8},
+        "canvas[data-testid=rollout-bars][data-flow=ready]",
+    ),
+    "compare": (
+        {"model": "minilm", "text": BIAS_A, "text2": BIAS_B, "view": "compare", "layer": 5, "head": 8},
+        "canvas[data-testid=compare-difference][data-ready=true]",
+    ),
+    "lens": (
+        {"model": "smollm2", "text": DECODER_PROMPT, "view": "lens", "token": 12},
+        "[data-testid=lens-table] td[data-layer]",
+    ),
+    "generate": (
+        {"model": "smollm2", "text": "The capital of France is", "view": "generate", "generate": 8, "step": 0},
+        "canvas[data-testid=generate-attention][data-token]",
+    ),
 }
 
 
@@ -65,7 +87,10 @@ def server(url: str | None, cache_dir: str | None):
     if url:
         yield url.rstrip("/")
         return
-    with tempfile.TemporaryDirectory() as scratch, running_server(cache_dir or scratch, Path(scratch) / "server.log") as base:
+    with (
+        tempfile.TemporaryDirectory() as scratch,
+        running_server(cache_dir or scratch, Path(scratch) / "server.log") as base,
+    ):
         yield base
 
 
@@ -98,8 +123,14 @@ COOP_NOTICE = "The Cross-Origin-Opener-Policy header has been ignored"
 def fresh_page(browser, errors: list[str]):
     """A page in a new profile (its own sessionStorage), logging console errors into `errors`."""
     page = browser.new_context(viewport=VIEWPORT, device_scale_factor=SCALE).new_page()
-    page.on("console", lambda message: errors.append(message.text)
-            if message.type == "error" and not message.text.startswith(COOP_NOTICE) else None)
+    page.on(
+        "console",
+        lambda message: (
+            errors.append(message.text)
+            if message.type == "error" and not message.text.startswith(COOP_NOTICE)
+            else None
+        ),
+    )
     page.on("pageerror", lambda error: errors.append(str(error)))
     return page
 

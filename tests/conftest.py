@@ -1,9 +1,10 @@
 """Fixtures build things once per session and form a chain: models -> app -> client -> socket.
 
 Unit tests use tiny random-weight models built in-process from configs (BERT-, GPT-2- and
-Llama-style with grouped-query attention, BART- and T5-style encoder-decoders); the `real_model` tests use the packaged pretrained
-models, loaded once.
+Llama-style with grouped-query attention, BART- and T5-style encoder-decoders); the `real_model`
+tests use the packaged pretrained models, loaded once.
 """
+
 from __future__ import annotations
 
 import os
@@ -25,15 +26,41 @@ from models.loading import ModelHandle, ModelLoader  # noqa: E402
 from models.registry import ModelSpec  # noqa: E402
 
 TINY_CONFIGS = {
-    "tiny-bert": ("BertConfig", dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                                     intermediate_size=64, max_position_embeddings=128)),
+    "tiny-bert": (
+        "BertConfig",
+        dict(
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=64,
+            max_position_embeddings=128,
+        ),
+    ),
     "tiny-gpt2": ("GPT2Config", dict(n_embd=32, n_layer=2, n_head=4, n_positions=128)),
-    "tiny-llama": ("LlamaConfig", dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                                       num_key_value_heads=2, intermediate_size=64,
-                                       max_position_embeddings=128)),
-    "tiny-bart": ("BartConfig", dict(d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
-                                     decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64,
-                                     max_position_embeddings=128)),
+    "tiny-llama": (
+        "LlamaConfig",
+        dict(
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=128,
+        ),
+    ),
+    "tiny-bart": (
+        "BartConfig",
+        dict(
+            d_model=32,
+            encoder_layers=2,
+            decoder_layers=2,
+            encoder_attention_heads=4,
+            decoder_attention_heads=4,
+            encoder_ffn_dim=64,
+            decoder_ffn_dim=64,
+            max_position_embeddings=128,
+        ),
+    ),
     "tiny-t5": ("T5Config", dict(d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=3, num_heads=4)),
 }
 SEQ2SEQ = ("tiny-bart", "tiny-t5")
@@ -80,13 +107,21 @@ def build_tiny(name: str, tokenizer) -> ModelHandle:
 
     config_class, options = TINY_CONFIGS[name]
     if name in SEQ2SEQ:  # the BERT tokenizer's own ids, so decoded output reads as its tokens
-        options = {**options, "decoder_start_token_id": tokenizer.cls_token_id, "bos_token_id": tokenizer.cls_token_id,
-                   "eos_token_id": tokenizer.sep_token_id, "pad_token_id": tokenizer.pad_token_id}
+        options = {
+            **options,
+            "decoder_start_token_id": tokenizer.cls_token_id,
+            "bos_token_id": tokenizer.cls_token_id,
+            "eos_token_id": tokenizer.sep_token_id,
+            "pad_token_id": tokenizer.pad_token_id,
+        }
     torch.manual_seed(0)
     config = getattr(transformers, config_class)(vocab_size=tokenizer.vocab_size, **options)
     config._attn_implementation = ATTENTION_IMPLEMENTATION
-    model_class = {"tiny-bert": transformers.AutoModel, "tiny-bart": transformers.AutoModelForSeq2SeqLM,
-                   "tiny-t5": transformers.AutoModelForSeq2SeqLM}.get(name, transformers.AutoModelForCausalLM)
+    model_class = {
+        "tiny-bert": transformers.AutoModel,
+        "tiny-bart": transformers.AutoModelForSeq2SeqLM,
+        "tiny-t5": transformers.AutoModelForSeq2SeqLM,
+    }.get(name, transformers.AutoModelForCausalLM)
     model = model_class.from_config(config, attn_implementation=ATTENTION_IMPLEMENTATION).eval()
     spec = ModelSpec(name=name, max_tokens=128)
     return ModelHandle(name, spec, model, tokenizer, torch.device("cpu"), name, 0.0, threading.Lock())

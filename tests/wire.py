@@ -1,5 +1,6 @@
 """Read payloads the way the browser does (static/js/protocol.js), in either form: Socket.IO
 (array data as bytes) or the HTTP API (base64 strings)."""
+
 from __future__ import annotations
 
 import base64

@@ -5,6 +5,7 @@
 layer while streaming); ``role_labels`` turns them into a label per head; ``js_distance_matrix``
 and ``cluster_heads`` group heads whose maps look alike.
 """
+
 from __future__ import annotations
 
 import string
@@ -40,6 +41,7 @@ def punctuation_mask(tokens: list[str]) -> np.ndarray:
     Clark et al. found heads that park attention on "." and ","; symbols such as "$" count too.
     Empty (whitespace-only) tokens are not punctuation.
     """
+
     def is_punctuation(char: str) -> bool:
         return char in string.punctuation or unicodedata.category(char).startswith("P")
 
@@ -65,7 +67,7 @@ def offset_share(attention_map: np.ndarray, offset: int, rows: np.ndarray) -> fl
     """Mean over ``rows`` of attention on key q + ``offset``; rows without that key are left out."""
     values = np.diagonal(attention_map, offset=offset)  # [N - |offset|] a[q, q + offset]
     first_row = max(0, -offset)
-    return _mean_over(values, rows[first_row:first_row + values.size])
+    return _mean_over(values, rows[first_row : first_row + values.size])
 
 
 def head_metrics(
@@ -154,9 +156,9 @@ def js_distance_matrix(maps: np.ndarray) -> np.ndarray:
     entropies = _entropy_bits(maps)  # [M, N]
     distances = np.zeros((n_maps, n_maps), dtype=np.float64)
     for i in range(n_maps - 1):  # map i against every later map at once
-        mixture = 0.5 * (maps[i] + maps[i + 1:])  # [M - i - 1, N, N]
-        divergence = _entropy_bits(mixture) - 0.5 * (entropies[i] + entropies[i + 1:])  # [M - i - 1, N]
-        distances[i, i + 1:] = distances[i + 1:, i] = np.sqrt(np.maximum(divergence.mean(axis=-1), 0.0))
+        mixture = 0.5 * (maps[i] + maps[i + 1 :])  # [M - i - 1, N, N]
+        divergence = _entropy_bits(mixture) - 0.5 * (entropies[i] + entropies[i + 1 :])  # [M - i - 1, N]
+        distances[i, i + 1 :] = distances[i + 1 :, i] = np.sqrt(np.maximum(divergence.mean(axis=-1), 0.0))
     return distances.astype(np.float32)
 
 

@@ -7,6 +7,7 @@ norms. Weighting each alpha_ij by ||f(x_j)|| shows what actually reaches the out
 "value" mode does that in :mod:`app.shaping`, block by block as it reads attention, so no
 [H, N, N] product is ever built here. Both it and rollout then need each row as shares.
 """
+
 from __future__ import annotations
 
 import numpy as np

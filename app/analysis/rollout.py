@@ -9,6 +9,7 @@ maps as a pipe network and asks how much can travel from each input to one outpu
 Both take per-layer head-fused maps ``[N, N]`` (query, key), bottom layer first, as a sequence
 or an ``[L, N, N]`` stack, so callers can fuse heads one layer at a time.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
@@ -112,9 +113,7 @@ def _capacities(fused: np.ndarray, residual: bool, scale: int) -> np.ndarray:
     return np.rint(residual_adjust(fused, residual) * scale).astype(np.int32)
 
 
-def _prune_to_output(
-    capacities: list[np.ndarray], output_position: int
-) -> tuple[list[np.ndarray], np.ndarray]:
+def _prune_to_output(capacities: list[np.ndarray], output_position: int) -> tuple[list[np.ndarray], np.ndarray]:
     """Drop edges into nodes that cannot reach the output node; return them and the [N] bool
     mask of input tokens that can. In a causal model only tokens <= output_position survive,
     which keeps early outputs cheap."""

@@ -5,6 +5,7 @@ The beginning-of-sequence token is the famous sink, but sinks also form mid-prom
 punctuation). A sink is a property of a token across layers, so callers reduce each layer to one
 [N] vector with ``received_attention`` as they stream layers, then call ``sink_tokens`` once.
 """
+
 from __future__ import annotations
 
 import numpy as np

@@ -2,6 +2,7 @@
 Playwright. Fixtures: live_server (base URL, once per session) -> browser (once per session)
 -> context (per test; a fresh one is a fresh browser profile) -> page (per test; records every
 request URL and fails the test on any console error or uncaught exception)."""
+
 from __future__ import annotations
 
 import json
@@ -73,8 +74,11 @@ class PageLog:
 
     def external_requests(self) -> list[str]:
         """Requests to anything but this machine (data: and blob: URLs stay in the page)."""
-        return [url for url in self.requests
-                if urlparse(url).scheme not in ("data", "blob") and urlparse(url).hostname not in LOCAL_HOSTS]
+        return [
+            url
+            for url in self.requests
+            if urlparse(url).scheme not in ("data", "blob") and urlparse(url).hostname not in LOCAL_HOSTS
+        ]
 
 
 @pytest.fixture()
@@ -99,7 +103,9 @@ def open_context(browser, live_server):
 
 def watch(page, log: PageLog):
     """Record console errors and dialogs of one page into its log."""
-    page.on("console", lambda message: log.errors.append(f"console: {message.text}") if message.type == "error" else None)
+    page.on(
+        "console", lambda message: log.errors.append(f"console: {message.text}") if message.type == "error" else None
+    )
     page.on("pageerror", lambda error: log.errors.append(f"pageerror: {error}"))
 
     def on_dialog(dialog):

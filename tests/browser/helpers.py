@@ -1,5 +1,6 @@
 """Steps the browser tests share: open the app on a prompt, wait for a view, read its state
 and read back canvas pixels."""
+
 from __future__ import annotations
 
 import json
@@ -54,8 +55,9 @@ def ink(page, selector: str) -> int:
 
 def wait_ink(page, selector: str, minimum: int = 200) -> int:
     """Wait until a canvas has at least `minimum` non-white pixels; returns the count."""
-    page.wait_for_function(f"([selector, minimum]) => ({INK_PIXELS})(selector) >= minimum", arg=[selector, minimum],
-                           timeout=20_000)
+    page.wait_for_function(
+        f"([selector, minimum]) => ({INK_PIXELS})(selector) >= minimum", arg=[selector, minimum], timeout=20_000
+    )
     return ink(page, selector)
 
 
@@ -63,8 +65,10 @@ def model_cell_center(page, layer: int, head: int) -> dict:
     """Where thumbnail (layer, head) is on the model-view canvas, from its published grid."""
     grid = json.loads(page.get_attribute("[data-testid=model-canvas]", "data-grid"))
     row, col = (layer, head) if grid["headsAcross"] else (head, layer)
-    return {"x": grid["left"] + col * grid["pitch"] + grid["cell"] / 2,
-            "y": grid["top"] + row * grid["pitch"] + grid["cell"] / 2}
+    return {
+        "x": grid["left"] + col * grid["pitch"] + grid["cell"] / 2,
+        "y": grid["top"] + row * grid["pitch"] + grid["cell"] / 2,
+    }
 
 
 def head_token_position(page, index: int, side: str = "q") -> dict:

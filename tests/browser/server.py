@@ -1,5 +1,6 @@
 """The browser harness shared by the browser tests and scripts/screenshots.py: the real app
 (`python -m app serve`) on a free loopback port, and how to launch Debian's Chromium."""
+
 from __future__ import annotations
 
 import contextlib
@@ -14,8 +15,13 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[2]
 START_SECONDS = 60  # the server imports Flask and Bokeh, not torch, before it answers
 CHROMIUM = "/usr/bin/chromium"  # Debian's build; never `playwright install`
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+]
 
 
 def free_port() -> int:
@@ -30,11 +36,22 @@ def running_server(cache_dir: str | Path, log: Path, env: dict[str, str] | None 
     `log`; stop it afterwards. Raises RuntimeError (with the log's tail) if it exits or does not
     answer within START_SECONDS."""
     port = port or free_port()
-    command = [sys.executable, "-m", "app", "--cache-dir", str(cache_dir), "serve", "--host", "127.0.0.1",
-               "--port", str(port)]
+    command = [
+        sys.executable,
+        "-m",
+        "app",
+        "--cache-dir",
+        str(cache_dir),
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
     with log.open("w") as out:
-        process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT,
-                                   env={**os.environ, **(env or {})})
+        process = subprocess.Popen(
+            command, cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
+        )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + START_SECONDS
@@ -46,7 +63,9 @@ def running_server(cache_dir: str | Path, log: Path, env: dict[str, str] | None 
                     break
             except OSError:
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"no answer from {url} in {START_SECONDS} s:\n{log.read_text()[-3000:]}") from None
+                    raise RuntimeError(
+                        f"no answer from {url} in {START_SECONDS} s:\n{log.read_text()[-3000:]}"
+                    ) from None
                 time.sleep(0.2)
         yield url
     finally:

@@ -1,6 +1,7 @@
 """The analysis views in a real browser: head roles (grid, legend, filter, click to open),
 attention-sink badges, rollout and flow, comparing two prompts, the logit lens and the
 generation stepper, with share links that restore compare and generation in a fresh browser."""
+
 from __future__ import annotations
 
 import pytest

@@ -2,6 +2,7 @@
 profiles, the QR code of the join link, the demo gallery, exports (PNG, SVG, data, an offline
 HTML file that renders with the network blocked), short links, and opening an uploaded capture
 by its key."""
+
 from __future__ import annotations
 
 import json
@@ -18,7 +19,15 @@ import pytest
 
 from tests.browser.conftest import watch
 from tests.browser.helpers import (
-    INK_PIXELS, PROMPT, analyze, ink, model_cell_center, open_view, query_state, wait_ink, wait_ready,
+    INK_PIXELS,
+    PROMPT,
+    analyze,
+    ink,
+    model_cell_center,
+    open_view,
+    query_state,
+    wait_ink,
+    wait_ready,
 )
 
 pytestmark = pytest.mark.browser
@@ -48,9 +57,12 @@ def new_page(open_context):
 
 def follower_sees(page, **state) -> None:
     """Wait (at most FOLLOW_MS) until the page's URL holds these view fields."""
-    page.wait_for_function("(state) => { const q = new URLSearchParams(location.search);"
-                           " return Object.entries(state).every(([k, v]) => q.get(k) === v); }",
-                           arg={k: str(v) for k, v in state.items()}, timeout=FOLLOW_MS)
+    page.wait_for_function(
+        "(state) => { const q = new URLSearchParams(location.search);"
+        " return Object.entries(state).every(([k, v]) => q.get(k) === v); }",
+        arg={k: str(v) for k, v in state.items()},
+        timeout=FOLLOW_MS,
+    )
 
 
 def followers(page) -> str:
@@ -58,6 +70,7 @@ def followers(page) -> str:
 
 
 # ---- presenter mode ----
+
 
 def test_followers_follow_the_presenter_and_only_the_presenter(page_log, live_server, open_context):
     page, log = page_log
@@ -105,7 +118,10 @@ def test_followers_follow_the_presenter_and_only_the_presenter(page_log, live_se
     student.click("[role=tab][data-view=token]")
     student.wait_for_selector("[data-testid=follow-toggle][data-following=false]")
     assert "Stepped out" in student.text_content("[data-testid=classroom-status]")
-    assert student.evaluate(FORGE, ["present_update", {"code": code, "secret": "guessed", "state": "view=stats"}]) == "forbidden"
+    assert (
+        student.evaluate(FORGE, ["present_update", {"code": code, "secret": "guessed", "state": "view=stats"}])
+        == "forbidden"
+    )
     assert student.evaluate(FORGE, ["present_end", {"code": code, "secret": ""}]) == "forbidden"
     page.wait_for_timeout(300)
     assert query_state(other)["view"] == "head" and query_state(page)["view"] == "head"
@@ -141,13 +157,20 @@ def test_qr_code_matches_the_qrcode_package(page, live_server):
     from qrcode.util import MODE_8BIT_BYTE, QRData
 
     page.goto(live_server)
-    texts = ["A", f"{live_server}/?join=ABC234", "https://atlas.example.org/?join=XY7Q2M&x=" + "é" * 40,
-             "http://192.168.100.200:5000/?" + "model=minilm&text=" + "a" * 150]
+    texts = [
+        "A",
+        f"{live_server}/?join=ABC234",
+        "https://atlas.example.org/?join=XY7Q2M&x=" + "é" * 40,
+        "http://192.168.100.200:5000/?" + "model=minilm&text=" + "a" * 150,
+    ]
     cases = [(text, level, mask) for text in texts for level in "LM" for mask in (None, len(text) % 8)]
-    encoded = page.evaluate("""async (cases) => {
+    encoded = page.evaluate(
+        """async (cases) => {
       const { encodeQr } = await import("/static/js/qr.js");
       return cases.map(([text, level, mask]) => encodeQr(text, { level, mask }));
-    }""", cases)
+    }""",
+        cases,
+    )
     levels = {"L": qrcode.constants.ERROR_CORRECT_L, "M": qrcode.constants.ERROR_CORRECT_M}
     for (text, level, mask), ours in zip(cases, encoded):
         reference = qrcode.QRCode(error_correction=levels[level], mask_pattern=mask, border=0)
@@ -164,6 +187,7 @@ def test_qr_code_matches_the_qrcode_package(page, live_server):
 
 
 # ---- gallery, short links, open by key ----
+
 
 def test_gallery_lists_items_and_opens_their_views(page, live_server):
     page.goto(live_server)
@@ -236,15 +260,16 @@ def test_key_link_opens_an_uploaded_capture(page, live_server):
 
 # ---- exports ----
 
+
 def png_size(data: bytes) -> tuple[int, int]:
     """Width and height of a PNG, after checking its signature and that its pixels inflate."""
     assert data[:8] == PNG_SIGNATURE
     width, height, depth, colour = struct.unpack(">IIBB", data[16:26])
     chunks, offset = [], 8
     while offset < len(data):
-        length, kind = struct.unpack(">I4s", data[offset:offset + 8])
+        length, kind = struct.unpack(">I4s", data[offset : offset + 8])
         if kind == b"IDAT":
-            chunks.append(data[offset + 8:offset + 8 + length])
+            chunks.append(data[offset + 8 : offset + 8 + length])
         offset += 12 + length
     channels = {2: 3, 6: 4}[colour]
     assert depth == 8 and len(zlib.decompress(b"".join(chunks))) == height * (1 + width * channels)

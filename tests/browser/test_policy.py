@@ -1,5 +1,6 @@
 """BokehJS under the page's content security policy, in Chromium: the statistics panel renders
 with no violation, and still needs inline styles (why the policy allows them)."""
+
 from __future__ import annotations
 
 import threading
@@ -35,18 +36,29 @@ def bokeh_page(item: bytes, policy: str) -> Flask:
     security.init_app(page)
     scripts = {
         "watch.js": "window.violations = []; document.addEventListener('securitypolicyviolation', "
-                    "(e) => window.violations.push(e.violatedDirective + ' ' + e.blockedURI));",
+        "(e) => window.violations.push(e.violatedDirective + ' ' + e.blockedURI));",
         "embed.js": "fetch('/item').then((r) => r.json()).then((item) => Bokeh.embed.embed_item(item.plot, 'plot'))"
-                    ".then(() => { document.body.dataset.done = 'yes'; })"
-                    ".catch((e) => { document.body.dataset.done = 'failed: ' + e; });",
+        ".then(() => { document.body.dataset.done = 'yes'; })"
+        ".catch((e) => { document.body.dataset.done = 'failed: ' + e; });",
     }
-    page.add_url_rule("/", "index", lambda: "<!doctype html><html><head>"
-                      "<script src='/watch.js'></script><script src='/bokeh.min.js'></script>"
-                      "<script src='/bokeh-widgets.min.js'></script></head>"
-                      "<body><div id='plot' style='width:600px;height:400px'></div>"
-                      "<script src='/embed.js'></script></body></html>")
-    page.add_url_rule("/<name>.js", "js", lambda name: Response(
-        scripts.get(f"{name}.js") or (BOKEH_JS_DIR / f"{name}.js").read_text(), mimetype="text/javascript"))
+    page.add_url_rule(
+        "/",
+        "index",
+        lambda: (
+            "<!doctype html><html><head>"
+            "<script src='/watch.js'></script><script src='/bokeh.min.js'></script>"
+            "<script src='/bokeh-widgets.min.js'></script></head>"
+            "<body><div id='plot' style='width:600px;height:400px'></div>"
+            "<script src='/embed.js'></script></body></html>"
+        ),
+    )
+    page.add_url_rule(
+        "/<name>.js",
+        "js",
+        lambda name: Response(
+            scripts.get(f"{name}.js") or (BOKEH_JS_DIR / f"{name}.js").read_text(), mimetype="text/javascript"
+        ),
+    )
     page.add_url_rule("/item", "item", lambda: Response(item, mimetype="application/json"))
     return page
 
@@ -67,15 +79,23 @@ def render_in_chromium(browser, item: bytes, policy: str) -> dict:
     server, url = _serve(bokeh_page(item, policy))
     page = browser.new_page()
     errors = []
-    page.on("console", lambda message: message.type == "error" and "favicon" not in str(message.location)
-            and errors.append(message.text))
+    page.on(
+        "console",
+        lambda message: (
+            message.type == "error" and "favicon" not in str(message.location) and errors.append(message.text)
+        ),
+    )
     try:
         page.goto(url)
         page.wait_for_function("document.body.dataset.done", timeout=20_000)
-        return {"done": page.evaluate("document.body.dataset.done"), "violations": page.evaluate("window.violations"),
-                "errors": errors, "canvases": page.evaluate("""() => { let n = 0; const walk = (root) =>
+        return {
+            "done": page.evaluate("document.body.dataset.done"),
+            "violations": page.evaluate("window.violations"),
+            "errors": errors,
+            "canvases": page.evaluate("""() => { let n = 0; const walk = (root) =>
                     root.querySelectorAll('*').forEach((el) => { if (el.tagName === 'CANVAS' && el.width > 100) n++;
-                    if (el.shadowRoot) walk(el.shadowRoot); }); walk(document); return n; }""")}
+                    if (el.shadowRoot) walk(el.shadowRoot); }); walk(document); return n; }"""),
+        }
     finally:
         page.close()
         server.shutdown()

@@ -1,5 +1,6 @@
 """static/js/protocol.js decodes arrays exactly as app/protocol.py encodes them: every dtype,
 float16 by hand (special values included), uint8 with its scale, and base64 (HTTP) data."""
+
 from __future__ import annotations
 
 import math
@@ -62,5 +63,7 @@ def test_quantized_uint8_carries_its_scale(app_page):
 def test_a_wrong_byte_count_is_an_error(app_page):
     wire = jsonable(encode_array(np.zeros(3, dtype=np.float32), "float32"))
     wire["shape"] = [4]
-    message = app_page.evaluate(f"async (wire) => {{ try {{ await ({DECODE})(wire); return ''; }} catch (e) {{ return e.message; }} }}", wire)
+    message = app_page.evaluate(
+        f"async (wire) => {{ try {{ await ({DECODE})(wire); return ''; }} catch (e) {{ return e.message; }} }}", wire
+    )
     assert "bytes" in message

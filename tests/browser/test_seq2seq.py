@@ -1,6 +1,7 @@
 """An encoder-decoder model in the browser: the decoder text box, layers named by stack and
 kind, cross-attention in the head, token and neuron views, and a share link that restores the
 decoder text. The model is a tiny random BART saved as a user's model folder."""
+
 from __future__ import annotations
 
 import pytest

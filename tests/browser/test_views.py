@@ -1,5 +1,6 @@
 """The app in a real browser: every view paints, clicks move between views, share links and
 back/forward restore view state, tokens stay text, and nothing loads from outside."""
+
 from __future__ import annotations
 
 import json
@@ -8,8 +9,16 @@ import pytest
 
 from tests.browser.conftest import watch
 from tests.browser.helpers import (
-    PROMPT, analyze, canvas_snapshot, head_token_position, ink, model_cell_center, open_view, query_state,
-    wait_ink, wait_ready,
+    PROMPT,
+    analyze,
+    canvas_snapshot,
+    head_token_position,
+    ink,
+    model_cell_center,
+    open_view,
+    query_state,
+    wait_ink,
+    wait_ready,
 )
 
 pytestmark = pytest.mark.browser
@@ -134,7 +143,13 @@ def test_matrix_view_switches_to_scores_and_zooms(page, live_server):
 
     grid = json.loads(page.get_attribute(MATRIX_CANVAS, "data-grid"))
     box = page.locator(MATRIX_CANVAS).bounding_box()
-    at = lambda cell: (box["x"] + grid["left"] + (cell + 0.5) * grid["cell"], box["y"] + grid["top"] + (cell + 0.5) * grid["cell"])
+
+    def at(cell):
+        return (
+            box["x"] + grid["left"] + (cell + 0.5) * grid["cell"],
+            box["y"] + grid["top"] + (cell + 0.5) * grid["cell"],
+        )
+
     page.mouse.move(*at(2))
     page.mouse.down()
     page.mouse.move(*at(6), steps=4)
@@ -147,8 +162,12 @@ def test_matrix_view_switches_to_scores_and_zooms(page, live_server):
 def test_stats_view_embeds_the_bokeh_panel(page, live_server):
     open_view(page, live_server, model="minilm", text=PROMPT, view="stats")
     page.wait_for_selector("[data-testid=stats-plot][data-state=ready]", timeout=30_000)
-    assert page.locator("[data-testid=stats-plot] .bk-Figure, [data-testid=stats-plot] .bk-GridPlot, "
-                        "[data-testid=stats-plot] > div").count() > 0
+    assert (
+        page.locator(
+            "[data-testid=stats-plot] .bk-Figure, [data-testid=stats-plot] .bk-GridPlot, [data-testid=stats-plot] > div"
+        ).count()
+        > 0
+    )
 
 
 def test_prompt_is_rendered_as_text_never_html(page, live_server):
@@ -185,7 +204,9 @@ def test_projector_mode_enlarges_labels_and_persists(page, live_server):
     grid = json.loads(page.get_attribute(MODEL_CANVAS, "data-grid"))
     page.click("#projector")
     page.wait_for_selector("html.projector")
-    page.wait_for_function(f"() => JSON.parse(document.querySelector('{MODEL_CANVAS}').dataset.grid).left > {grid['left']}")
+    page.wait_for_function(
+        f"() => JSON.parse(document.querySelector('{MODEL_CANVAS}').dataset.grid).left > {grid['left']}"
+    )
     assert page.get_attribute("#projector", "aria-pressed") == "true"
     page.reload()
     wait_ready(page)
@@ -197,7 +218,9 @@ def test_grouped_query_model_paints_and_names_its_key_head(page, live_server):
     open_view(page, live_server, model="smollm2", text=PROMPT, view="model")
     assert "30 layers × 9 heads" in page.text_content("#run-info")
     assert wait_ink(page, MODEL_CANVAS, minimum=20_000)
-    assert json.loads(page.get_attribute(MODEL_CANVAS, "data-grid"))["headsAcross"] is False  # layers across: fits one screen
+    assert (
+        json.loads(page.get_attribute(MODEL_CANVAS, "data-grid"))["headsAcross"] is False
+    )  # layers across: fits one screen
     page.click(MODEL_CANVAS, position=model_cell_center(page, layer=5, head=4))
     page.wait_for_selector(f"{HEAD_CANVAS}[data-ready=true]")
     page.click("[role=tab][data-view=neuron]")
@@ -217,7 +240,9 @@ def test_model_view_fills_in_while_the_model_runs(page, live_server):
     }""")
     page.select_option("#model", "smollm2")
     # long enough that the forward pass outlasts stream.LIVE_AFTER_SECONDS, so layers stream
-    page.fill("#prompt", " ".join(["A sentence that only this test sends, so the model runs while the page watches."] * 40))
+    page.fill(
+        "#prompt", " ".join(["A sentence that only this test sends, so the model runs while the page watches."] * 40)
+    )
     page.click("#analyze")
     wait_ready(page)
     layers = page.evaluate("() => window.previewLayers")

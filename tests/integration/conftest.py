@@ -1,6 +1,7 @@
 """Fixtures for the reliability tests: socket clients that collect answers, test-only models
 inserted into the service's loader (to make a forward pass or a tokenizer fail on purpose), and
 a device queue held busy by a job that waits until released."""
+
 from __future__ import annotations
 
 import contextlib
@@ -154,8 +155,12 @@ def live_server(cache_dir: Path, **env: str):
     stops it afterwards."""
     port = free_port()
     try:
-        with running_server(cache_dir, cache_dir.with_suffix(f".{port}.log"),
-                            {f"ATLAS_{name}": value for name, value in env.items()}, port=port) as url:
+        with running_server(
+            cache_dir,
+            cache_dir.with_suffix(f".{port}.log"),
+            {f"ATLAS_{name}": value for name, value in env.items()},
+            port=port,
+        ) as url:
             yield url
     finally:
         release_port(port)
@@ -200,6 +205,10 @@ def socket_client(url: str, transport: str = "websocket"):
 @pytest.fixture(scope="session")
 def live_url(tmp_path_factory):
     """One real server for the session, with 64 KiB Socket.IO messages at most."""
-    with live_server(tmp_path_factory.mktemp("live") / "cache", MAX_MESSAGE_BYTES="65536", MAX_CHARS="10000",
-                     PRELOAD_MODELS='["minilm"]') as url:
+    with live_server(
+        tmp_path_factory.mktemp("live") / "cache",
+        MAX_MESSAGE_BYTES="65536",
+        MAX_CHARS="10000",
+        PRELOAD_MODELS='["minilm"]',
+    ) as url:
         yield url

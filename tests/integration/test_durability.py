@@ -1,6 +1,7 @@
 """The disk cache survives a writer killed with SIGKILL: every entry reads back intact or not at
 all, never corrupt, and the killed writer's temp files are removed when a store opens. A disk
 that refuses a write costs the entry, never the answer."""
+
 from __future__ import annotations
 
 import hashlib
@@ -68,8 +69,12 @@ def check_entries(root: Path) -> int:
 def test_a_writer_killed_mid_write_leaves_every_entry_intact_or_absent(tmp_path):
     leftovers, present = 0, 0
     for kill in range(KILLS):
-        writer = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path), str(kill * 1000)], cwd=REPO_ROOT,
-                                  stdout=subprocess.PIPE, text=True)
+        writer = subprocess.Popen(
+            [sys.executable, "-c", WRITER, str(tmp_path), str(kill * 1000)],
+            cwd=REPO_ROOT,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         assert writer.stdout.readline().strip() == "writing"
         if kill % 2:
             time.sleep(0.05 + 0.07 * kill)  # anywhere in the write cycle
@@ -80,7 +85,6 @@ def test_a_writer_killed_mid_write_leaves_every_entry_intact_or_absent(tmp_path)
         writer.stdout.close()
         leftovers += len(list(tmp_path.glob(f"*/{TEMP_PREFIX}*")))
         present = check_entries(tmp_path)
-    print(f"{leftovers} of {KILLS} kills landed inside a write")
     assert leftovers >= 1, "no kill landed inside a write; the test proved nothing"
     assert present >= 1
 
@@ -89,7 +93,7 @@ def test_temp_files_of_a_live_writer_are_kept(tmp_path):
     folder = tmp_path / "ab"
     folder.mkdir()
     # pid 1 always runs; Linux pids never exceed 2**22
-    alive, dead = folder / f"{TEMP_PREFIX}1-x", folder / f"{TEMP_PREFIX}{2 ** 22 + 17}-y"
+    alive, dead = folder / f"{TEMP_PREFIX}1-x", folder / f"{TEMP_PREFIX}{2**22 + 17}-y"
     unnamed = folder / f"{TEMP_PREFIX}leftover"
     for temp in (alive, dead, unnamed):
         temp.write_bytes(b"partial")

@@ -1,4 +1,5 @@
 """The Socket.IO protocol with the Flask-SocketIO test client, on the packaged default model."""
+
 from __future__ import annotations
 
 import time
@@ -75,8 +76,11 @@ def test_layers_stream_while_the_model_runs_and_do_not_travel_twice(socket_clien
 
 def test_a_short_forward_pass_sends_no_layer_events(socket_client, monkeypatch):
     monkeypatch.setattr(stream, "LIVE_AFTER_SECONDS", 60.0)  # every pass here is shorter than this
-    socket_client.emit("analyze", {"rid": "q", "model": "minilm", "text": "A quick pass, not streamed layer by layer."},
-                       namespace=NAMESPACE)
+    socket_client.emit(
+        "analyze",
+        {"rid": "q", "model": "minilm", "text": "A quick pass, not streamed layer by layer."},
+        namespace=NAMESPACE,
+    )
     events = collect(socket_client)
     assert [e["name"] for e in events] == ["tokens", "overview", "done"]  # no progress, no overview_layer
     overview = events[1]
@@ -85,7 +89,11 @@ def test_a_short_forward_pass_sends_no_layer_events(socket_client, monkeypatch):
 
 def test_tokens_are_text_with_spans_and_flags(analysis):
     tokens = analysis[[e["name"] for e in analysis].index("tokens")]
-    texts, special, spans = decode_strings(tokens["tokens"]), decode_array(tokens["special"]), decode_array(tokens["spans"])
+    texts, special, spans = (
+        decode_strings(tokens["tokens"]),
+        decode_array(tokens["special"]),
+        decode_array(tokens["spans"]),
+    )
     assert texts[0] == "[CLS]" and special[0] and texts[2] == "cat"
     assert len(decode_strings(tokens["pieces"])) == len(texts) == len(special) and spans.shape == (len(texts), 2)
     assert tokens["text"][slice(*spans[2])] == "cat"
@@ -116,14 +124,20 @@ def test_repeat_is_served_from_the_cache(socket_client, analysis):
     assert done["name"] == "done" and done["cached"] and done["key"] == analysis[-1]["key"]
 
 
-@pytest.mark.parametrize("event, fields, shapes", [
-    ("layer", {"layer": 0, "mode": "value"}, {"attention": (12, 13, 13)}),
-    ("matrix", {"layer": 1, "head": 3, "mode": "scores", "row0": 2, "row1": 6}, {"matrix": (4, 13)}),
-    ("matrix", {"layer": 1, "head": 3}, {"matrix": (13, 13)}),
-    ("token", {"index": 3}, {"outgoing": (6, 12, 13), "incoming": (6, 12, 13)}),
-    ("neuron", {"layer": 5, "head": 11, "query": 4},
-     {"query_vector": (32,), "keys": (13, 32), "products": (13, 32), "dots": (13,), "attention": (13,)}),
-])
+@pytest.mark.parametrize(
+    "event, fields, shapes",
+    [
+        ("layer", {"layer": 0, "mode": "value"}, {"attention": (12, 13, 13)}),
+        ("matrix", {"layer": 1, "head": 3, "mode": "scores", "row0": 2, "row1": 6}, {"matrix": (4, 13)}),
+        ("matrix", {"layer": 1, "head": 3}, {"matrix": (13, 13)}),
+        ("token", {"index": 3}, {"outgoing": (6, 12, 13), "incoming": (6, 12, 13)}),
+        (
+            "neuron",
+            {"layer": 5, "head": 11, "query": 4},
+            {"query_vector": (32,), "keys": (13, 32), "products": (13, 32), "dots": (13,), "attention": (13,)},
+        ),
+    ],
+)
 def test_detail_requests_answer_binary_arrays(socket_client, analysis, event, fields, shapes):
     answer = request(socket_client, event, key=analysis[-1]["key"], **fields)
     assert answer["name"] == event and answer["rid"] == event
@@ -139,22 +153,25 @@ def test_neuron_softmax_matches_scores(socket_client, analysis):
     np.testing.assert_allclose(decode(answer["dots"]) * answer["scaling"], scores, rtol=1e-2, atol=1e-2)
 
 
-@pytest.mark.parametrize("event, payload, code", [
-    ("analyze", {"text": ""}, "empty_prompt"),
-    ("analyze", {"text": "   \n"}, "empty_prompt"),
-    ("analyze", {"text": "x" * 70_000}, "too_long"),
-    ("analyze", {"text": "hello", "model": "no-such-model"}, "unknown_model"),
-    ("analyze", {"text": "a\x00b"}, "bad_request"),
-    ("analyze", {"text": 42}, "bad_request"),
-    ("analyze", {"text": "the " * 600}, "too_long"),
-    ("analyze", "not an object", "bad_request"),
-    ("layer", {"key": "f" * 64, "layer": 0}, "not_found"),
-    ("layer", {"key": "../etc/passwd", "layer": 0}, "bad_request"),
-    ("layer", {"key": "f" * 64, "layer": -1}, "bad_request"),
-    ("layer", {"key": "f" * 64, "layer": True}, "bad_request"),
-    ("matrix", {"key": "f" * 64, "layer": 0, "head": 0, "mode": "bogus"}, "bad_request"),
-    ("no_such_event", {}, "bad_request"),
-])
+@pytest.mark.parametrize(
+    "event, payload, code",
+    [
+        ("analyze", {"text": ""}, "empty_prompt"),
+        ("analyze", {"text": "   \n"}, "empty_prompt"),
+        ("analyze", {"text": "x" * 70_000}, "too_long"),
+        ("analyze", {"text": "hello", "model": "no-such-model"}, "unknown_model"),
+        ("analyze", {"text": "a\x00b"}, "bad_request"),
+        ("analyze", {"text": 42}, "bad_request"),
+        ("analyze", {"text": "the " * 600}, "too_long"),
+        ("analyze", "not an object", "bad_request"),
+        ("layer", {"key": "f" * 64, "layer": 0}, "not_found"),
+        ("layer", {"key": "../etc/passwd", "layer": 0}, "bad_request"),
+        ("layer", {"key": "f" * 64, "layer": -1}, "bad_request"),
+        ("layer", {"key": "f" * 64, "layer": True}, "bad_request"),
+        ("matrix", {"key": "f" * 64, "layer": 0, "head": 0, "mode": "bogus"}, "bad_request"),
+        ("no_such_event", {}, "bad_request"),
+    ],
+)
 def test_bad_requests_get_an_error_event(socket_client, event, payload, code):
     data = {"rid": "bad", **payload} if isinstance(payload, dict) else payload
     socket_client.emit(event, data, namespace=NAMESPACE)
@@ -187,8 +204,11 @@ def test_stats_is_a_bokeh_item_with_a_role_per_head(socket_client, analysis):
 
 @pytest.mark.real_model
 def test_generate_streams_the_continuation_then_its_analysis(socket_client):
-    socket_client.emit("generate", {"rid": "g", "model": "smollm2", "text": "The capital of France is",
-                                    "max_new_tokens": 2}, namespace=NAMESPACE)
+    socket_client.emit(
+        "generate",
+        {"rid": "g", "model": "smollm2", "text": "The capital of France is", "max_new_tokens": 2},
+        namespace=NAMESPACE,
+    )
     events = [e for e in collect(socket_client) if e["name"] != "progress"]
     assert [e["name"] for e in events] == ["generated", "tokens", "overview", "done"]
     generated, tokens = events[0], events[1]
@@ -198,8 +218,9 @@ def test_generate_streams_the_continuation_then_its_analysis(socket_client):
 
 @pytest.mark.real_model
 def test_lens_event(socket_client, analysis):
-    socket_client.emit("analyze", {"rid": "a", "model": "smollm2", "text": "The capital of France is"},
-                       namespace=NAMESPACE)
+    socket_client.emit(
+        "analyze", {"rid": "a", "model": "smollm2", "text": "The capital of France is"}, namespace=NAMESPACE
+    )
     key = collect(socket_client)[-1]["key"]
     answer = request(socket_client, "lens", key=key, start=2, count=3)
     assert answer["name"] == "lens" and answer["ids"]["shape"] == [31, 3, 5]

@@ -2,6 +2,7 @@
 serving everyone else and no partial result enters the cache: a model that raises, out of
 memory inside the forward pass, a model that fails to load, a tokenizer that fails, and clients
 that disconnect while queued, while the model runs, or mid-stream on a real server."""
+
 from __future__ import annotations
 
 import threading
@@ -43,14 +44,25 @@ def assert_still_serving(connect) -> None:
     assert analyze(connect(), "minilm", KEEPS_SERVING, rid="ok")["name"] == "done"
 
 
-@pytest.mark.parametrize("error, code, words", [
-    (RuntimeError("an exploding layer"), "internal", "RuntimeError"),
-    (KeyError("a missing weight"), "internal", "KeyError"),
-    (MemoryError(), "out_of_memory", "out of memory"),
-    (torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB"), "out_of_memory", "out of memory"),
-    (RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory"), "out_of_memory",
-     "out of memory"),
-], ids=["runtime-error", "key-error", "memory-error", "cuda-oom", "cpu-allocator"])
+@pytest.mark.parametrize(
+    "error, code, words",
+    [
+        (RuntimeError("an exploding layer"), "internal", "RuntimeError"),
+        (KeyError("a missing weight"), "internal", "KeyError"),
+        (MemoryError(), "out_of_memory", "out of memory"),
+        (
+            torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB"),
+            "out_of_memory",
+            "out of memory",
+        ),
+        (
+            RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory"),
+            "out_of_memory",
+            "out of memory",
+        ),
+    ],
+    ids=["runtime-error", "key-error", "memory-error", "cuda-oom", "cpu-allocator"],
+)
 def test_a_forward_pass_that_raises_is_one_error_for_its_client(service, connect, test_model, error, code, words):
     name = f"test-raises-{code}"
     test_model(name, forward=raising(error))
@@ -75,8 +87,9 @@ def test_the_same_model_works_again_after_running_out_of_memory(service, connect
     assert done["name"] == "done" and not done["cached"]
 
 
-@pytest.mark.parametrize("files", [{}, {"config.json": "{not json", "tokenizer.json": "{}"}],
-                         ids=["empty-folder", "corrupt-files"])
+@pytest.mark.parametrize(
+    "files", [{}, {"config.json": "{not json", "tokenizer.json": "{}"}], ids=["empty-folder", "corrupt-files"]
+)
 def test_a_model_that_fails_to_load(service, connect, tmp_path, monkeypatch, files):
     for name, text in files.items():
         (tmp_path / name).write_text(text)
@@ -88,11 +101,15 @@ def test_a_model_that_fails_to_load(service, connect, tmp_path, monkeypatch, fil
     assert_still_serving(connect)
 
 
-@pytest.mark.parametrize("error, code", [
-    (ValueError("text input must be of type str"), "bad_request"),
-    (PanicException("tokenizers panicked"), "bad_request"),
-    (TypeError("an unexpected tokenizer failure"), "internal"),
-], ids=["value-error", "rust-panic", "type-error"])
+@pytest.mark.parametrize(
+    "error, code",
+    [
+        (ValueError("text input must be of type str"), "bad_request"),
+        (PanicException("tokenizers panicked"), "bad_request"),
+        (TypeError("an unexpected tokenizer failure"), "internal"),
+    ],
+    ids=["value-error", "rust-panic", "type-error"],
+)
 def test_a_tokenizer_that_fails(service, connect, test_model, error, code):
     test_model("test-tokenizer", tokenizer_error=error)
     answer = analyze(connect(), "test-tokenizer")
@@ -103,8 +120,9 @@ def test_a_tokenizer_that_fails(service, connect, test_model, error, code):
 
 def test_an_unknown_model_over_both_doors(connect, client):
     assert analyze(connect(), "no-such-model")["code"] == "unknown_model"
-    response = client.post("/api/analyze", json={"model": "no-such-model", "text": PROMPT},
-                           environ_base={"REMOTE_ADDR": "10.3.0.1"})
+    response = client.post(
+        "/api/analyze", json={"model": "no-such-model", "text": PROMPT}, environ_base={"REMOTE_ADDR": "10.3.0.1"}
+    )
     assert response.status_code == 404 and response.get_json()["code"] == "unknown_model"
 
 
@@ -117,12 +135,14 @@ def test_a_bug_in_the_http_api_answers_json_500(client, service, monkeypatch):
 
 # --- clients that leave ----------------------------------------------------------------------------
 
+
 def test_a_client_that_leaves_while_queued_is_dropped_and_a_twin_takes_over(service, connect, blocked, monkeypatch):
     import models.capture
 
     ran, real = [], models.capture.run_capture
-    monkeypatch.setattr(models.capture, "run_capture", lambda handle, text, **options: ran.append(text) or
-                        real(handle, text, **options))
+    monkeypatch.setattr(
+        models.capture, "run_capture", lambda handle, text, **options: ran.append(text) or real(handle, text, **options)
+    )
     text = "Two students, one sentence, one of them closes the laptop."
     leaver, twin = connect(), connect()
     leaver.emit("analyze", {"rid": "l", "model": "minilm", "text": text}, namespace=NAMESPACE)
@@ -171,8 +191,11 @@ def test_a_real_client_that_disconnects_mid_stream(live_url):
         assert not leaver.connected
         other.emit("analyze", {"rid": "stay", "text": "I stay for the whole stream."}, namespace=NAMESPACE)
         answers = other.wait("stay")
-        assert [a["name"] for a in answers if a["name"] not in ("progress", "overview_layer")] == \
-            ["tokens", "overview", "done"]
+        assert [a["name"] for a in answers if a["name"] not in ("progress", "overview_layer")] == [
+            "tokens",
+            "overview",
+            "done",
+        ]
         other.emit("analyze", {"rid": "again", "text": "I leave as soon as the tokens arrive."}, namespace=NAMESPACE)
         assert other.wait("again")[-1]["cached"]  # the left client's analysis was completed and kept
     finally:

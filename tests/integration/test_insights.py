@@ -1,4 +1,5 @@
 """Analysis payloads over real captures: head summary, sinks, rollout, flow, compare."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -28,18 +29,32 @@ def test_head_summary_has_a_role_and_cluster_per_head(pair):
     shape = (capture.n_layers, capture.n_heads)
     assert np.array(payload["roles"]).shape == shape and decode(payload["clusters"]).shape == shape
     assert decode(payload["metrics"]["entropy_norm"]).shape == shape
-    assert set(np.unique(payload["roles"])) <= {"SINK", "SELF", "PREVIOUS", "NEXT", "BROAD", "DELIMITER", "MIXED",
-                                                "OFFSET-4", "OFFSET-3", "OFFSET-2", "OFFSET+2", "OFFSET+3",
-                                                "OFFSET+4"}
+    assert set(np.unique(payload["roles"])) <= {
+        "SINK",
+        "SELF",
+        "PREVIOUS",
+        "NEXT",
+        "BROAD",
+        "DELIMITER",
+        "MIXED",
+        "OFFSET-4",
+        "OFFSET-3",
+        "OFFSET-2",
+        "OFFSET+2",
+        "OFFSET+3",
+        "OFFSET+4",
+    }
     assert payload["analysed_tokens"] == capture.n_tokens
 
 
 @pytest.mark.real_model
 def test_smollm2_has_previous_token_heads_and_a_first_token_sink(smollm2):
     """A known behaviour of small Llama models, as a check that the measures read real structure."""
-    text = ("The quick brown fox jumps over the lazy dog. Meanwhile, the cat watched from the window, "
-            "wondering why anyone would run so fast on a Sunday morning. Later that day it rained, and "
-            "the fox, the dog and the cat all stayed inside, listening to the storm and waiting for the sun.")
+    text = (
+        "The quick brown fox jumps over the lazy dog. Meanwhile, the cat watched from the window, "
+        "wondering why anyone would run so fast on a Sunday morning. Later that day it rained, and "
+        "the fox, the dog and the cat all stayed inside, listening to the storm and waiting for the sun."
+    )
     capture = run_capture(smollm2, text)
     payload = insights.heads_payload("k", capture, insights.summary(capture))
     roles = np.array(payload["roles"])

@@ -1,4 +1,5 @@
 """Generation and the logit lens on the packaged decoder."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -47,8 +48,9 @@ def test_logit_lens_last_layer_predicts_paris(service):
 
 
 def test_generate_over_http(client):
-    response = client.post("/api/generate", json={"model": "smollm2", "text": "The capital of France is",
-                                                  "max_new_tokens": 2})
+    response = client.post(
+        "/api/generate", json={"model": "smollm2", "text": "The capital of France is", "max_new_tokens": 2}
+    )
     assert response.status_code == 200, response.get_json()
     answer = response.get_json()
     assert answer["text"].startswith("The capital of France is Paris")

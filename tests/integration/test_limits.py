@@ -2,6 +2,7 @@
 generation length, allowed models, message size, queue length, per-client streams and rate.
 The device queue is FIFO, reports positions, shares identical work, and never delays cached
 answers."""
+
 from __future__ import annotations
 
 import gc
@@ -44,20 +45,26 @@ def analyze(client, text: str, rid="r", **fields) -> None:
 
 # --- prompt limits -----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("settings, text, message", [
-    ({"MAX_CHARS": 40}, "x" * 41, "the limit is 40"),
-    ({"MAX_TOKENS": 8}, "one two three four five six seven eight nine ten", "at most 8"),
-    ({"MODEL_MAX_TOKENS": {"minilm": 6}}, "one two three four five six seven", "at most 6"),
-])
-def test_prompt_limits_answer_too_long_before_model_work(connect, client, limit, minilm, model_work_calls,
-                                                         settings, text, message):
+
+@pytest.mark.parametrize(
+    "settings, text, message",
+    [
+        ({"MAX_CHARS": 40}, "x" * 41, "the limit is 40"),
+        ({"MAX_TOKENS": 8}, "one two three four five six seven eight nine ten", "at most 8"),
+        ({"MODEL_MAX_TOKENS": {"minilm": 6}}, "one two three four five six seven", "at most 6"),
+    ],
+)
+def test_prompt_limits_answer_too_long_before_model_work(
+    connect, client, limit, minilm, model_work_calls, settings, text, message
+):
     limit(**settings)
     socket = connect()
     analyze(socket, text, rid="long")
     error = collect(socket)[-1]
     assert (error["name"], error["code"], error["rid"]) == ("error", "too_long", "long") and message in error["message"]
-    response = client.post("/api/analyze", json={"model": "minilm", "text": text},
-                           environ_base={"REMOTE_ADDR": "10.1.0.1"})
+    response = client.post(
+        "/api/analyze", json={"model": "minilm", "text": text}, environ_base={"REMOTE_ADDR": "10.1.0.1"}
+    )
     assert response.status_code == 400 and response.get_json()["code"] == "too_long"
     assert model_work_calls == []  # refused before a place in the queue
 
@@ -83,8 +90,9 @@ def test_only_allowed_models_are_served(tmp_path):
 
 def test_an_oversized_http_body_is_refused_with_413(client, app):
     body = b'{"text": "' + b"x" * app.config["MAX_MESSAGE_BYTES"] + b'"}'
-    response = client.post("/api/analyze", data=body, content_type="application/json",
-                           environ_base={"REMOTE_ADDR": "10.1.0.2"})
+    response = client.post(
+        "/api/analyze", data=body, content_type="application/json", environ_base={"REMOTE_ADDR": "10.1.0.2"}
+    )
     assert response.status_code == 413 and response.get_json()["code"] == "too_long"
 
 
@@ -118,6 +126,7 @@ def test_the_prompt_limit_fits_in_a_message():
 
 
 # --- the device queue ---------------------------------------------------------------------------
+
 
 def test_the_queue_is_fifo_and_reports_positions():
     queue, order, reports = JobQueue(capacity=5), [], {}
@@ -208,6 +217,7 @@ def test_identical_requests_in_flight_share_one_forward_pass(connect, blocked, m
 
 # --- rate limits --------------------------------------------------------------------------------
 
+
 def test_token_buckets_refill_at_their_rate():
     limiter = RateLimiter(lambda: {"analyze": (10.0, 1.0)})
     limiter.check("c", "analyze")
@@ -267,6 +277,7 @@ def test_a_message_named_like_a_lifecycle_event_resets_nothing(connect, limit, c
 
 # --- delivery ---------------------------------------------------------------------------------------
 
+
 def test_concurrent_binary_answers_never_interleave(connect):
     """A binary Socket.IO packet leaves as several Engine.IO messages (header, attachments);
     streams and detail answers emitted from different threads must not interleave them, or a
@@ -274,8 +285,9 @@ def test_concurrent_binary_answers_never_interleave(connect):
     from app.extensions import socketio
 
     clients = [connect(), connect()]
-    sids = [client.eio_sid and socketio.server.manager.sid_from_eio_sid(client.eio_sid, NAMESPACE)
-            for client in clients]
+    sids = [
+        client.eio_sid and socketio.server.manager.sid_from_eio_sid(client.eio_sid, NAMESPACE) for client in clients
+    ]
 
     def send(thread: int) -> None:
         for n in range(40):

@@ -1,4 +1,5 @@
 """Presenter mode over real Socket.IO test clients: follow, count, refuse strangers, end."""
+
 from __future__ import annotations
 
 import time
@@ -40,8 +41,9 @@ def test_students_follow_the_presenter_and_strangers_cannot_drive(clients):
     assert received(teacher, "present_followers")["followers"] == 1
     teacher.emit("present_update", {**room, "state": "model=minilm&text=Hi&view=head&layer=3"}, namespace=NAMESPACE)
     assert received(student, "present_state")["state"] == "model=minilm&text=Hi&view=head&layer=3"
-    stranger.emit("present_update", {"code": room["code"], "secret": "guess", "state": "view=model"},
-                  namespace=NAMESPACE)
+    stranger.emit(
+        "present_update", {"code": room["code"], "secret": "guess", "state": "view=model"}, namespace=NAMESPACE
+    )
     assert received(stranger, "error")["code"] == "forbidden"
     student.disconnect(namespace=NAMESPACE)
     assert received(teacher, "present_followers")["followers"] == 0

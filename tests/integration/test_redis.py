@@ -3,6 +3,7 @@
 Starts a real ``redis-server`` on a loopback port (skipped when it is not installed:
 ``bash scripts/setup --dev`` installs it), then two real ``python -m app serve`` processes with
 ATLAS_REDIS_URL, each with its own local cache folder, and a python-socketio client on each."""
+
 from __future__ import annotations
 
 import contextlib
@@ -18,8 +19,10 @@ from app.protocol import NAMESPACE
 from tests.integration.conftest import free_port, live_server, release_port, socket_client
 
 REDIS_SERVER = shutil.which("redis-server")
-pytestmark = pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed "
-                                "(apt-get install redis-server, or bash scripts/setup --dev)")
+pytestmark = pytest.mark.skipif(
+    REDIS_SERVER is None,
+    reason="redis-server is not installed (apt-get install redis-server, or bash scripts/setup --dev)",
+)
 PROMPT = "Fifty students, two server processes, one answer."
 
 
@@ -29,9 +32,26 @@ def redis_url(tmp_path_factory):
 
     port = free_port()
     folder = tmp_path_factory.mktemp("redis")
-    process = subprocess.Popen([REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                                "--appendonly", "no", "--dir", str(folder), "--maxmemory", "256mb",
-                                "--maxmemory-policy", "allkeys-lru"], stdout=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [
+            REDIS_SERVER,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(folder),
+            "--maxmemory",
+            "256mb",
+            "--maxmemory-policy",
+            "allkeys-lru",
+        ],
+        stdout=subprocess.DEVNULL,
+    )
     url = f"redis://127.0.0.1:{port}/0"
     client = redis.Redis.from_url(url)
     try:
@@ -135,7 +155,11 @@ def test_two_processes_share_sessions_and_results(redis_url, tmp_path):
 
         # the message queue: a process that holds no socket reaches B's client through Redis
         emitter = python_socketio.RedisManager(redis_url, channel="attention-atlas", write_only=True)
-        emitter.emit("progress", {"rid": "via-redis", "stage": "hello", "fraction": 0.0}, namespace=NAMESPACE,
-                     room=client_b.get_sid(NAMESPACE))
+        emitter.emit(
+            "progress",
+            {"rid": "via-redis", "stage": "hello", "fraction": 0.0},
+            namespace=NAMESPACE,
+            room=client_b.get_sid(NAMESPACE),
+        )
         assert client_b.wait("via-redis", until=("progress",))[-1]["stage"] == "hello"
         emitter.redis.close()

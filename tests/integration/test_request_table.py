@@ -1,6 +1,7 @@
 """The request table decides what every request costs, identically over Socket.IO and HTTP:
 walk it, and check that each `model` request pays the analyze rate limit and the per-client job
 cap, and that each `cpu` request is computed once per key whichever transport asks."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -35,11 +36,14 @@ def key(service) -> str:
 
 def fields_for(name: str, key: str) -> dict:
     """Valid fields of a row (the work may still fail after admission: minilm has no lens)."""
-    return {"analyze": {"model": "minilm", "text": "The table decides what this costs."},
-            "generate": {"model": "minilm", "text": "Once upon", "max_new_tokens": 1},
-            "lens": {"key": key},
-            "rollout": {"key": key, "position": 1}, "flow": {"key": key, "position": 1},
-            "compare": {"key": key, "other": key}}.get(name, {"key": key})
+    return {
+        "analyze": {"model": "minilm", "text": "The table decides what this costs."},
+        "generate": {"model": "minilm", "text": "Once upon", "max_new_tokens": 1},
+        "lens": {"key": key},
+        "rollout": {"key": key, "position": 1},
+        "flow": {"key": key, "position": 1},
+        "compare": {"key": key, "other": key},
+    }.get(name, {"key": key})
 
 
 class Client:
@@ -63,8 +67,11 @@ class Client:
         url = "/api" + rule.replace("<key>", fields.get("key", ""))
         others = {field: value for field, value in fields.items() if field != "key"}
         environ = {"REMOTE_ADDR": self.address}
-        response = (self.http.post(url, json=fields, environ_base=environ) if method == "POST"
-                    else self.http.get(url, query_string=others, environ_base=environ))
+        response = (
+            self.http.post(url, json=fields, environ_base=environ)
+            if method == "POST"
+            else self.http.get(url, query_string=others, environ_base=environ)
+        )
         return {"name": "http", "status": response.status_code, **(response.get_json(silent=True) or {})}
 
 
@@ -121,6 +128,7 @@ def counted(monkeypatch) -> dict[str, int]:
         def handler(call, fields):
             counts[row.name] += 1
             return row.handler(call, fields)
+
         return dataclasses.replace(row, handler=handler)
 
     for row in CPU_ROWS:
@@ -137,8 +145,9 @@ def test_cpu_requests_are_computed_once_per_key_over_both_transports(app, connec
     fields = fields_for(row.name, fresh)
     if row.name == "compare":
         fields["other"] = fresh
-    answers = [Client(app, connect, transport).ask(row.name, fields, rid=str(i))
-               for i, transport in enumerate(TRANSPORTS * 2)]
+    answers = [
+        Client(app, connect, transport).ask(row.name, fields, rid=str(i)) for i, transport in enumerate(TRANSPORTS * 2)
+    ]
     assert all("code" not in answer for answer in answers), answers
     assert counted[row.name] == 1
     assert len({str(answer.get("key")) for answer in answers}) == 1

@@ -1,4 +1,5 @@
 """Pages and the HTTP API: the same payloads as the socket, as JSON with base64 arrays."""
+
 from __future__ import annotations
 
 import base64
@@ -41,24 +42,32 @@ def test_analyze_returns_tokens_and_base64_overview(analysis):
     assert decode_strings(analysis["tokens"]["tokens"])[1] == "Attention"
 
 
-@pytest.mark.parametrize("event, query", [
-    ("layer", "layer=1"), ("matrix", "layer=1&head=2&mode=scores"), ("token", "index=1"),
-    ("neuron", "layer=0&head=0&query=1"),
-])
+@pytest.mark.parametrize(
+    "event, query",
+    [
+        ("layer", "layer=1"),
+        ("matrix", "layer=1&head=2&mode=scores"),
+        ("token", "index=1"),
+        ("neuron", "layer=0&head=0&query=1"),
+    ],
+)
 def test_detail_endpoints(client, analysis, event, query):
     response = client.get(f"/api/analysis/{analysis['key']}/{event}?{query}")
     assert response.status_code == 200, response.get_json()
     assert response.get_json()["key"] == analysis["key"]
 
 
-@pytest.mark.parametrize("method, url, body, status, code", [
-    ("post", "/api/analyze", {"text": ""}, 400, "empty_prompt"),
-    ("post", "/api/analyze", {"text": "hi", "model": "nope"}, 404, "unknown_model"),
-    ("post", "/api/analyze", None, 400, "bad_request"),
-    ("get", "/api/analysis/" + "0" * 64 + "/layer?layer=0", None, 404, "not_found"),
-    ("get", "/api/analysis/xyz/layer?layer=0", None, 400, "bad_request"),
-    ("get", "/api/analysis/" + "0" * 64 + "/bogus", None, 404, "not_found"),
-])
+@pytest.mark.parametrize(
+    "method, url, body, status, code",
+    [
+        ("post", "/api/analyze", {"text": ""}, 400, "empty_prompt"),
+        ("post", "/api/analyze", {"text": "hi", "model": "nope"}, 404, "unknown_model"),
+        ("post", "/api/analyze", None, 400, "bad_request"),
+        ("get", "/api/analysis/" + "0" * 64 + "/layer?layer=0", None, 404, "not_found"),
+        ("get", "/api/analysis/xyz/layer?layer=0", None, 400, "bad_request"),
+        ("get", "/api/analysis/" + "0" * 64 + "/bogus", None, 404, "not_found"),
+    ],
+)
 def test_api_errors_are_json(client, method, url, body, status, code):
     response = getattr(client, method)(url, json=body) if body is not None else getattr(client, method)(url)
     assert response.status_code == status and response.get_json()["code"] == code

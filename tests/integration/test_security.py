@@ -1,5 +1,6 @@
 """Security: headers and a script policy BokehJS renders under, debug off, secret key from the
 environment, hostile share links rendered inert, no user path reaching the filesystem."""
+
 from __future__ import annotations
 
 import pytest
@@ -7,7 +8,7 @@ import pytest
 from app import create_app
 from app.config import Config
 
-HOSTILE = '<script>alert(1)</script><img src=x onerror=alert(2)>"\'&'
+HOSTILE = "<script>alert(1)</script><img src=x onerror=alert(2)>\"'&"
 
 
 def test_every_answer_carries_the_security_headers(client):
@@ -16,8 +17,10 @@ def test_every_answer_carries_the_security_headers(client):
             headers = response.headers
             assert headers["Content-Security-Policy"] == Config.CONTENT_SECURITY_POLICY, url
             assert headers["X-Content-Type-Options"] == "nosniff"
-            assert headers["X-Frame-Options"] == "SAMEORIGIN" and "frame-ancestors 'self'" in headers[
-                "Content-Security-Policy"]
+            assert (
+                headers["X-Frame-Options"] == "SAMEORIGIN"
+                and "frame-ancestors 'self'" in headers["Content-Security-Policy"]
+            )
             assert headers["Referrer-Policy"] == "no-referrer"
 
 
@@ -39,10 +42,15 @@ def test_the_page_has_no_inline_script(client):
     assert " on" not in page.replace("\n", " ").split("<body", 1)[-1].split("=")[0]  # no onclick= etc.
 
 
-@pytest.mark.parametrize("query", [
-    {"text": HOSTILE}, {"model": HOSTILE}, {"view": HOSTILE, "layer": "1e9", "head": "-1"},
-    {"text": "x", "token": "<b>", "heads": "1,<i>,2", "threshold": "NaN", "mode": "javascript:alert(1)"},
-])
+@pytest.mark.parametrize(
+    "query",
+    [
+        {"text": HOSTILE},
+        {"model": HOSTILE},
+        {"view": HOSTILE, "layer": "1e9", "head": "-1"},
+        {"text": "x", "token": "<b>", "heads": "1,<i>,2", "threshold": "NaN", "mode": "javascript:alert(1)"},
+    ],
+)
 def test_hostile_share_links_render_an_inert_page(client, query):
     response = client.get("/", query_string=query)
     assert response.status_code == 200
@@ -50,12 +58,20 @@ def test_hostile_share_links_render_an_inert_page(client, query):
     assert "<script>alert" not in page and "onerror=alert" not in page and "javascript:" not in page
 
 
-@pytest.mark.parametrize("url", [
-    "/static/../app/config.py", "/static/%2e%2e/app/config.py", "/static/..%2fapp%2fconfig.py",
-    "/vendor/bokeh/..%2f..%2f..%2fapp%2fconfig.py", "/vendor/bokeh/../../app/config.py",
-    "/api/analysis/..%2f..%2fapp%2fconfig.py/layer?layer=0", "/api/analysis/" + "a" * 64 + "/..%2fconfig",
-    "/static//etc/passwd", "/static/%2fetc%2fpasswd",
-])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "/static/../app/config.py",
+        "/static/%2e%2e/app/config.py",
+        "/static/..%2fapp%2fconfig.py",
+        "/vendor/bokeh/..%2f..%2f..%2fapp%2fconfig.py",
+        "/vendor/bokeh/../../app/config.py",
+        "/api/analysis/..%2f..%2fapp%2fconfig.py/layer?layer=0",
+        "/api/analysis/" + "a" * 64 + "/..%2fconfig",
+        "/static//etc/passwd",
+        "/static/%2fetc%2fpasswd",
+    ],
+)
 def test_no_user_path_reaches_the_filesystem(client, url):
     response = client.get(url, follow_redirects=True)
     body = response.get_data(as_text=True)
@@ -93,16 +109,24 @@ def _config_of_a_new_app(monkeypatch) -> dict:
     return captured
 
 
-@pytest.mark.parametrize("setting, value", [
-    ("MAX_CHARS", 0), ("MAX_QUEUED_JOBS", -1), ("RATE_ANALYZE_PER_MINUTE", "lots"), ("MAX_TOKENS", True),
-    ("MODEL_MAX_TOKENS", {"minilm": 0}), ("MODEL_MAX_TOKENS", [1]),
-])
+@pytest.mark.parametrize(
+    "setting, value",
+    [
+        ("MAX_CHARS", 0),
+        ("MAX_QUEUED_JOBS", -1),
+        ("RATE_ANALYZE_PER_MINUTE", "lots"),
+        ("MAX_TOKENS", True),
+        ("MODEL_MAX_TOKENS", {"minilm": 0}),
+        ("MODEL_MAX_TOKENS", [1]),
+    ],
+)
 def test_a_setting_that_would_disable_a_limit_stops_the_start(monkeypatch, setting, value):
     with pytest.raises(ValueError, match=setting):
         create_app({"TESTING": True, setting: value})
 
 
 # --- the policy in a real browser ------------------------------------------------------------
+
 
 def test_opener_policy_only_where_browsers_honour_it(client):
     assert client.get("/").headers["Cross-Origin-Opener-Policy"] == "same-origin"

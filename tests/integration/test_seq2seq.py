@@ -1,5 +1,6 @@
 """An encoder-decoder model through the whole app: analyze with and without a decoder text,
 then every view's payload over Socket.IO, on a tiny BART registered like a user's model."""
+
 from __future__ import annotations
 
 import threading
@@ -9,8 +10,8 @@ import pytest
 
 from models.loading import ModelHandle
 from models.registry import ModelSpec
-from tests.integration.test_events import collect, decode, request
 from tests.conftest import build_tiny
+from tests.integration.test_events import collect, decode, request
 
 SOURCE = "The house is wonderful."
 TARGET = "Das Haus ist wunderbar."
@@ -21,7 +22,9 @@ def bart(service, minilm, tmp_path, monkeypatch) -> str:
     """A tiny random BART, "loaded" under the name tiny-bart."""
     tiny = build_tiny("tiny-bart", minilm.tokenizer)
     spec = ModelSpec(name="tiny-bart", title="tiny BART", path=str(tmp_path), max_tokens=128)
-    handle = ModelHandle("tiny-bart", spec, tiny.model, minilm.tokenizer, tiny.device, "tiny-bart", 0.0, threading.Lock())
+    handle = ModelHandle(
+        "tiny-bart", spec, tiny.model, minilm.tokenizer, tiny.device, "tiny-bart", 0.0, threading.Lock()
+    )
     monkeypatch.setitem(service.registry.specs, "tiny-bart", spec)
     monkeypatch.setitem(service.loader._handles, "tiny-bart", handle)
     monkeypatch.setattr(service, "_counters", {})

@@ -1,4 +1,5 @@
 """Sharing: short links, the demo gallery, exports, uploads and the notebook bridge."""
+
 from __future__ import annotations
 
 import io
@@ -41,14 +42,19 @@ def test_short_link_routes(client):
     made = client.post("/api/links", json={"query": "model=minilm&text=Hi%20there&view=token&token=1"})
     assert made.status_code == 200
     response = client.get(made.get_json()["path"])
-    assert response.status_code == 302 and response.headers["Location"] == "/?model=minilm&text=Hi+there&view=token&token=1"
+    assert (
+        response.status_code == 302
+        and response.headers["Location"] == "/?model=minilm&text=Hi+there&view=token&token=1"
+    )
     assert client.get("/s/aaaaaaaaaa").status_code == 404
     assert client.post("/api/links", json={"query": "<b>=1"}).get_json()["code"] == "bad_request"
 
 
 def test_gallery_items_teach_something_and_link_to_a_view(client):
     items = client.get("/api/gallery").get_json()["items"]
-    assert {"coreference", "previous-token", "sinks", "delimiters", "induction", "agreement"} <= {i["id"] for i in items}
+    assert {"coreference", "previous-token", "sinks", "delimiters", "induction", "agreement"} <= {
+        i["id"] for i in items
+    }
     for item in items:
         assert len(item["explanation"]) > 100 and item["link"].startswith("/?model=")
 
@@ -117,8 +123,9 @@ def test_notebook_bridge_against_a_live_server(tmp_path, tiny_models, minilm):
 
         with urllib.request.urlopen(f"{url}/api/analysis/{key}/layer?layer=1") as response:
             assert json.load(response)["heads"] == 4
-        seq2seq = notebook.push(tiny_models["tiny-bart"].model, PROMPT, tokenizer=minilm.tokenizer,
-                                target="Une question.", server=url)
+        seq2seq = notebook.push(
+            tiny_models["tiny-bart"].model, PROMPT, tokenizer=minilm.tokenizer, target="Une question.", server=url
+        )
         with urllib.request.urlopen(f"{url}/api/analysis/{seq2seq.split('key=')[1]}/token?index=1") as response:
             assert json.load(response)["outgoing"]["shape"][0] == 6  # 2 encoder + 2 x (self + cross) layers
         with pytest.raises(notebook.BridgeError, match="unknown model"):

@@ -1,4 +1,5 @@
 """The per-prompt cache: content addresses, memory LRU by bytes, durable disk store, single flight."""
+
 from __future__ import annotations
 
 import subprocess
@@ -11,8 +12,8 @@ import numpy as np
 import pytest
 
 from app.cache import CaptureCache, DiskStore, cache_key, is_key
-from models.record import Capture
 from models.capture import run_capture
+from models.record import Capture
 from tests.browser.server import REPO_ROOT
 
 
@@ -31,9 +32,15 @@ def put_and_store(cache: CaptureCache, key: str, capture: Capture) -> None:
     assert cache.flush(timeout=30)
 
 
-@pytest.mark.parametrize("change", [
-    {"model": "other"}, {"fingerprint": "other"}, {"text": "A small prompt."}, {"options": {"precision": "float32"}},
-])
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"model": "other"},
+        {"fingerprint": "other"},
+        {"text": "A small prompt."},
+        {"options": {"precision": "float32"}},
+    ],
+)
 def test_key_changes_with_every_input(change):
     base = {"model": "m", "fingerprint": "f", "text": "A small prompt", "options": {}}
     assert cache_key(**base) != cache_key(**{**base, **change})
@@ -110,8 +117,12 @@ def test_a_capture_reserves_memory_for_its_forward_pass_first(tiny_models):
     from models.recorder import forward_bytes
 
     asked = []
-    run_capture(tiny_models["tiny-gpt2"], "Four score and seven years ago",
-                reserve=lambda nbytes: asked.append(nbytes), on_layer=lambda *layer: asked.append("layer"))
+    run_capture(
+        tiny_models["tiny-gpt2"],
+        "Four score and seven years ago",
+        reserve=lambda nbytes: asked.append(nbytes),
+        on_layer=lambda *layer: asked.append("layer"),
+    )
     heads = tiny_models["tiny-gpt2"].config.n_head
     n = len(tiny_models["tiny-gpt2"].tokenizer("Four score and seven years ago")["input_ids"])
     assert asked[0] == forward_bytes(heads, n) and set(asked[1:]) == {"layer"}

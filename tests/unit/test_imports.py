@@ -6,6 +6,7 @@ imports breaks depending on which module loads first, and a cycle closed by a la
 a function hides the same tangle. And the web app starts without torch, which holds only while
 everything it imports at module level stays torch-free.
 """
+
 from __future__ import annotations
 
 import ast
@@ -22,7 +23,7 @@ HEAVY = ("torch", "transformers")  # what the app must not need at start-up
 @dataclass(frozen=True)
 class Edge:
     source: str
-    target: str      # a project module, or the top-level name of an outside one
+    target: str  # a project module, or the top-level name of an outside one
     module_level: bool  # False: inside a function, run only when it is called
     line: int
 
@@ -175,8 +176,11 @@ def test_every_module_parses_and_the_graph_is_not_empty():
 
 
 def test_models_never_import_app():
-    wrong = [f"{edge.source}:{edge.line} imports {edge.target}" for edge in EDGES
-             if edge.source.split(".")[0] == "models" and edge.target.split(".")[0] == "app"]
+    wrong = [
+        f"{edge.source}:{edge.line} imports {edge.target}"
+        for edge in EDGES
+        if edge.source.split(".")[0] == "models" and edge.target.split(".")[0] == "app"
+    ]
     assert not wrong, wrong
 
 
@@ -199,14 +203,20 @@ def test_the_app_starts_without_torch():
         if name not in reached:
             reached.add(name)
             frontier += imports[name]
-    heavy = [f"{edge.source}:{edge.line} imports {edge.target}" for edge in EDGES
-             if edge.source in reached and edge.module_level and edge.target in HEAVY]
+    heavy = [
+        f"{edge.source}:{edge.line} imports {edge.target}"
+        for edge in EDGES
+        if edge.source in reached and edge.module_level and edge.target in HEAVY
+    ]
     assert not heavy, heavy
     assert {"models.registry", "models.record", "models.errors"} <= reached
 
 
 @pytest.mark.parametrize("name", ["models.registry", "models.record", "models.errors"])
 def test_torch_free_models_modules_stay_so_even_lazily(name):
-    heavy = [f"{edge.source}:{edge.line} imports {edge.target}" for edge in EDGES
-             if edge.source == name and edge.target in HEAVY]
+    heavy = [
+        f"{edge.source}:{edge.line} imports {edge.target}"
+        for edge in EDGES
+        if edge.source == name and edge.target in HEAVY
+    ]
     assert not heavy, heavy

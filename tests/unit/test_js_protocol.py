@@ -2,6 +2,7 @@
 requests, streams, events, modes and error codes, and static/js/views/index.js's view names,
 read by running node on the modules themselves. Every error code and event the Python code
 raises or sends is listed, and every limit the page reads is one the server publishes."""
+
 from __future__ import annotations
 
 import json
@@ -33,8 +34,9 @@ def python_tables() -> dict[str, set[str]]:
 def js_exports(module: str) -> dict:
     """The exported values of an ES module under static/js (functions left out), as node sees them."""
     script = f"const m = await import({json.dumps((STATIC_JS / module).as_uri())}); console.log(JSON.stringify(m));"
-    done = subprocess.run([NODE, "--input-type=module", "-e", script], capture_output=True, text=True,
-                          timeout=NODE_SECONDS, check=False)
+    done = subprocess.run(
+        [NODE, "--input-type=module", "-e", script], capture_output=True, text=True, timeout=NODE_SECONDS, check=False
+    )
     assert done.returncode == 0, f"node could not import {module}: {done.stderr}"
     return json.loads(done.stdout)
 
@@ -57,20 +59,26 @@ def test_requests_and_streams_match(js_protocol):
     assert len(js_protocol["REQUESTS"]) == len(set(js_protocol["REQUESTS"]))
     assert set(js_protocol["REQUESTS"]) == tables["requests"]
     assert set(js_protocol["STREAMS"]) == tables["streams"]
-    assert set(js_protocol["PRESENTER_REQUESTS"]) == {name for name in tables["requests"] if name.startswith("present_")}
+    assert set(js_protocol["PRESENTER_REQUESTS"]) == {
+        name for name in tables["requests"] if name.startswith("present_")
+    }
 
 
 def test_server_events_match(js_protocol):
     events = js_protocol["EVENTS"] + js_protocol["PRESENTER_EVENTS"]
     assert len(events) == len(set(events)) and set(events) == set(protocol.SERVER_EVENTS)
-    assert set(js_protocol["PRESENTER_EVENTS"]) == {name for name in protocol.SERVER_EVENTS if name.startswith("present_")}
+    assert set(js_protocol["PRESENTER_EVENTS"]) == {
+        name for name in protocol.SERVER_EVENTS if name.startswith("present_")
+    }
 
 
 def test_every_event_the_server_sends_is_listed():
     """Events named in an emit call, and the detail requests, each answered by an event of its own name."""
     sent = set(re.findall(r'(?:emit|_to)\((?:[\w.]+, )?"(\w+)"', python_sources("app")))
     tables = python_tables()
-    details = tables["requests"] - tables["streams"] - {name for name in tables["requests"] if name.startswith("present_")}
+    details = (
+        tables["requests"] - tables["streams"] - {name for name in tables["requests"] if name.startswith("present_")}
+    )
     assert {"progress", "tokens", "error", "present_state"} <= sent  # the pattern still finds them
     assert sent | details <= set(protocol.SERVER_EVENTS), sorted((sent | details) - set(protocol.SERVER_EVENTS))
 

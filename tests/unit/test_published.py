@@ -1,5 +1,6 @@
 """app/published.py: the settings the page reads are the server's own, follow its config, and
 reach the page's #atlas-config, whose tabs and panels are written from the same view list."""
+
 from __future__ import annotations
 
 import json
@@ -20,7 +21,9 @@ def test_limits_follow_the_config(app, service):
 
 def test_the_page_embeds_the_settings_and_writes_its_tabs_from_them(app, service, client):
     html = client.get("/").get_data(as_text=True)
-    embedded = json.loads(re.search(r'<script type="application/json" id="atlas-config">(.*?)</script>', html, re.S).group(1))
+    embedded = json.loads(
+        re.search(r'<script type="application/json" id="atlas-config">(.*?)</script>', html, re.S).group(1)
+    )
     settings = page_settings(app.config, service)
     assert embedded == json.loads(json.dumps(settings))
     assert embedded["errors"] == ERRORS and embedded["default"] in {model["name"] for model in embedded["models"]}

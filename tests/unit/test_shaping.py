@@ -1,5 +1,6 @@
 """The head view's top-k layer payload picks, for every query of every head, the k strongest
 keys that the exact numpy matrices (:func:`app.shaping._mode_matrix`) have, up to ties."""
+
 from __future__ import annotations
 
 import dataclasses

@@ -1,4 +1,5 @@
 """String lists travel as one joined string with UTF-16 lengths (how JavaScript slices)."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,5 +1,6 @@
 """Capture correctness: the hook sees exactly what the model computes, on tiny models of three
 architectures and on both packaged pretrained models."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -7,7 +8,7 @@ import pytest
 import torch
 
 from models.capture import run_capture
-from models.errors import TooManyTokensError, UnsupportedModelError
+from models.errors import TooManyTokensError
 from models.recorder import thumbnail_side
 
 PROMPT = "The doctor asked the nurse a question. She said: it's fine, isn't it?"
@@ -35,8 +36,12 @@ def softmax_rows(scores: np.ndarray) -> np.ndarray:
 
 def recomputed(capture) -> np.ndarray:
     """softmax(q.k * scaling + mask) from the captured queries and keys."""
-    return np.stack([[softmax_rows(capture.scores_block(layer, head)) for head in range(capture.n_heads)]
-                     for layer in range(capture.n_layers)])
+    return np.stack(
+        [
+            [softmax_rows(capture.scores_block(layer, head)) for head in range(capture.n_heads)]
+            for layer in range(capture.n_layers)
+        ]
+    )
 
 
 @pytest.fixture(params=["tiny-bert", "tiny-gpt2", "tiny-llama"])
@@ -61,8 +66,9 @@ def check_capture(handle) -> None:
     # without stored attention, every block comes back from q, k and the row log-sum-exp
     light = run_capture(handle, PROMPT, precision="float32", keep_attention_bytes=0)
     assert light.attention is None
-    np.testing.assert_allclose(np.stack([light.layer_attention(l) for l in range(light.n_layers)]),
-                               expected, atol=TOLERANCE)
+    np.testing.assert_allclose(
+        np.stack([light.layer_attention(layer) for layer in range(light.n_layers)]), expected, atol=TOLERANCE
+    )
 
 
 def test_tiny_models_capture_exactly(tiny):
@@ -96,7 +102,7 @@ def test_smollm2_still_answers_paris(smollm2):
     ids = smollm2.tokenizer("The capital of France is", return_tensors="pt")
     with torch.inference_mode():
         output = smollm2.model.generate(**ids, max_new_tokens=2, do_sample=False)
-    assert smollm2.tokenizer.decode(output[0, ids["input_ids"].shape[1]:]).strip().startswith("Paris")
+    assert smollm2.tokenizer.decode(output[0, ids["input_ids"].shape[1] :]).strip().startswith("Paris")
 
 
 @pytest.mark.real_model
@@ -135,15 +141,30 @@ def test_soft_capped_scores_keep_the_models_own_attention(minilm):
     from models.registry import ModelSpec
 
     torch.manual_seed(0)
-    config = transformers.Gemma2Config(vocab_size=minilm.tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
-                                       num_attention_heads=4, num_key_value_heads=2, head_dim=8,
-                                       intermediate_size=64, attn_logit_softcapping=0.5)
+    config = transformers.Gemma2Config(
+        vocab_size=minilm.tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        intermediate_size=64,
+        attn_logit_softcapping=0.5,
+    )
     model = transformers.Gemma2ForCausalLM._from_config(config, attn_implementation=ATTENTION_IMPLEMENTATION).eval()
     with torch.no_grad():
         for param in model.parameters():
             param.mul_(20)  # large scores, so the cap bites
-    handle = ModelHandle("tiny-gemma2", ModelSpec("tiny-gemma2"), model, minilm.tokenizer, torch.device("cpu"),
-                         "x", 0.0, threading.Lock())
+    handle = ModelHandle(
+        "tiny-gemma2",
+        ModelSpec("tiny-gemma2"),
+        model,
+        minilm.tokenizer,
+        torch.device("cpu"),
+        "x",
+        0.0,
+        threading.Lock(),
+    )
     capture = run_capture(handle, PROMPT, precision="float32", keep_attention_bytes=0)
     assert capture.info["scores_exact"] is False and capture.attention is not None
     np.testing.assert_allclose(capture.attention, reference_attention(handle, PROMPT), atol=1e-6)

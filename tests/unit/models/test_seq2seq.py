@@ -1,5 +1,6 @@
 """Encoder-decoder capture: encoder, decoder and cross-attention land in their blocks of one
 record, exactly as the model computes them (transformers' own output_attentions)."""
+
 from __future__ import annotations
 
 import threading
@@ -45,8 +46,11 @@ def blocks(capture):
 def test_every_block_matches_the_models_own_attention(seq2seq):
     capture = run_capture(seq2seq, SOURCE, target=TARGET, precision="float32").validate()
     output = reference(seq2seq, capture)
-    expected = {"encoder": list(output.encoder_attentions), "decoder": list(output.decoder_attentions),
-                "cross": list(output.cross_attentions)}
+    expected = {
+        "encoder": list(output.encoder_attentions),
+        "decoder": list(output.decoder_attentions),
+        "cross": list(output.cross_attentions),
+    }
     assert capture.n_layers == sum(len(layers) for layers in expected.values())
     for layer, (kind, rows, cols) in enumerate(blocks(capture)):
         attention = capture.layer_attention(layer)
@@ -121,13 +125,21 @@ def test_a_model_without_a_head_needs_the_decoder_text(minilm):
     from models.recorder import ATTENTION_IMPLEMENTATION
     from models.registry import ModelSpec
 
-    config = transformers.BartConfig(vocab_size=minilm.tokenizer.vocab_size, d_model=16, encoder_layers=1,
-                                     decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2,
-                                     encoder_ffn_dim=32, decoder_ffn_dim=32)
+    config = transformers.BartConfig(
+        vocab_size=minilm.tokenizer.vocab_size,
+        d_model=16,
+        encoder_layers=1,
+        decoder_layers=1,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=32,
+        decoder_ffn_dim=32,
+    )
     config._attn_implementation = ATTENTION_IMPLEMENTATION
     model = transformers.BartModel(config).eval()
-    handle = ModelHandle("bare-bart", ModelSpec("bare-bart"), model, minilm.tokenizer, torch.device("cpu"),
-                         "x", 0.0, threading.Lock())
+    handle = ModelHandle(
+        "bare-bart", ModelSpec("bare-bart"), model, minilm.tokenizer, torch.device("cpu"), "x", 0.0, threading.Lock()
+    )
     with pytest.raises(UnsupportedModelError, match="give the decoder text"):
         run_capture(handle, SOURCE)
     assert run_capture(handle, SOURCE, target=TARGET).info["layer_kinds"] == ["encoder", "decoder", "cross"]

@@ -65,6 +65,7 @@ def overview_payload(key: str, capture: Capture, streamed: bool = False) -> dict
         "thumbnails": None if streamed else thumbnails,
         "peaks": peaks,
         "sinks": np.flatnonzero(sink_tokens(capture)["is_sink"]).tolist(),
+        "sink_rule": sinks.sink_rule(causal=bool(capture.info.get("causal"))),  # shown beside the badges
     }
 
 

@@ -76,3 +76,26 @@ def test_rows_of_zeros_do_not_produce_nan():
     received = received_attention(attention, causal=True)
     flags = sink_tokens(received[None], causal=True)
     assert np.all(np.isfinite(flags["score"])) and not flags["is_sink"].any()
+
+
+@pytest.mark.parametrize("n_tokens", [200, 512, 2048])
+def test_uniform_causal_attention_flags_nothing_at_any_length(n_tokens):
+    received = uniform_received(n_tokens, causal=True)[None]  # what received_attention gives for it
+    assert not sink_tokens(received, causal=True)["is_sink"].any()
+
+
+@pytest.mark.parametrize("n_tokens", [12, 33, 128])
+def test_a_decoder_first_token_sink_is_flagged_on_short_prompts(n_tokens):
+    """SmolLM2 gives token 0 about half of every row on a 33-token prompt; the 5x-causal-uniform
+    rule could not flag it below ~18 tokens. Written from the alpha/N rule: each query puts
+    0.49 on key 0 and spreads the rest evenly over the other keys it may see."""
+    attention = np.zeros((1, n_tokens, n_tokens), dtype=np.float32)
+    attention[0, 0, 0] = 1.0
+    for query in range(1, n_tokens):
+        attention[0, query, 0] = 0.49
+        attention[0, query, 1 : query + 1] = 0.51 / query
+    received = received_attention(attention, causal=True)  # [N]
+    share_of_key_0 = attention[0, :, 0].mean()
+    assert share_of_key_0 > 5 / n_tokens  # the alpha/N rule itself says sink
+    flags = sink_tokens(np.repeat(received[None], 3, axis=0), causal=True)
+    assert flags["is_sink"][0] and not flags["is_sink"][1:].any()

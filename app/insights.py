@@ -3,7 +3,9 @@ rollout, flow and prompt comparison. Pure numpy over a :class:`Capture`, like ap
 
 Whole-model analyses cost O(L x N^2) or more, so on long prompts they read the leading
 ``ANALYSIS_MAX_TOKENS`` tokens. For a causal model that block is exactly the attention of that
-prefix (later tokens cannot change it); payloads say how many tokens they cover.
+prefix (later tokens cannot change it); payloads say how many tokens they cover. The head
+summary's statistics over that prefix are computed by the capture in the same blocked pass that
+records the layer (``Capture.head_stats``, ``Capture.key_shares``), so they cost no second pass.
 """
 
 from __future__ import annotations
@@ -15,9 +17,9 @@ import numpy as np
 from app.analysis import head_roles, rollout
 from app.protocol import AtlasError, encode_array
 from app.shaping import max_pool, sink_tokens
-from models.record import Capture
+from models.record import HEAD_STATS, STATS_TOKENS, Capture
 
-ANALYSIS_MAX_TOKENS = 1024  # tokens read by whole-model analyses (head summary, sinks, rollout)
+ANALYSIS_MAX_TOKENS = STATS_TOKENS  # tokens read by whole-model analyses (head summary, sinks, rollout)
 ROLLOUT_MATRIX_MAX = 256  # cells per side of the rollout matrix sent to the browser
 CLUSTERS = 8  # head clusters in the head summary
 
@@ -45,18 +47,29 @@ def rollout_scope(capture: Capture) -> tuple[range, int]:
 
 
 def summary(capture: Capture) -> dict[str, np.ndarray]:
-    """Head metrics [L, H] per name, ``role`` [L, H] and ``cluster`` [L, H], in one pass over the
-    layers (the service memoises it per analysis: app/handlers.summary_of)."""
-    n = analysed_tokens(capture)
-    causal = bool(capture.info.get("causal"))
-    special, punctuation = capture.special[:n], head_roles.punctuation_mask(capture.tokens[:n])
-    per_layer = [
-        head_roles.head_metrics(attention, special, punctuation, causal=causal) for attention in prefix_layers(capture)
-    ]
-    result = {name: np.stack([layer[name] for layer in per_layer]) for name in per_layer[0]}
+    """Head metrics [L, H] per name, ``role`` [L, H] and ``cluster`` [L, H] (the service memoises
+    it per analysis: app/handlers.summary_of), from the statistics the capture computed while
+    the model ran: no layer is read again."""
+    result = _recorded_metrics(capture)
     result["role"] = head_roles.role_labels(result).astype(str)
     result["cluster"] = _clusters(capture)
     return result
+
+
+def _recorded_metrics(capture: Capture) -> dict[str, np.ndarray]:
+    """The metrics of head_roles.head_metrics, in its order, from ``head_stats`` [L, H, S] and
+    ``key_shares`` [L, H, P]: a share of a group of keys is the sum of their shares."""
+    n = analysed_tokens(capture)
+    stats = dict(zip(HEAD_STATS, np.moveaxis(capture.head_stats, -1, 0)))
+    special, punctuation = capture.special[:n], head_roles.punctuation_mask(capture.tokens[:n])
+    groups = np.stack([special, punctuation, special | punctuation], axis=1).astype(np.float32)  # [P, 3]
+    shares = capture.key_shares @ groups  # [L, H, 3]
+    metrics = {name: stats[name] for name in ("entropy", "entropy_norm", "distance")}
+    metrics["sink"] = capture.key_shares[..., 0]
+    metrics |= {name: shares[..., i] for i, name in enumerate(("special", "punctuation", "delimiter"))}
+    metrics |= {name: stats[name] for name in head_roles.NAMED_OFFSETS}
+    metrics |= {head_roles.offset_name(k): stats[head_roles.offset_name(k)] for k in head_roles.OFFSETS}
+    return {name: value.astype(np.float32) for name, value in metrics.items()}
 
 
 def _clusters(capture: Capture) -> np.ndarray:

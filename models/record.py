@@ -1,19 +1,34 @@
 """The captured record of one forward pass: plain numpy, no torch, no Flask.
 
 Everything downstream (cache, shaping, analyses, views) reads a :class:`Capture`. Full attention
-matrices grow as N^2 per head, so a record keeps them only while they fit a byte budget; past it,
-any head's attention is recomputed exactly from the captured queries, keys and mask, the same
-softmax(q.k * scaling + mask) the model ran (the capture tests check the two agree).
+matrices grow as N^2 per head, so a record keeps none by default: any block of any head is
+recomputed from the captured queries, keys, mask and each row's log-sum-exp, the same
+softmax(q.k * scaling + mask) the model ran. Queries and keys are stored as the model computed
+them (float32 on a CPU, float16 on a GPU), which keeps the recomputed attention within 1e-3 of
+the model's own (float16 copies of float32 q and k gave 9e-3 on SmolLM2; the capture tests
+check 1e-3). Only models whose attention is not softmax(q.k) (soft-capping, ALiBi, T5's bias,
+learned sinks) keep their attention, which the capture then cannot recompute.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import numpy as np
 
-FORMAT_VERSION = 2  # bump when the arrays or their meaning change; part of every cache key
+FORMAT_VERSION = 4  # bump when the arrays or their meaning change; part of every cache key
+STATS_TOKENS = 1024  # tokens of the prefix whose head statistics the capture computes (app.insights)
+STAT_OFFSETS = (-1, 0, 1, -4, -3, -2, 2, 3, 4)  # key - query of the positional shares in HEAD_STATS
+HEAD_STATS = (  # the last axis of Capture.head_stats: means over the prefix's query rows
+    "entropy",  # nats
+    "entropy_norm",  # entropy / log(keys the row may see), 0..1
+    "distance",  # tokens, sum_k a_qk |q - k|
+    "previous",
+    "self",
+    "next",
+    *(f"offset{k:+d}" for k in STAT_OFFSETS[3:]),
+)
 
 ARRAY_FIELDS = (
     "spans",
@@ -25,10 +40,12 @@ ARRAY_FIELDS = (
     "masks",
     "mask_index",
     "row_lse",
-    "value_norms",
+    "output_norms",
     "hidden_norms",
     "received",
     "thumbnails",
+    "head_stats",
+    "key_shares",
     "attention",
 )
 
@@ -53,11 +70,14 @@ class Capture:
     masks: np.ndarray  # [M, N, N] bool, True where a query may attend to a key
     mask_index: np.ndarray  # [L] int32, which mask each layer used
     row_lse: np.ndarray  # [L, H, N] float32, log-sum-exp of each attention row's scores
-    value_norms: np.ndarray  # [L, H, N] float32, ||v_j|| of each head's value vectors
+    output_norms: np.ndarray  # [L, H, N] float32, ||f_h(x_j)|| = ||(x_j W_V^h + b_V^h) W_O^h|| (Kobayashi et al. 2020)
     hidden_norms: np.ndarray  # [L + 1, N] float32, residual-stream norm after embeddings and each layer
     received: np.ndarray  # [L, N] float32, attention each key receives per head and visible query
     thumbnails: np.ndarray  # [L, H, t, t] float16, max-pooled attention for the model view
-    attention: np.ndarray | None = None  # [L, H, N, N], kept only within the byte budget
+    head_stats: np.ndarray  # [L, H, S] float32, the HEAD_STATS of the first P tokens' rows
+    key_shares: np.ndarray  # [L, H, P] float32, mean attention each of the first P keys gets from
+    #                         the first P queries (P = min(N, STATS_TOKENS))
+    attention: np.ndarray | None = None  # [L, H, N, N], kept only when asked (tests, small exports)
 
     @property
     def n_layers(self) -> int:
@@ -111,12 +131,25 @@ class Capture:
             return self.attention[layer].astype(np.float32)
         return np.stack([self.head_attention(layer, head) for head in range(self.n_heads)])
 
-    def validate(self) -> Capture:
-        """Check that every array agrees on L, H, KV, N and d; raises ValueError naming the first
-        mismatch. Records from outside (notebook uploads) pass through here before being served."""
+    def validate(self, limits: RecordLimits | None = None) -> Capture:
+        """Check the whole record against one schema: text fields of the right types, every array
+        of the right kind and agreeing on L, H, KV, N and d, and (with ``limits``) no dimension
+        beyond what the server itself would capture. Raises ValueError naming the first problem.
+
+        Records from outside (notebook uploads) pass through here with the server's limits
+        before being stored, so a stored record always opens and no analysis of it costs more
+        than one of the server's own captures: the head summary's distance matrix grows with the
+        square of layers x heads, a forward pass (the logit lens) with the tokens."""
+        _check_meta(self)
+        if np.ndim(self.queries) != 4 or np.ndim(self.keys) != 4 or np.ndim(self.thumbnails) != 4:
+            raise ValueError("'queries', 'keys' and 'thumbnails' must be 4-dimensional")
         layers, heads, n, d = self.queries.shape
         kv_heads = self.keys.shape[1]
         side = self.thumbnails.shape[-1]
+        if min(layers, heads, n, d, kv_heads, side, len(self.masks)) < 1:
+            raise ValueError("a record needs at least one layer, head, token, key head, mask and head dimension")
+        if limits is not None:
+            limits.check(layers, heads, n, d, side, len(self.text))
         expected = {
             "tokens": (n,),
             "pieces": (n,),
@@ -127,26 +160,34 @@ class Capture:
             "scaling": (layers,),
             "mask_index": (layers,),
             "row_lse": (layers, heads, n),
-            "value_norms": (layers, heads, n),
+            "output_norms": (layers, heads, n),
             "hidden_norms": (layers + 1, n),
             "received": (layers, n),
             "thumbnails": (layers, heads, side, side),
+            "head_stats": (layers, heads, len(HEAD_STATS)),
+            "key_shares": (layers, heads, min(n, STATS_TOKENS)),
+            "layer_names": (layers,),
         }
         for name, shape in expected.items():
             value = getattr(self, name)
             actual = (len(value),) if isinstance(value, list) else np.shape(value)
             if tuple(actual) != shape:
                 raise ValueError(f"'{name}' has shape {tuple(actual)}, expected {shape}")
-        if self.masks.ndim != 3 or self.masks.shape[1:] != (n, n) or self.masks.dtype != bool:
-            raise ValueError(f"'masks' must be bool [M, {n}, {n}]")
+        for name, kinds in ARRAY_KINDS.items():
+            value = getattr(self, name)
+            if value is not None and value.dtype.kind not in kinds:
+                raise ValueError(f"'{name}' has dtype {value.dtype}, expected {ARRAY_KIND_NAMES[kinds]}")
+            if value is not None and kinds == "f" and not np.isfinite(value).all():
+                raise ValueError(f"'{name}' holds values that are not finite numbers")
+        if self.masks.ndim != 3 or self.masks.shape[1:] != (n, n) or len(self.masks) > layers:
+            raise ValueError(f"'masks' must be bool [M, {n}, {n}] with M at most {layers}")
         if self.mask_index.min(initial=0) < 0 or self.mask_index.max(initial=0) >= len(self.masks):
             raise ValueError("'mask_index' points outside 'masks'")
-        if self.kv_map.min(initial=0) < 0 or self.kv_map.max(initial=0) >= kv_heads:
-            raise ValueError("'kv_map' points outside the key heads")
+        if self.kv_map.min(initial=0) < 0 or self.kv_map.max(initial=0) >= kv_heads or kv_heads > heads:
+            raise ValueError("'kv_map' points outside the key heads, or there are more key heads than query heads")
         if self.attention is not None and self.attention.shape != (layers, heads, n, n):
             raise ValueError(f"'attention' must be [{layers}, {heads}, {n}, {n}]")
-        if len(self.layer_names) != layers:
-            raise ValueError("'layer_names' must name every layer")
+        _check_info(self.info, layers, n)
         return self
 
     def to_arrays(self) -> dict[str, np.ndarray]:
@@ -158,7 +199,108 @@ class Capture:
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray]) -> Capture:
-        meta = json.loads(bytes(arrays["meta"]).decode())
-        known = {f.name for f in fields(cls)}
-        values = {name: arrays.get(name) for name in ARRAY_FIELDS}
-        return cls(**{k: v for k, v in meta.items() if k in known}, **values)
+        """The record :meth:`to_arrays` flattened. Raises ValueError for arrays it does not know or
+        that are missing, and for a ``meta`` document that is not the record's text fields (run
+        :meth:`validate` for the rest of the schema)."""
+        unknown = sorted(set(arrays) - {*ARRAY_FIELDS, "meta"})
+        missing = sorted({*ARRAY_FIELDS, "meta"} - set(arrays) - set(OPTIONAL_ARRAYS))
+        if unknown or missing:
+            raise ValueError(f"unknown arrays {unknown[:8]}, missing arrays {missing}")
+        raw = arrays["meta"]
+        if raw.dtype != np.uint8 or raw.ndim != 1:
+            raise ValueError("'meta' must be the record's text fields as uint8 JSON bytes")
+        meta = json.loads(raw.tobytes().decode())
+        if not isinstance(meta, dict) or set(meta) != set(META_FIELDS):
+            raise ValueError(f"'meta' must be a JSON object with exactly the fields {', '.join(META_FIELDS)}")
+        return cls(**meta, **{name: arrays.get(name) for name in ARRAY_FIELDS})
+
+
+# --- the schema of a record from outside (validate, from_arrays) -----------------------------
+
+META_FIELDS = ("model", "text", "tokens", "pieces", "layer_names", "info")  # what to_arrays puts in 'meta'
+OPTIONAL_ARRAYS = ("attention",)  # kept only within the byte budget; every other array is required
+ARRAY_KINDS = {  # numpy dtype kinds each array may have: f float, i/u integer, b bool
+    "spans": "iu",
+    "special": "b",
+    "queries": "f",
+    "keys": "f",
+    "kv_map": "iu",
+    "scaling": "f",
+    "masks": "b",
+    "mask_index": "iu",
+    "row_lse": "f",
+    "output_norms": "f",
+    "hidden_norms": "f",
+    "received": "f",
+    "thumbnails": "f",
+    "head_stats": "f",
+    "key_shares": "f",
+    "attention": "f",
+}
+ARRAY_KIND_NAMES = {"f": "floating point", "iu": "integer", "b": "bool"}
+LAYER_KINDS = ("encoder", "decoder", "cross")  # info["layer_kinds"] of an encoder-decoder record
+
+
+@dataclass(frozen=True)
+class RecordLimits:
+    """The largest record a server accepts from outside: its own capture limits, passed in by
+    the app (models/ never reads the app's configuration)."""
+
+    tokens: int
+    layers: int
+    heads: int  # query heads per layer
+    model_heads: int  # layers x heads: the head summary's cost grows with its square
+    head_size: int
+    chars: int  # characters of the record's text (the logit lens tokenizes it again)
+    thumbnail_side: int = 64  # pixels per side of a head's thumbnail (models.recorder.THUMBNAIL_MAX_SIDE)
+
+    def check(self, layers: int, heads: int, tokens: int, head_size: int, side: int, chars: int) -> None:
+        sizes = {
+            "layers": (layers, self.layers),
+            "heads per layer": (heads, self.heads),
+            "heads in all (layers x heads)": (layers * heads, self.model_heads),
+            "tokens": (tokens, self.tokens),
+            "head size": (head_size, self.head_size),
+            "thumbnail side": (side, min(self.thumbnail_side, tokens)),
+            "characters of text": (chars, self.chars),
+        }
+        over = [f"{name} {value:,} (at most {most:,})" for name, (value, most) in sizes.items() if value > most]
+        if over:
+            raise ValueError(f"the record is larger than this server accepts: {'; '.join(over)}")
+
+
+def _check_meta(capture: Capture) -> None:
+    """The text fields: strings where strings belong, ``info`` an object."""
+    for name in ("model", "text"):
+        if not isinstance(getattr(capture, name), str):
+            raise ValueError(f"'{name}' must be a string")
+    for name in ("tokens", "pieces", "layer_names"):
+        value = getattr(capture, name)
+        if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+            raise ValueError(f"'{name}' must be a list of strings")
+    if not isinstance(capture.info, dict):
+        raise ValueError("'info' must be a JSON object")
+
+
+def _check_info(info: dict, layers: int, n: int) -> None:
+    """The ``info`` fields the analyses read: ``causal``, and for an encoder-decoder record its
+    layer kinds and the token range of each segment."""
+    if not isinstance(info.get("causal", False), bool) or not isinstance(info.get("encoder_decoder", False), bool):
+        raise ValueError("'info.causal' and 'info.encoder_decoder' must be true or false")
+    if not info.get("encoder_decoder"):
+        return
+    kinds, segments = info.get("layer_kinds"), info.get("segments")
+    if not isinstance(kinds, list) or len(kinds) != layers or not all(kind in LAYER_KINDS for kind in kinds):
+        raise ValueError(f"'info.layer_kinds' must name each of the {layers} layers one of {', '.join(LAYER_KINDS)}")
+    ranges = [segments.get(part) for part in ("encoder", "decoder")] if isinstance(segments, dict) else [None]
+    if not all(_is_range(bounds, n) for bounds in ranges):
+        raise ValueError(f"'info.segments' must give the encoder's and decoder's [first, end) tokens within {n}")
+
+
+def _is_range(bounds: object, n: int) -> bool:
+    return (
+        isinstance(bounds, list)
+        and len(bounds) == 2
+        and all(isinstance(b, int) and not isinstance(b, bool) for b in bounds)
+        and 0 <= bounds[0] <= bounds[1] <= n
+    )

@@ -4,8 +4,15 @@ The capture mechanism is a registered transformers attention implementation. Eve
 attention modules dispatch through ``ALL_ATTENTION_FUNCTIONS`` (BERT, GPT-2, Llama, Mistral,
 Qwen, Gemma, T5-style encoders in transformers 5) hands it the query and key states exactly as it
 uses them: after rotary embedding, before grouped-query expansion, with its own mask and scaling.
-The function runs the model's own eager attention (so outputs are unchanged) and, while a
-:func:`recording` context is active in this thread, hands each layer to a :class:`Recorder`.
+
+While a :func:`recording` context is active in this thread, a layer whose attention is
+softmax(q.k * scaling + mask) runs through PyTorch's fused scaled-dot-product kernel, which also
+returns each row's log-sum-exp (:mod:`models.kernels`); the :class:`Recorder` keeps q, k and that
+log-sum-exp and reads everything else in bounded row blocks (:mod:`models.blocks`). A layer whose
+attention is something else (soft-capped scores, T5's position bias, learned sinks, ALiBi: named
+by its arguments, or caught by a sampled check against the model's own eager attention) runs the
+model's eager attention and the record keeps its weights. Without a recorder (a plain forward
+pass, ``output_attentions``), every layer runs the model's eager attention.
 
 The drivers that decide what a forward pass reads, :mod:`models.capture` (one sequence) and
 :mod:`models.seq2seq` (encoder + decoder), share everything through this module; only capture
@@ -24,20 +31,22 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from torch.nn import functional as F
 from transformers import AttentionInterface
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface, eager_mask
 
+from models import budget, contributions, kernels
+from models.blocks import BLOCK_BYTES, fused_probabilities, summarize_layer
 from models.errors import TooManyTokensError, UnsupportedModelError
-from models.record import Capture
+from models.record import STATS_TOKENS, Capture
 
 ATTENTION_IMPLEMENTATION = "atlas_capture"
 OVERVIEW_BUDGET_BYTES = 192 * 1024  # bytes of uint8 thumbnails for the whole model view
-THUMBNAIL_MAX_SIDE = 64  # pixels; the model view never needs more per head
+THUMBNAIL_MAX_SIDE = budget.THUMBNAIL_MAX_SIDE  # pixels; the model view never needs more per head
 THUMBNAIL_MIN_SIDE = 8
-ATTENTION_KEEP_BYTES = 256 * 1024 * 1024  # bytes; above this attention is recomputed from q and k
+ATTENTION_KEEP_BYTES = 0  # bytes of full attention a record keeps; none: any block is recomputed
 SCORE_CHECK_ROWS = 128  # query rows sampled by the score check
-SCORE_CHECK_TOLERANCE = 1e-3  # max |softmax(scores) - weights| before a record must keep attention
+SCORE_CHECK_TOLERANCE = 1e-3  # max |softmax(scores) - weights| before a layer must run eager
+EAGER_ARGUMENTS = ("position_bias", "softcap", "sinks", "s_aux", "alibi")  # attention that is not softmax(q.k)
 
 LayerDone = Callable[[int, int, np.ndarray], None]  # (layer index, layers in all, its [H, t, t] thumbnails)
 TORCH_DTYPES = {"float16": torch.float16, "float32": torch.float32}  # storage precision -> torch dtype
@@ -45,10 +54,11 @@ _ACTIVE: contextvars.ContextVar[Recorder | None] = contextvars.ContextVar("atlas
 
 
 def forward_bytes(n_heads: int, n_tokens: int) -> int:
-    """Memory one eager forward pass needs beyond the weights, at most: one layer's float32
-    scores and weights, softmax's temporary and the recorder's pooled copy, ~4 x H x N x N floats
-    (2.4 GB for 9 heads at 4096 tokens)."""
-    return 4 * n_heads * n_tokens * n_tokens * 4
+    """Memory one recorded pass needs beyond the weights, its activations and the record: the
+    model's additive N x N mask and its boolean copies (~6 N^2 bytes), two row blocks
+    (:data:`models.blocks.BLOCK_BYTES` each: probabilities, and padded to full width) and the
+    row-pooled thumbnails (H x N x t floats). Nothing H x N x N exists at once on the fused path."""
+    return 6 * n_tokens * n_tokens + 2 * BLOCK_BYTES + 4 * n_heads * n_tokens * THUMBNAIL_MAX_SIDE
 
 
 def thumbnail_side(n_layers: int, n_heads: int, n_tokens: int) -> int:
@@ -75,13 +85,19 @@ def _eager_for(module):
 
 
 def capture_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
-    """The registered attention function: the model's own eager math, plus recording."""
+    """The registered attention function: the fused kernel where it computes the model's own
+    attention and a recorder listens, else the model's own eager math; recording either way."""
+    recorder = _ACTIVE.get()
+    scaling = query.shape[-1] ** -0.5 if scaling is None else float(scaling)
+    if recorder is not None and recorder.fused_is_exact(module, query, key, value, attention_mask, scaling, kwargs):
+        output, lse = kernels.attention_with_lse(query, key, value, recorder.kernel_mask(attention_mask), scaling)
+        recorder.record(module, query, key, value, attention_mask, scaling, lse=lse)
+        return output, None
     output, weights = _eager_for(module)(
         module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs
     )
-    recorder = _ACTIVE.get()
     if recorder is not None:
-        recorder.record(module, query, key, value, attention_mask, scaling, weights)
+        recorder.record(module, query, key, value, attention_mask, scaling, weights=weights)
     return output, weights
 
 
@@ -93,8 +109,16 @@ def register_capture_attention() -> None:
 
 
 @dataclass
+class _Mask:
+    """One distinct mask of the pass: its place in the record and its booleans on the device."""
+
+    index: int
+    allowed: torch.Tensor  # [N, N] bool, True = may attend
+
+
+@dataclass
 class Recorder:
-    """Collects per-layer arrays during one forward pass, on the CPU, in ``dtype``."""
+    """Collects per-layer arrays during one forward pass, on the CPU; kept attention in ``dtype``."""
 
     n_tokens: int
     thumb: int
@@ -102,75 +126,162 @@ class Recorder:
     dtype: np.dtype
     names: dict[int, str]
     on_layer: Callable[[int, np.ndarray], None] | None = None  # (layer index, its thumbnails)
+    causal: bool = False  # whether the head statistics treat rows as causal (the model is a causal LM)
     scores_exact: bool = True
+    eager_reasons: list[str] = field(default_factory=list)  # why layers ran eager, once each
     layers: list[dict] = field(default_factory=list)
     masks: list[np.ndarray] = field(default_factory=list)
+    _known_masks: dict[int, tuple[torch.Tensor | None, _Mask]] = field(default_factory=dict)
+    _kernel_masks: dict[int, tuple[torch.Tensor | None, kernels.KernelMask]] = field(default_factory=dict)
+    _verdicts: dict[tuple, str] = field(default_factory=dict)  # layer signature -> "" (fused) or why eager
+    parents: dict[int, torch.nn.Module] = field(default_factory=dict)  # id(module) -> the module holding it
+    norms_exact: bool = True  # False when a layer's output projection was not found (||v|| is kept then)
+    _grams: dict[int, torch.Tensor | None] = field(default_factory=dict)  # id(module) -> [H, d, d] or None
 
-    def record(self, module, query, key, value, attention_mask, scaling, weights) -> None:
+    def _output_norms(self, module, value: torch.Tensor, groups: int) -> torch.Tensor:
+        """[H, N] ||f_h(x_j)|| (models.contributions) of every value vector for every query head;
+        ||v_j|| where the architecture hides its output projection (info says so)."""
+        values = value[0].float().repeat_interleave(groups, 0)  # [H, N, d]
+        if id(module) not in self._grams:
+            weight = contributions.output_weight(module, self.parents.get(id(module)))
+            fits = weight is not None and weight.shape[0] == values.shape[0] * values.shape[-1]
+            self._grams[id(module)] = contributions.head_grams(weight, values.shape[0]) if fits else None
+        grams = self._grams[id(module)]
+        if grams is None:
+            self.norms_exact = False
+            return values.norm(dim=-1)
+        return contributions.output_norms(values, grams.to(values.device))
+
+    def fused_is_exact(self, module, query, key, value, attention_mask, scaling, kwargs) -> bool:
+        """Whether the fused kernel computes this layer's attention: never when its arguments name
+        something softmax(q.k * scaling + mask) lacks; else a sample of rows of the first layer of
+        each kind (module class, self- or cross-attention) is checked against the model's eager
+        attention, and the verdict holds for the pass."""
+        if query.shape[0] != 1 or not kernels.supported(query, key, value):
+            return False
+        named = [name for name in EAGER_ARGUMENTS if kwargs.get(name) is not None or _has_tensor(module, name)]
+        signature = (type(module), query.shape[-2] == key.shape[-2], tuple(named))
+        if signature not in self._verdicts:
+            verdict = f"its attention takes {', '.join(named)}" if named else ""
+            if not verdict and not self._sample_matches(module, query, key, value, attention_mask, scaling, kwargs):
+                verdict = "softmax(q.k * scaling + mask) does not reproduce its attention"
+            self._verdicts[signature] = verdict
+            if verdict:
+                self.scores_exact = False
+                self.keep_attention = True
+                self.eager_reasons.append(f"{type(module).__name__}: {verdict}")
+        return not self._verdicts[signature]
+
+    def _sample_matches(self, module, query, key, value, attention_mask, scaling, kwargs) -> bool:
+        """Run the model's eager attention on a sample of query rows and compare its weights with
+        softmax(q.k * scaling + mask) on the same rows (a long prompt's check costs little)."""
+        rows = torch.linspace(0, query.shape[-2] - 1, min(SCORE_CHECK_ROWS, query.shape[-2])).long()
+        mask = attention_mask
+        if mask is not None and mask.shape[-2] == query.shape[-2]:
+            mask = mask[..., rows.to(mask.device), :]
+        _, weights = _eager_for(module)(module, query[:, :, rows], key, value, mask, scaling=scaling, **kwargs)
+        if weights is None:
+            return False
+        groups = query.shape[1] // key.shape[1]
+        scores = query[0][:, rows].float() @ key[0].float().repeat_interleave(groups, 0).transpose(1, 2) * scaling
+        if mask is not None:
+            mask = mask[0, 0, :, : scores.shape[-1]]
+            scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask.float()
+        readable = torch.isfinite(scores).any(dim=-1, keepdim=True)  # rows a query may read at all
+        probabilities = torch.softmax(scores.masked_fill(~readable, 0.0), dim=-1) * readable
+        return bool((probabilities - weights[0].float()).abs().max() <= SCORE_CHECK_TOLERANCE)
+
+    def kernel_mask(self, attention_mask) -> kernels.KernelMask:
+        """How the kernel reads this mask: none, causal (blocks above the diagonal skipped) or
+        the model's additive mask; read once per mask tensor, which the layers of a pass share."""
+        known = self._kernel_masks.get(id(attention_mask))
+        if known is None or known[0] is not attention_mask:
+            allowed = None if attention_mask is None else allowed_positions(attention_mask[0, 0])
+            known = (attention_mask, kernels.kernel_mask(attention_mask, allowed))
+            self._kernel_masks[id(attention_mask)] = known
+        return known[1]
+
+    def record(self, module, query, key, value, attention_mask, scaling: float, weights=None, lse=None) -> None:
+        """Record one layer from the eager ``weights`` [1, H, N, N] or the fused kernel's
+        ``lse`` [1, H, N] (one of the two)."""
         if query.shape[0] != 1 or query.shape[-2] != key.shape[-2]:
             raise UnsupportedModelError(
                 f"{type(module).__name__}: only self-attention over one sequence can be captured "
                 f"(got queries {tuple(query.shape)} and keys {tuple(key.shape)})"
             )
-        scaling = query.shape[-1] ** -0.5 if scaling is None else float(scaling)
-        weights = weights[0].float()  # [H, N, N]
+        mask = self._mask(attention_mask, query.device)
         groups = query.shape[1] // key.shape[1]
-        if not self.layers:
-            self._check_scores(query, key, attention_mask, scaling, weights, groups)
-        thumbs = F.adaptive_max_pool2d(weights, self.thumb)  # [H, t, t]
+        queries = query[0].float()  # [H, N, d]
         keys = key[0].float().repeat_interleave(groups, 0)  # [H, N, d]
-        mask = self._mask_index(attention_mask)
-        visible = torch.from_numpy(self.masks[mask].sum(axis=0).clip(min=1)).to(weights)  # [N] queries per key
+        if lse is None:
+            attention = weights[0]  # [H, N, N]
+            row_lse = _row_logsumexp(queries, keys, attention.float(), scaling)
+
+            def probabilities(r0: int, r1: int, c0: int, c1: int) -> torch.Tensor:
+                return attention[:, r0:r1, c0:c1].float()
+        else:
+            # a row that reads nothing (another segment's rows in an encoder-decoder record) stores 0
+            row_lse = torch.where(mask.allowed.any(-1), lse[0].float(), 0.0)  # [H, N]
+            probabilities = fused_probabilities(queries, keys, row_lse, scaling, mask.allowed)
+        summary = summarize_layer(
+            probabilities,
+            mask.allowed,
+            heads=query.shape[1],
+            thumb=self.thumb,
+            stats_tokens=min(self.n_tokens, STATS_TOKENS),
+            causal=self.causal,
+            keep=TORCH_DTYPES[self.dtype.name] if self.keep_attention else None,
+        )
+        visible = mask.allowed.sum(dim=0).clamp(min=1)  # [N] queries per key
         self.layers.append(
             {
                 "name": self.names.get(id(module), type(module).__name__),
-                "queries": self._numpy(query[0]),  # [H, N, d]
-                "keys": self._numpy(key[0]),  # [KV, N, d]
-                "row_lse": _row_logsumexp(query[0].float(), keys, weights, scaling).cpu().numpy(),  # [H, N]
-                "received": (weights.sum(dim=(0, 1)) / (weights.shape[0] * visible)).cpu().numpy(),  # [N]
-                "value_norms": value[0].float().norm(dim=-1).repeat_interleave(groups, 0).cpu().numpy(),  # [H, N]
-                "thumbnails": thumbs.cpu().numpy().astype(np.float16),
-                "attention": self._numpy(weights) if self.keep_attention else None,
+                "queries": _stored(query[0]),  # [H, N, d]
+                "keys": _stored(key[0]),  # [KV, N, d]
+                "row_lse": row_lse.cpu().numpy(),  # [H, N]
+                "received": (summary.received / (query.shape[1] * visible)).cpu().numpy(),  # [N]
+                "output_norms": self._output_norms(module, value, groups).cpu().numpy(),  # [H, N]
+                "thumbnails": summary.thumbnails.to(torch.float16).cpu().numpy(),
+                "head_stats": summary.head_stats.cpu().numpy(),  # [H, S]
+                "key_shares": summary.key_shares.cpu().numpy(),  # [H, P]
+                "attention": summary.attention.cpu().numpy() if summary.attention is not None else None,
                 "scaling": scaling,
-                "mask": mask,
+                "mask": mask.index,
                 "groups": groups,
             }
         )
         if self.on_layer:
             self.on_layer(len(self.layers) - 1, self.layers[-1]["thumbnails"])
 
-    def _check_scores(self, query, key, attention_mask, scaling, weights, groups) -> None:
-        """Keep full attention when softmax(q.k * scaling + mask) does not reproduce the model's
-        weights (soft-capping, learned sinks, ALiBi): recomputing from q and k would then be wrong.
-        Checks a sample of rows, so a long prompt's check costs little memory."""
-        rows = torch.linspace(0, query.shape[-2] - 1, min(SCORE_CHECK_ROWS, query.shape[-2])).long()
-        keys = key[0].float().repeat_interleave(groups, 0)  # [H, N, d]
-        scores = query[0][:, rows].float() @ keys.transpose(1, 2) * scaling  # [H, r, N]
-        if attention_mask is not None:
-            mask = attention_mask[0, 0, rows, : scores.shape[-1]]
-            scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask.float()
-        readable = torch.isfinite(scores).any(dim=-1, keepdim=True)  # rows a query may read at all
-        probabilities = torch.softmax(scores.masked_fill(~readable, 0.0), dim=-1) * readable
-        error = (probabilities - weights[:, rows]).abs().max()
-        self.scores_exact = bool(error <= SCORE_CHECK_TOLERANCE)
-        self.keep_attention = self.keep_attention or not self.scores_exact
-
-    def _numpy(self, tensor: torch.Tensor) -> np.ndarray:
-        """Convert in torch: its float16 cast is ~15x faster than numpy's on large attention."""
-        return tensor.detach().to(TORCH_DTYPES[self.dtype.name]).cpu().numpy()
-
-    def _mask_index(self, attention_mask) -> int:
-        """Store each distinct mask once as booleans (True = may attend)."""
+    def _mask(self, attention_mask, device) -> _Mask:
+        """Each distinct mask of the pass once: the layers of a pass share one mask tensor, so it
+        is read (compared, stored as booleans) once, not per layer."""
+        known = self._known_masks.get(id(attention_mask))
+        if known is not None and known[0] is attention_mask:
+            return known[1]
         n = self.n_tokens
         if attention_mask is None:
-            allowed = np.ones((n, n), dtype=bool)
+            allowed = torch.ones((n, n), dtype=torch.bool, device=device)
         else:
-            allowed = allowed_positions(attention_mask[0, 0, :n, :n]).cpu().numpy()
-        for index, known in enumerate(self.masks):
-            if np.array_equal(known, allowed):
-                return index
-        self.masks.append(allowed)
-        return len(self.masks) - 1
+            allowed = allowed_positions(attention_mask[0, 0, :n, :n])
+        host = allowed.cpu().numpy()
+        index = next((i for i, seen in enumerate(self.masks) if np.array_equal(seen, host)), len(self.masks))
+        if index == len(self.masks):
+            self.masks.append(host)
+        mask = _Mask(index, allowed)
+        self._known_masks[id(attention_mask)] = (attention_mask, mask)
+        return mask
+
+
+def _has_tensor(module, name: str) -> bool:
+    return isinstance(getattr(module, name, None), torch.Tensor)
+
+
+def _stored(states: torch.Tensor) -> np.ndarray:
+    """[heads, N, d] as the model computed them: float32 and float16 as they are, bfloat16
+    (which numpy lacks) widened exactly to float32."""
+    states = states.detach()
+    return (states if states.dtype in (torch.float32, torch.float16) else states.float()).cpu().numpy()
 
 
 def _row_logsumexp(queries, keys, weights, scaling: float):
@@ -213,9 +324,14 @@ def new_recorder(
 
 def recorded_forward(handle, recorder: Recorder, heads: int, reserve: Callable[[int], None] | None, **inputs):
     """(output, seconds) of one forward pass with ``recorder`` active; ``reserve`` hears first the
-    memory the pass will need."""
+    memory the pass will need. Raises TooManyTokensError, before the pass, when the capture
+    would not fit in the memory the device has free (:mod:`models.budget`)."""
     if reserve:
         reserve(forward_bytes(heads, recorder.n_tokens))
+    geometry = budget.Geometry.of(handle.config, handle.describe()["layers"], handle.is_causal)
+    itemsize = next(handle.model.parameters()).element_size()
+    where = f"this machine's {handle.device.type.upper()}"
+    budget.check_fits(geometry, recorder.n_tokens, itemsize, budget.available_bytes(handle.device), where)
     with handle.lock, torch.inference_mode(), recording(handle.model, recorder):
         started = time.perf_counter()
         output = handle.model(**inputs, output_hidden_states=True, use_cache=False)
@@ -226,6 +342,7 @@ def recorded_forward(handle, recorder: Recorder, heads: int, reserve: Callable[[
 def recording(model, recorder: Recorder):
     """Activate ``recorder`` for forward passes in this thread; always deactivates."""
     recorder.names.update({id(module): name for name, module in model.named_modules()})
+    recorder.parents.update({id(child): module for module in model.modules() for child in module.children()})
     token = _ACTIVE.set(recorder)
     try:
         yield recorder
@@ -286,7 +403,16 @@ def assemble(
         tokens=tokenized.tokens,
         pieces=tokenized.pieces,
         layer_names=[layer["name"] for layer in layers],
-        info={**description, **timings, "tokens": len(tokenized.ids), "scores_exact": recorder.scores_exact},
+        info={
+            **description,
+            **timings,
+            "tokens": len(tokenized.ids),
+            "scores_exact": recorder.scores_exact,
+            # True: output_norms are Kobayashi et al.'s ||f_h(x_j)||; False: ||v_j|| (no output projection found)
+            "output_norms_exact": recorder.norms_exact,
+            # "fused": every layer ran the fused kernel; else why some ran the model's eager attention
+            "attention_path": "; ".join(recorder.eager_reasons) or "fused",
+        },
         spans=tokenized.spans,
         special=tokenized.special,
         queries=np.stack([layer["queries"] for layer in layers]),
@@ -297,8 +423,10 @@ def assemble(
         mask_index=np.asarray([layer["mask"] for layer in layers], dtype=np.int32),
         row_lse=np.stack([layer["row_lse"] for layer in layers]).astype(np.float32),
         received=np.stack([layer["received"] for layer in layers]).astype(np.float32),
-        value_norms=np.stack([layer["value_norms"] for layer in layers]).astype(np.float32),
+        output_norms=np.stack([layer["output_norms"] for layer in layers]).astype(np.float32),
         hidden_norms=hidden_norms.astype(np.float32),
         thumbnails=np.stack([layer["thumbnails"] for layer in layers]),
+        head_stats=np.stack([layer["head_stats"] for layer in layers]),
+        key_shares=np.stack([layer["key_shares"] for layer in layers]),
         attention=np.stack([layer["attention"] for layer in layers]) if recorder.keep_attention else None,
     )

@@ -80,15 +80,21 @@ class _SegmentRecorder(Recorder):
     encoder_tokens: int = 0
     kinds: list[str] = field(default_factory=list)
 
-    def record(self, module, query, key, value, attention_mask, scaling, weights) -> None:
+    def record(self, module, query, key, value, attention_mask, scaling: float, weights=None, lse=None) -> None:
         kind = self._kind(module, query, key)
         rows, cols = self._block(kind)
         n = self.n_tokens
         allowed = _allowed(attention_mask, query.shape[-2], key.shape[-2], query.device)
         full_mask = torch.zeros((1, 1, n, n), dtype=torch.bool, device=query.device)
         full_mask[..., rows, cols] = allowed
-        full_weights = weights.new_zeros((*weights.shape[:2], n, n))
-        full_weights[..., rows, cols] = weights
+        if weights is not None:
+            full_weights = weights.new_zeros((*weights.shape[:2], n, n))
+            full_weights[..., rows, cols] = weights
+            weights = full_weights
+        if lse is not None:
+            full_lse = lse.new_zeros((*lse.shape[:2], n))
+            full_lse[..., rows] = lse
+            lse = full_lse
         self.kinds.append(kind)
         super().record(
             module,
@@ -97,7 +103,8 @@ class _SegmentRecorder(Recorder):
             _placed(value, cols, n),
             full_mask,
             scaling,
-            full_weights,
+            weights=weights,
+            lse=lse,
         )
 
     def _kind(self, module, query, key) -> str:
@@ -247,7 +254,15 @@ def run_seq2seq_capture(
     n, description = len(tokens.ids), handle.describe()  # its "layers" counts both stacks' attention
     layers, heads = description["layers"], description["heads"]
     recorder = new_recorder(
-        _SegmentRecorder, n, layers, heads, precision, keep_attention_bytes, on_layer, encoder_tokens=len(source.ids)
+        _SegmentRecorder,
+        n,
+        layers,
+        heads,
+        precision,
+        keep_attention_bytes,
+        on_layer,
+        causal=handle.is_causal,
+        encoder_tokens=len(source.ids),
     )
     output, forward_seconds = recorded_forward(
         handle,

@@ -74,7 +74,9 @@ def cache_root(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def app(cache_root):
-    return create_app({"TESTING": True, "CACHE_DIR": str(cache_root)})
+    """The session's app. Its analyze rate limit is off: every test's HTTP calls come from one
+    address, and a session spends that budget many times over (tests of the limits set their own)."""
+    return create_app({"TESTING": True, "CACHE_DIR": str(cache_root), "RATE_ANALYZE_PER_MINUTE": 0})
 
 
 @pytest.fixture(scope="session")
@@ -123,8 +125,30 @@ def build_tiny(name: str, tokenizer) -> ModelHandle:
         "tiny-t5": transformers.AutoModelForSeq2SeqLM,
     }.get(name, transformers.AutoModelForCausalLM)
     model = model_class.from_config(config, attn_implementation=ATTENTION_IMPLEMENTATION).eval()
-    spec = ModelSpec(name=name, max_tokens=128)
-    return ModelHandle(name, spec, model, tokenizer, torch.device("cpu"), name, 0.0, threading.Lock())
+    return handle_of(name, model, tokenizer)
+
+
+def handle_of(name: str, model, tokenizer) -> ModelHandle:
+    """A model built in a test, as the loader would hand it over (CPU, 128 tokens at most)."""
+    import torch
+
+    return ModelHandle(
+        name, ModelSpec(name=name, max_tokens=128), model, tokenizer, torch.device("cpu"), name, 0.0, threading.Lock()
+    )
+
+
+def causal_from_config(config_class: str, tokenizer, **options) -> ModelHandle:
+    """A random-weight causal LM of ``config_class`` (e.g. "MistralConfig") with the capture
+    attention, for tests of one architecture's quirk (sliding windows, soft-capping)."""
+    import torch
+    import transformers
+
+    from models.recorder import ATTENTION_IMPLEMENTATION
+
+    torch.manual_seed(0)
+    config = getattr(transformers, config_class)(vocab_size=tokenizer.vocab_size, **options)
+    model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation=ATTENTION_IMPLEMENTATION)
+    return handle_of(config_class.removesuffix("Config").lower(), model.eval(), tokenizer)
 
 
 @pytest.fixture(scope="session")

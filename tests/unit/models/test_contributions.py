@@ -1,0 +1,70 @@
+"""output_norms are Kobayashi et al. (2020)'s ||f_h(x_j)|| = ||(x_j W_V^h + b_V^h) W_O^h||,
+checked against that formula written out here from each architecture's own weights: the value
+projection applied to the attention block's input (read with a forward pre-hook), split into heads,
+times that head's columns of the output projection."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from models.capture import run_capture
+
+PROMPT = "The quick brown fox jumps over the lazy dog."
+
+
+def attention_inputs(model, modules) -> list[torch.Tensor]:
+    """Hidden states entering each attention module, in order, while the model runs."""
+    seen = []
+
+    def keep(module, args, kwargs):
+        seen.append((kwargs.get("hidden_states", args[0] if args else None))[0].detach().float())
+
+    handles = [module.register_forward_pre_hook(keep, with_kwargs=True) for module in modules]
+    return seen, handles
+
+
+def reference_norms(name: str, model, inputs: list[torch.Tensor]) -> tuple[np.ndarray, np.ndarray]:
+    """[L, H, N] ||f_h(x_j)|| from the formula, per architecture, and [L, H, N] ||v_j||."""
+    config, layers = model.config, []
+    for layer, x in enumerate(inputs):  # x: [N, D]
+        if name == "tiny-llama":
+            attention = model.model.layers[layer].self_attn
+            heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
+            values = attention.v_proj(x).reshape(len(x), kv_heads, -1)  # [N, KV, d]
+            values = values.repeat_interleave(heads // kv_heads, dim=1)  # [N, H, d]
+            out = attention.o_proj.weight  # [D, H * d]
+        elif name == "tiny-gpt2":
+            attention = model.transformer.h[layer].attn
+            heads = config.n_head
+            values = attention.c_attn(x).split(config.n_embd, dim=-1)[2].reshape(len(x), heads, -1)
+            out = attention.c_proj.weight.T  # Conv1D keeps [in, out]
+        else:  # tiny-bert
+            block = model.encoder.layer[layer].attention
+            heads = config.num_attention_heads
+            values = block.self.value(x).reshape(len(x), heads, -1)
+            out = block.output.dense.weight
+        d = values.shape[-1]
+        contributions = torch.stack([values[:, h] @ out[:, h * d : (h + 1) * d].T for h in range(heads)])  # [H, N, D]
+        layers.append((contributions.norm(dim=-1), values.transpose(0, 1).norm(dim=-1)))
+    return tuple(torch.stack([layer[i] for layer in layers]).numpy() for i in range(2))
+
+
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-gpt2", "tiny-bert"])
+def test_output_norms_follow_kobayashi_et_al(tiny_models, name):
+    handle = tiny_models[name]
+    modules = [m for m in handle.model.modules() if type(m).__name__.endswith(("Attention", "SelfAttention"))]
+    modules = [m for m in modules if not any(c in modules for c in m.children())]  # the innermost ones
+    seen, handles = attention_inputs(handle.model, modules)
+    try:
+        capture = run_capture(handle, PROMPT, precision="float32")
+    finally:
+        for hook in handles:
+            hook.remove()
+    assert capture.info["output_norms_exact"]
+    with torch.inference_mode():  # the captured inputs are inference tensors
+        expected, value_norms = reference_norms(name, handle.model, seen)
+    np.testing.assert_allclose(capture.output_norms, expected, rtol=1e-4, atol=1e-5)
+    # W_O matters: within a head, ||f_h(x_j)|| / ||v_j|| varies across tokens (Kobayashi's point)
+    assert np.ptp(expected / value_norms, axis=-1).max() > 1e-3

@@ -25,9 +25,9 @@ def create_app(test_config: dict | None = None) -> Flask:
 
     Raises ValueError for a setting that would disable a limit, RuntimeError when REDIS_URL
     is set but Redis cannot be reached."""
-    from app import limits, security
+    from app import dispatch, limits, security
     from app.dispatch import Dispatcher
-    from app.events import AtlasNamespace, client_manager, no_delay
+    from app.events import AtlasNamespace, Sockets, client_manager, no_delay
     from app.routes import api, pages
     from app.service import AtlasService
 
@@ -49,18 +49,19 @@ def create_app(test_config: dict | None = None) -> Flask:
 
     service = AtlasService(app.config)
     app.extensions["atlas"] = service
-    limiter = app.extensions["atlas_limiter"] = limits.RateLimiter(lambda: limits.rate_limits(app.config))
+    limiter = app.extensions["atlas_limiter"] = limits.RateLimiter(lambda: dispatch.rate_limits(app.config))
     dispatcher = app.extensions["atlas_dispatcher"] = Dispatcher(service, limiter)
     security.init_app(app)
-    if app.config["PROXY_FIX_X_FOR"]:
-        from werkzeug.middleware.proxy_fix import ProxyFix
-
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=app.config["PROXY_FIX_X_FOR"], x_proto=1)
     service.preload(app.config["PRELOAD_MODELS"])
     if app.config["PRECOMPUTE_GALLERY"]:
         from app import gallery
 
         threading.Thread(target=gallery.precompute, args=(service,), name="gallery", daemon=True).start()
+    if app.config["PRECOMPUTE_ATLAS"]:
+        from app.globalview import atlas
+
+        names = list(app.config["PRECOMPUTE_ATLAS"])
+        threading.Thread(target=atlas.precompute, args=(service, names), name="atlas", daemon=True).start()
     app.register_blueprint(pages)
     app.register_blueprint(api)
     # The client manager is always passed: Flask-SocketIO keeps options between init_app calls,
@@ -74,5 +75,11 @@ def create_app(test_config: dict | None = None) -> Flask:
         client_manager=client_manager(app.config["REDIS_URL"], SOCKETIO_CHANNEL),
     )
     socketio.on_namespace(AtlasNamespace(dispatcher))
-    app.wsgi_app = no_delay(app.wsgi_app)
+    sockets = app.extensions["atlas_sockets"] = Sockets(app.config)
+    sockets.install(socketio.server)
+    if app.config["PROXY_FIX_X_FOR"]:  # outside Socket.IO's middleware: sockets are counted per user address too
+        from werkzeug.middleware.proxy_fix import ProxyFix
+
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=app.config["PROXY_FIX_X_FOR"], x_proto=1)
+    app.wsgi_app = no_delay(security.socket_headers(app.wsgi_app, app.config["CONTENT_SECURITY_POLICY"]))
     return app

@@ -21,12 +21,12 @@ import threading
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable
-from concurrent.futures import Future
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
+from app.bounded import SingleFlight, SizedLRU
 from models.record import FORMAT_VERSION, Capture
 
 log = logging.getLogger(__name__)
@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 MAGIC = b"ATLAS01\n"  # 8 bytes at the start of every disk entry
 DIGEST_BYTES = 32  # sha256 of the payload, stored right after MAGIC
 TEMP_PREFIX = ".tmp-"  # unfinished writes: .tmp-PID-random beside their target
+WRITE_QUEUE_MIN_BYTES = 512 << 20  # bytes the background write queue may always hold (one large capture)
 
 
 def cache_key(model: str, fingerprint: str, text: str, options: dict | None = None) -> str:
@@ -204,29 +205,33 @@ class CaptureCache:
     empty the writer hands the freed C heap back to the kernel (:func:`return_freed_memory`).
     """
 
-    def __init__(self, store: Store, max_bytes: int):
+    def __init__(self, store: Store, max_bytes: int, uploads: Store | None = None, max_pending_bytes: int = 0):
         self.store = store
+        self.uploads = uploads or store  # captures made elsewhere: their own budget, written before use
         self.max_bytes = max_bytes
-        self._memory: OrderedDict[str, tuple[Capture, int]] = OrderedDict()  # key -> (capture, its bytes)
-        self._bytes = 0
+        self.max_pending_bytes = max_pending_bytes or max(max_bytes, WRITE_QUEUE_MIN_BYTES)
+        self._memory: SizedLRU[Capture] = SizedLRU(max_bytes)
         self._lock = threading.Lock()
-        self._inflight: dict[str, Future] = {}
+        self._flights: SingleFlight[Capture] = SingleFlight()
         # key -> (capture or None for a derived result, its arrays), to be written to the store, oldest first
         self._pending: OrderedDict[str, tuple[Capture | None, dict[str, np.ndarray]]] = OrderedDict()
+        self._pending_bytes = 0  # at most max_pending_bytes: past it the oldest write is dropped
         self._written = threading.Condition(self._lock)  # notified when _pending empties
         self._writer: threading.Thread | None = None
         _OPEN_CACHES.add(self)
 
     def get(self, key: str) -> Capture | None:
         with self._lock:
-            if key in self._memory:
-                self._memory.move_to_end(key)
-                return self._memory[key][0]
+            found = self._memory.get(key)
+            if found is not None:
+                return found
             pending = self._pending.get(key)
         if pending is not None and pending[0] is not None:
             self._remember(key, pending[0])
             return pending[0]
         arrays = self.store.read(key)
+        if arrays is None and self.uploads is not self.store:
+            arrays = self.uploads.read(key)
         if arrays is None:
             return None
         capture = Capture.from_arrays(arrays)
@@ -238,12 +243,31 @@ class CaptureCache:
         self._remember(key, capture)
         self.write_later(key, capture.to_arrays(), capture)
 
+    def put_upload(self, key: str, capture: Capture) -> None:
+        """Keep a capture made elsewhere: written to the uploads store before this returns (it
+        cannot be recomputed, so its link must not be handed out before it is on disk), in a
+        budget of its own so uploads never evict analyses or the gallery. Raises OSError when
+        the store refuses it."""
+        if not self.uploads.write(key, capture.to_arrays()):
+            raise OSError("the server could not store the upload")
+        self._remember(key, capture)
+
     def write_later(self, key: str, arrays: dict[str, np.ndarray], capture: Capture | None = None) -> None:
         """Queue ``arrays`` for the store (a capture's, or a result derived from one: app.memo);
-        until written they are readable here (:meth:`read_arrays`, and :meth:`get` for a capture)."""
+        until written they are readable here (:meth:`read_arrays`, and :meth:`get` for a capture).
+
+        The queue holds at most ``max_pending_bytes`` (the memory budget, and at least
+        ``WRITE_QUEUE_MIN_BYTES``): past it the oldest queued write is dropped (logged), which
+        costs a recomputation later, never memory without bound."""
         with self._lock:
+            if key in self._pending:
+                self._pending_bytes -= _entry_bytes(self._pending.pop(key))
             self._pending[key] = (capture, arrays)
-            self._pending.move_to_end(key)
+            self._pending_bytes += _entry_bytes(self._pending[key])
+            while self._pending_bytes > self.max_pending_bytes and len(self._pending) > 1:
+                dropped, entry = self._pending.popitem(last=False)
+                self._pending_bytes -= _entry_bytes(entry)
+                log.warning("cache write queue over %d bytes: dropped the write of %s", self.max_pending_bytes, dropped)
             if self._writer is None:
                 self._writer = threading.Thread(target=self._write_pending, name="cache-writer", daemon=True)
                 self._writer.start()
@@ -261,9 +285,9 @@ class CaptureCache:
         with self._lock:
             stored = [key for key in self._memory if key not in self._pending]  # oldest first
             for key in stored:
-                if self._bytes <= max(0, self.max_bytes - nbytes):
+                if self._memory.nbytes <= max(0, self.max_bytes - nbytes):
                     break
-                self._bytes -= self._memory.pop(key)[1]
+                self._memory.pop(key)
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every entry put so far is in the store; False if ``timeout`` s ran out."""
@@ -287,42 +311,31 @@ class CaptureCache:
             with self._lock:
                 if self._pending.get(key) is entry:  # not put again meanwhile
                     del self._pending[key]
+                    self._pending_bytes -= _entry_bytes(entry)
         return_freed_memory()  # after a capture and its write, both done with their buffers
 
     def _remember(self, key: str, capture: Capture) -> None:
-        """Keep ``capture`` in memory; its size is taken once, so eviction subtracts what was added."""
         size = capture.nbytes
         with self._lock:
-            if key in self._memory:
-                self._bytes -= self._memory.pop(key)[1]
-            self._memory[key] = (capture, size)
-            self._bytes += size
-            while self._bytes > self.max_bytes and len(self._memory) > 1:
-                self._bytes -= self._memory.popitem(last=False)[1][1]
+            self._memory.put(key, capture, size)
 
     def get_or_compute(self, key: str, compute: Callable[[], Capture]) -> tuple[Capture, bool]:
         """Return (capture, was_cached). Concurrent callers of one key share one ``compute``."""
         cached = self.get(key)
         if cached is not None:
             return cached, True
-        with self._lock:
-            future = self._inflight.get(key)
-            leader = future is None
-            if leader:
-                future = self._inflight[key] = Future()
-        if not leader:
-            return future.result(), True
-        try:
+
+        def computed() -> Capture:
             capture = compute()
             self.put(key, capture)
-            future.set_result(capture)
-            return capture, False
-        except BaseException as error:
-            future.set_exception(error)
-            raise
-        finally:
-            with self._lock:
-                self._inflight.pop(key, None)
+            return capture
+
+        capture, leader = self._flights.run(key, computed)
+        return capture, not leader
+
+
+def _entry_bytes(entry: tuple[Capture | None, dict[str, np.ndarray]]) -> int:
+    return int(sum(array.nbytes for array in entry[1].values()))
 
 
 def return_freed_memory() -> None:

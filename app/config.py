@@ -20,12 +20,14 @@ class Config:
     SECRET_KEY = None  # set ATLAS_SECRET_KEY; a random per-process key is used when unset
     CACHE_DIR = default_cache_dir()  # results, converted GGUF weights
     CACHE_MEMORY_BYTES = 1 * GIB  # bytes of captures kept in memory (LRU)
-    CACHE_DISK_BYTES = 20 * GIB  # bytes of captures kept on disk (oldest pruned first)
+    CACHE_DISK_BYTES = 20 * GIB  # bytes of captures and short links kept on disk (oldest pruned first)
+    UPLOAD_DISK_BYTES = 4 * GIB  # bytes of uploaded captures on disk: a budget of their own, pruned oldest first
     MODEL_FILES: list[str] = []  # extra registry TOML files
     EXTRA_MODELS: list[str] = []  # NAME=PATH_OR_HF_ID entries
     ALLOWED_MODELS: list[str] = []  # when non-empty, only these names are served
     PRELOAD_MODELS: list[str] = []  # loaded at start-up instead of on first use
     PRECOMPUTE_GALLERY = False  # analyse the demo gallery into the cache at start-up (in the background)
+    PRECOMPUTE_ATLAS: list[str] = []  # models whose global view of the built-in corpus is computed at start-up
     MAX_CHARS = 60_000  # characters per prompt
     MAX_TOKENS = 4096  # tokens per prompt, on top of each model's own limit
     MODEL_MAX_TOKENS: dict[str, int] = {}  # tokens per prompt for named models, e.g. {"smollm2": 1024}
@@ -42,6 +44,16 @@ class Config:
     RATE_ANALYZE_PER_MINUTE = 30  # analyze/generate requests per client per minute (0 = no limit)
     RATE_ANALYZE_BURST = 10  # analyze/generate requests a client may send back to back
     RATE_EVENTS_PER_SECOND = 40  # requests of any kind per client per second, burst of 2 s (0 = no limit)
+    RATE_LINKS_PER_MINUTE = 20  # short links per client per minute, burst of 10 (0 = no limit)
+    CLIENTS_PER_ADDRESS = 60  # people one address may stand for (a class behind one NAT): per-address limits
+    # on sockets are the per-connection ones times this (docs/reliability.md)
+    MAX_SOCKETS = 1100  # Socket.IO connections one process holds: each holds a thread, so the Procfile gives
+    # gunicorn 150 threads more than this for pages and API calls
+    MAX_SOCKETS_PER_ADDRESS = 120  # of those from one address (a class of 60 with two tabs each)
+    MAX_LAYERS = 128  # attention layers of an uploaded record
+    MAX_HEADS = 128  # query heads per layer of an uploaded record
+    MAX_MODEL_HEADS = 4096  # layers x heads of an uploaded record (the head summary grows with its square)
+    MAX_HEAD_SIZE = 512  # dimensions of one head's queries and keys in an uploaded record
     CORS_ALLOWED_ORIGINS: list[str] | None = None  # None = same origin only
     PROXY_FIX_X_FOR = 0  # proxies in front that set X-Forwarded-For (rate limits need the user's address)
     REDIS_URL: str | None = None  # ATLAS_REDIS_URL or REDIS_URL: share sessions and results between processes
@@ -74,12 +86,26 @@ POSITIVE = (
     "MAX_CPU_JOBS_PER_CLIENT",
     "MEMO_MEMORY_BYTES",
     "JSON_EXPORT_MAX_TOKENS",
+    "UPLOAD_DISK_BYTES",
+    "CLIENTS_PER_ADDRESS",
+    "MAX_SOCKETS",
+    "MAX_SOCKETS_PER_ADDRESS",
+    "MAX_LAYERS",
+    "MAX_HEADS",
+    "MAX_MODEL_HEADS",
+    "MAX_HEAD_SIZE",
     "CACHE_MEMORY_BYTES",
     "CACHE_DISK_BYTES",
     "REDIS_CACHE_TTL_SECONDS",
     "REDIS_MAX_ENTRY_BYTES",
 )
-NON_NEGATIVE = ("RATE_ANALYZE_PER_MINUTE", "RATE_ANALYZE_BURST", "RATE_EVENTS_PER_SECOND", "PROXY_FIX_X_FOR")
+NON_NEGATIVE = (
+    "RATE_ANALYZE_PER_MINUTE",
+    "RATE_ANALYZE_BURST",
+    "RATE_EVENTS_PER_SECOND",
+    "RATE_LINKS_PER_MINUTE",
+    "PROXY_FIX_X_FOR",
+)
 
 
 def check(config: Mapping) -> None:

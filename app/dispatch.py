@@ -50,6 +50,7 @@ class Call:
     gone: Callable[[], bool] = lambda: False
     live: bool = True  # send progress and per-layer events (a socket; HTTP answers once)
     rooms: Any = None  # app.presenter.RoomEvents, for socket calls
+    address: str | None = None  # a socket's client address, which pays limits of its own too
 
 
 @dataclass
@@ -80,10 +81,26 @@ class JobCount:
                     del self.running[slot]
 
 
+def rate_limits(config) -> dict[str, tuple[float, float]]:
+    """(rate per second, burst) per kind of limit a request may pay: app.limits' own, and short
+    links (each one is a file on the server's disk)."""
+    links = config["RATE_LINKS_PER_MINUTE"]
+    return {**limits.rate_limits(config), "link": (links / 60.0, max(1.0, links / 2))}
+
+
+def address_limits(config) -> dict[str, tuple[float, float]]:
+    """The limits of one address: a connection's times ``CLIENTS_PER_ADDRESS``, the people one
+    address may stand for (a class behind one NAT), so many sockets from one machine get no more
+    than a class would, and a class is never limited as if it were one person."""
+    people = config["CLIENTS_PER_ADDRESS"]
+    return {kind: (rate * people, burst * people) for kind, (rate, burst) in rate_limits(config).items()}
+
+
 class Dispatcher:
     def __init__(self, service, limiter: limits.RateLimiter):
         self.service = service
         self.limiter = limiter
+        self.address_limiter = limits.RateLimiter(lambda: address_limits(service.config))
         self.jobs = JobCount()
         self._cpu_queue = limits.JobQueue(1)
 
@@ -108,13 +125,22 @@ class Dispatcher:
 
     @contextlib.contextmanager
     def admit(self, call: Call) -> Iterator[None]:
-        """Rate limits and job cap of the call's kind of cost; raises AtlasError
-        (``rate_limited``, ``busy``) before any work starts."""
-        cost = call.request.cost
-        for kind in RATE_LIMITS[cost]:
+        """Rate limits and job cap of the call's kind of cost (and the extra limits its row
+        pays), per client and, for a socket, per address; raises AtlasError (``rate_limited``,
+        ``busy``) before any work starts."""
+        cost, config = call.request.cost, self.service.config
+        for kind in RATE_LIMITS[cost] + call.request.pays:
             self.limiter.check(call.client, kind)
+            if call.address is not None:
+                self.address_limiter.check(call.address, kind)
         cap = JOB_CAPS.get(cost)
-        with self.jobs.hold(call.client, cap, self.service.config[cap]) if cap else contextlib.nullcontext():
+        with contextlib.ExitStack() as held:
+            if cap:
+                held.enter_context(self.jobs.hold(call.client, cap, config[cap]))
+            if cap and call.address is not None:
+                held.enter_context(
+                    self.jobs.hold(f"address {call.address}", cap, config[cap] * config["CLIENTS_PER_ADDRESS"])
+                )
             yield
 
     def run(self, call: Call, fields: dict) -> Any:

@@ -64,6 +64,73 @@ def no_delay(wsgi_app):
     return app
 
 
+class Sockets:
+    """Engine.IO connections open in this process, per client address.
+
+    Every connection holds a thread for its life (the threading server of the Procfile), so the
+    process caps them below its thread count and pages always find a free thread; one address
+    gets at most ``MAX_SOCKETS_PER_ADDRESS`` (a class behind one NAT, two tabs each). A refused
+    connection is answered 401 with a message saying why, before it holds anything.
+    """
+
+    def __init__(self, config):
+        self.config = config
+        self._address: dict[str, str] = {}  # engine.io sid -> client address
+        self._per_address: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def install(self, server) -> None:
+        """Wrap the python-socketio server's Engine.IO handlers: connect and disconnect count,
+        and a malformed packet costs one log line instead of a traceback."""
+        eio = server.eio
+        connect, disconnect, message = (eio.handlers[name] for name in ("connect", "disconnect", "message"))
+
+        def on_connect(eio_sid, environ, *args):
+            refusal = self.admit(eio_sid, environ.get("REMOTE_ADDR") or "unknown")
+            return refusal if refusal else connect(eio_sid, environ, *args)
+
+        def on_disconnect(eio_sid, *args):
+            self.release(eio_sid)
+            return disconnect(eio_sid, *args)
+
+        def on_message(eio_sid, data):
+            try:
+                return message(eio_sid, data)
+            except Exception as error:  # the packet did not parse, or named what it cannot
+                log.warning("malformed Socket.IO packet from %s: %s: %s", eio_sid, type(error).__name__, error)
+
+        eio.on("connect", on_connect)
+        eio.on("disconnect", on_disconnect)
+        eio.on("message", on_message)
+
+    def admit(self, eio_sid: str, address: str) -> str | None:
+        """Count a new connection; returns the refusal message when it is over a cap."""
+        with self._lock:
+            here = self._per_address.get(address, 0)
+            if len(self._address) >= self.config["MAX_SOCKETS"]:
+                refusal = "the server holds as many connections as it can; try again in a minute"
+            elif here >= self.config["MAX_SOCKETS_PER_ADDRESS"]:
+                refusal = f"too many connections ({here}) from this address; close some tabs and reload"
+            else:
+                self._address[eio_sid] = address
+                self._per_address[address] = here + 1
+                return None
+        log.warning("refused a Socket.IO connection from %s: %s", address, refusal)
+        return refusal
+
+    def release(self, eio_sid: str) -> None:
+        with self._lock:
+            address = self._address.pop(eio_sid, None)
+            if address is not None:
+                self._per_address[address] -= 1
+                if not self._per_address[address]:
+                    del self._per_address[address]
+
+    @property
+    def open(self) -> int:
+        return len(self._address)
+
+
 def client_manager(redis_url: str | None, channel: str):
     return OrderedRedisManager(redis_url, channel=channel) if redis_url else OrderedManager()
 
@@ -125,6 +192,7 @@ class AtlasNamespace(Namespace):
     def _call(self, sid: str, request, rid) -> Call:
         with self._lock:
             gone = self._gone.setdefault(sid, threading.Event())
+        environ = self.server.get_environ(sid, NAMESPACE) or {}
         return Call(
             self.dispatcher.service,
             request,
@@ -134,6 +202,7 @@ class AtlasNamespace(Namespace):
             gone.is_set,
             live=True,
             rooms=self.rooms,
+            address=environ.get("REMOTE_ADDR") or "unknown",
         )
 
     def _left(self, sid: str) -> bool:

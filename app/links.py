@@ -3,15 +3,19 @@ resolve after a restart and the prompt is never sent to a third-party shortener.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
 import tempfile
+import threading
 from pathlib import Path
 from urllib.parse import parse_qsl, urlencode
 
 LINK_ID_CHARS = 10  # characters of the content hash used as the id (base-32 digits)
-MAX_QUERY_CHARS = 200_000  # characters of one stored query string
+MAX_QUERY_CHARS = 200_000  # characters of one query string as sent
+MAX_LINK_BYTES = 256 * 1024  # bytes of one stored (re-encoded) link: a 60,000-character ASCII prompt fits
+LINK_DISK_SHARE = 0.02  # share of CACHE_DISK_BYTES kept for links; the results store gets the rest
 MAX_PARAMS = 40
 PARAM_NAME = re.compile(r"^[a-z][a-z0-9_]{0,23}$")
 LINK_ID = re.compile(rf"^[a-z2-7]{{{LINK_ID_CHARS}}}$")
@@ -36,35 +40,75 @@ def normalise_query(query: str) -> str:
     bad = [name for name, _ in params if not PARAM_NAME.match(name)]
     if bad:
         raise LinkError(f"unknown link fields: {', '.join(sorted(set(bad)))[:200]}")
-    return urlencode(params)
+    normal = urlencode(params)
+    if len(normal) > MAX_LINK_BYTES:  # ASCII: characters are bytes
+        raise LinkError(f"this view is too long for a short link ({len(normal):,} bytes; at most {MAX_LINK_BYTES:,})")
+    return normal
+
+
+def link_bytes(disk_bytes: int) -> int:
+    """The links' part of the server's disk budget (``CACHE_DISK_BYTES``)."""
+    return max(MAX_LINK_BYTES, int(disk_bytes * LINK_DISK_SHARE))
 
 
 class LinkStore:
-    """One small file per link under ``root``; ids are content hashes, so a link made twice is one."""
+    """One small file per link under ``root``; ids are content hashes, so a link made twice is one.
+    Past ``max_bytes`` the least recently made or opened links are removed (their part of the
+    server's disk budget)."""
 
-    def __init__(self, root: str | Path):
+    def __init__(self, root: str | Path, max_bytes: int):
         self.root = Path(root)
+        self.max_bytes = max_bytes
         self.root.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._bytes = sum(path.stat().st_size for path in self._links())
 
     def create(self, query: str) -> str:
         normal = normalise_query(query)
         digest = hashlib.sha256(normal.encode()).digest()
         link_id = _base32(digest)[:LINK_ID_CHARS]
         path = self.root / link_id
-        if not path.exists():
+        with self._lock:
+            if path.exists():
+                os.utime(path)
+                return link_id
             handle, temp = tempfile.mkstemp(dir=self.root, prefix=".tmp-")
             with os.fdopen(handle, "w", encoding="utf-8") as out:
                 out.write(normal)
             os.replace(temp, path)
+            self._bytes += len(normal)
+            if self._bytes > self.max_bytes:
+                self._prune()
         return link_id
 
     def resolve(self, link_id: str) -> str | None:
         if not isinstance(link_id, str) or not LINK_ID.match(link_id):
             return None
+        path = self.root / link_id
         try:
-            return (self.root / link_id).read_text(encoding="utf-8")
+            query = path.read_text(encoding="utf-8")
+            os.utime(path)  # recency for pruning
         except FileNotFoundError:
             return None
+        return query
+
+    def _links(self) -> list[Path]:
+        return [path for path in self.root.iterdir() if LINK_ID.match(path.name)]
+
+    def _prune(self) -> None:
+        """Remove the least recently used links until the store is within its budget."""
+        entries = []
+        for path in self._links():
+            with contextlib.suppress(FileNotFoundError):  # removed meanwhile by another process
+                stat = path.stat()
+                entries.append((stat.st_mtime, stat.st_size, path))
+        entries.sort()
+        self._bytes = sum(size for _, size, _ in entries)
+        for _, size, path in entries:
+            if self._bytes <= self.max_bytes:
+                break
+            path.unlink(missing_ok=True)
+            self._bytes -= size
 
 
 def _base32(digest: bytes) -> str:

@@ -12,12 +12,12 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
-from collections import OrderedDict
 from collections.abc import Callable
-from concurrent.futures import Future
 from typing import Any, Protocol
 
 import numpy as np
+
+from app.bounded import SingleFlight, SizedLRU
 
 Arrays = dict[str, np.ndarray]
 BLOB = "$blob"  # marks where a bytes value of a packed payload was taken out
@@ -52,18 +52,17 @@ class Memo:
     def __init__(self, backing: Backing, max_bytes: int):
         self.backing = backing
         self.max_bytes = max_bytes
-        self._memory: OrderedDict[str, tuple[Arrays, int]] = OrderedDict()  # store key -> (arrays, bytes)
-        self._bytes = 0
-        self._inflight: dict[str, Future] = {}
+        self._memory: SizedLRU[Arrays] = SizedLRU(max_bytes)  # by store key
+        self._flights: SingleFlight[Arrays] = SingleFlight()
         self._lock = threading.Lock()
 
     def get(self, key: str, name: str) -> Arrays | None:
         """The stored result, from memory or the store, or None."""
         stored = memo_key(key, name)
         with self._lock:
-            if stored in self._memory:
-                self._memory.move_to_end(stored)
-                return self._memory[stored][0]
+            found = self._memory.get(stored)
+        if found is not None:
+            return found
         arrays = self.backing.read_arrays(stored)
         if arrays is not None:
             self._remember(stored, arrays)
@@ -75,40 +74,23 @@ class Memo:
         if found is not None:
             return found
         stored = memo_key(key, name)
-        with self._lock:
-            future = self._inflight.get(stored)
-            leader = future is None
-            if leader:
-                future = self._inflight[stored] = Future()
-        if not leader:
-            return future.result()
-        try:
+
+        def computed() -> Arrays:
             arrays = {field: np.asarray(value) for field, value in compute().items()}
             self._remember(stored, arrays)
             self.backing.write_later(stored, arrays)
-            future.set_result(arrays)
             return arrays
-        except BaseException as error:
-            future.set_exception(error)
-            raise
-        finally:
-            with self._lock:
-                self._inflight.pop(stored, None)
+
+        return self._flights.run(stored, computed)[0]
 
     @property
     def nbytes(self) -> int:
         with self._lock:
-            return self._bytes
+            return self._memory.nbytes
 
     def _remember(self, stored: str, arrays: Arrays) -> None:
-        size = entry_bytes(arrays)
         with self._lock:
-            if stored in self._memory:
-                self._bytes -= self._memory.pop(stored)[1]
-            self._memory[stored] = (arrays, size)
-            self._bytes += size
-            while self._bytes > self.max_bytes and len(self._memory) > 1:
-                self._bytes -= self._memory.popitem(last=False)[1][1]
+            self._memory.put(stored, arrays, entry_bytes(arrays))
 
 
 def pack_payload(payload: dict) -> Arrays:

@@ -19,7 +19,10 @@ from app.protocol import AtlasError
 CODE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O or 1/I: read aloud and typed by students
 CODE_LENGTH = 6  # ~1e9 codes
 MAX_ROOMS = 200  # rooms open at once on one server
+MAX_ROOMS_PER_CLIENT = 2  # rooms one connection may hold open (one presenting, one started by mistake)
+MAX_ROOMS_PER_ADDRESS = 20  # rooms of one address (every lecture hall behind one NAT)
 ROOM_IDLE_SECONDS = 6 * 3600  # a room nobody touches for this long is closed
+ROOM_ORPHAN_SECONDS = 10 * 60  # a room whose presenter has been disconnected this long is closed
 
 
 @dataclass
@@ -30,6 +33,12 @@ class Room:
     state: str = ""  # the presenter's view as a share-link query string
     followers: set[str] = field(default_factory=set)
     touched: float = field(default_factory=time.monotonic)
+    address: str = ""  # the presenter's address when the room was made
+    gone_since: float | None = None  # when the presenter disconnected (None while connected)
+
+    def expired(self, now: float) -> bool:
+        orphaned = self.gone_since is not None and now - self.gone_since > ROOM_ORPHAN_SECONDS
+        return orphaned or now - self.touched > ROOM_IDLE_SECONDS
 
 
 class Rooms:
@@ -39,15 +48,22 @@ class Rooms:
         self._rooms: dict[str, Room] = {}
         self._lock = threading.Lock()
 
-    def create(self, presenter: str) -> Room:
+    def create(self, presenter: str, address: str = "") -> Room:
+        """A new room presented by ``presenter`` (a sid) from ``address``; raises AtlasError
+        ``busy`` past the server's, the address's or the client's number of rooms (rooms
+        whose presenter is long gone are closed by :meth:`expire`, which callers run first)."""
         with self._lock:
-            self._expire()
+            rooms = self._rooms.values()
             if len(self._rooms) >= MAX_ROOMS:
                 raise AtlasError("busy", "too many presentations are running on this server; try again later")
+            if sum(room.presenter == presenter for room in rooms) >= MAX_ROOMS_PER_CLIENT:
+                raise AtlasError("busy", "this page already runs a presentation; end it before starting another", 429)
+            if address and sum(room.address == address for room in rooms) >= MAX_ROOMS_PER_ADDRESS:
+                raise AtlasError("busy", "too many presentations are running from this network; end one first", 429)
             code = "".join(secrets.choice(CODE_ALPHABET) for _ in range(CODE_LENGTH))
             while code in self._rooms:
                 code = "".join(secrets.choice(CODE_ALPHABET) for _ in range(CODE_LENGTH))
-            room = self._rooms[code] = Room(code, secrets.token_urlsafe(16), presenter)
+            room = self._rooms[code] = Room(code, secrets.token_urlsafe(16), presenter, address=address)
             return room
 
     def get(self, code: object) -> Room:
@@ -60,7 +76,7 @@ class Rooms:
         room = self.get(code)
         if not isinstance(secret, str) or not hmac.compare_digest(secret.encode(), room.secret.encode()):
             raise AtlasError("forbidden", "only the presenter can change this presentation", 403)
-        room.touched = time.monotonic()
+        room.touched, room.gone_since = time.monotonic(), None
         return room
 
     def update(self, code: object, secret: object, state: object) -> Room:
@@ -77,13 +93,28 @@ class Rooms:
             room.followers.add(sid)
         return room
 
-    def leave(self, sid: str) -> list[Room]:
-        """Remove ``sid`` from every room it follows; returns the rooms it left."""
+    def leave(self, sid: str, code: object = None) -> list[Room]:
+        """Remove ``sid`` from the room of ``code``, or from every room it follows when ``code``
+        is None; returns the rooms it left (none when it does not follow that room)."""
         with self._lock:
-            left = [room for room in self._rooms.values() if sid in room.followers]
+            left = [
+                room
+                for room in self._rooms.values()
+                if sid in room.followers and (code is None or (isinstance(code, str) and room.code == code.upper()))
+            ]
             for room in left:
                 room.followers.discard(sid)
             return left
+
+    def disconnected(self, sid: str) -> list[Room]:
+        """``sid`` left: it follows nothing any more, and the rooms it presents start to count
+        down to :data:`ROOM_ORPHAN_SECONDS`. Returns the rooms it followed."""
+        now = time.monotonic()
+        with self._lock:
+            for room in self._rooms.values():
+                if room.presenter == sid and room.gone_since is None:
+                    room.gone_since = now
+        return self.leave(sid)
 
     def end(self, code: object, secret: object) -> Room:
         room = self.authorised(code, secret)
@@ -91,10 +122,15 @@ class Rooms:
             self._rooms.pop(room.code, None)
         return room
 
-    def _expire(self) -> None:
+    def expire(self) -> list[Room]:
+        """Close rooms idle for :data:`ROOM_IDLE_SECONDS`, or whose presenter has been gone for
+        :data:`ROOM_ORPHAN_SECONDS`; returns them, so their followers can be told."""
         now = time.monotonic()
-        for code in [c for c, room in self._rooms.items() if now - room.touched > ROOM_IDLE_SECONDS]:
-            del self._rooms[code]
+        with self._lock:
+            closed = [room for room in self._rooms.values() if room.expired(now)]
+            for room in closed:
+                del self._rooms[room.code]
+            return closed
 
 
 EVENTS = ("present_start", "present_join", "present_leave", "present_update", "present_end")
@@ -115,7 +151,10 @@ class RoomEvents:
         getattr(self, event)(sid, rid, fields)
 
     def present_start(self, sid: str, rid, fields: dict) -> None:
-        room = self.rooms.create(sid)
+        for closed in self.rooms.expire():
+            self._ended(closed)
+        environ = self.server.get_environ(sid, self.namespace) or {}
+        room = self.rooms.create(sid, environ.get("REMOTE_ADDR") or "unknown")
         self._to(sid, "present_started", {"rid": rid, "code": room.code, "secret": room.secret})
 
     def present_update(self, sid: str, rid, fields: dict) -> None:
@@ -133,19 +172,22 @@ class RoomEvents:
         self._followers(room)
 
     def present_leave(self, sid: str, rid, fields: dict) -> None:
+        """Stop following the room of ``code``; another room's code leaves nothing."""
         room = self.rooms.get(fields["code"])
-        self.rooms.leave(sid)
-        self.server.leave_room(sid, room.code, namespace=self.namespace)
-        self._followers(room)
+        if self.rooms.leave(sid, room.code):
+            self.server.leave_room(sid, room.code, namespace=self.namespace)
+            self._followers(room)
 
     def present_end(self, sid: str, rid, fields: dict) -> None:
-        room = self.rooms.end(fields["code"], fields["secret"])
-        self.server.emit("present_ended", {"code": room.code}, to=room.code, namespace=self.namespace)
-        self.server.close_room(room.code, namespace=self.namespace)
+        self._ended(self.rooms.end(fields["code"], fields["secret"]))
 
     def disconnected(self, sid: str) -> None:
-        for room in self.rooms.leave(sid):
+        for room in self.rooms.disconnected(sid):
             self._followers(room)
+
+    def _ended(self, room: Room) -> None:
+        self.server.emit("present_ended", {"code": room.code}, to=room.code, namespace=self.namespace)
+        self.server.close_room(room.code, namespace=self.namespace)
 
     def _followers(self, room: Room) -> None:
         self._to(room.presenter, "present_followers", {"code": room.code, "followers": len(room.followers)})

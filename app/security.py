@@ -56,6 +56,24 @@ def add_headers(response: Response) -> Response:
     return response
 
 
+def socket_headers(wsgi_app, policy: str):
+    """The same headers on Socket.IO's own answers (its long-polling and handshake responses
+    never pass through Flask's ``after_request``)."""
+    added = [("Content-Security-Policy", policy), *HEADERS.items()]
+
+    def app(environ, start_response):
+        if not environ.get("PATH_INFO", "").startswith("/socket.io/"):
+            return wsgi_app(environ, start_response)
+
+        def start(status, headers, *exc_info):
+            present = {name.lower() for name, _ in headers}
+            return start_response(status, headers + [h for h in added if h[0].lower() not in present], *exc_info)
+
+        return wsgi_app(environ, start)
+
+    return app
+
+
 def _policy() -> str:
     from flask import current_app
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from app import limits
 from app.cache import CaptureCache, DiskStore, cache_key, is_key
-from app.links import LinkStore
+from app.links import LinkStore, link_bytes
 from app.memo import Memo
 from app.protocol import AtlasError
 from models.errors import ModelLoadError, TooManyTokensError, UnknownModelError, UnsupportedModelError
@@ -69,7 +69,7 @@ class AtlasService:
         if not self.registry.specs:
             raise ValueError("no models left after ALLOWED_MODELS; check ATLAS_ALLOWED_MODELS")
         cache_dir = Path(config["CACHE_DIR"])
-        self.cache = CaptureCache(result_store(config), config["CACHE_MEMORY_BYTES"])
+        self.cache = CaptureCache(result_store(config), config["CACHE_MEMORY_BYTES"], upload_store(config))
         self.memo = Memo(self.cache, config["MEMO_MEMORY_BYTES"])  # results derived from stored analyses
         self._links: LinkStore | None = None
         self.converted_dir = cache_dir / "converted"
@@ -98,12 +98,15 @@ class AtlasService:
     def links(self) -> LinkStore:
         """Short links, beside the results on this server's disk; created on first use."""
         if self._links is None:
-            self._links = LinkStore(Path(self.config["CACHE_DIR"]) / "links")
+            self._links = LinkStore(
+                Path(self.config["CACHE_DIR"]) / "links", link_bytes(self.config["CACHE_DISK_BYTES"])
+            )
         return self._links
 
     def store(self, key: str, capture: Capture) -> None:
-        """Keep a capture made elsewhere (an upload) as an analysis under ``key``."""
-        self.cache.put(key, capture)
+        """Keep a capture made elsewhere (an upload) as an analysis under ``key``, on disk in the
+        uploads' own budget before this returns; raises OSError when the disk refuses it."""
+        self.cache.put_upload(key, capture)
 
     def preload(self, names: list[str]) -> None:
         """Load models in the background at start-up, so the first user does not wait."""
@@ -317,4 +320,13 @@ def result_store(config):
         store = RedisStore(config["REDIS_URL"], config["REDIS_CACHE_TTL_SECONDS"], config["REDIS_MAX_ENTRY_BYTES"])
         store.check()
         return store
-    return DiskStore(Path(config["CACHE_DIR"]) / "results", config["CACHE_DISK_BYTES"])
+    disk_bytes = config["CACHE_DISK_BYTES"]
+    return DiskStore(Path(config["CACHE_DIR"]) / "results", disk_bytes - link_bytes(disk_bytes))
+
+
+def upload_store(config) -> DiskStore | None:
+    """Uploaded captures in a disk budget of their own, so they never evict analyses (None with
+    Redis: uploads share its store, where every process finds them)."""
+    if config.get("REDIS_URL"):
+        return None
+    return DiskStore(Path(config["CACHE_DIR"]) / "uploads", config["UPLOAD_DISK_BYTES"])

@@ -14,15 +14,30 @@ port in 5081-5089, a fresh cache folder) unless ``--url`` names one on this mach
 itself after ``--duration`` seconds plus a grace period for answers in flight.
 
     .venv/bin/python scripts/loadtest.py --clients 50 --duration 150
+
+Long modes (not in CI; figures in docs/reliability.md):
+
+    # 1,000 idle sockets + 50 active clients on the Procfile's gunicorn server: pages p99 <= 200 ms
+    .venv/bin/python scripts/loadtest.py --server procfile --idle 1000 --clients 50 --duration 120
+    # a hostile client mixing every abuse pattern while 30 honest clients analyse
+    .venv/bin/python scripts/loadtest.py --server procfile --clients 30 --hostile --duration 120
+
+``--idle`` opens raw WebSockets that connect the namespace and answer pings, nothing else; a
+probe fetches ``/`` and ``/api/models`` every ``PROBE_SECONDS`` throughout and reports their
+latency (``pages``). All connections come from 127.0.0.1, so the server it starts allows that
+many sockets from one address (``ATLAS_MAX_SOCKETS_PER_ADDRESS``).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import os
 import random
+import selectors
+import shlex
 import signal
 import socket
 import subprocess
@@ -30,6 +45,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -48,6 +64,12 @@ ANSWER_TIMEOUT_SECONDS = 180  # a request without an answer after this long is l
 PORTS = range(5081, 5090)
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 RSS_SAMPLE_SECONDS = 1.0
+PROBE_SECONDS = 0.1  # how often the page probe fetches a page
+PAGES = ("/", "/api/models")  # what the probe fetches, in turn
+IDLE_OPENERS = 16  # threads opening the idle sockets
+CLASS_ADDRESS = "10.0.0.1"  # with --hostile: the honest class, all behind one NAT
+HOSTILE_ADDRESS = "10.66.6.6"  # with --hostile: the attacker (the server trusts one proxy's X-Forwarded-For)
+HOSTILE_SOCKETS = 200  # sockets the attacker tries to hold
 SHARED_PROMPTS = [  # what a class pastes from the slide: mostly cached after the first request
     "The cat sat on the mat because it was tired.",
     "Attention is all you need.",
@@ -213,7 +235,10 @@ class Student(threading.Thread):
         self.client.on("*", self.on_event, namespace=NAMESPACE)
         try:
             time.sleep(self.random.uniform(0, self.args.ramp))  # the class does not click in the same millisecond
-            self.client.connect(self.url, namespaces=[NAMESPACE], transports=["websocket"], wait_timeout=30)
+            headers = {"X-Forwarded-For": CLASS_ADDRESS} if self.args.hostile else {}
+            self.client.connect(
+                self.url, headers=headers, namespaces=[NAMESPACE], transports=["websocket"], wait_timeout=30
+            )
             websocket = self.client.eio.ws  # the dev server never echoes the close frame: do not wait 3 s
             websocket.close = functools.partial(websocket.close, timeout=0.2)
             while time.monotonic() < self.deadline and self.client.connected:
@@ -243,6 +268,156 @@ class Student(threading.Thread):
             self.client.disconnect()
 
 
+# --- idle sockets, the page probe and a hostile client ---------------------------------------------
+
+
+class IdleSockets(threading.Thread):
+    """``count`` raw WebSockets that connect the namespace and then only answer the server's
+    pings (Engine.IO v4 text frames: "2" ping, "3" pong): the students with a tab left open.
+    One thread serves them all; refusals and sockets the server dropped are counted."""
+
+    def __init__(self, url: str, count: int):
+        super().__init__(name="idle-sockets", daemon=True)
+        self.url = url.replace("http", "ws", 1) + "/socket.io/?EIO=4&transport=websocket"
+        self.count, self.open, self.refused, self.dropped = count, [], [], 0
+        self.selector, self.stop, self.lock = selectors.DefaultSelector(), threading.Event(), threading.Lock()
+
+    def open_all(self) -> None:
+        threads = [threading.Thread(target=self._open_some, args=(i,)) for i in range(IDLE_OPENERS)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        self.start()
+
+    def _open_some(self, part: int) -> None:
+        import websocket
+
+        for _ in range(part, self.count, IDLE_OPENERS):
+            try:
+                ws = websocket.create_connection(self.url, timeout=30)
+                ws.recv()  # the Engine.IO open packet
+                ws.send(f"40{NAMESPACE},")
+                reply = ws.recv()
+                if not reply.startswith(f"40{NAMESPACE}"):
+                    raise ConnectionError(reply[:120])
+            except Exception as error:  # noqa: BLE001 - counted and reported
+                with self.lock:
+                    self.refused.append(f"{type(error).__name__}: {str(error)[:120]}")
+                continue
+            with self.lock:
+                self.open.append(ws)
+                self.selector.register(ws.sock, selectors.EVENT_READ, ws)
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            for key, _ in self.selector.select(timeout=0.5):
+                ws = key.data
+                try:
+                    if ws.recv() == "2":
+                        ws.send("3")
+                except Exception:  # noqa: BLE001 - the server closed it: counted
+                    self.selector.unregister(ws.sock)
+                    self.dropped += 1
+
+    def close(self) -> None:
+        self.stop.set()
+        for ws in self.open:
+            ws.close(timeout=0.2)
+
+
+class PageProbe(threading.Thread):
+    """Fetches the page and the model list every ``PROBE_SECONDS``: what a student who opens the
+    link during the lecture waits for."""
+
+    def __init__(self, url: str):
+        super().__init__(name="page-probe", daemon=True)
+        self.url, self.latencies, self.failures, self.stop = url, [], [], threading.Event()
+
+    def run(self) -> None:
+        turn = 0
+        while not self.stop.wait(PROBE_SECONDS):
+            path, turn = PAGES[turn % len(PAGES)], turn + 1
+            started = time.monotonic()
+            try:
+                with urllib.request.urlopen(self.url + path, timeout=30) as answer:
+                    answer.read()
+                self.latencies.append(time.monotonic() - started)
+            except OSError as error:
+                self.failures.append(f"{path}: {error}")
+
+
+class Hostile(threading.Thread):
+    """One attacker behind ``HOSTILE_ADDRESS`` mixing the abuse patterns of issue 15 in turn: as
+    many sockets as it may open, floods of model (lens), CPU (head summary) and room requests,
+    short links of the longest query, uploads that claim huge records, malformed packets."""
+
+    def __init__(self, url: str, deadline: float, honest_key: str):
+        super().__init__(name="hostile", daemon=True)
+        self.url, self.deadline, self.key = url, deadline, honest_key
+        self.headers = {"X-Forwarded-For": HOSTILE_ADDRESS}
+        self.answers: Counter = Counter()
+        self.sockets: list = []
+
+    def run(self) -> None:
+        patterns = [self.sockets_flood, self.request_flood, self.links, self.uploads]
+        turn = 0
+        while time.monotonic() < self.deadline:
+            try:
+                patterns[turn % len(patterns)]()
+            except Exception as error:  # noqa: BLE001 - an attacker shrugs and goes on
+                self.answers[f"raised {type(error).__name__}"] += 1
+            turn += 1
+        for client in self.sockets:
+            with contextlib.suppress(Exception):
+                client.disconnect()
+
+    def sockets_flood(self) -> None:
+        while len(self.sockets) < HOSTILE_SOCKETS and time.monotonic() < self.deadline:
+            client = in_order_client(reconnection=False)
+            client.on("*", lambda event, payload: self.answers.update([event]), namespace=NAMESPACE)
+            try:
+                client.connect(self.url, headers=self.headers, namespaces=[NAMESPACE], transports=["websocket"])
+            except Exception:  # noqa: BLE001 - refused: what the cap is for
+                self.answers["socket refused"] += 1
+                return
+            self.sockets.append(client)
+
+    def request_flood(self) -> None:
+        for i, client in enumerate(self.sockets[:20]):
+            for j in range(20):
+                client.emit("lens", {"rid": f"l{i}-{j}", "key": self.key, "start": j}, namespace=NAMESPACE)
+                client.emit("heads", {"rid": f"h{i}-{j}", "key": self.key}, namespace=NAMESPACE)
+                client.emit("present_start", {"rid": f"p{i}-{j}"}, namespace=NAMESPACE)
+            with contextlib.suppress(Exception):
+                client.eio.send("2/atlas,{broken")  # a malformed Socket.IO packet
+
+    def links(self) -> None:
+        query = "text=" + "%E6%9D%B1" * 30_000
+        for _ in range(20):
+            self._post("/api/links", json.dumps({"query": query}).encode(), "application/json")
+
+    def uploads(self) -> None:
+        import io
+
+        import numpy as np
+
+        buffer = io.BytesIO()
+        np.savez_compressed(buffer, queries=np.zeros((1000, 100, 64, 8), np.float32))
+        for _ in range(5):
+            self._post("/api/captures", buffer.getvalue(), "application/octet-stream")
+
+    def _post(self, path: str, body: bytes, content_type: str) -> None:
+        request = urllib.request.Request(
+            self.url + path, data=body, headers={**self.headers, "Content-Type": content_type}, method="POST"
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=30) as answer:
+                self.answers[f"{path} {answer.status}"] += 1
+        except urllib.error.HTTPError as error:
+            self.answers[f"{path} {error.code}"] += 1
+
+
 # --- the server ------------------------------------------------------------------------------------
 
 
@@ -257,29 +432,34 @@ def free_port() -> int:
     raise SystemExit(f"no free port in {PORTS.start}-{PORTS.stop - 1}")
 
 
-def start_server(cache_dir: str, env: dict) -> tuple[subprocess.Popen, str]:
+def procfile_command(port: int) -> list[str]:
+    """The Procfile's ``web`` command as argv on loopback ``port``, run by this Python (its
+    environment prefix is :func:`procfile_environment`)."""
+    line = (ROOT / "Procfile").read_text().split("web:", 1)[1].replace("${PORT:-5000}", str(port))
+    words = [word for word in shlex.split(line.replace("0.0.0.0", "127.0.0.1")) if not _is_assignment(word)]
+    return [sys.executable, "-m", *words]
+
+
+def _is_assignment(word: str) -> bool:
+    name = word.split("=", 1)[0]
+    return "=" in word and name.isidentifier() and name.isupper()
+
+
+def procfile_environment() -> dict:
+    line = (ROOT / "Procfile").read_text().split("web:", 1)[1]
+    return dict(word.split("=", 1) for word in shlex.split(line) if _is_assignment(word))
+
+
+def start_server(cache_dir: str, env: dict, kind: str = "dev") -> tuple[subprocess.Popen, str]:
+    """``python -m app serve`` (``dev``) or the Procfile's gunicorn line (``procfile``) on a free
+    loopback port, with a fresh cache folder; returns once the model is loaded."""
     port = free_port()
     log = open(Path(cache_dir) / "server.log", "w")  # noqa: SIM115  (the server's stdout for its lifetime)
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "app",
-            "--cache-dir",
-            cache_dir,
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--preload",
-            MODEL,
-        ],
-        cwd=ROOT,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, **env},
-    )
+    serve = [sys.executable, "-m", "app", "--cache-dir", cache_dir, "serve", "--host", "127.0.0.1", "--port", str(port)]
+    command = procfile_command(port) if kind == "procfile" else [*serve, "--preload", MODEL]
+    if kind == "procfile":
+        env = {**procfile_environment(), "ATLAS_CACHE_DIR": cache_dir, "ATLAS_PRELOAD_MODELS": f'["{MODEL}"]', **env}
+    process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **env})
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while True:
@@ -297,12 +477,23 @@ def start_server(cache_dir: str, env: dict) -> tuple[subprocess.Popen, str]:
         time.sleep(0.25)
 
 
+def analysed_key(url: str, text: str) -> str:
+    """The key of ``text`` analysed once over HTTP (what the attacker floods with requests)."""
+    body = json.dumps({"model": MODEL, "text": text}).encode()
+    request = urllib.request.Request(
+        f"{url}/api/analyze", data=body, headers={"Content-Type": "application/json"}, method="POST"
+    )
+    with urllib.request.urlopen(request, timeout=ANSWER_TIMEOUT_SECONDS) as answer:
+        return json.load(answer)["key"]
+
+
 def rss_bytes(pid: int) -> int:
-    """Resident memory of a process and its children (none here), from /proc."""
+    """Resident memory of a process and its children (gunicorn's worker), from /proc."""
     try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
+                return int(line.split()[1]) * 1024 + sum(rss_bytes(int(child)) for child in children)
     except OSError:
         pass
     return 0
@@ -341,7 +532,7 @@ def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else round(1000 * seconds, 1)
 
 
-def report(students: list[Student], args, seconds: float, rss: list[int]) -> dict:
+def report(students: list[Student], args, seconds: float, rss: list[int], extras: dict) -> dict:
     requests = [sent for student in students for sent in student.stats.sent.values()]
     analyses = [r for r in requests if r.event == "analyze"]
     details = [r for r in requests if r.event != "analyze"]
@@ -379,6 +570,7 @@ def report(students: list[Student], args, seconds: float, rss: list[int]) -> dic
         },
         "load_average_1min": round(os.getloadavg()[0], 2),
         "cpus": os.cpu_count(),
+        **extras,
     }
 
 
@@ -400,6 +592,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ramp", type=float, default=10.0, help="seconds over which students arrive")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", help="also write the report to this file")
+    parser.add_argument(
+        "--server", choices=("dev", "procfile"), default="dev", help="python -m app serve, or the Procfile"
+    )
+    parser.add_argument("--idle", type=int, default=0, help="idle sockets held open besides the clients")
+    parser.add_argument("--hostile", action="store_true", help="add one attacker mixing the abuse patterns")
     args = parser.parse_args(argv)
     if not 1 <= args.clients <= MAX_CLIENTS or not 1 <= args.duration <= MAX_DURATION_SECONDS:
         parser.error(f"--clients must be 1..{MAX_CLIENTS} and --duration 1..{MAX_DURATION_SECONDS}")
@@ -414,17 +611,25 @@ def main(argv: list[str] | None = None) -> int:
         url, pid = args.url.rstrip("/"), args.server_pid
     else:
         cache = tempfile.TemporaryDirectory(prefix="atlas-loadtest-")
-        server, url = start_server(cache.name, {})
+        env = {"ATLAS_MAX_SOCKETS_PER_ADDRESS": str(args.idle + args.clients + 10)} if args.idle else {}
+        server, url = start_server(
+            cache.name, {**env, **({"ATLAS_PROXY_FIX_X_FOR": "1"} if args.hostile else {})}, args.server
+        )
         pid = server.pid
-    print(f"{args.clients} students on {url} for {args.duration:.0f} s", flush=True)
-    sampler = RssSampler(pid)
+    print(f"{args.clients} students and {args.idle} idle sockets on {url} for {args.duration:.0f} s", flush=True)
+    sampler, probe, idle = RssSampler(pid), PageProbe(url), IdleSockets(url, args.idle)
+    idle.open_all()
     sampler.start()
+    probe.start()
     started = time.monotonic()
     deadline = started + args.duration
     students = [Student(i, url, deadline, args, fingerprint) for i in range(args.clients)]
+    hostile = Hostile(url, deadline, analysed_key(url, SHARED_PROMPTS[0])) if args.hostile else None
     try:
         for student in students:
             student.start()
+        if hostile is not None:
+            hostile.start()
         while any(s.is_alive() for s in students) and time.monotonic() < deadline + GRACE_SECONDS:
             time.sleep(1.0)
             if int(time.monotonic() - started) % 30 == 0:
@@ -438,6 +643,8 @@ def main(argv: list[str] | None = None) -> int:
             closer.join(10)
     finally:
         sampler.stop.set()
+        probe.stop.set()
+        idle.close()
         if server is not None:
             server.send_signal(signal.SIGTERM)
             try:
@@ -447,7 +654,18 @@ def main(argv: list[str] | None = None) -> int:
                 server.wait()
         if cache is not None:
             cache.cleanup()
-    result = report(students, args, seconds, sampler.samples)
+    extras = {
+        "server": args.server,
+        "pages": {**latency_line(probe.latencies), "failures": probe.failures[:10]},
+        "idle_sockets": {
+            "asked": args.idle,
+            "open": len(idle.open),
+            "dropped": idle.dropped,
+            "refused": idle.refused[:5],
+        },
+        "hostile_answers": dict(hostile.answers) if hostile else None,
+    }
+    result = report(students, args, seconds, sampler.samples, extras)
     print(json.dumps(result, indent=2, ensure_ascii=False))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2, ensure_ascii=False))

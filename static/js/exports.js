@@ -246,14 +246,25 @@ async function exportPng(state) {
   return `Saved ${name} (${out.width} × ${out.height} px).`;
 }
 
+// XML 1.0's Char production: no C0 controls but tab, LF and CR, no U+FFFE/U+FFFF, no unpaired
+// surrogates. Anything else (a form feed pasted from a PDF) would make an SVG no XML parser reads.
+const isXmlChar = (code) => code === 0x9 || code === 0xa || code === 0xd || (code >= 0x20 && code <= 0xd7ff)
+  || (code >= 0xe000 && code <= 0xfffd) || code >= 0x10000;
+
+export function xmlText(text) {
+  let out = "";
+  for (const char of text) out += isXmlChar(char.codePointAt(0)) ? char : " "; // by code point: a lone surrogate is one
+  return out;
+}
+
 async function exportSvg(state) {
   const shot = picture(state);
   const doc = document.implementation.createDocument(SVG_NS, "svg", null);
   const svg = doc.documentElement;
   const add = (tag, attributes, text) => {
     const node = doc.createElementNS(SVG_NS, tag);
-    for (const [name, value] of Object.entries(attributes)) node.setAttribute(name, String(value));
-    if (text !== undefined) node.textContent = text;
+    for (const [name, value] of Object.entries(attributes)) node.setAttribute(name, xmlText(String(value)));
+    if (text !== undefined) node.textContent = xmlText(text);
     svg.append(node);
     return node;
   };

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import socket
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -211,4 +213,18 @@ def live_url(tmp_path_factory):
         MAX_CHARS="10000",
         PRELOAD_MODELS='["minilm"]',
     ) as url:
+        wait_until_loaded(url, "minilm")
         yield url
+
+
+def wait_until_loaded(url: str, model: str, timeout: float = 300) -> None:
+    """Wait for a preloaded model, so a test's deadline measures the server, not a busy
+    machine's model load (minilm took 85 s to load once beside four other test runs)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with urllib.request.urlopen(f"{url}/api/models") as response:
+            listed = {entry["name"]: entry["loaded"] for entry in json.load(response)["models"]}
+        if listed.get(model):
+            return
+        assert time.monotonic() < deadline, f"{model} was not loaded within {timeout} s"
+        time.sleep(0.2)

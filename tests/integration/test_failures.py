@@ -37,7 +37,7 @@ def analyze(client, model: str, text: str = PROMPT, rid="r") -> dict:
 
 def assert_nothing_cached(service, model: str, text: str = PROMPT) -> None:
     key = service.key_for(model, text)
-    assert service.cache.get(key) is None and key not in service.cache._inflight
+    assert service.cache.get(key) is None and key not in service.cache._flights
 
 
 def assert_still_serving(connect) -> None:

@@ -61,5 +61,5 @@ def test_room_states_are_share_link_queries():
     with pytest.raises(AtlasError) as error:
         rooms.update(room.code, room.secret, "<script>=1")
     assert error.value.code == "bad_request"
-    codes = {rooms.create("sid").code for _ in range(50)}
+    codes = {rooms.create(f"sid{i}").code for i in range(50)}
     assert len(codes) == 50 and not any(set(code) & set("01IO") for code in codes)

@@ -26,10 +26,10 @@ def analysis(app):
 
 def test_short_links_resolve_after_a_restart(tmp_path):
     query = "model=minilm&text=" + "long+prompt+" * 500 + "&view=head&layer=2"
-    link_id = LinkStore(tmp_path).create(query)
-    assert len(link_id) == 10 and LinkStore(tmp_path).create(query) == link_id
-    assert LinkStore(tmp_path).resolve(link_id) == normalise_query(query)
-    assert LinkStore(tmp_path).resolve("../../etc/passwd") is None
+    link_id = LinkStore(tmp_path, 1 << 20).create(query)
+    assert len(link_id) == 10 and LinkStore(tmp_path, 1 << 20).create(query) == link_id
+    assert LinkStore(tmp_path, 1 << 20).resolve(link_id) == normalise_query(query)
+    assert LinkStore(tmp_path, 1 << 20).resolve("../../etc/passwd") is None
 
 
 @pytest.mark.parametrize("query", ["", "a", "x=1&" * 50, "bad-name=1", "<script>=1", "text=%ZZ&="])
@@ -63,7 +63,7 @@ def test_gallery_items_teach_something_and_link_to_a_view(client):
 def test_gallery_precompute_fills_the_cache(service):
     first = gallery.precompute(service)
     again = gallery.precompute(service)
-    assert len(first) == 7 and all(cached for _, cached, _ in again)
+    assert len(first) == 8 and all(cached for _, cached, _ in again)
 
 
 def test_npz_and_json_exports(client, analysis):

@@ -86,7 +86,7 @@ def test_memory_is_bounded_by_bytes(tmp_path, capture):
     keys = [cache_key("m", "f", str(i)) for i in range(4)]
     for key in keys:
         put_and_store(cache, key, capture)
-    assert cache._bytes <= cache.max_bytes and len(cache._memory) == 2
+    assert cache._memory.nbytes <= cache.max_bytes and len(cache._memory) == 2
     assert list(cache._memory) == keys[2:]
     assert cache.get(keys[0]) is not None  # evicted from memory, still on disk
 
@@ -99,7 +99,7 @@ def test_memory_makes_room_for_a_long_forward_pass(tmp_path, capture):
     cache.make_room(capture.nbytes * 2)  # the pass needs half the budget: keep the newest two
     assert list(cache._memory) == keys[1:]
     cache.make_room(cache.max_bytes)  # it needs all of it: keep nothing in memory
-    assert not cache._memory and cache._bytes == 0
+    assert not cache._memory and cache._memory.nbytes == 0
     assert cache.get(keys[0]) is not None  # everything reloads from disk
 
 

@@ -88,7 +88,7 @@ def _mode_matrix(capture: Capture, layer: int, head: int, mode: str, rows=slice(
         return capture.scores_block(layer, head, rows, cols)
     block = capture.attention_block(layer, head, rows, cols)
     if mode == "value":
-        weighted = block * capture.value_norms[layer, head, cols][None, :]
+        weighted = block * capture.output_norms[layer, head, cols][None, :]
         total = weighted.sum(axis=1, keepdims=True)
         return np.divide(weighted, total, out=np.zeros_like(weighted), where=total > 0)
     return block
@@ -164,7 +164,7 @@ def _top_in_rows(torch, capture: Capture, layer: int, head: int, mode: str, rows
             return top.indices, torch.exp(top.values - lse)
         weights = scores.sub_(lse).exp_()
     if mode == "value":
-        weights.mul_(tensor(capture.value_norms[layer, head, :width])[None, :])
+        weights.mul_(tensor(capture.output_norms[layer, head, :width])[None, :])
         total = weights.sum(dim=1, keepdim=True)  # [r, 1]
         top = torch.topk(weights, k, dim=1, sorted=False)
         return top.indices, torch.where(total > 0, top.values / total, torch.zeros_like(top.values))

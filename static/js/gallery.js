@@ -1,7 +1,11 @@
 // Demo gallery: curated prompts from GET /api/gallery (app/gallery.toml), each with a title, an
 // explanation and a link that carries its pre-selected view. Opening an item opens its link in
 // this page like a share link (fields this page does not know stay in the URL); the server has
-// precomputed the analyses (`python -m app gallery`), so they open at once.
+// precomputed the analyses (`python -m app gallery`), so they open at once. While the page shows
+// a gallery prompt (opened here, from a link, or by the presenter), its "what to look for" stays
+// as a caption card above the view.
+import { settings } from "./settings.js";
+import { getState, subscribe } from "./store.js";
 import { h } from "./ui.js";
 import { openQuery } from "./url.js";
 
@@ -18,7 +22,31 @@ export function mountGallery(panel) {
     h("p", { text: "Prompts that show something worth teaching, each opening on the view that shows it." }),
     h("button", { type: "button", className: "quiet close", text: "Close", onClick: () => toggleGallery(false) }),
   ]), status, list);
-  ui = { panel, list, status, loaded: false };
+  const caption = h("aside", { className: "gallery-caption", "data-testid": "gallery-caption", hidden: true });
+  document.querySelector("[role=tablist]")?.before(caption);
+  ui = { panel, list, status, caption, loaded: false, items: [], shown: null };
+  subscribe(showCaption);
+  load();
+}
+
+/** The caption card of the gallery item whose model and prompt the page shows, or none. */
+function showCaption(state) {
+  const model = state.model || settings.default;
+  const item = ui.items.find((entry) => entry.text === state.text && entry.model === model && !state.key) ?? null;
+  ui.caption.hidden = !item || ui.dismissed === item;
+  if (!item || ui.shown === item) return;
+  ui.shown = item;
+  ui.caption.dataset.item = item.id;
+  ui.caption.replaceChildren(
+    h("div", { className: "gallery-caption-text" }, [
+      h("strong", { text: `What to look for: ${item.title}` }),
+      h("p", { text: explanation(item) }),
+    ]),
+    h("button", { type: "button", className: "quiet", text: "×", "aria-label": "Hide this caption", onClick: () => {
+      ui.dismissed = item;
+      ui.caption.hidden = true;
+    } }),
+  );
 }
 
 export function toggleGallery(open = ui.panel.hidden) {
@@ -33,12 +61,19 @@ async function load() {
     const response = await fetch(GALLERY_URL, { headers: { Accept: "application/json" } });
     const body = await response.json();
     if (!response.ok) throw new Error(body.message || response.statusText);
+    ui.items = body.items;
     ui.list.replaceChildren(...body.items.map(card));
+    showCaption(getState());
     ui.status.textContent = body.items.length ? "" : "This server offers no gallery items for its models.";
   } catch (error) {
     ui.loaded = false; // try again next time
     ui.status.textContent = `The gallery could not be loaded: ${error.message}`;
   }
+}
+
+/** An item's "what to look for", on one line (the TOML keeps it wrapped). */
+function explanation(item) {
+  return item.explanation.replace(/\s+/g, " ").trim();
 }
 
 function card(item) {
@@ -53,7 +88,7 @@ function card(item) {
   return h("article", { className: "gallery-item", role: "listitem", "data-item": item.id }, [
     h("h3", {}, [h("a", { href: item.link, text: item.title, onClick: open, "data-testid": "gallery-open" })]),
     h("p", { className: "gallery-meta", text: `${item.model} · ${view} view` }),
-    h("p", { className: "gallery-text", text: item.explanation.replace(/\s+/g, " ").trim() }),
+    h("p", { className: "gallery-text", text: explanation(item) }),
     h("p", { className: "gallery-prompt", text: `“${item.text}”` }),
   ]);
 }

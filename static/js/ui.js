@@ -3,6 +3,7 @@
 // then synced to the store's state on every render.
 import { displayToken } from "./draw.js";
 import { layerName } from "./layers.js";
+import { setView } from "./store.js";
 
 /** Build an element: props are attributes, `text` (textContent), `className`, and `on*` listeners. */
 export function h(tag, props = {}, children = []) {
@@ -47,6 +48,28 @@ export function layerHeadSelects(onChange) {
       head.sync(overview.heads, state.head);
     },
   };
+}
+
+/**
+ * A labelled checkbox bound to one view field: checked <-> `on`, unchecked <-> `off` (one of them
+ * null, the field's default); sync(state). Every view setting lives in the store, so it is in
+ * the share link and the presenter's broadcast.
+ */
+export function fieldCheckbox(text, field, { on, off, title }) {
+  const box = h("input", { type: "checkbox", "data-control": field, onChange: () => setView({ [field]: box.checked ? on : off }) });
+  return {
+    root: h("label", { className: "control", title }, [box, h("span", { text })]),
+    sync(state) {
+      box.checked = state[field] === on;
+    },
+  };
+}
+
+/** "Scale without the first token and sinks" (the sinks field), shared by the model, matrix and rollout views. */
+export function sinkScaleToggle() {
+  return fieldCheckbox("Scale without first token & sinks", "sinks", { on: null, off: "keep",
+    title: "the first token and attention sinks often take most of the attention; leave them out of the colour "
+      + "scale (they are clipped at its top) to see the rest" });
 }
 
 /** Buttons of which exactly one is pressed; sync(value). */

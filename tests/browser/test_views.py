@@ -218,9 +218,7 @@ def test_grouped_query_model_paints_and_names_its_key_head(page, live_server):
     open_view(page, live_server, model="smollm2", text=PROMPT, view="model")
     assert "30 layers × 9 heads" in page.text_content("#run-info")
     assert wait_ink(page, MODEL_CANVAS, minimum=20_000)
-    assert (
-        json.loads(page.get_attribute(MODEL_CANVAS, "data-grid"))["headsAcross"] is False
-    )  # layers across: fits one screen
+    assert json.loads(page.get_attribute(MODEL_CANVAS, "data-grid"))["headsAcross"]  # layers as rows on every model
     page.click(MODEL_CANVAS, position=model_cell_center(page, layer=5, head=4))
     page.wait_for_selector(f"{HEAD_CANVAS}[data-ready=true]")
     page.click("[role=tab][data-view=neuron]")

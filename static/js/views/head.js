@@ -1,24 +1,33 @@
 // Head view (after BertViz): the prompt's tokens twice, queries on the left and keys on the
-// right, joined by lines whose opacity is the attention weight, one colour per head. Hovering
-// a token isolates its lines; clicking locks it (and selects it for the other views); the
-// threshold hides weak links. Rows are virtualised: only the rows in the scroll window are
-// drawn, and lines are batched into one path per head and opacity step, so prompts of
-// thousands of tokens stay responsive. Data: the `layer` event, dense [H, N, N] or top-k.
+// right, joined by lines, one colour per head. It opens on one head (all heads at once blend
+// into grey). A line's width and opacity are its weight relative to the strongest link of its
+// query token, so a head whose strongest link is 0.2 is as legible as one whose is 1.0; the
+// legend says so. Hovering a token isolates its lines and shows every head's weight for it as
+// colour blocks beside the other column (as BertViz does); clicking locks it (the lock is view
+// state: in the link and sent to followers) and selects it for the other views; the threshold
+// hides weak links. Rows are virtualised: only the rows in the scroll window are drawn, lines
+// are batched into one path per head and weight step, and links to rows outside the window are
+// counted at its edges, so prompts of thousands of tokens stay responsive and nothing leaves
+// unseen. Data: the `layer` event, dense [H, N, N] or top-k.
 import { displayToken, drawSinkBadge, fitText, formatNumber, pointerIn, prepareCanvas, sinkBadgeWidth, theme, tokenLabels } from "../draw.js";
 import { layerName } from "../layers.js";
 import { headColour } from "../palette.js";
 import { LAYER_MODES } from "../protocol.js";
-import { detailFor, selectedHeads, setView, sinkSet } from "../store.js";
+import { allHeads, detailFor, selectedHeads, setView, sinkSet } from "../store.js";
 import { arrived, changed, frameScheduler, h, numberSelect, segmented, statusLine, virtualScroller } from "../ui.js";
 
 const ROW_EMS = 1.75; // row height, in label font sizes
 const PAD = 10; // px above the first and below the last row
 const MAX_LABEL = 220; // px, widest token label (longer ones end in …)
-const MIN_GAP = 160; // px between the two token columns, at least...
+const MIN_GAP = 90; // px between the two token columns, at least...
 const MAX_GAP = 460; // ...and at most
 const VIEW_FRACTION = 0.68; // of the window height the scrolling canvas may take
 const MIN_WEIGHT = 0.01; // links weaker than this are never drawn (invisible anyway)
-const ALPHA_STEPS = 20; // opacity levels: one batched path per head and level
+const ALPHA_STEPS = 20; // weight levels: one batched path per head and level
+const MIN_ALPHA = 0.18; // opacity of the weakest drawn link (its row's strongest is 1)
+const MAX_WIDTH = 4; // line width of a row's strongest link, in canvas line widths (the weakest is 0.6)
+const BLOCK_W = 9; // px of a head's weight block beside a token, at most...
+const MIN_BLOCK_W = 3; // ...and at least
 const TOP_LINKS = 4; // strongest links named in the status line
 
 let ui = null;
@@ -64,22 +73,27 @@ function mount(el) {
   const threshold = h("input", { type: "range", min: 0, max: 1, step: 0.01, name: "threshold", "data-control": "threshold" });
   const thresholdValue = h("output", { className: "threshold-value" });
   const swatches = h("div", { className: "swatches", role: "group", "aria-label": "Heads shown" });
-  const all = h("button", { type: "button", className: "quiet", text: "All", onClick: () => setView({ heads: null }) });
+  const all = h("button", { type: "button", className: "quiet", text: "All", "data-control": "heads-all",
+    onClick: () => setView({ heads: allHeads(ui.state) }) });
   const none = h("button", { type: "button", className: "quiet", text: "None", onClick: () => setView({ heads: [] }) });
   const canvas = h("canvas", { className: "head-canvas", "data-testid": "head-canvas", tabindex: 0,
     "aria-label": "Attention lines between query tokens (left) and key tokens (right)" });
   const schedule = frameScheduler(draw);
   const scroller = virtualScroller(canvas, schedule);
   const status = statusLine("Hover a token to isolate its links; click (or use ↑ ↓) to lock it. Left: queries (attending), right: keys (attended to).");
+  const legend = h("p", { className: "view-info head-legend", "data-testid": "head-legend",
+    text: "Line width and opacity: a link's weight relative to the strongest link of its query token (each token's strongest "
+      + "link is drawn full, so weak heads stay visible; hover a token for the exact weights). Blocks beside a hovered "
+      + "token's partners: every head's weight, in its colour. ▲ ▼ count links to rows scrolled out of view." });
   el.append(
     h("div", { className: "toolbar" }, [layer.root, mode.root,
       h("label", { className: "control" }, [h("span", { text: "Hide links below" }), threshold, thresholdValue])]),
     h("div", { className: "toolbar heads-bar" }, [h("span", { className: "control-label", text: "Heads" }), swatches, all, none]),
     h("div", { className: "view-body" }, [scroller.root]),
-    status.root,
+    status.root, legend,
   );
   ui = { el, layer, mode, threshold, thresholdValue, swatches, canvas, scroller, status, schedule,
-    preview: null, lock: null, hover: null };
+    preview: null, lock: null, hover: null, scrollTo: null };
 
   threshold.addEventListener("input", () => { // preview while dragging; one history entry on release
     ui.preview = Number(threshold.value);
@@ -106,28 +120,33 @@ function mount(el) {
     const hit = hitToken(pointerIn(canvas, event));
     if (!hit) return;
     const same = ui.lock && ui.lock.side === hit.side && ui.lock.index === hit.index;
-    ui.lock = same ? null : hit;
-    ui.canvas.dataset.locked = ui.lock ? `${hit.side}:${hit.index}` : "";
-    if (!setView({ token: hit.index })) ui.schedule();
+    setView({ lock: same ? null : `${hit.side}${hit.index}`, token: hit.index });
   });
   canvas.addEventListener("keydown", (event) => { // arrows walk the locked query token, Escape releases it
     const n = ui.geometry?.n ?? 0;
-    if (event.key === "Escape") ui.lock = null;
+    if (event.key === "Escape") setView({ lock: null });
     else if ((event.key === "ArrowDown" || event.key === "ArrowUp") && n) {
       event.preventDefault();
       const from = ui.lock?.index ?? ui.state.token ?? -1;
       const index = Math.max(0, Math.min(n - 1, from + (event.key === "ArrowDown" ? 1 : -1)));
-      ui.lock = { side: ui.lock?.side ?? "q", index };
-      const rowTop = PAD + index * ui.geometry.rowH;
-      if (rowTop < ui.scroller.top || rowTop + ui.geometry.rowH > ui.scroller.top + ui.geometry.height) {
-        ui.scroller.root.scrollTop = rowTop - ui.geometry.height / 2;
-      }
-      setView({ token: index }, { history: "replace" });
-    } else return;
-    ui.canvas.dataset.locked = ui.lock ? `${ui.lock.side}:${ui.lock.index}` : "";
-    ui.schedule();
+      scrollToRow(index);
+      setView({ lock: `${ui.lock?.side ?? "q"}${index}`, token: index }, { history: "replace" });
+    }
   });
   return ui;
+}
+
+/** Scroll the window so that row `index` is in view (a locked token from a link, an arrow key). */
+function scrollToRow(index) {
+  const g = ui.geometry;
+  if (!g) return;
+  const rowTop = PAD + index * g.rowH;
+  if (rowTop < ui.scroller.top || rowTop + g.rowH > ui.scroller.top + g.height) ui.scroller.root.scrollTop = rowTop - g.height / 2;
+}
+
+/** The locked token of a state: {side: "q" | "k", index}, or null. */
+function parseLock(lock) {
+  return lock ? { side: lock[0], index: Number(lock.slice(1)) } : null;
 }
 
 function hitToken(point) {
@@ -149,42 +168,126 @@ function setHover(hit) {
   ui.schedule();
 }
 
-function geometryFor(tokens, width, look, ctx, badge) {
+/**
+ * Where the columns go: labels (at most MAX_LABEL, less on a narrow screen), the heads' weight
+ * blocks outside them, and the gap for the lines between.
+ */
+function geometryFor(tokens, width, look, ctx, badge, headCount) {
   ctx.font = look.font(1);
-  const { labels, width: widest } = tokenLabels(ctx, tokens, MAX_LABEL);
+  const cap = Math.max(48, Math.min(MAX_LABEL, (width - MIN_GAP) / 2 - 40 - badge));
+  const { labels, width: widest } = tokenLabels(ctx, tokens, cap);
   const labelW = widest + 8 + badge; // room for a sink badge beside the label
-  const gap = Math.max(MIN_GAP, Math.min(MAX_GAP, width - 2 * labelW - 40));
-  const leftX = Math.max(labelW + 12, (width - 2 * labelW - gap) / 2 + labelW);
+  const blockW = Math.max(MIN_BLOCK_W, Math.min(BLOCK_W, Math.floor((width - 2 * labelW - MIN_GAP - 24) / (2 * headCount))));
+  const blocksW = blockW * headCount + 4;
+  const gap = Math.max(MIN_GAP, Math.min(MAX_GAP, width - 2 * (labelW + blocksW) - 24));
+  const leftX = Math.max(labelW + blocksW + 6, (width - 2 * labelW - gap) / 2 + labelW);
   const rowH = Math.round(look.size * ROW_EMS);
   const n = tokens.length;
   const height = ui.scroller.size(PAD * 2 + n * rowH, Math.max(320, window.innerHeight * VIEW_FRACTION));
-  return { labels, labelW, leftX, rightX: leftX + gap, rowH, n, height, width: Math.max(width, leftX + gap + labelW + 12) };
+  return { labels, labelW, blockW, leftX, rightX: leftX + gap, rowH, n, height,
+    width: Math.max(width, leftX + gap + labelW + blocksW + 6) };
 }
 
-/** Lines to draw: [head][alpha step] -> Path2D, for the focus token or every visible query. */
+/** The strongest stored weight of one query in one head (the 1 of that row's line scale). */
+function rowPeak(payload, head, query) {
+  let peak = 0;
+  eachLink(payload, head, query, (key, w) => {
+    peak = Math.max(peak, w);
+  });
+  return peak;
+}
+
+/**
+ * Lines to draw, for the focus token or every visible query: paths [head][weight step] ->
+ * Path2D, the step being the weight over its query row's strongest; and how many drawn links
+ * end on rows above and below the scroll window ({above, below}).
+ */
 function linkPaths(payload, heads, g, focus, first, last, threshold, scrollTop) {
   const paths = heads.map(() => Array.from({ length: ALPHA_STEPS }, () => null));
+  const outside = { above: 0, below: 0 };
   const floor = Math.max(threshold, MIN_WEIGHT);
   const y = (i) => PAD + i * g.rowH + g.rowH / 2 - scrollTop;
   const x1 = g.leftX + 6;
   const x2 = g.rightX - 6;
-  const add = (slot, query, key, w) => {
-    if (w < floor) return;
-    const step = Math.min(ALPHA_STEPS - 1, Math.floor(w * ALPHA_STEPS));
+  const add = (slot, query, key, w, peak) => {
+    if (w < floor || !peak) return;
+    const step = Math.min(ALPHA_STEPS - 1, Math.floor((w / peak) * ALPHA_STEPS));
     const path = paths[slot][step] ?? (paths[slot][step] = new Path2D());
     path.moveTo(x1, y(query));
     path.lineTo(x2, y(key));
+    const far = focus?.side === "k" ? query : key; // the end away from the focus (or from the visible query)
+    if (far < first) outside.above++;
+    else if (far > last) outside.below++;
   };
   heads.forEach((head, slot) => {
     if (focus?.side === "k") {
-      for (let query = 0; query < g.n; query++) add(slot, query, focus.index, weight(payload, head, query, focus.index));
+      for (let query = 0; query < g.n; query++) add(slot, query, focus.index, weight(payload, head, query, focus.index), rowPeak(payload, head, query));
       return;
     }
     const from = focus ? focus.index : first;
     const to = focus ? focus.index : last;
-    for (let query = from; query <= to; query++) eachLink(payload, head, query, (key, w) => add(slot, query, key, w));
+    for (let query = from; query <= to; query++) {
+      const peak = rowPeak(payload, head, query);
+      eachLink(payload, head, query, (key, w) => add(slot, query, key, w, peak));
+    }
   });
-  return paths;
+  return { paths, outside };
+}
+
+/** Stroke the batched links: width and opacity grow with the weight step. */
+function strokeLinks(ctx, paths, heads, look) {
+  ctx.lineCap = "round";
+  heads.forEach((head, slot) => {
+    ctx.strokeStyle = headColour(head);
+    paths[slot].forEach((path, step) => {
+      if (!path) return;
+      const level = (step + 0.5) / ALPHA_STEPS;
+      ctx.globalAlpha = MIN_ALPHA + (1 - MIN_ALPHA) * level;
+      ctx.lineWidth = look.line * (0.6 + (MAX_WIDTH - 0.6) * level);
+      ctx.stroke(path);
+    });
+  });
+  ctx.globalAlpha = 1;
+}
+
+/**
+ * Every head's weight between the focus token and each visible token of the other column, as
+ * colour blocks (opacity = the weight) outside that column's labels, as BertViz draws them.
+ */
+function drawWeightBlocks(ctx, payload, g, focus, first, last, y, look) {
+  const heads = ui.state.analysis.overview.heads;
+  const other = focus.side === "q" ? "k" : "q";
+  for (let i = first; i <= last; i++) {
+    for (let head = 0; head < heads; head++) {
+      const w = focus.side === "q" ? weight(payload, head, focus.index, i) : weight(payload, head, i, focus.index);
+      const x = other === "k" ? g.rightX + g.labelW + 4 + head * g.blockW : g.leftX - g.labelW - 4 - (head + 1) * g.blockW;
+      ctx.globalAlpha = 1;
+      ctx.strokeStyle = look.faint;
+      ctx.lineWidth = 1;
+      ctx.strokeRect(x + 0.5, y(i) - g.rowH / 2 + 3.5, g.blockW - 1, g.rowH - 7);
+      if (w <= 0) continue;
+      ctx.globalAlpha = Math.min(1, w);
+      ctx.fillStyle = headColour(head);
+      ctx.fillRect(x, y(i) - g.rowH / 2 + 3, g.blockW, g.rowH - 6);
+    }
+  }
+  ctx.globalAlpha = 1;
+}
+
+/** "▲ 12 links above" / "▼ 3 links below" at the window's edges, over the key column. */
+function drawOutsideMarks(ctx, outside, g, look) {
+  ctx.font = look.font(0.85, "600");
+  ctx.fillStyle = look.accent;
+  ctx.textAlign = "center";
+  const x = (g.leftX + g.rightX) / 2;
+  if (outside.above) {
+    ctx.textBaseline = "top";
+    ctx.fillText(`▲ ${outside.above} link${outside.above === 1 ? "" : "s"} to rows above`, x, 2);
+  }
+  if (outside.below) {
+    ctx.textBaseline = "bottom";
+    ctx.fillText(`▼ ${outside.below} link${outside.below === 1 ? "" : "s"} to rows below`, x, g.height - 2);
+  }
 }
 
 /** The strongest links of the focus token across the shown heads, for the status line. */
@@ -212,8 +315,12 @@ function draw() {
   const probe = ui.canvas.getContext("2d");
   const sinks = sinkSet(state);
   const badge = sinks.size ? sinkBadgeWidth(probe, look) : 0;
-  const g = geometryFor(tokens, ui.scroller.root.clientWidth || ui.el.clientWidth, look, probe, badge);
+  const g = geometryFor(tokens, ui.scroller.root.clientWidth || ui.el.clientWidth, look, probe, badge, analysis.overview.heads);
   ui.geometry = g;
+  if (ui.scrollTo !== null) {
+    scrollToRow(ui.scrollTo);
+    ui.scrollTo = null;
+  }
   ui.canvas.dataset.rows = JSON.stringify({ pad: PAD, rowHeight: g.rowH, queryX: g.leftX, keyX: g.rightX });
   const scrollTop = ui.scroller.top;
   const ctx = prepareCanvas(ui.canvas, g.width, g.height);
@@ -224,20 +331,14 @@ function draw() {
   const payload = ui.payload;
   const threshold = ui.preview ?? state.threshold;
 
+  let outside = { above: 0, below: 0 };
   if (payload && payload.tokens === g.n) {
-    const paths = linkPaths(payload, heads, g, focus, first, last, threshold, scrollTop);
-    ctx.lineWidth = 2 * look.line;
-    ctx.lineCap = "round";
-    heads.forEach((head, slot) => {
-      ctx.strokeStyle = headColour(head);
-      paths[slot].forEach((path, step) => {
-        if (!path) return;
-        ctx.globalAlpha = Math.min(1, (step + 0.5) / ALPHA_STEPS + 0.06);
-        ctx.stroke(path);
-      });
-    });
-    ctx.globalAlpha = 1;
+    const links = linkPaths(payload, heads, g, focus, first, last, threshold, scrollTop);
+    strokeLinks(ctx, links.paths, heads, look);
+    outside = links.outside;
+    if (focus) drawWeightBlocks(ctx, payload, g, focus, first, last, y, look);
   }
+  ui.canvas.dataset.outside = `${outside.above},${outside.below}`;
 
   const decoderStart = analysis.tokens.info.segments?.decoder[0];
   if (decoderStart) drawSegmentRule(ctx, g, PAD + decoderStart * g.rowH - scrollTop, look);
@@ -267,6 +368,7 @@ function draw() {
       if (sinks.has(i)) drawSinkBadge(ctx, side === "q" ? boxX - 3 : boxX + width + 11, y(i), look, side === "q" ? "right" : "left");
     }
   }
+  drawOutsideMarks(ctx, outside, g, look);
 
   if (!heads.length) ui.status.say("No heads selected: pick heads with the coloured buttons above.");
   else if (focus && payload) ui.status.say(describeFocus(payload, heads, tokens, focus) + (ui.lock ? " · locked (click again to release)" : ""));
@@ -313,12 +415,14 @@ export function render(state, el) {
   ui.state = state;
   const analysis = state.analysis;
   if (!analysis) return;
-  if (ui.key !== analysis.key) { // a new prompt: forget the locked token
+  if (ui.key !== analysis.key) { // a new prompt: forget the hovered token
     ui.key = analysis.key;
-    ui.lock = null;
     ui.hover = null;
-    ui.canvas.dataset.locked = "";
   }
+  const lock = parseLock(state.lock);
+  if (lock && lock.index !== ui.lock?.index) ui.scrollTo = lock.index; // e.g. opened from a link: bring it into view
+  ui.lock = lock;
+  ui.canvas.dataset.locked = lock ? `${lock.side}:${lock.index}` : "";
   ui.layer.sync(analysis.overview.layers, state.layer, (i) => layerName(analysis.tokens.info, i));
   ui.mode.sync(layerMode(state.mode));
   if (ui.preview === null) {
@@ -329,5 +433,7 @@ export function render(state, el) {
   ui.payload = arrived(ui.el.querySelector(".view-body"), detailFor(state, need(state)), `Loading layer ${state.layer}…`);
   ui.canvas.dataset.layer = String(state.layer);
   ui.canvas.dataset.ready = String(Boolean(ui.payload));
-  if (changed(ui, [analysis, ui.payload, state.heads, state.threshold, state.token, state.projector, el.clientWidth])) ui.schedule();
+  if (changed(ui, [analysis, ui.payload, state.heads, state.head, state.threshold, state.token, state.lock, state.projector, el.clientWidth])) {
+    ui.schedule();
+  }
 }

@@ -36,18 +36,14 @@ function mount(el) {
   const order = segmented("Embeddings", "lens-order", [
     { value: "bottom", text: "At the bottom", title: "layers read upwards, as the residual stream flows" },
     { value: "top", text: "At the top", title: "layers read downwards" },
-  ], (value) => {
-    ui.embeddingsTop = value === "top";
-    ui.built = null;
-    render(ui.state, ui.el);
-  });
+  ], (value) => setView({ order: value === "top" ? "top" : null }));
   const table = h("table", { className: "lens-table", "data-testid": "lens-table" });
   const detail = h("div", { className: "lens-detail", "aria-live": "polite" });
   const status = statusLine("Each cell: the most likely next token after that layer at that position, shaded by its probability. "
     + "Underlined: it is the token that really comes next. Hover for the top predictions; click to choose the position.");
   el.append(h("div", { className: "toolbar" }, [previous, range, next, order.root]),
     h("div", { className: "view-body" }, [h("div", { className: "lens-scroll" }, [table]), detail]), status.root);
-  ui = { el, previous, next, range, order, table, detail, status, embeddingsTop: false, built: null };
+  ui = { el, previous, next, range, order, table, detail, status, built: null };
 
   table.addEventListener("mouseover", (event) => {
     const cell = event.target.closest("td[data-layer]");
@@ -88,7 +84,7 @@ function predictions(layer, position) {
 function build(state, p) {
   const tokens = state.analysis.tokens.tokens;
   const rows = p.ids.shape[0];
-  const order = Array.from({ length: rows }, (_, i) => (ui.embeddingsTop ? i : rows - 1 - i));
+  const order = Array.from({ length: rows }, (_, i) => (ui.state.order === "top" ? i : rows - 1 - i));
   const positions = Array.from({ length: p.count }, (_, i) => p.start + i);
   const head = h("tr", {}, [h("th", { scope: "col", text: "input →" }), ...positions.map((i) => h("th", {
     scope: "col", "data-position": i, title: `token ${i}: ${JSON.stringify(tokens[i])}`, text: displayToken(tokens[i]) }))]);
@@ -144,17 +140,18 @@ export function render(state, el) {
     return notice(body, `The logit lens reads what each layer would predict as the next token, so it needs a decoder `
       + `(a causal language model such as smollm2); ${analysis.model} is an encoder without a next-token head.`);
   }
-  ui.order.sync(ui.embeddingsTop ? "top" : "bottom");
+  ui.order.sync(state.order === "top" ? "top" : "bottom");
   const { start, count, n } = windowOf(state);
   ui.range.textContent = `positions ${start}–${start + count - 1} of ${n}`;
   ui.previous.disabled = start === 0;
   ui.next.disabled = start + count >= n;
   const payload = arrived(body, detailFor(state, need(state)), "Reading every layer's predictions…");
   if (!payload) return;
-  if (ui.built !== payload) {
+  if (ui.built !== payload || ui.builtOrder !== state.order) {
     ui.payload = payload;
     build(state, payload);
     ui.built = payload;
+    ui.builtOrder = state.order;
     ui.table.dataset.start = String(payload.start);
   }
   syncSelection(state);

@@ -4,12 +4,12 @@
 // server for just that block (`matrix` with row0..row1, col0..col1), max-pooled to at most
 // 256 x 256, so the largest prompts stay sharp. Click a cell to choose its query token.
 import {
-  binStart, contentWidth, displayToken, drawLegend, drawSinkBadge, fitText, formatNumber, hatchPattern, heatmapImage, hideTooltip,
+  binOf, binStart, contentWidth, displayToken, drawLegend, drawSinkBadge, fitText, formatNumber, hatchPattern, heatmapImage, hideTooltip,
   labelWidth, pointerIn, prepareCanvas, showTooltip, sinkBadgeWidth, theme,
 } from "../draw.js";
 import { DIVERGING, SEQUENTIAL, signedIndex, unitIndex } from "../palette.js";
-import { detailFor, getState, setData, setView, sinkSet, tokenIndex } from "../store.js";
-import { arrived, changed, h, layerHeadSelects, segmented, statusLine } from "../ui.js";
+import { detailFor, getState, scaleSkip, setView, sinkSet, tokenIndex } from "../store.js";
+import { arrived, changed, h, layerHeadSelects, segmented, sinkScaleToggle, statusLine } from "../ui.js";
 
 const MAX_LABEL = 130; // px of a token label before it ends in …
 const MAX_CELL = 42; // px per cell
@@ -25,7 +25,8 @@ let ui = null;
 
 export function need(state) {
   if (!state.analysis) return null;
-  const zoom = state.zoom ?? {};
+  const [row0, row1, col0, col1] = state.zoom ?? [];
+  const zoom = state.zoom ? { row0, row1, col0, col1 } : {};
   return { event: "matrix", fields: { key: state.analysis.key, layer: state.layer, head: state.head, mode: state.mode, ...zoom } };
 }
 
@@ -37,14 +38,15 @@ function mount(el) {
     { value: "value", text: "Value-weighted", title: "attention × ‖value‖, renormalised per query" },
   ], (value) => setView({ mode: value }));
   const reset = h("button", { type: "button", className: "quiet", text: "Reset zoom", "data-control": "reset-zoom",
-    onClick: () => setData({ zoom: null }) });
+    onClick: () => setView({ zoom: null }) });
   const block = h("span", { className: "zoom-info" });
+  const sinkScale = sinkScaleToggle();
   const canvas = h("canvas", { className: "matrix-canvas", "data-testid": "matrix-canvas", tabindex: 0,
     "aria-label": "Attention matrix of one head; drag or use the wheel to zoom" });
   const status = statusLine("Drag a rectangle or turn the wheel to zoom; click a cell to choose its query token.");
-  el.append(h("div", { className: "toolbar" }, [...selects.roots, mode.root, reset, block]),
+  el.append(h("div", { className: "toolbar" }, [...selects.roots, mode.root, sinkScale.root, reset, block]),
     h("div", { className: "view-body" }, [h("div", { className: "canvas-scroll" }, [canvas])]), status.root);
-  ui = { el, selects, mode, reset, block, canvas, status, drag: null, lastWheel: 0 };
+  ui = { el, selects, mode, sinkScale, reset, block, canvas, status, drag: null, lastWheel: 0 };
 
   canvas.addEventListener("mousedown", (event) => {
     const cell = cellAt(pointerIn(canvas, event), false);
@@ -100,7 +102,7 @@ function zoomTo(row0, row1, col0, col1) {
   const [r0, r1] = span(row0, row1);
   const [c0, c1] = span(col0, col1);
   const whole = r0 === 0 && c0 === 0 && r1 === n && c1 === n;
-  setData({ zoom: whole ? null : { row0: r0, row1: r1, col0: c0, col1: c1 } });
+  setView({ zoom: whole ? null : [r0, r1, c0, c1] });
 }
 
 /** The cell under a point: pooled indices and the token ranges they cover; `clamp` snaps outside points in. */
@@ -134,19 +136,60 @@ function tooltip(point, event) {
     event.clientX, event.clientY);
 }
 
-function colouring(payload) {
+/**
+ * The colour scale of a block: its largest value (|value| for scores) outside the columns of
+ * the tokens in `skip` (the first token and the sinks, which would pin the scale and leave a
+ * long prompt's matrix blank; they are clipped at the top), unless that leaves nothing.
+ */
+function colouring(payload, skip) {
   const data = payload.matrix.data;
+  const [rows, cols] = payload.matrix.shape;
+  const skipped = new Set([...skip].filter((i) => i >= payload.col0 && i < payload.col1)
+    .map((i) => binOf(i - payload.col0, cols, payload.col1 - payload.col0)));
+  const note = skipped.size ? ", first token & sinks clipped" : "";
+  const peak = (size) => {
+    let kept = 0;
+    let all = 0;
+    for (let r = 0; r < rows; r++) {
+      for (let c = 0; c < cols; c++) {
+        const v = size(data[r * cols + c]);
+        if (!Number.isFinite(v)) continue;
+        all = Math.max(all, v);
+        if (!skipped.has(c)) kept = Math.max(kept, v);
+      }
+    }
+    return kept || all;
+  };
   if (payload.mode === "scores") {
-    let limit = 0;
-    for (const v of data) if (Number.isFinite(v)) limit = Math.max(limit, Math.abs(v));
-    return { lut: DIVERGING, index: (v) => (v === -Infinity ? -1 : signedIndex(v, limit)),
-      legend: [`−${formatNumber(limit)}`, "score (pre-softmax)", `+${formatNumber(limit)}`] };
+    const limit = peak(Math.abs);
+    return { lut: DIVERGING, index: (v) => (v === -Infinity ? -1 : signedIndex(Math.max(-limit, Math.min(limit, v)), limit)),
+      legend: [`−${formatNumber(limit)}`, `score (pre-softmax${note})`, `+${formatNumber(limit)}`] };
   }
-  let top = 0;
-  for (const v of data) top = Math.max(top, v);
+  const top = peak((v) => v);
   const label = payload.mode === "value" ? "value-weighted attention" : "attention";
-  return { lut: SEQUENTIAL, index: (v) => unitIndex(top ? v / top : 0),
-    legend: ["0", label, formatNumber(top * payload.matrix.scale)] };
+  return { lut: SEQUENTIAL, index: (v) => unitIndex(top ? Math.min(1, v / top) : 0),
+    legend: ["0", `${label}${note}`, formatNumber(top * payload.matrix.scale)] };
+}
+
+/**
+ * Hatch cells a causal mask hides (every key of the cell after every query of its row), so
+ * they do not read as zero attention; in scores mode, the cells the payload marks -Infinity.
+ */
+function hatchMasked(out, p, g, look, causal) {
+  const [rows, cols] = p.matrix.shape;
+  const masked = p.mode === "scores" ? (r, c) => p.matrix.data[r * cols + c] === -Infinity
+    : causal ? (r, c) => binStart(c, cols, p.col0, p.col1) >= binStart(r + 1, rows, p.row0, p.row1) : null;
+  if (!masked) return;
+  out.fillStyle = hatchPattern(out, look.muted);
+  for (let r = 0; r < rows; r++) {
+    for (let c = 0; c < cols; c++) {
+      if (!masked(r, c)) continue;
+      let end = c;
+      while (end + 1 < cols && masked(r, end + 1)) end++;
+      out.fillRect(g.left + c * g.cell, g.top + r * g.cell, (end - c + 1) * g.cell, g.cell);
+      c = end;
+    }
+  }
 }
 
 function axisLabels(ctx, look, g, count, start, end, along) {
@@ -205,24 +248,13 @@ function draw() {
   ui.image ??= heatmapImage(rows, cols, lut, (r, c) => index(p.matrix.data[r * cols + c]));
   out.imageSmoothingEnabled = false;
   out.drawImage(ui.image, left, top, cols * cell, rows * cell);
-  if (p.mode === "scores") { // hatch masked runs, row by row
-    out.fillStyle = hatchPattern(out, look.muted);
-    for (let r = 0; r < rows; r++) {
-      for (let c = 0; c < cols; c++) {
-        if (p.matrix.data[r * cols + c] !== -Infinity) continue;
-        let end = c;
-        while (end + 1 < cols && p.matrix.data[r * cols + end + 1] === -Infinity) end++;
-        out.fillRect(left + c * cell, top + r * cell, (end - c + 1) * cell, cell);
-        c = end;
-      }
-    }
-  }
+  hatchMasked(out, p, g, look, ui.state.analysis.tokens.info.causal);
   out.strokeStyle = look.muted;
   out.lineWidth = 1;
   out.strokeRect(left - 0.5, top - 0.5, cols * cell + 1, rows * cell + 1);
   axisLabels(out, look, g, rows, p.row0, p.row1, "rows");
   axisLabels(out, look, g, cols, p.col0, p.col1, "cols");
-  drawLegend(out, left, top + rows * cell + 8, Math.min(260, Math.max(160, cols * cell)), LEGEND_H, lut, legend, look);
+  drawLegend(out, left, top + rows * cell + 8, Math.max(320, Math.min(420, cols * cell)), LEGEND_H, lut, legend, look);
 
   if (ui.drag) {
     const { from, to } = ui.drag;
@@ -243,12 +275,11 @@ export function render(state, el) {
   ui.mode.sync(state.mode);
   const payload = arrived(ui.el.querySelector(".view-body"), detailFor(state, need(state)));
   ui.reset.disabled = !state.zoom;
-  if (!payload || !changed(ui, [payload, state.token, sinkSet(state), state.projector, el.clientWidth])) return;
-  if (payload !== ui.payload) {
-    ui.payload = payload;
-    ui.colours = colouring(payload);
-    ui.image = null;
-  }
+  ui.sinkScale.sync(state);
+  if (!payload || !changed(ui, [payload, state.token, sinkSet(state), state.sinks, state.projector, el.clientWidth])) return;
+  ui.payload = payload;
+  ui.colours = colouring(payload, scaleSkip(state));
+  ui.image = null;
   const n = analysis.overview.tokens;
   ui.block.textContent = `rows: queries, columns: keys · ${state.zoom
     ? `queries ${payload.row0}–${payload.row1 - 1} × keys ${payload.col0}–${payload.col1 - 1} of ${n}`

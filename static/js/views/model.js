@@ -1,46 +1,72 @@
 // Model view: every head of every layer as a thumbnail of its attention matrix (rows = query,
 // columns = key), from the `overview` event (uint8 [L, H, t, t], each head scaled to its own
-// maximum). One canvas: the thumbnails are written into one ImageData at their native size
-// and drawn scaled, so even 30 x 9 heads paint in a few milliseconds. Click a head to open it.
-import { contentWidth, drawLegend, formatNumber, hideTooltip, pointerIn, prepareCanvas, showTooltip, theme } from "../draw.js";
+// maximum; by default rescaled without the first token's and the sinks' columns, which on a
+// decoder would leave every thumbnail one dark column). One canvas: the thumbnails are written
+// into one ImageData at their native size and drawn scaled, so even 30 x 9 heads paint in a
+// few milliseconds. Click a head to open it.
+import { binOf, contentWidth, drawLegend, formatNumber, hideTooltip, pointerIn, prepareCanvas, showTooltip, theme } from "../draw.js";
 import { drawGrid, gridCellAt, gridKeyMove, gridLayout } from "../headgrid.js";
 import { SEQUENTIAL } from "../palette.js";
 import { layerKinds, layerName } from "../layers.js";
-import { setView } from "../store.js";
-import { changed, h, statusLine } from "../ui.js";
+import { scaleSkip, setView } from "../store.js";
+import { changed, h, sinkScaleToggle, statusLine } from "../ui.js";
 
 const GAP = 5; // px between thumbnails
 const MAX_CELL = 88; // px, largest thumbnail side
-const MIN_CELL = 30; // px, smallest thumbnail side (the page scrolls beyond that)
+const MIN_CELL = 30; // px, smallest thumbnail side (the page scrolls down beyond that)...
+const NARROW_MIN_CELL = 8; // px, ...unless the heads of a layer would not fit the width (a phone)
 const HEIGHT_FRACTION = 0.8; // of the window height the grid tries to fit in
 const LABEL_EMS = 4.5; // width of the layer-label column, in label font sizes
 const NAMED_LABEL_EMS = 8.5; // ... when layers are named ("decoder 11 cross") in an encoder-decoder model
 const HEADER_EMS = 2.4; // height of the head-number row, in label font sizes
-const LEGEND_GAP = 8; // px between the grid and its legend
 const LEGEND_HEIGHT = 10; // px
 const LEGEND_WIDTH = 340; // px
 
-const images = new WeakMap(); // overview payload -> offscreen canvas of all thumbnails
+const images = new WeakMap(); // overview payload -> Map(skipped columns -> offscreen canvas of all thumbnails)
 let ui = null;
 
 export function need() {
   return null; // everything comes with the analysis
 }
 
-export function overviewImage(overview) {
-  let image = images.get(overview);
-  if (image) return image;
+/** The thumbnail columns that hold the tokens in `skip` (thumbnails are max-pooled to `side`). */
+function skippedColumns(overview, skip) {
+  const { side, tokens } = overview;
+  return [...new Set([...skip].filter((i) => i < tokens).map((i) => (tokens > side ? binOf(i, side, tokens) : i)))].sort((a, b) => a - b);
+}
+
+/** Each head's factor that rescales its thumbnail to its largest value outside the `skipped` columns (1 when nothing is skipped). */
+function headGains(bytes, count, side, skipped) {
+  const gains = new Float32Array(count).fill(1);
+  if (!skipped.length) return gains;
+  const skip = new Set(skipped);
+  for (let i = 0; i < count; i++) {
+    let peak = 0;
+    for (let r = 0, at = i * side * side; r < side; r++) for (let c = 0; c < side; c++, at++) if (!skip.has(c)) peak = Math.max(peak, bytes[at]);
+    gains[i] = peak ? 255 / peak : 1;
+  }
+  return gains;
+}
+
+/** Every thumbnail in one offscreen canvas (layers down, heads across), each head rescaled without the `skip` tokens' columns. */
+export function overviewImage(overview, skip = new Set()) {
+  const skipped = skippedColumns(overview, skip);
+  const cached = images.get(overview) ?? new Map();
+  images.set(overview, cached);
+  if (cached.has(String(skipped))) return cached.get(String(skipped));
   const { layers, heads, side } = overview;
   const bytes = overview.thumbnails.data; // [L, H, t, t]
+  const gains = headGains(bytes, layers * heads, side, skipped);
   const width = heads * side;
   const pixels = new ImageData(width, layers * side);
   for (let l = 0; l < layers; l++) {
     for (let hd = 0; hd < heads; hd++) {
       const base = (l * heads + hd) * side * side;
+      const gain = gains[l * heads + hd];
       for (let r = 0; r < side; r++) {
         let offset = ((l * side + r) * width + hd * side) * 4;
         for (let c = 0; c < side; c++, offset += 4) {
-          const index = bytes[base + r * side + c] * 4;
+          const index = Math.min(255, Math.round(bytes[base + r * side + c] * gain)) * 4;
           pixels.data[offset] = SEQUENTIAL[index];
           pixels.data[offset + 1] = SEQUENTIAL[index + 1];
           pixels.data[offset + 2] = SEQUENTIAL[index + 2];
@@ -49,23 +75,25 @@ export function overviewImage(overview) {
       }
     }
   }
-  image = document.createElement("canvas");
+  const image = document.createElement("canvas");
   image.width = pixels.width;
   image.height = pixels.height;
   image.getContext("2d").putImageData(pixels, 0, 0);
-  images.set(overview, image);
+  cached.set(String(skipped), image);
   return image;
 }
 
 /**
- * The grid of thumbnails (headgrid.js): layers down and heads across (as BertViz), or turned
- * when that gives larger thumbnails (deep models with few heads fit one screen). Named layers
- * ("decoder 3 cross") read as row labels, so they keep layers down the side.
+ * The grid of thumbnails (headgrid.js): layers down and heads across (as BertViz) on every
+ * model and screen, so a reader finds layer 3 in the same place everywhere; a layer's heads
+ * always fit the width (thumbnails shrink on a phone), and deep models scroll down.
  */
 function layout(overview, width, look, named) {
+  const labelEms = named ? NAMED_LABEL_EMS : LABEL_EMS;
+  const fitting = Math.floor((width - Math.round(look.size * labelEms)) / overview.heads) - GAP;
   return gridLayout(overview.layers, overview.heads, width, window.innerHeight * HEIGHT_FRACTION, look, {
-    minCell: MIN_CELL, maxCell: MAX_CELL, gap: GAP, labelEms: named ? NAMED_LABEL_EMS : LABEL_EMS, headerEms: HEADER_EMS,
-    headsAcross: named || null });
+    minCell: Math.max(NARROW_MIN_CELL, Math.min(MIN_CELL, fitting)), maxCell: MAX_CELL, gap: GAP, labelEms,
+    headerEms: HEADER_EMS, headsAcross: true });
 }
 
 function mount(el) {
@@ -73,8 +101,10 @@ function mount(el) {
     "aria-label": "Attention of every head; click one to open it in the head view" });
   const status = statusLine("Each square is one head's attention (rows: query tokens, columns: key tokens), "
     + "scaled to its own strongest link. Click a head to open it; arrow keys move, Enter opens.");
-  el.append(h("div", { className: "canvas-scroll" }, [canvas]), status.root);
-  ui = { el, canvas, status, geometry: null, overview: null };
+  const sinkScale = sinkScaleToggle();
+  const legend = h("canvas", { className: "model-legend", "data-testid": "model-legend" }); // above the grid: seen without scrolling
+  el.append(h("div", { className: "toolbar" }, [sinkScale.root, legend]), h("div", { className: "canvas-scroll" }, [canvas]), status.root);
+  ui = { el, canvas, legend, status, sinkScale, geometry: null, overview: null };
 
   canvas.addEventListener("mousemove", (event) => {
     const cell = gridCellAt(ui.geometry, pointerIn(canvas, event));
@@ -123,9 +153,9 @@ function draw() {
   const g = layout(overview, contentWidth(ui.el), look, Boolean(layerKinds(ui.info)));
   ui.geometry = g;
   canvas.dataset.grid = JSON.stringify({ left: g.label, top: g.header, pitch: g.pitch, cell: g.cell, headsAcross: g.headsAcross });
-  const legendTop = g.height + LEGEND_GAP;
-  const ctx = prepareCanvas(canvas, g.width, legendTop + LEGEND_HEIGHT + look.size * 2);
-  const image = overviewImage(overview);
+  const ctx = prepareCanvas(canvas, g.width, g.height);
+  const skip = scaleSkip(state);
+  const image = overviewImage(overview, skip);
   const side = overview.side;
   ctx.imageSmoothingEnabled = false;
   const hover = canvas.dataset.hover ? canvas.dataset.hover.split(",").map(Number) : null;
@@ -135,8 +165,9 @@ function draw() {
     hover: hover && { layer: hover[0], head: hover[1] },
     layerName: (layer) => layerName(ui.info, layer),
   });
-  drawLegend(ctx, g.label, legendTop, Math.min(LEGEND_WIDTH, g.cols * g.pitch - GAP), LEGEND_HEIGHT, SEQUENTIAL,
-    ["0", "attention, each head on its own scale", "its max"], look);
+  const legendWidth = Math.min(LEGEND_WIDTH, contentWidth(ui.el) - 8);
+  drawLegend(prepareCanvas(ui.legend, legendWidth, LEGEND_HEIGHT + look.size * 2.4), 0, 2, legendWidth, LEGEND_HEIGHT, SEQUENTIAL,
+    ["0", skip.size ? "each head's scale, first token & sinks clipped" : "attention, each head on its own scale", "its max"], look, "drop");
 }
 
 export function render(state, el) {
@@ -145,5 +176,6 @@ export function render(state, el) {
   ui.state = state;
   ui.overview = overview;
   ui.info = state.analysis?.tokens.info;
-  if (overview && changed(ui, [overview, state.layer, state.head, el.clientWidth, state.projector])) draw();
+  ui.sinkScale.sync(state);
+  if (overview && changed(ui, [overview, state.layer, state.head, state.sinks, state.analysis?.sinks, el.clientWidth, state.projector])) draw();
 }

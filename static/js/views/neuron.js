@@ -19,6 +19,8 @@ const MAX_CELL = 14; // ...and at most
 const NUMBER_W = 84; // px of a numeric column
 const BAR_W = 150; // px of the softmax column (bar and value)
 const GAP = 18; // px between columns
+const NARROW = 720; // px of width below which the columns shrink and the score column (q·k × scaling, said above) goes
+const COMPACT = { label: 64, number: 52, bar: 96, gap: 6, minCell: 1 }; // px, the columns on a phone
 const CLIP_PERCENTILE = 0.99; // colour scales end at this quantile of |value|, so outliers do not wash out the rest
 const VIEW_FRACTION = 0.6; // of the window height the key list may take
 const LEGEND_W = 120; // px
@@ -70,22 +72,26 @@ function mount(el) {
 function geometry(payload, tokens, width, look) {
   const ctx = ui.canvas.getContext("2d");
   ctx.font = look.font(1);
-  const { labels, width: widest } = tokenLabels(ctx, tokens, MAX_LABEL);
+  const narrow = width < NARROW;
+  const cap = narrow ? COMPACT.label : MAX_LABEL;
+  const { labels, width: widest } = tokenLabels(ctx, tokens, cap);
   const queryLabel = `query «${labels[payload.query]}»`;
   ctx.font = look.font(1, "700"); // the query label is bold
   const badge = sinkSet(ui.state).size ? sinkBadgeWidth(ctx, look) : 0; // room for a sink badge before the label
-  const labelW = Math.max(widest + badge, labelWidth(ctx, [queryLabel], MAX_LABEL + 60)) + 10;
+  const labelW = (narrow ? widest + badge : Math.max(widest + badge, labelWidth(ctx, [queryLabel], cap + 60))) + 10;
+  const [numberW, barW, gap] = narrow ? [COMPACT.number, COMPACT.bar, COMPACT.gap] : [NUMBER_W, BAR_W, GAP];
+  const scoreW = narrow ? 0 : numberW;
   const d = payload.query_vector.shape[0];
-  const fixed = labelW + 4 * GAP + 2 * NUMBER_W + BAR_W;
-  const cell = Math.max(MIN_CELL, Math.min(MAX_CELL, Math.floor((width - fixed) / (2 * d))));
-  const keysX = labelW + GAP;
-  const productsX = keysX + d * cell + GAP;
-  const dotX = productsX + d * cell + GAP;
-  const scoreX = dotX + NUMBER_W;
-  const barX = scoreX + NUMBER_W + GAP;
+  const fixed = labelW + 4 * gap + numberW + scoreW + barW;
+  const cell = Math.max(narrow ? COMPACT.minCell : MIN_CELL, Math.min(MAX_CELL, Math.floor((width - fixed) / (2 * d))));
+  const keysX = labelW + gap;
+  const productsX = keysX + d * cell + gap;
+  const dotX = productsX + d * cell + gap;
+  const scoreX = dotX + numberW;
+  const barX = scoreX + scoreW + gap;
   const rowH = Math.round(look.size * ROW_EMS);
-  return { labels, queryLabel, labelW, d, cell, keysX, productsX, dotX, scoreX, barX, rowH, n: payload.keys.shape[0],
-    width: Math.max(width, barX + BAR_W) };
+  return { labels, queryLabel, labelW, d, cell, keysX, productsX, dotX, scoreX, barX, numberW, scoreW, barW, rowH,
+    n: payload.keys.shape[0], width: Math.max(width, barX + barW) };
 }
 
 function drawStrip(ctx, values, offset, d, x, y, cell, height, limit) {
@@ -108,8 +114,8 @@ function drawHeader(payload, g, look) {
   ctx.fillText(fitText(ctx, "key k", stripW), g.keysX, titleY);
   ctx.fillText(fitText(ctx, stripW > 200 ? "q × k (elementwise)" : "q × k", stripW), g.productsX, titleY);
   ctx.textAlign = "right";
-  ctx.fillText("q · k", g.dotX + NUMBER_W - 6, titleY);
-  ctx.fillText(`× ${formatNumber(payload.scaling)}`, g.scoreX + NUMBER_W - 6, titleY);
+  ctx.fillText("q · k", g.dotX + g.numberW - 6, titleY);
+  if (g.scoreW) ctx.fillText(`× ${formatNumber(payload.scaling)}`, g.scoreX + g.scoreW - 6, titleY);
   ctx.textAlign = "left";
   ctx.fillText("softmax", g.barX, titleY);
 
@@ -167,17 +173,17 @@ function draw() {
     drawStrip(ctx, products.data, j * g.d, g.d, g.productsX, y + 2, g.cell, g.rowH - 4, ui.productLimit);
     ctx.font = look.font(0.95);
     ctx.fillStyle = look.ink;
-    ctx.fillText(formatNumber(dots.data[j]), g.dotX + NUMBER_W - 6, mid);
+    ctx.fillText(formatNumber(dots.data[j]), g.dotX + g.numberW - 6, mid);
     ctx.fillStyle = masked ? look.muted : look.ink;
-    ctx.fillText(formatNumber(scores.data[j]), g.scoreX + NUMBER_W - 6, mid);
+    if (g.scoreW) ctx.fillText(formatNumber(scores.data[j]), g.scoreX + g.scoreW - 6, mid);
     const value = attention.data[j];
     ctx.fillStyle = look.faint;
-    ctx.fillRect(g.barX, y + 3, BAR_W - 56, g.rowH - 6);
+    ctx.fillRect(g.barX, y + 3, g.barW - 56, g.rowH - 6);
     ctx.fillStyle = BAR_COLOUR;
-    ctx.fillRect(g.barX, y + 3, (BAR_W - 56) * value, g.rowH - 6);
+    ctx.fillRect(g.barX, y + 3, (g.barW - 56) * value, g.rowH - 6);
     ctx.fillStyle = look.ink;
     ctx.textAlign = "left";
-    ctx.fillText(formatNumber(value), g.barX + BAR_W - 50, mid);
+    ctx.fillText(formatNumber(value), g.barX + g.barW - 50, mid);
     ctx.globalAlpha = 1;
     if (j === payload.query) {
       ctx.strokeStyle = look.accent;

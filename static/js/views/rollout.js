@@ -12,8 +12,8 @@ import {
 import { BAR_COLOUR, SEQUENTIAL, unitIndex } from "../palette.js";
 import { FUSIONS } from "../protocol.js";
 import { limits } from "../settings.js";
-import { detailFor, setView, sinkSet, tokenIndex } from "../store.js";
-import { changed, h, notice, segmented, statusLine, tokenStrip } from "../ui.js";
+import { detailFor, scaleSkip, setView, sinkSet, tokenIndex } from "../store.js";
+import { changed, fieldCheckbox, h, notice, segmented, sinkScaleToggle, statusLine, tokenStrip } from "../ui.js";
 
 const FLOW_COLOUR = "#D55E00"; // Okabe-Ito vermillion: flow bars beside the blue rollout bars
 const BAR_H = 90; // px of each bar chart
@@ -32,12 +32,10 @@ const LOG_DECADES = 3; // a log scale shows values from its maximum down to 10^-
 
 let ui = null;
 
-/** The output position: the chosen token, else the last token (causal) or the first real one. */
+/** The output position: the chosen token, else the last token (causal) or the first real one, within the analysed tokens. */
 function positionOf(state) {
-  const analysis = state.analysis;
-  const n = Math.min(analysis.overview.tokens, limits.analysis_max_tokens);
-  const fallback = analysis.tokens.info.causal ? n - 1 : tokenIndex(state);
-  return Math.min(state.token ?? fallback, n - 1);
+  const n = Math.min(state.analysis.overview.tokens, limits.analysis_max_tokens);
+  return Math.min(tokenIndex(state), n - 1);
 }
 
 function requests(state) {
@@ -54,20 +52,9 @@ function mount(el) {
     value, text: value[0].toUpperCase() + value.slice(1), title: `${value} over the heads of each layer`,
   })), (value) => setView({ fusion: value }));
   const strip = tokenStrip("Output position", (index) => setView({ token: index }));
-  const sinkScale = h("input", { type: "checkbox", checked: true, "data-control": "sink-scale" });
-  const sinkScaleLabel = h("label", { className: "control", title: "attention sinks take most of the rollout; "
-    + "leave them out of the colour and bar scales (their bars are clipped) to see the rest" }, [sinkScale, h("span", { text: "Scale without sinks" })]);
-  const logScale = h("input", { type: "checkbox", "data-control": "log-scale" });
-  const logScaleLabel = h("label", { className: "control", title: `colours and bars on a log scale over ${LOG_DECADES} decades: `
-    + "rollout often puts almost everything on one token" }, [logScale, h("span", { text: "Log scale" })]);
-  for (const box of [sinkScale, logScale]) {
-    box.addEventListener("change", () => {
-      ui.scaleWithoutSinks = sinkScale.checked;
-      ui.logScale = logScale.checked;
-      ui.inputs = null; // redraw
-      render(ui.state, ui.el);
-    });
-  }
+  const sinkScale = sinkScaleToggle();
+  const logScale = fieldCheckbox("Log scale", "scale", { on: "log", off: null,
+    title: `colours and bars on a log scale over ${LOG_DECADES} decades: rollout often puts almost everything on one token` });
   const info = h("p", { className: "view-info" });
   const rowCanvas = h("canvas", { "data-testid": "rollout-bars", "aria-label": "How much of each input reaches the output token" });
   const matrixCanvas = h("canvas", { "data-testid": "rollout-matrix", className: "rollout-matrix",
@@ -80,10 +67,10 @@ function mount(el) {
     h("div", { className: "canvas-scroll" }, [matrixCanvas])]);
   const panels = h("div", { className: "rollout-panels" }, [rowPanel, matrixPanel]);
   const status = statusLine("Hover for values; click a matrix row or a token to make it the output position.");
-  el.append(h("div", { className: "toolbar" }, [fusion.root, sinkScaleLabel, logScaleLabel]),
+  el.append(h("div", { className: "toolbar" }, [fusion.root, sinkScale.root, logScale.root]),
     h("div", { className: "toolbar token-picker" }, [h("span", { className: "control-label", text: "Output" }), strip.root]),
     info, h("div", { className: "view-body" }, [panels]), status.root);
-  ui = { el, fusion, strip, sinkScaleLabel, scaleWithoutSinks: true, logScale: false, info, rowCanvas, matrixCanvas, flowNote, rowHeading, panels, status, rowGeometry: null, matrixGeometry: null };
+  ui = { el, fusion, strip, sinkScale, logScale, info, rowCanvas, matrixCanvas, flowNote, rowHeading, panels, status, rowGeometry: null, matrixGeometry: null };
 
   rowCanvas.addEventListener("mousemove", (event) => hoverRow(event));
   matrixCanvas.addEventListener("mousemove", (event) => hoverMatrix(event));
@@ -124,13 +111,13 @@ function hoverRow(event) {
 
 /** A value on [0, peak] as a fraction of the scale: linear, or logarithmic over LOG_DECADES. */
 function fraction(value, peak) {
-  if (!ui.logScale) return Math.min(1, value / peak);
+  if (ui.state.scale !== "log") return Math.min(1, value / peak);
   return value <= 0 ? 0 : Math.max(0, Math.min(1, 1 + Math.log10(value / peak) / LOG_DECADES));
 }
 
 /** How the colour scale is bent: "log", "sinks clipped", both or "". */
 function scaleNote(skip) {
-  return [ui.logScale ? "log" : "", skip.size ? "sinks clipped" : ""].filter(Boolean).join(", ");
+  return [ui.state.scale === "log" ? "log" : "", skip.size ? "first token & sinks clipped" : ""].filter(Boolean).join(", ");
 }
 
 /** Largest of values[offset + j] for j < count, leaving out the indices in `skip` (unless that leaves nothing). */
@@ -163,7 +150,7 @@ function bars(ctx, values, g, top, colour, label, look) {
   ctx.font = look.font(0.85);
   ctx.textAlign = "right";
   ctx.textBaseline = "top";
-  ctx.fillText(ui.logScale ? `${label} (log)` : label, g.left - 8, top);
+  ctx.fillText(ui.state.scale === "log" ? `${label} (log)` : label, g.left - 8, top);
   ctx.textBaseline = "bottom";
   ctx.fillText(`max ${formatNumber(peak)}`, g.left - 8, top + BAR_H);
 }
@@ -187,7 +174,7 @@ function drawRow(state, rollout, flow, width, look) {
   const heatTop = (flow ? flowTop + BAR_H : barsTop + BAR_H) + look.size * 1.2;
   const labelsTop = heatTop + layers * rowH + 6;
   const labelRoom = labelled ? (widest + (sinks.size ? sinkBadgeWidth(ctx, look) : 0)) * Math.sin(LABEL_ANGLE) + 8 : look.size * 1.6;
-  const skip = ui.scaleWithoutSinks ? sinks : new Set(); // tokens left out of every scale
+  const skip = scaleSkip(state); // tokens left out of every scale
   const g = { left, col, n, layers, rowH, heatTop, rows, last, flow: flow?.flow.data ?? null, skip };
   ui.rowGeometry = g;
   const out = prepareCanvas(ui.rowCanvas, Math.max(width, left + n * col + 8), labelsTop + labelRoom + LEGEND_H + look.size * 2.6);
@@ -237,7 +224,7 @@ function drawRow(state, rollout, flow, width, look) {
   }
   const note = scaleNote(skip);
   drawLegend(out, g.left, labelsTop + labelRoom + 4, Math.min(320, Math.max(160, n * col)), LEGEND_H, SEQUENTIAL,
-    [ui.logScale ? "max/1000" : "0", `per layer${note ? `, ${note}` : ""}`, "layer max"], look);
+    [ui.state.scale === "log" ? "max/1000" : "0", `per layer${note ? `, ${note}` : ""}`, "layer max"], look);
 }
 
 // ---- the rollout matrix ----
@@ -281,7 +268,7 @@ function drawMatrix(state, rollout, width, look) {
   ui.matrixGeometry = g;
   const out = prepareCanvas(ui.matrixCanvas, left + m * cell + 8, top + m * cell + LEGEND_H + look.size * 3);
   out.imageSmoothingEnabled = false;
-  const skip = new Set(ui.scaleWithoutSinks ? [...sinks].map((i) => binOf(i, m, n)) : []);
+  const skip = new Set([...scaleSkip(state)].map((i) => binOf(i, m, n)));
   let peak = 0; // the largest value outside the skipped columns: the end of the colour scale
   for (let r = 0; r < m; r++) for (let c = 0; c < m; c++) if (!skip.has(c)) peak = Math.max(peak, g.data[r * m + c]);
   peak ||= 1;
@@ -321,7 +308,7 @@ function drawMatrix(state, rollout, width, look) {
   }
   const note = scaleNote(skip);
   drawLegend(out, left, top + m * cell + 8, Math.min(300, Math.max(160, m * cell)), LEGEND_H, SEQUENTIAL,
-    [ui.logScale ? "max/1000" : "0", note ? `share, ${note}` : "share", formatNumber(peak * g.scale)], look);
+    [ui.state.scale === "log" ? "max/1000" : "0", note ? `share, ${note}` : "share", formatNumber(peak * g.scale)], look);
 }
 
 export function render(state, el) {
@@ -332,7 +319,8 @@ export function render(state, el) {
   const [rolloutRequest, flowRequest] = requests(state);
   const position = rolloutRequest.fields.position;
   ui.fusion.sync(rolloutRequest.fields.fusion);
-  ui.sinkScaleLabel.hidden = !sinkSet(state).size;
+  ui.sinkScale.sync(state);
+  ui.logScale.sync(state);
   ui.strip.sync(analysis.tokens.tokens, analysis.tokens.special, position, { sink: sinkSet(state) });
   const entry = detailFor(state, rolloutRequest);
   const flowEntry = detailFor(state, flowRequest);
@@ -345,7 +333,7 @@ export function render(state, el) {
   ui.flowNote.dataset.kind = flowEntry?.status === "error" && flowEntry.error.code !== "too_long" ? "error" : "info";
   ui.flowNote.textContent = flowEntry?.status === "error" ? `Attention flow is not shown: ${flowEntry.error.message}.`
     : "Computing attention flow…";
-  if (!rollout || !changed(ui, [rollout, flow, sinkSet(state), state.projector, el.clientWidth])) return;
+  if (!rollout || !changed(ui, [rollout, flow, sinkSet(state), state.scale, state.sinks, state.projector, el.clientWidth])) return;
   const word = `«${displayToken(analysis.tokens.tokens[position])}»`;
   ui.rowHeading.textContent = `What reaches ${word} (token ${position}): after the last layer (bars) and after each layer`;
   const n = analysis.overview.tokens;

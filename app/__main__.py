@@ -1,4 +1,4 @@
-"""Command line: ``python -m app serve`` (the default) and ``python -m app capture``."""
+"""Command line: ``python -m app serve`` (the default), ``capture``, ``gallery`` and ``atlas``."""
 
 from __future__ import annotations
 
@@ -59,6 +59,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     capture.add_argument("--out", required=True, help="output .npz file")
     commands.add_parser("gallery", help="precompute the demo gallery into the cache", parents=[after])
+    atlas = commands.add_parser(
+        "atlas", help="compute the global view (every head's queries and keys over a corpus)", parents=[after]
+    )
+    atlas.add_argument("--model", help="registered model name (default: the first registered)")
+    atlas.add_argument("--corpus", help="a text file, one sentence or passage per line (default: the built-in one)")
     args = parser.parse_args(argv)
     args.model_path = args.model_path + getattr(args, "model_path_after", [])
     args.cache_dir = getattr(args, "cache_dir_after", None) or args.cache_dir
@@ -116,6 +121,33 @@ def run_gallery(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_atlas(args: argparse.Namespace) -> int:
+    """Run the model over a corpus into the cache, with a progress bar; a second run reads it back."""
+    from tqdm import tqdm
+
+    from app.globalview import atlas, corpus
+    from app.protocol import AtlasError
+
+    try:
+        texts = corpus.read_corpus(args.corpus) if args.corpus else corpus.builtin_corpus()
+    except (OSError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    app = build_app(args)
+    with tqdm(total=len(texts.texts), unit="text", desc=f"atlas {texts.name}", file=sys.stderr) as bar:
+        try:
+            done = atlas.build(app.extensions["atlas"], args.model, texts, lambda count, _: bar.update(count - bar.n))
+        except AtlasError as error:
+            print(f"error ({error.code}): {error.message}", file=sys.stderr)
+            return 2
+    app.extensions["atlas"].cache.flush()
+    print(
+        f"atlas of {texts.name} (corpus {texts.id}): {done.texts} texts, {done.tokens} tokens, "
+        f"{'cached' if done.cached else 'computed'} in {done.seconds:.2f} s"
+    )
+    return 0
+
+
 def run_server(args: argparse.Namespace) -> int:
     from app.extensions import socketio
 
@@ -131,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_capture(args)
     if args.command == "gallery":
         return run_gallery(args)
+    if args.command == "atlas":
+        return run_atlas(args)
     if args.command is None:
         args = parse_args([*(sys.argv[1:] if argv is None else argv), "serve"])
     return run_server(args)

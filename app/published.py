@@ -28,6 +28,7 @@ VIEWS = (
     ("compare", "Compare", "two prompts side by side, and which heads changed"),
     ("lens", "Logit lens", "what each layer would predict next (decoders)"),
     ("generate", "Generate", "step through generated tokens and where they attend (decoders)"),
+    ("global", "Global", "every head's queries and keys over a corpus, in one picture (AttentionViz)"),
 )
 
 

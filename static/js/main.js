@@ -33,6 +33,8 @@ const page = {
 const refetched = new Set(); // analysis keys re-requested after the server's cache dropped them
 let shownText = null; // the state text last written into the prompt box
 let shownTarget = null; // the decoder text last written into its box
+let shownModel = null; // the state model last written into the model menu
+let modelPicked = false; // the user chose a model in the menu that no Analyze has used yet
 let updateQueued = false;
 let views = null; // name -> view module, once loaded (start() does not wait for them)
 
@@ -88,7 +90,7 @@ function onAnalysisEvent(event, payload) {
     const { model, text } = pending.key ? pending.tokens : pending; // an analysis opened by key names its own
     const target = pending.key ? null : pending.target;
     setData({ analysis: { rid: payload.rid, key: payload.key, model, text, target, tokens: pending.tokens, opened: Boolean(pending.key),
-      overview: payload, sinks: payload.sinks, done: null }, zoom: null, error: null, failed: null });
+      overview: payload, sinks: payload.sinks, done: null }, error: null, failed: null });
     setView({ ...viewOf(state), model, text }, { history: "replace" }); // clamp indices, name the model
   } else if (event === "layer") {
     const fields = { key: payload.key, layer: payload.layer, mode: payload.mode };
@@ -180,9 +182,13 @@ function syncChrome(state) {
     shownText = state.text;
     if (state.text) page.prompt.value = state.text;
   }
-  if (state.model) page.model.value = state.model;
+  if (state.model !== shownModel) { // a link, history, the presenter or an analysis named a model...
+    shownModel = state.model;
+    if (state.model && !modelPicked) page.model.value = state.model; // ...but a model the user picked stays picked
+  }
   syncTarget(state, active);
   page.info.textContent = active ? runInfo(state.analysis) : "";
+  page.info.title = active && state.analysis.overview.sink_rule ? `Attention sinks: ${state.analysis.overview.sink_rule}` : "";
   page.shareField.value = shareUrl(viewOf(state));
   document.title = state.text ? `${state.text.slice(0, TITLE_CHARS)}${state.text.length > TITLE_CHARS ? "…" : ""} · Attention Atlas`
     : "Attention Atlas";
@@ -241,6 +247,8 @@ function runInfo(analysis) {
       + `${info.layer_kinds.filter((kind) => kind === "cross").length} decoder blocks × ${analysis.overview.heads} heads`;
   }
   if (info.kv_heads && info.kv_heads !== info.heads) parts.push(`${info.kv_heads} key/value heads`);
+  const sinks = analysis.sinks?.length ?? 0;
+  if (sinks) parts.push(`${sinks} attention sink${sinks > 1 ? "s" : ""} (hover for the rule)`);
   if (analysis.done) parts.push(analysis.done.cached ? "from cache" : `computed in ${analysis.done.seconds.toFixed(2)} s`);
   return parts.join(" · ");
 }
@@ -271,16 +279,21 @@ function bindControls() {
       return;
     }
     shownText = text;
+    modelPicked = false;
     const state = getState();
     for (const [id, entry] of state.details) if (entry.status === "error") state.details.delete(id); // retry them
     setData({ failed: null, error: null });
-    setView({ text, target: submittedTarget(state), model: page.model.value, key: null });
+    setView({ text, target: submittedTarget(state), model: page.model.value, key: null,
+      ...(text !== state.text || page.model.value !== state.model ? { lock: null, zoom: null } : {}) }); // a new prompt's tokens
   });
   for (const box of [page.prompt, page.target]) {
     box.addEventListener("keydown", (event) => {
       if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) page.form.requestSubmit();
     });
   }
+  page.model.addEventListener("change", () => {
+    modelPicked = true;
+  });
   page.errorClose.addEventListener("click", () => setData({ error: null }));
   for (const tab of page.tabs) tab.addEventListener("click", () => setView({ view: tab.dataset.view }));
   page.copy.addEventListener("click", copyLink);

@@ -11,12 +11,12 @@ export const PRESENTER_REQUESTS = ["present_start", "present_join", "present_lea
 export const PRESENTER_EVENTS = ["present_started", "present_state", "present_followers", "present_ended"];
 // Client -> server requests, as Socket.IO events; `open` streams a cached analysis by its key.
 export const REQUESTS = ["analyze", "layer", "matrix", "token", "neuron", "stats", "heads", "rollout", "flow", "compare",
-  "lens", "generate", "open", ...PRESENTER_REQUESTS];
+  "lens", "generate", "open", "atlas", "atlas_head", ...PRESENTER_REQUESTS];
 // Requests answered by a stream of events (progress, tokens, overview, ..., done) rather than one.
 export const STREAMS = ["analyze", "generate", "open"];
 // Server -> client events, besides presenter mode's.
 export const EVENTS = ["progress", "overview_layer", "tokens", "overview", "layer", "matrix", "token", "neuron", "stats", "done", "error",
-  "heads", "rollout", "flow", "compare", "lens", "generated"];
+  "heads", "rollout", "flow", "compare", "lens", "generated", "atlas", "atlas_head"];
 export const FUSIONS = ["mean", "max", "min"]; // how rollout and flow fuse the heads of a layer
 
 export const ATTENTION_MODES = ["attention", "scores", "value"];

@@ -1,6 +1,8 @@
 // The single source of state, with publish/subscribe. Two kinds of state live here:
-// - view state (model, text, view, layer, head, heads, token, threshold, mode): what a share
-//   link holds; changed with setView(), which tells listeners whether to push history;
+// - view state (model, text, view, layer, head, heads, token, threshold, mode, and every other
+//   setting a user can change in a view: the locked token, the matrix zoom, scales...): what a
+//   share link and the presenter's broadcast hold; changed with setView(), which tells
+//   listeners whether to push history;
 // - session data (the analysis, detail payloads, progress, errors): changed with setData().
 // Views read state and call setView(); they never keep their own copy of it.
 import { ATTENTION_MODES } from "./protocol.js";
@@ -8,12 +10,15 @@ import { limits } from "./settings.js";
 import { VIEW_NAMES } from "./views/index.js";
 
 export const VIEW_FIELDS = ["model", "text", "target", "view", "layer", "head", "heads", "token", "threshold", "mode",
-  "measure", "sort", "filter", "fusion", "text2", "generate", "sampling", "seed", "temperature", "step", "start", "key"];
+  "measure", "sort", "filter", "fusion", "text2", "generate", "sampling", "seed", "temperature", "step", "start", "key",
+  "lock", "zoom", "scale", "sinks", "order",
+  "corpus", "projection", "colour", "focus", "search"];
+export const LIST_FIELDS = ["heads", "zoom"]; // written into links as comma-separated integers
 export const DEFAULT_VIEW = {
   model: null, text: "", view: "model", layer: 0, head: 0,
   target: null, // encoder-decoder models: the text the decoder reads; null = the model's own output
-  heads: null, // null = every head of the layer
-  token: null, // null = the first token the tokenizer did not add
+  heads: null, // null = only the chosen head
+  token: null, // null = the last token on causal models, else the first token the tokenizer did not add
   threshold: 0, mode: "attention",
   // analysis views; null is each one's default and is left out of share links
   measure: null, // head summary colouring: a metric name or "cluster"; null = roles
@@ -28,12 +33,22 @@ export const DEFAULT_VIEW = {
   step: null, // generated token shown (0 = the first one)
   start: null, // logit lens: first position of the window; null = the window of the chosen token
   key: null, // an analysis opened by its cache key (/?key=..., e.g. an uploaded capture); null = analyse model + text
+  lock: null, // head view: the locked token, "q5" (query 5) or "k5" (key 5); null = none
+  zoom: null, // matrix view block [row0, row1, col0, col1] (token ranges, end exclusive); null = whole matrix
+  scale: null, // rollout colours and bars: "log"; null = linear
+  sinks: null, // model, matrix and rollout colour scales: "keep" = include the first token and sinks; null = leave them out
+  order: null, // logit lens: "top" = embeddings at the top; null = at the bottom
+  // global view (AttentionViz): null is each one's default and is left out of share links
+  corpus: null, // the corpus's 16-hex id (python -m app atlas --corpus FILE prints it); null = the built-in corpus
+  projection: null, // a head's detail: "tsne" or "umap"; null = PCA (the tiles are always PCA)
+  colour: null, // points coloured by "position" (in their text) or token "category"; null = query / key
+  focus: null, // "head" = the chosen layer and head in detail; null = every head as a tile
+  search: null, // a token whose points are highlighted; null = none
 };
 const MAX_DETAILS = 60; // detail payloads kept per analysis (oldest dropped first)
 
 const state = {
   ...DEFAULT_VIEW,
-  zoom: null, // matrix view block {row0, row1, col0, col1}; null = whole matrix
   projector: false,
   connection: "connecting",
   analysis: null, // {rid, key, model, text, tokens, overview, done}
@@ -109,6 +124,20 @@ const ANALYSIS_FIELDS = {
   step: optionalInt,
   start: optionalInt,
   key: matching(/^[0-9a-f]{64}$/),
+  lock: matching(/^[qk]\d{1,6}$/),
+  zoom: (value) => {
+    const ends = Array.isArray(value) ? value.map((part) => toInt(part, -1)) : [];
+    const valid = ends.length === 4 && ends.every((end) => end >= 0) && ends[0] < ends[1] && ends[2] < ends[3];
+    return valid ? ends : null;
+  },
+  scale: (value) => (value === "log" ? value : null),
+  sinks: (value) => (value === "keep" ? value : null),
+  order: (value) => (value === "top" ? value : null),
+  corpus: matching(/^[0-9a-f]{16}$/),
+  projection: (value) => (value === "tsne" || value === "umap" ? value : null),
+  colour: (value) => (value === "position" || value === "category" ? value : null),
+  focus: (value) => (value === "head" ? value : null),
+  search: (value) => (typeof value === "string" && value.trim() ? value.trim().slice(0, 40) : null),
 };
 
 function sameValue(a, b) {
@@ -151,6 +180,8 @@ export function clampToAnalysis(view, analysis) {
     head: clamp(view.head, heads),
     heads: view.heads && view.heads.filter((h) => h < heads),
     token: view.token === null ? null : clamp(view.token, tokens),
+    lock: view.lock && Number(view.lock.slice(1)) < tokens ? view.lock : null,
+    zoom: view.zoom && view.zoom[1] <= tokens && view.zoom[3] <= tokens ? view.zoom : null,
   };
 }
 
@@ -162,18 +193,35 @@ export function analysisMatches(source) {
     && (!source.model || analysis.model === source.model));
 }
 
-/** Heads shown in the head view: the chosen ones, or all. */
+/** Heads shown in the head view: the chosen ones, or the one chosen head (one head reads clearly; all at once blend). */
 export function selectedHeads(source) {
-  const count = source.analysis?.overview.heads ?? 0;
-  return source.heads ?? Array.from({ length: count }, (_, h) => h);
+  return source.heads ?? [source.head];
 }
 
-/** The token the token and neuron views look at: the chosen one, else the first real token. */
+/** Every head index of the analysed model. */
+export function allHeads(source) {
+  return Array.from({ length: source.analysis?.overview.heads ?? 0 }, (_, h) => h);
+}
+
+/**
+ * The token the token, neuron and matrix views look at: the chosen one, else on a causal model
+ * the last real token (it sees the whole prompt; the first sees only itself), else the first
+ * token the tokenizer did not add.
+ */
 export function tokenIndex(source) {
   if (source.token !== null) return source.token;
   const special = source.analysis?.tokens.special ?? [];
-  const first = special.findIndex((isSpecial) => !isSpecial);
-  return first < 0 ? 0 : first;
+  const real = special.flatMap((isSpecial, i) => (isSpecial ? [] : [i]));
+  if (!real.length) return source.analysis?.tokens.info.causal ? Math.max(0, special.length - 1) : 0;
+  return source.analysis.tokens.info.causal ? real[real.length - 1] : real[0];
+}
+
+/** Tokens left out of colour scales: the first token and the attention sinks, unless the user keeps them. */
+export function scaleSkip(source) {
+  if (source.sinks === "keep" || !source.analysis) return EMPTY_SET;
+  const sinks = sinkSet(source);
+  if (!skipSets.has(sinks)) skipSets.set(sinks, new Set([0, ...sinks]));
+  return skipSets.get(sinks);
 }
 
 // ---- detail payloads (layer, matrix, token, neuron, stats), keyed by their request ----
@@ -203,6 +251,7 @@ export function dropDetail(request) {
 
 const EMPTY_SET = new Set();
 const sinkSets = new WeakMap(); // sinks array -> Set
+const skipSets = new WeakMap(); // sink Set -> Set of the first token and the sinks
 
 /** Indices of the analysis's attention-sink tokens (from the `heads` event), as a Set. */
 export function sinkSet(source) {

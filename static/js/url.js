@@ -1,6 +1,6 @@
 // View state <-> URL query string (docs/protocol.md "Share links"). Every view change a user
 // makes pushes a history entry; back/forward restore the state of that entry.
-import { DEFAULT_VIEW, VIEW_FIELDS, sanitise, setView, subscribe, viewOf } from "./store.js";
+import { DEFAULT_VIEW, LIST_FIELDS, VIEW_FIELDS, sanitise, setView, subscribe, viewOf } from "./store.js";
 
 /** The query string of a view state; null fields (all heads, default token) are left out. */
 export function toQuery(view) {
@@ -20,7 +20,7 @@ export function fromQuery(search) {
   for (const name of VIEW_FIELDS) {
     if (!params.has(name)) continue;
     const value = params.get(name);
-    partial[name] = name === "heads" ? value.split(",").filter((part) => part !== "") : value;
+    partial[name] = LIST_FIELDS.includes(name) ? value.split(",").filter((part) => part !== "") : value;
   }
   return { ...DEFAULT_VIEW, ...sanitise(partial) };
 }

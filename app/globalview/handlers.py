@@ -1,0 +1,69 @@
+"""The global view's requests (rows ``atlas`` and ``atlas_head`` of app/requests.py): payloads
+shaped from a stored atlas. ``atlas`` answers the corpus's tokens and every head's tile (a sample
+of its PCA points); ``atlas_head`` one head's points, one head at a time, as float16."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from app.globalview.atlas import CATEGORIES, TOP_KEYS, open_atlas
+from app.globalview.corpus import BUILTIN
+from app.globalview.embedding import METHODS
+from app.protocol import AtlasError, Field, encode_array, encode_strings, quantize_unit
+
+FIELDS = {"model": Field(str, required=False), "corpus": Field(str, False, BUILTIN)}
+HEAD_FIELDS = {
+    **FIELDS,
+    "layer": Field(int, minimum=0),
+    "head": Field(int, minimum=0),
+    "method": Field(str, False, "pca", METHODS),
+}
+
+
+def on_atlas(call, fields: dict) -> dict:
+    """The corpus (texts, tokens, each token's text, position and category) and every head's tile:
+    ``points`` float16 [L, H, 2S, 2], the PCA positions of the S ``sample`` tokens' queries, then
+    their keys."""
+    atlas = open_atlas(call.service, fields["model"], fields["corpus"])
+    meta, index, matrix = atlas.meta, atlas.entry("atlas:index"), atlas.entry("atlas:matrix")
+    return {
+        "model": meta["model"],
+        "corpus": meta["corpus"],
+        "corpus_name": meta["name"],  # the file it was read from, or "builtin"
+        "layers": meta["layers"],
+        "heads": meta["heads"],
+        "kv_heads": meta["kv_heads"],
+        "categories": list(CATEGORIES),
+        "top_keys": TOP_KEYS,
+        "texts": encode_strings(meta["texts"]),
+        "tokens": encode_strings(meta["tokens"]),
+        "starts": encode_array(index["starts"], "int32"),  # [texts + 1] first token of each text
+        "sentence": encode_array(index["sentence"], "int32"),  # [T]
+        "position": encode_array(index["position"], "int32"),  # [T]
+        "category": encode_array(index["category"], "uint8"),  # [T] codes of `categories`
+        "spans": encode_array(index["spans"], "int32"),  # [T, 2] character offsets into its text
+        "sample": encode_array(matrix["sample"], "int32"),  # [S]
+        "points": encode_array(matrix["points"]),  # [L, H, 2S, 2] float16
+    }
+
+
+def on_atlas_head(call, fields: dict) -> dict:
+    """One head: ``points`` float16 [2T, 2] (every query, then every key), ``top`` uint16
+    [T, TOP_KEYS] (positions, in its own text, of the keys each query attends to most; 65535 =
+    none) and ``weights`` [T, TOP_KEYS] (their attention, uint8 with a scale). t-SNE and UMAP
+    are computed on the first request for a head (seconds to minutes), then served from the memo."""
+    atlas = open_atlas(call.service, fields["model"], fields["corpus"])
+    meta, layer, head = atlas.meta, fields["layer"], fields["head"]
+    if layer >= meta["layers"] or head >= meta["heads"]:
+        raise AtlasError("bad_request", f"the model has {meta['layers']} layers of {meta['heads']} heads")
+    vectors = atlas.entry(f"atlas:layer:{layer}")
+    return {
+        "model": meta["model"],
+        "corpus": meta["corpus"],
+        "layer": layer,
+        "head": head,
+        "method": fields["method"],
+        "points": encode_array(atlas.points(layer, head, fields["method"])),
+        "top": encode_array(vectors["top"][head], "uint16"),
+        "weights": quantize_unit(np.asarray(vectors["weights"][head], np.float32)),
+    }

@@ -1,0 +1,137 @@
+"""The global view in Chromium: every head's tile drawn, a head opened in detail, hover naming a
+token in its text, a search, and a click through to that text and token in the head view. The
+atlas is computed first by the command line into the server's cache (a small corpus on minilm)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import urllib.request
+from urllib.parse import parse_qs, urlencode, urlparse
+
+import numpy as np
+import pytest
+
+from tests.browser.conftest import VIEWPORT
+from tests.browser.helpers import INK_PIXELS, wait_ready
+from tests.browser.server import REPO_ROOT, running_server
+from tests.integration.test_globalview import TEXTS, write_corpus
+from tests.wire import decode_array, decode_strings
+
+pytestmark = [pytest.mark.browser, pytest.mark.real_model]
+LAYERS, HEADS = 6, 12  # minilm
+
+# Ink pixels in each tile of the tiles canvas (device pixels), from its published geometry.
+TILE_INK = """() => {
+  const canvas = document.querySelector("[data-testid=global-tiles]");
+  const g = JSON.parse(canvas.dataset.geometry);
+  const ratio = canvas.width / parseFloat(canvas.style.width);
+  const ctx = canvas.getContext("2d");
+  const counts = [];
+  for (let row = 0; row < (g.headsAcross ? 6 : 12); row++) {
+    for (let col = 0; col < (g.headsAcross ? 12 : 6); col++) {
+      const x = (g.label + col * g.pitch + 2) * ratio, y = (g.header + row * g.pitch + 2) * ratio;
+      const side = (g.cell - 4) * ratio;
+      const data = ctx.getImageData(x, y, side, side).data;
+      let ink = 0;
+      for (let i = 0; i < data.length; i += 4) if (data[i + 3] > 0 && data[i] + data[i + 1] + data[i + 2] < 600) ink++;
+      counts.push(ink);
+    }
+  }
+  return counts;
+}"""
+
+
+@pytest.fixture(scope="module")
+def atlas_server(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("global-view")
+    corpus = write_corpus(folder)
+    cache = folder / "cache"
+    done = subprocess.run(
+        [sys.executable, "-m", "app", "--cache-dir", str(cache), "atlas", "--model", "minilm", "--corpus", str(corpus)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    corpus_id = done.stdout.split("(corpus ")[1][:16]
+    with running_server(cache, folder / "server.log") as url:
+        yield url, corpus_id
+
+
+@pytest.fixture()
+def page(browser):
+    context = browser.new_context(viewport=VIEWPORT)
+    errors: list[str] = []
+    page = context.new_page()
+    page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.set_default_timeout(60_000)
+    yield page
+    context.close()
+    assert not errors, errors
+
+
+def fetch_json(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=30) as response:
+        return json.load(response)
+
+
+def test_tiles_hover_and_click_through_to_the_head_view(page, atlas_server):
+    url, corpus = atlas_server
+    state = {"model": "minilm", "text": TEXTS[0], "view": "global", "corpus": corpus}
+    page.goto(f"{url}/?{urlencode(state)}")
+    wait_ready(page)
+    page.wait_for_selector(f"[data-testid=global-tiles][data-tiles='{LAYERS * HEADS}']")
+    assert min(page.evaluate(TILE_INK)) > 20  # every head's tile has points
+
+    box = page.locator("[data-testid=global-tiles]").bounding_box()
+    g = json.loads(page.get_attribute("[data-testid=global-tiles]", "data-geometry"))
+    layer, head = 2, 7
+    row, col = (layer, head) if g["headsAcross"] else (head, layer)
+    page.mouse.click(
+        box["x"] + g["label"] + col * g["pitch"] + g["cell"] / 2,
+        box["y"] + g["header"] + row * g["pitch"] + g["cell"] / 2,
+    )
+    page.wait_for_selector("[data-testid=global-detail][data-points]")
+    query = parse_qs(urlparse(page.url).query)
+    assert query["focus"] == ["head"] and query["layer"] == [str(layer)] and query["head"] == [str(head)]
+    assert page.evaluate(INK_PIXELS, "[data-testid=global-detail]") > 500
+
+    # hover the query of a known token: the tooltip names it in its text
+    answer = fetch_json(f"{url}/api/atlas/minilm/{layer}/{head}?corpus={corpus}")
+    tiles = fetch_json(f"{url}/api/atlas/minilm?corpus={corpus}")
+    tokens, positions = decode_strings(tiles["tokens"]), decode_array(tiles["position"])
+    points = decode_array(answer["points"]).astype(np.float32)
+    first_text = int(decode_array(tiles["starts"])[1])
+    gaps = np.linalg.norm(points[:first_text, None] - points[None], axis=-1)  # [first text's queries, all points]
+    gaps[np.arange(first_text), np.arange(first_text)] = np.inf
+    token = int(gaps.min(axis=1).argmax())  # the first text's most isolated query: a pointer finds it alone
+    start, end = decode_array(tiles["spans"])[token]
+    shown = f"{TEXTS[0][:start]}⟦{TEXTS[0][start:end]}⟧{TEXTS[0][end:]}" if end > start else f"⟦{tokens[token]}⟧"
+    page.locator("[data-testid=global-detail]").scroll_into_view_if_needed()
+    detail = page.locator("[data-testid=global-detail]").bounding_box()
+    size = detail["width"]
+    half = size / 2 - 6
+    x, y = float(size / 2 + half * points[token, 0]), float(size / 2 - half * points[token, 1])
+    page.mouse.move(detail["x"] + x, detail["y"] + y)
+    tooltip = page.locator(".tooltip")
+    tooltip.wait_for(state="visible")
+    assert tooltip.inner_text().startswith("query “") and shown in tooltip.inner_text()
+
+    page.mouse.click(detail["x"] + x, detail["y"] + y)
+    assert shown in page.inner_text("[data-testid=global-context]")
+    page.fill("[data-control=search]", "the")
+    page.press("[data-control=search]", "Enter")
+    page.wait_for_function(
+        "() => document.querySelector('[data-testid=global-legend]').textContent.includes('“the” occurs')"
+    )
+
+    page.click("[data-control=open-in-head]")
+    page.wait_for_function("() => new URLSearchParams(location.search).get('view') === 'head'")
+    wait_ready(page)
+    query = parse_qs(urlparse(page.url).query)
+    assert query["text"] == [TEXTS[0]] and query["layer"] == [str(layer)] and query["head"] == [str(head)]
+    assert query["token"] == [str(positions[token])]

@@ -11,12 +11,14 @@ import zipfile
 
 import numpy as np
 from flask import current_app, request, send_file
+from werkzeug.http import dump_options_header
+from werkzeug.utils import secure_filename
 
-from app import gallery, insights, language, plots, shaping
+from app import gallery, head_detection, insights, language, plots, shaping
 from app.cache import cache_key
 from app.links import LinkError
 from app.protocol import AtlasError
-from models.record import Capture
+from models.record import Capture, RecordLimits
 
 MAX_UPLOAD_BYTES = 512 * 1024 * 1024  # bytes of one uploaded capture (a 4096-token record is ~220 MB)
 
@@ -73,7 +75,8 @@ def on_stats(call, fields: dict) -> dict:
 def on_heads(call, fields: dict) -> dict:
     key = fields["key"]
     capture = call.service.lookup(key)
-    return insights.heads_payload(key, capture, summary_of(call, key, capture))
+    found = call.service.memo.get_or_compute(key, "detectors", lambda: head_detection.detector_metrics(capture))
+    return head_detection.with_detectors(insights.heads_payload(key, capture, summary_of(call, key, capture)), found)
 
 
 def on_rollout(call, fields: dict) -> dict:
@@ -94,6 +97,13 @@ def on_compare(call, fields: dict) -> dict:
 def on_lens(call, fields: dict) -> dict:
     key = fields["key"]
     return language.lens_payload(call.service, key, call.service.lookup(key), fields["start"], fields["count"])
+
+
+def on_probe(call, fields: dict) -> dict:
+    """A repeated random-word sequence to find induction heads with (the head-roles view opens it)."""
+    model = call.service.model_name(fields["model"])
+    text = language.probe_text(call.service, model, fields["length"], fields["seed"])
+    return {"model": model, "text": text, "length": fields["length"], "seed": fields["seed"]}
 
 
 def on_export_npz(call, fields: dict):
@@ -128,31 +138,86 @@ def on_export_json(call, fields: dict):
         "attention": np.round(attention, 5).tolist(),
     }
     response = current_app.response_class(json.dumps(document), mimetype="application/json")
-    response.headers["Content-Disposition"] = f'attachment; filename="atlas-{capture.model}-{key[:12]}.json"'
+    name = secure_filename(f"atlas-{capture.model}-{key[:12]}.json") or f"atlas-{key[:12]}.json"
+    response.headers["Content-Disposition"] = dump_options_header("attachment", {"filename": name})
     return response
+
+
+UPLOAD_TYPE = "application/octet-stream"  # what the notebook bridge sends; a plain HTML form cannot
 
 
 def on_upload(call, fields: dict) -> dict:
     """Store a capture made elsewhere (the notebook bridge) and answer its key and share link.
 
-    The body is an ``np.savez`` of ``Capture.to_arrays()``; it is loaded without pickle and checked
-    array by array before it is cached.
+    The body is an ``np.savez`` of ``Capture.to_arrays()``. It must come as ``UPLOAD_TYPE`` and,
+    from a browser, from this server's own pages (another site's page cannot post it for a
+    visitor). Every array's header is read before any array is unpacked, so the upload unpacks
+    to at most ``MAX_UPLOAD_BYTES``; the record is then checked against the server's own limits
+    (:meth:`Capture.validate`), stored on disk in the uploads' budget, and only then linked.
     """
+    if request.mimetype != UPLOAD_TYPE:
+        raise AtlasError("bad_request", f"an upload must be sent as {UPLOAD_TYPE}", 415)
+    origin = request.headers.get("Origin")
+    if origin is not None and origin != request.host_url.rstrip("/"):
+        raise AtlasError("forbidden", "uploads are accepted from this server's own pages and from scripts", 403)
     request.max_content_length = MAX_UPLOAD_BYTES  # this route's own limit, above the app-wide message limit
     if request.content_length is None or request.content_length > MAX_UPLOAD_BYTES:
         raise AtlasError("too_long", f"an uploaded capture must be under {MAX_UPLOAD_BYTES // 2**20} MB", 413)
     body = request.get_data(cache=False)
     try:
-        with zipfile.ZipFile(io.BytesIO(body)) as archive:
-            if sum(member.file_size for member in archive.infolist()) > MAX_UPLOAD_BYTES:
-                raise ValueError("the arrays unpack to more than the upload limit")
-        with np.load(io.BytesIO(body), allow_pickle=False) as archive:
-            capture = Capture.from_arrays({name: archive[name] for name in archive.files}).validate()
-    except (ValueError, KeyError, TypeError, OSError, EOFError, zipfile.BadZipFile) as error:
+        capture = Capture.from_arrays(_npz_arrays(body, MAX_UPLOAD_BYTES)).validate(record_limits(call.service.config))
+    except (ValueError, KeyError, TypeError, OSError, EOFError, RecursionError, zipfile.BadZipFile) as error:
         raise AtlasError("bad_request", f"not a valid Attention Atlas capture: {error}") from None
     key = cache_key(capture.model, "upload", capture.text, {"sha256": hashlib.sha256(body).hexdigest()})
-    call.service.store(key, capture)
+    try:
+        call.service.store(key, capture)
+    except OSError:
+        raise AtlasError("busy", "the server could not store the upload; try again later", 503) from None
     return {"key": key, "link": f"/?key={key}"}
+
+
+def record_limits(config) -> RecordLimits:
+    """The largest record this server accepts from outside: its own capture limits."""
+    return RecordLimits(
+        tokens=config["MAX_TOKENS"],
+        layers=config["MAX_LAYERS"],
+        heads=config["MAX_HEADS"],
+        model_heads=config["MAX_MODEL_HEADS"],
+        head_size=config["MAX_HEAD_SIZE"],
+        chars=config["MAX_CHARS"],
+    )
+
+
+def _npz_arrays(body: bytes, most: int) -> dict[str, np.ndarray]:
+    """The arrays of an ``.npz`` body, refusing one whose arrays unpack to more than ``most``
+    bytes in all: each array's header (its dtype and shape) is read first, so a small zip that
+    claims huge arrays is refused before anything is unpacked. Pickled objects are refused."""
+    with zipfile.ZipFile(io.BytesIO(body)) as archive:
+        headers = {}
+        for member in archive.infolist():
+            with archive.open(member) as stream:
+                headers[member.filename] = _npy_header(stream)
+        total = sum(int(np.prod(shape)) * dtype.itemsize for shape, dtype in headers.values())
+        if total > most:
+            raise ValueError(f"its arrays unpack to {total:,} bytes, more than the {most:,} an upload may hold")
+        arrays = {}
+        for member in headers:
+            with archive.open(member) as stream:
+                arrays[member.removesuffix(".npy")] = np.lib.format.read_array(stream, allow_pickle=False)
+        return arrays
+
+
+def _npy_header(stream) -> tuple[tuple[int, ...], np.dtype]:
+    version = np.lib.format.read_magic(stream)
+    if version == (1, 0):
+        shape, _, dtype = np.lib.format.read_array_header_1_0(stream)
+    elif version == (2, 0):
+        shape, _, dtype = np.lib.format.read_array_header_2_0(stream)
+    else:
+        raise ValueError(f"unsupported .npy format version {version}")
+    if dtype.hasobject:
+        raise ValueError("arrays of Python objects are not accepted")
+    return shape, dtype
 
 
 def on_models(call, fields: dict) -> dict:

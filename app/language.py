@@ -85,3 +85,11 @@ def _generate(handle, text: str, settings: dict) -> str:
     from models.language import generate
 
     return generate(handle, text, **settings)
+
+
+def probe_text(service: AtlasService, model: str | None, length: int, seed: int) -> str:
+    """The seeded repeated random-word sequence for ``model`` (models.language), for the head
+    detectors: needs the model's tokenizer, so it is model work."""
+    from models.language import repeated_random_words  # after the loader imported the model code
+
+    return service.model_work(service.model_name(model), lambda handle: repeated_random_words(handle, length, seed))

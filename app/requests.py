@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from app import handlers, language, published, stream
+from app.globalview import handlers as globalview
 from app.protocol import ATTENTION_MODES, FUSIONS, Field
 
 
@@ -43,6 +44,7 @@ class Request:
     http: tuple[str, str] | None = None  # (method, rule under /api)
     streams: bool = False  # answered by several events (progress, tokens, overview, ..., done)
     memo: bool = True  # cpu/model answers memoised per (key, fields); False for files
+    pays: tuple[str, ...] = ()  # rate limits paid beyond its cost's (app.dispatch.rate_limits names them)
 
     @property
     def memoised(self) -> bool:
@@ -86,6 +88,19 @@ TABLE: tuple[Request, ...] = (
         handlers.on_lens,
         Cost.MODEL,
         http=detail("lens"),
+    ),
+    Request(
+        "probe",
+        {
+            "model": MODEL,
+            "length": Field(int, False, 24, minimum=4, maximum=64),
+            "seed": language.GENERATION_FIELDS["seed"],
+        },
+        handlers.on_probe,
+        Cost.MODEL,
+        socket=False,
+        http=("GET", "/probe"),
+        memo=False,
     ),
     Request("open", {"key": KEY, "layers": LAYERS}, stream.stream_open, Cost.STREAM, streams=True),
     Request("layer", {"key": KEY, "layer": INDEX, "mode": MODE}, handlers.on_layer, Cost.CACHED, http=detail("layer")),
@@ -144,11 +159,37 @@ TABLE: tuple[Request, ...] = (
         http=detail("export.json"),
         memo=False,
     ),
-    Request("upload", {}, handlers.on_upload, Cost.CPU, socket=False, http=("POST", "/captures"), memo=False),
+    Request(
+        "upload",
+        {},
+        handlers.on_upload,
+        Cost.CPU,
+        socket=False,
+        http=("POST", "/captures"),
+        memo=False,
+        pays=("analyze",),  # it adds an analysis, like a forward pass
+    ),
     Request("models", {}, handlers.on_models, Cost.CACHED, socket=False, http=("GET", "/models")),
     Request("settings", {}, published.on_settings, Cost.CACHED, socket=False, http=("GET", "/settings")),
     Request("gallery", {}, handlers.on_gallery, Cost.CACHED, socket=False, http=("GET", "/gallery")),
-    Request("link", {"query": Field(str)}, handlers.on_link, Cost.CACHED, socket=False, http=("POST", "/links")),
+    Request(
+        "link",
+        {"query": Field(str)},
+        handlers.on_link,
+        Cost.CACHED,
+        socket=False,
+        http=("POST", "/links"),
+        pays=("link",),  # each new link is a file on the server's disk
+    ),
+    Request("atlas", globalview.FIELDS, globalview.on_atlas, Cost.CACHED, http=("GET", "/atlas/<model>"), memo=False),
+    Request(
+        "atlas_head",
+        globalview.HEAD_FIELDS,
+        globalview.on_atlas_head,
+        Cost.CPU,
+        http=("GET", "/atlas/<model>/<int:layer>/<int:head>"),
+        memo=False,  # kept in the memo by the atlas itself, per head and method
+    ),
     Request("present_start", {}, handlers.on_room, Cost.ROOM),
     Request("present_join", {"code": Field(str)}, handlers.on_room, Cost.ROOM),
     Request("present_leave", {"code": Field(str)}, handlers.on_room, Cost.ROOM),

@@ -86,3 +86,30 @@ def token_texts(handle, ids: np.ndarray) -> dict[int, str]:
     """Display text of each distinct token id (what the lens shows in its cells)."""
     unique = sorted({int(i) for i in np.unique(ids)})
     return {token_id: handle.tokenizer.decode([token_id]) for token_id in unique}
+
+
+PROBE_MIN_LETTERS = 3  # letters of a word drawn for a repeated random sequence
+PROBE_MAX_DRAWS = 100  # draws per word before giving up (a vocabulary with no such words)
+
+
+def repeated_random_words(handle, length: int, seed: int) -> str:
+    """``length`` seeded random words, each one token of the model's vocabulary, then the same
+    words again: the repeated random-token sequence of induction-head studies (Olsson et al.
+    2022) as text, so it is analysed like any prompt. Words that tokenize back to one token make
+    the second half repeat the first token for token.
+
+    Raises UnsupportedModelError when the vocabulary has too few plain words.
+    """
+    tokenizer = handle.tokenizer
+    rng = np.random.default_rng(seed)
+    words: list[str] = []
+    for _ in range(length * PROBE_MAX_DRAWS):
+        if len(words) == length:
+            break
+        word = tokenizer.decode([int(rng.integers(tokenizer.vocab_size))]).strip()
+        plain = len(word) >= PROBE_MIN_LETTERS and word.isascii() and word.isalpha() and word not in words
+        if plain and len(tokenizer(" " + word, add_special_tokens=False)["input_ids"]) == 1:
+            words.append(word)
+    if len(words) < length:
+        raise UnsupportedModelError(f"{handle.name}'s vocabulary has too few whole-word tokens for a random sequence")
+    return " ".join(words + words)

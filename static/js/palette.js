@@ -65,11 +65,14 @@ export const DARK_INK = "#1b1f24"; // the page's --ink: text on light fills (the
 
 // Head roles of the head summary (docs/analyses.md), Okabe & Ito's eight colours plus greys;
 // SINK shares the sink badge's orange. OFFSET-k / OFFSET+k roles take their sign's colour.
+// INDUCTION and DUPLICATE (head detectors, on prompts that repeat) take black and a dark grey.
 export const ROLE_COLOURS = {
-  SINK: "#E69F00", SELF: "#CC79A7", PREVIOUS: "#0072B2", NEXT: "#56B4E9", "OFFSET-": "#009E73",
-  "OFFSET+": "#F0E442", DELIMITER: "#D55E00", BROAD: "#8C8C8C", MIXED: "#DADDE1",
+  SINK: "#E69F00", INDUCTION: "#000000", DUPLICATE: "#5A5A5A", SELF: "#CC79A7", PREVIOUS: "#0072B2",
+  NEXT: "#56B4E9", "OFFSET-": "#009E73", "OFFSET+": "#F0E442", DELIMITER: "#D55E00", BROAD: "#8C8C8C",
+  MIXED: "#DADDE1",
 };
-export const ROLE_ORDER = ["SINK", "SELF", "PREVIOUS", "NEXT", "OFFSET-", "OFFSET+", "DELIMITER", "BROAD", "MIXED"];
+export const ROLE_ORDER = ["SINK", "INDUCTION", "DUPLICATE", "SELF", "PREVIOUS", "NEXT", "OFFSET-", "OFFSET+",
+  "DELIMITER", "BROAD", "MIXED"];
 
 /** Colour of a role label such as "PREVIOUS" or "OFFSET-2". */
 export function roleColour(role) {

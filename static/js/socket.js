@@ -1,7 +1,8 @@
 // The socket: one Socket.IO connection to the /atlas namespace, which carries every analysis and
 // view request. Every request gets a fresh `rid`; answers come back decoded (typed arrays) to
 // one handler, which matches them to requests by that rid. (The HTTP API is fetched directly by
-// the features that answer with a file or a link: exports.js, offline.js, gallery.js.)
+// the features that answer with a file or a link: exports.js, offline.js, gallery.js, and the
+// head-roles view's induction probe.)
 import { io } from "../vendor/socket.io-4.8.1.esm.min.js";
 import { EVENTS, NAMESPACE, REQUESTS, decodeEvent } from "./protocol.js";
 

@@ -18,13 +18,20 @@ from tests.integration.conftest import ANSWER_SECONDS, Blocker, collect
 MODEL_ROWS = [row for row in TABLE if row.cost is Cost.MODEL]
 CPU_ROWS = [row for row in TABLE if row.cost is Cost.CPU and row.memo]
 FILE_ROWS = {"export_npz", "export_json", "upload"}  # cpu rows answering with a file: rebuilt, not memoised
+OWN_MEMO_ROWS = {"atlas_head"}  # cpu rows keeping their own results in the memo (a global-view head, by method)
 TRANSPORTS = ("socket", "http")
+MODEL_CASES = [  # (row, transport) for every transport a model row is served on
+    pytest.param(row, transport, id=f"{row.name}-{transport}")
+    for row in MODEL_ROWS
+    for transport in TRANSPORTS
+    if (row.socket if transport == "socket" else row.http)
+]
 _addresses = iter(range(1, 250))
 
 
 def test_every_row_is_served_and_costed():
     assert {row.cost for row in TABLE} == set(Cost)
-    assert {row.name for row in TABLE if row.cost is Cost.CPU and not row.memo} == FILE_ROWS
+    assert {row.name for row in TABLE if row.cost is Cost.CPU and not row.memo} == FILE_ROWS | OWN_MEMO_ROWS
     assert {"analyze", "generate", "lens"} <= {row.name for row in MODEL_ROWS}
     assert all(row.socket or row.http for row in TABLE)
 
@@ -40,6 +47,7 @@ def fields_for(name: str, key: str) -> dict:
         "analyze": {"model": "minilm", "text": "The table decides what this costs."},
         "generate": {"model": "minilm", "text": "Once upon", "max_new_tokens": 1},
         "lens": {"key": key},
+        "probe": {"model": "minilm"},
         "rollout": {"key": key, "position": 1},
         "flow": {"key": key, "position": 1},
         "compare": {"key": key, "other": key},
@@ -75,8 +83,7 @@ class Client:
         return {"name": "http", "status": response.status_code, **(response.get_json(silent=True) or {})}
 
 
-@pytest.mark.parametrize("transport", TRANSPORTS)
-@pytest.mark.parametrize("row", MODEL_ROWS, ids=lambda row: row.name)
+@pytest.mark.parametrize("row, transport", MODEL_CASES)
 def test_model_requests_pay_the_analyze_limit(app, connect, limit, key, row, transport):
     limit(RATE_ANALYZE_BURST=1, RATE_ANALYZE_PER_MINUTE=0.01)
     client = Client(app, connect, transport)
@@ -87,8 +94,7 @@ def test_model_requests_pay_the_analyze_limit(app, connect, limit, key, row, tra
     assert second.get("status", 429) == 429
 
 
-@pytest.mark.parametrize("transport", TRANSPORTS)
-@pytest.mark.parametrize("row", MODEL_ROWS, ids=lambda row: row.name)
+@pytest.mark.parametrize("row, transport", MODEL_CASES)
 def test_model_requests_pay_the_job_cap(app, connect, limit, key, service, minilm, row, transport):
     """With the device busy, a client's first model request waits in the queue; its second is
     refused at once, whatever the transport."""

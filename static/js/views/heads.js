@@ -9,6 +9,7 @@ import { contentWidth, displayToken, drawLegend, formatNumber, hideTooltip, poin
 import { drawGrid, gridCellAt, gridKeyMove, gridLayout, rankedList, setOrder } from "../headgrid.js";
 import { HEAD_COLOURS, ROLE_ORDER, SEQUENTIAL, inkOn, lutColour, roleColour, unitIndex } from "../palette.js";
 import { detailFor, setView } from "../store.js";
+import { openQuery } from "../url.js";
 import { arrived, changed, h, segmented, statusLine } from "../ui.js";
 
 const HEIGHT_FRACTION = 0.62; // of the window height the grid tries to fit in
@@ -18,6 +19,7 @@ const LEGEND_WIDTH = 300; // px
 const RANKED = 12; // heads in the ranked list
 const CATEGORICAL = ["role", "cluster"]; // measures coloured by category, not on a scale
 // Measures with a label and a fixed [0, 1] scale; the rest (entropy, distance) scale to their maximum.
+const PROBE_URL = "/api/probe"; // a repeated random-word sequence for the model (app/requests.py `probe`)
 const MEASURES = {
   entropy: { label: "Entropy (nats)", unit: false },
   entropy_norm: { label: "Normalised entropy", unit: true },
@@ -29,9 +31,14 @@ const MEASURES = {
   previous: { label: "Previous-token share", unit: true },
   self: { label: "Self share", unit: true },
   next: { label: "Next-token share", unit: true },
+  // head detectors (TransformerLens conventions): duplicate and induction need a prompt that repeats
+  previous_token: { label: "Previous-token score (detector)", unit: true },
+  duplicate_token: { label: "Duplicate-token score (detector)", unit: true },
+  induction: { label: "Induction score (detector)", unit: true },
 };
 // The measure that says how strongly a head plays its role (ranking within a role).
-const ROLE_STRENGTH = { SINK: "sink", SELF: "self", PREVIOUS: "previous", NEXT: "next", BROAD: "entropy_norm", DELIMITER: "delimiter" };
+const ROLE_STRENGTH = { SINK: "sink", SELF: "self", PREVIOUS: "previous", NEXT: "next", BROAD: "entropy_norm", DELIMITER: "delimiter",
+  INDUCTION: "induction", DUPLICATE: "duplicate_token" };
 const TOOLTIP_MEASURES = ["entropy", "entropy_norm", "distance", "sink", "previous", "self", "next", "delimiter"];
 
 let ui = null;
@@ -102,13 +109,16 @@ function mount(el) {
   const sinks = h("p", { className: "view-info sinks-line", "data-testid": "sinks-line" });
   const stats = h("button", { type: "button", className: "quiet", text: "Distribution plots (Stats view) →",
     title: "entropy against distance for every head, on the server's Bokeh plots", onClick: () => setView({ view: "stats" }) });
+  const probe = h("button", { type: "button", className: "quiet", text: "Find induction heads", "data-testid": "induction-probe",
+    title: "analyse a seeded random sequence of words, repeated, and colour every head by its induction score",
+    onClick: () => openProbe(probe) });
   const info = h("p", { className: "view-info" });
   const status = statusLine("Hover a head for its measures; click it to open it in the head view. "
     + "Click a legend entry to show only that role. Arrow keys move, Enter opens.");
   el.append(
     h("div", { className: "toolbar" }, [
       h("label", { className: "control" }, [h("span", { text: "Colour by" }), measure]), sort.root,
-      h("label", { className: "control" }, [h("span", { text: "Show" }), filter]), stats]),
+      h("label", { className: "control" }, [h("span", { text: "Show" }), filter]), stats, probe]),
     info,
     h("div", { className: "view-body heads-body" }, [
       h("div", { className: "heads-grid" }, [h("div", { className: "canvas-scroll" }, [canvas]), legend]), ranked.root]),
@@ -280,6 +290,25 @@ function syncSinks(state, payload) {
       + "prompt already gets a large share from uniform attention.";
 }
 
+/**
+ * Open the model's repeated random-word sequence (GET /api/probe: the induction-head test of
+ * Olsson et al. 2022) in this view, coloured by induction score; a failure shows on the button.
+ */
+async function openProbe(button) {
+  button.disabled = true;
+  try {
+    const response = await fetch(`${PROBE_URL}?${new URLSearchParams({ model: ui.state.analysis?.model ?? ui.state.model ?? "" })}`,
+      { headers: { Accept: "application/json" } });
+    const answer = await response.json();
+    if (!response.ok) throw new Error(answer.message ?? response.statusText);
+    openQuery({ model: answer.model, text: answer.text, view: "heads", measure: "induction", sort: "rank" });
+  } catch (error) {
+    button.title = `could not build the sequence: ${error.message}`;
+  } finally {
+    button.disabled = false;
+  }
+}
+
 export function render(state, el) {
   if (!ui) mount(el);
   ui.state = state;
@@ -297,6 +326,8 @@ export function render(state, el) {
   ui.info.textContent = `${payload.roles.length} layers × ${payload.roles[0].length} heads`
     + (payload.analysed_tokens < n ? `, measured over the first ${payload.analysed_tokens} of ${n} tokens.` : ".")
     + " Roles: SINK ≥ 50% on key 0, SELF / PREVIOUS / NEXT / OFFSET ≥ 50% at that position, BROAD normalised entropy ≥ 0.8, "
-    + "DELIMITER ≥ 50% on special or punctuation tokens, else MIXED.";
+    + "DELIMITER ≥ 50% on special or punctuation tokens, else MIXED."
+    + (payload.repeats ? " This prompt repeats tokens: INDUCTION / DUPLICATE ≥ 0.3 of the attention on the token after / at an "
+      + "earlier copy (TransformerLens head detectors)." : "");
   draw();
 }

@@ -139,7 +139,16 @@ def flow_payload(key: str, capture: Capture, fusion: str, position: int) -> dict
     if not 0 <= position < n:
         raise AtlasError("bad_request", f"'position' must be between 0 and {n - 1}")
     flows = rollout.attention_flow(list(_fused_layers(capture, fusion)), position)
-    return {"key": key, "fusion": fusion, "position": position, "flow": encode_array(flows, "float32")}
+    total = float(flows.sum())
+    # both conventions: the raw max-flow values, and the authors' code's shares (flow_values[u] /= sum)
+    shares = flows / total if total > 0 else np.zeros_like(flows)
+    return {
+        "key": key,
+        "fusion": fusion,
+        "position": position,
+        "flow": encode_array(flows, "float32"),
+        "flow_share": encode_array(shares, "float32"),
+    }
 
 
 def compare_payload(key: str, capture: Capture, other_key: str, other: Capture) -> dict:

@@ -71,7 +71,9 @@ class Capture:
     mask_index: np.ndarray  # [L] int32, which mask each layer used
     row_lse: np.ndarray  # [L, H, N] float32, log-sum-exp of each attention row's scores
     output_norms: np.ndarray  # [L, H, N] float32, ||f_h(x_j)|| = ||(x_j W_V^h + b_V^h) W_O^h|| (Kobayashi et al. 2020)
-    hidden_norms: np.ndarray  # [L + 1, N] float32, residual-stream norm after embeddings and each layer
+    hidden_norms: np.ndarray  # [L + 1, N] float32, norm of transformers' hidden_states: the embeddings,
+    #                          the residual stream after each layer, and for the last entry after the
+    #                          final norm (transformers applies it there), not the raw residual stream
     received: np.ndarray  # [L, N] float32, attention each key receives per head and visible query
     thumbnails: np.ndarray  # [L, H, t, t] float16, max-pooled attention for the model view
     head_stats: np.ndarray  # [L, H, S] float32, the HEAD_STATS of the first P tokens' rows

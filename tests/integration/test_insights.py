@@ -81,7 +81,9 @@ def test_rollout_rows_are_distributions_and_match_the_papers_definition(pair):
 @pytest.mark.real_model
 def test_flow_is_bounded_and_refused_when_too_large(pair):
     capture = pair[0]
-    flows = decode(insights.flow_payload("k", capture, "mean", capture.n_tokens - 1)["flow"])
+    payload = insights.flow_payload("k", capture, "mean", capture.n_tokens - 1)
+    flows, shares = decode(payload["flow"]), decode(payload["flow_share"])
+    np.testing.assert_allclose(shares, flows / flows.sum(), rtol=1e-6)  # the authors' normalisation
     assert flows.shape == (capture.n_tokens,) and np.all((flows >= 0) & (flows <= 1 + 1e-6))
     long = run_capture_like(capture, 400)
     with pytest.raises(insights.AtlasError, match="flow"):

@@ -105,7 +105,8 @@ function hoverRow(event) {
     const layer = Math.min(g.layers - 1, Math.floor((point.y - g.heatTop) / g.rowH));
     return showTooltip(`${who} after layer ${layer}: ${formatNumber(g.rows[layer * g.n + column])}`, event.clientX, event.clientY);
   }
-  const flow = g.flow ? ` · flow ${formatNumber(g.flow[column])}` : "";
+  const share = g.flowShare ? ` (${(100 * g.flowShare[column]).toFixed(1)}% of all flow)` : "";
+  const flow = g.flow ? ` · max-flow ${formatNumber(g.flow[column])}${share}` : "";
   return showTooltip(`${who} → output: rollout ${formatNumber(g.last[column])}${flow}`, event.clientX, event.clientY);
 }
 
@@ -175,7 +176,8 @@ function drawRow(state, rollout, flow, width, look) {
   const labelsTop = heatTop + layers * rowH + 6;
   const labelRoom = labelled ? (widest + (sinks.size ? sinkBadgeWidth(ctx, look) : 0)) * Math.sin(LABEL_ANGLE) + 8 : look.size * 1.6;
   const skip = scaleSkip(state); // tokens left out of every scale
-  const g = { left, col, n, layers, rowH, heatTop, rows, last, flow: flow?.flow.data ?? null, skip };
+  const g = { left, col, n, layers, rowH, heatTop, rows, last, flow: flow?.flow.data ?? null,
+    flowShare: flow?.flow_share?.data ?? null, skip };
   ui.rowGeometry = g;
   const out = prepareCanvas(ui.rowCanvas, Math.max(width, left + n * col + 8), labelsTop + labelRoom + LEGEND_H + look.size * 2.6);
   bars(out, last, g, barsTop, BAR_COLOUR, "rollout", look);

@@ -5,6 +5,7 @@ values are parsed as JSON when they can be), then the ``test_config`` mapping of
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -64,6 +65,8 @@ class Config:
         "img-src 'self' data: blob:; style-src 'self' 'unsafe-inline'; object-src 'none'; "
         "base-uri 'none'; frame-ancestors 'self'; form-action 'self'"
     )
+    FRAME_ANCESTORS = ["http://localhost:*", "http://127.0.0.1:*"]  # origins that may frame the embeddable view
+    # (`/?...&embed=1`, what notebook.show opens: Jupyter on any local port); every other page stays unframeable
     DENSE_LAYER_MAX_TOKENS = 256  # above this a layer travels as top-k links per query
     LAYER_TOP_K = 16  # links per query token and head in top-k layer payloads
     MATRIX_TILE_MAX = 256  # cells per side of one matrix-view tile
@@ -99,6 +102,7 @@ POSITIVE = (
     "REDIS_CACHE_TTL_SECONDS",
     "REDIS_MAX_ENTRY_BYTES",
 )
+FRAME_SOURCE = re.compile(r"https?://[A-Za-z0-9.*\[\]:-]+(:(\d+|\*))?")  # a CSP host-source: no ';' or spaces
 NON_NEGATIVE = (
     "RATE_ANALYZE_PER_MINUTE",
     "RATE_ANALYZE_BURST",
@@ -122,6 +126,12 @@ def check(config: Mapping) -> None:
             f"MAX_MESSAGE_BYTES ({config['MAX_MESSAGE_BYTES']}) is too small for prompts of MAX_CHARS "
             f"({config['MAX_CHARS']}) characters: a prompt within the limit would be dropped instead of "
             f"answered; allow {JSON_BYTES_PER_CHAR} bytes per character plus {MESSAGE_OVERHEAD_BYTES}"
+        )
+    ancestors = config["FRAME_ANCESTORS"]
+    if not isinstance(ancestors, list) or not all(isinstance(a, str) and FRAME_SOURCE.fullmatch(a) for a in ancestors):
+        raise ValueError(
+            f'FRAME_ANCESTORS must be a list of origins such as "https://hub.example.org" or '
+            f'"http://localhost:*", e.g. ATLAS_FRAME_ANCESTORS=\'["http://localhost:*"]\'; got {ancestors!r}'
         )
     limits = config["MODEL_MAX_TOKENS"]
     if not isinstance(limits, dict) or not all(isinstance(v, int) and v > 0 for v in limits.values()):

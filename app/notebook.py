@@ -18,7 +18,7 @@ import json
 import threading
 import urllib.error
 import urllib.request
-from urllib.parse import urlencode
+from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit, urlunsplit
 
 import numpy as np
 
@@ -56,10 +56,39 @@ def push(
 
 
 def show(link: str, height: int = 720):
-    """Embed a link in a Jupyter notebook (an iframe to the running server)."""
+    """Embed a link in a Jupyter notebook (an iframe to the running server). The link is marked
+    ``embed=1``: the only page the server lets another origin (ATLAS_FRAME_ANCESTORS) frame."""
     from IPython.display import IFrame
 
-    return IFrame(link, width="100%", height=height)
+    return IFrame(embed_link(link), width="100%", height=height)
+
+
+def embed_link(link: str) -> str:
+    """``link`` with ``embed=1`` in its query (a short link /s/... is resolved to its page first,
+    since the server's redirect would drop the flag)."""
+    parts = urlsplit(_resolve(link))
+    query = [(name, value) for name, value in parse_qsl(parts.query, keep_blank_values=True) if name != "embed"]
+    return urlunsplit(parts._replace(path="/", query=urlencode([*query, ("embed", "1")])))
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args, **kwargs):
+        return None
+
+
+def _resolve(link: str) -> str:
+    """A short link's page (``/s/ID`` answers 302 to ``/?query``); any other link as it is."""
+    if not urlsplit(link).path.startswith("/s/"):
+        return link
+    try:
+        urllib.request.build_opener(_NoRedirect).open(link, timeout=TIMEOUT_SECONDS)
+    except urllib.error.HTTPError as error:
+        if error.code in (301, 302, 303, 307, 308) and error.headers.get("Location"):
+            return urljoin(link, error.headers["Location"])
+        raise BridgeError(f"{link}: {error.reason}") from None
+    except urllib.error.URLError as error:
+        raise BridgeError(f"cannot reach the Attention Atlas server at {link}: {error.reason}") from None
+    return link
 
 
 def _capture_bytes(model, tokenizer, text: str, target: str) -> bytes:

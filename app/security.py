@@ -4,11 +4,14 @@ leak internals (the API answers JSON ``{rid, code, message}``; pages get a plain
 The Content-Security-Policy allows scripts only from this origin (no inline script, no eval):
 BokehJS 3.9 and the app's ES modules render under it (tests/integration/test_security.py checks this in
 Chromium). ``style-src 'unsafe-inline'`` stays because BokehJS sets element styles from script.
+Pages refuse to be framed by other sites, except the embeddable view (``/?...&embed=1``, what
+``notebook.show`` frames), which FRAME_ANCESTORS (default: Jupyter on any local port) may frame.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
@@ -46,10 +49,16 @@ def init_app(app: Flask) -> None:
 TRUSTWORTHY_HOSTS = ("127.0.0.1", "localhost", "[::1]")  # where browsers honour COOP over plain http
 
 
+EMBED_FLAG = "embed"  # `/?...&embed=1`: the page notebook.show frames
+FRAME_ANCESTORS = re.compile(r"frame-ancestors[^;]*")  # the directive in CONTENT_SECURITY_POLICY
+
+
 def add_headers(response: Response) -> Response:
-    response.headers.setdefault("Content-Security-Policy", _policy())
+    embeddable = is_embeddable()
+    response.headers.setdefault("Content-Security-Policy", _policy(embeddable))
     for name, value in HEADERS.items():
-        response.headers.setdefault(name, value)
+        if not (embeddable and name == "X-Frame-Options"):  # it cannot name a list of origins
+            response.headers.setdefault(name, value)
     if request.is_secure or request.host.rsplit(":", 1)[0] in TRUSTWORTHY_HOSTS:
         # over plain http on a class network Chromium ignores COOP and logs an error on every page
         response.headers.setdefault("Cross-Origin-Opener-Policy", "same-origin")
@@ -74,10 +83,22 @@ def socket_headers(wsgi_app, policy: str):
     return app
 
 
-def _policy() -> str:
+def is_embeddable() -> bool:
+    """Only the app page asked for with ``embed`` may be framed by FRAME_ANCESTORS (a notebook on
+    another port); every other page and answer keeps ``frame-ancestors 'self'``."""
+    return request.path == "/" and EMBED_FLAG in request.args
+
+
+def _policy(embeddable: bool = False) -> str:
     from flask import current_app
 
-    return current_app.config["CONTENT_SECURITY_POLICY"]
+    policy = current_app.config["CONTENT_SECURITY_POLICY"]
+    if not embeddable:
+        return policy
+    ancestors = " ".join(["frame-ancestors 'self'", *current_app.config["FRAME_ANCESTORS"]])
+    if FRAME_ANCESTORS.search(policy):
+        return FRAME_ANCESTORS.sub(ancestors, policy, count=1)
+    return f"{policy}; {ancestors}"
 
 
 def is_api() -> bool:

@@ -50,6 +50,11 @@ function ensureAnalysis(state) {
     : !run.key && run.text === text && run.model === model && run.target === target);
   if (asked(state.pending) || asked(state.failed)) return;
   const layers = state.view === "head" ? [state.layer] : []; // streamed right after the overview
+  if (state.connection === "lost") { // queued: onStatus drops this pending run on reconnect, which sends it
+    setData({ pending: { rid: null, queued: true, model, text, target, key, layers },
+      progress: { stage: "waiting for the server to come back", fraction: 0 } });
+    return;
+  }
   const rid = key ? request("open", { key, layers })
     : request("analyze", { model, text, layers, ...(target ? { target } : {}) });
   setData({ pending: { rid, model, text, target, key, layers },
@@ -65,7 +70,7 @@ function streamed(state, needed) {
 
 /** Ask once for each request the view needs (none, one or a list); the sink tokens every view marks come with the overview. */
 function ensureDetail(state) {
-  if (!analysisMatches(state)) return;
+  if (!analysisMatches(state) || state.connection === "lost") return; // asked for on reconnect
   const needs = [views[state.view].need(state)].flat().filter(Boolean);
   for (const needed of needs) {
     if (streamed(state, needed) || (STREAMS.includes(needed.event) && state.pending)) continue; // one stream at a time
@@ -105,7 +110,7 @@ function onAnalysisEvent(event, payload) {
 
 function onEvent(event, payload) {
   const state = getState();
-  if (state.pending && payload.rid === state.pending.rid) {
+  if (state.pending && payload.rid !== null && payload.rid === state.pending.rid) { // a queued run has no rid yet
     onAnalysisEvent(event, payload);
     return;
   }
@@ -141,7 +146,7 @@ function onStreamEvent(id, entry, event, payload) {
 function onStatus(status, detail) {
   const state = getState();
   if (status === "connected") {
-    if (state.connection === "lost") { // requests in flight were lost with the connection
+    if (state.connection === "lost") { // requests in flight were lost with the connection; queued ones go now
       for (const [id, entry] of state.details) if (entry.status === "pending") state.details.delete(id);
       setData({ pending: null, progress: null });
     }
@@ -162,7 +167,8 @@ function syncChrome(state) {
   for (const tab of page.tabs) tab.setAttribute("aria-selected", String(tab.dataset.view === state.view));
   for (const [view, panel] of Object.entries(page.panels)) panel.hidden = !active || view !== state.view;
   page.empty.hidden = active;
-  page.empty.textContent = state.pending ? "Analysing…"
+  page.empty.textContent = state.pending?.queued ? "Waiting for the server: your analysis is sent when it is back."
+    : state.pending ? "Analysing…"
     : state.failed ? "Nothing to show for this prompt: see the message above."
       : "Type a prompt and press Analyze to see how the model attends.";
 
@@ -282,7 +288,7 @@ function bindControls() {
     modelPicked = false;
     const state = getState();
     for (const [id, entry] of state.details) if (entry.status === "error") state.details.delete(id); // retry them
-    setData({ failed: null, error: null });
+    setData({ failed: null, error: state.error?.code === "disconnected" ? state.error : null }); // still offline
     setView({ text, target: submittedTarget(state), model: page.model.value, key: null,
       ...(text !== state.text || page.model.value !== state.model ? { lock: null, zoom: null } : {}) }); // a new prompt's tokens
   });

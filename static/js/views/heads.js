@@ -193,8 +193,9 @@ function syncControls(state, payload, measure) {
   const groups = byRank(clusters);
   const options = [["", "all heads"], ...roles.map(([role, n]) => [role, `${role} heads (${n})`]),
     ...groups.map(([name, n]) => [name, `cluster ${name.slice(7)} (${n})`])];
-  const signature = options.map(([value]) => value).join("|");
-  if (ui.filter.dataset.options !== signature) {
+  // values and labels: a new prompt with the same roles must still show its own counts
+  const signature = options.map((option) => option.join("=")).join("|");
+  if (ui.filter.dataset.options !== signature) { // rebuilt only on change, so an open menu stays open
     ui.filter.replaceChildren(...options.map(([value, text]) => h("option", { value, text })));
     ui.filter.dataset.options = signature;
   }

@@ -87,7 +87,7 @@ def render_in_chromium(browser, item: bytes, policy: str) -> dict:
     )
     try:
         page.goto(url)
-        page.wait_for_function("document.body.dataset.done", timeout=20_000)
+        page.wait_for_function("() => document.body.dataset.done", timeout=20_000)
         return {
             "done": page.evaluate("document.body.dataset.done"),
             "violations": page.evaluate("window.violations"),

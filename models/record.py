@@ -123,6 +123,18 @@ class Capture:
         lse = self.row_lse[layer, head, rows].astype(np.float32)[:, None]
         return np.exp(self.scores_block(layer, head, rows, cols) - lse)
 
+    def attention_at(self, layer: int, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """[H, P] float32 attention of every head at P (row, col) pairs, 0 where the mask forbids:
+        exp(q.k * scaling - row log-sum-exp) pair by pair, so a few marked pairs of a long prompt
+        cost P x d per head, not the whole N x N map."""
+        if self.attention is not None:
+            return self.attention[layer][:, rows, cols].astype(np.float32)
+        queries = self.queries[layer][:, rows].astype(np.float32)  # [H, P, d]
+        keys = self.keys[layer][self.kv_map][:, cols].astype(np.float32)  # [H, P, d]
+        scores = np.einsum("hpd,hpd->hp", queries, keys) * np.float32(self.scaling[layer])
+        weights = np.exp(scores - self.row_lse[layer][:, rows].astype(np.float32))
+        return np.where(self.masks[self.mask_index[layer]][rows, cols], weights, np.float32(0))
+
     def head_attention(self, layer: int, head: int) -> np.ndarray:
         """[N, N] float32 attention probabilities of one head."""
         return self.attention_block(layer, head)

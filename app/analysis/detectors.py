@@ -38,14 +38,16 @@ def repeats(patterns: dict[str, np.ndarray]) -> bool:
     return bool(patterns["duplicate_token"].any())
 
 
-def detector_scores(attention: np.ndarray, patterns: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """[H, N, N] attention of one layer -> [H] float32 score per detector (the "mul" measure)."""
-    totals = attention.sum(axis=(-2, -1), dtype=np.float64)  # [H]
+def marked_pairs(pattern: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, cols) of the pairs a 0/1 pattern marks: the only attention a score reads."""
+    return np.nonzero(pattern)
+
+
+def detector_score(on_pattern: np.ndarray, totals: np.ndarray) -> np.ndarray:
+    """[H] float32 "mul" score from the attention at a pattern's marked pairs [H, P] and each
+    head's total attention [H] (the number of rows that read anything, as rows sum to 1)."""
     safe = np.where(totals > 0, totals, 1.0)
-    return {
-        name: (np.einsum("hqk,qk->h", attention, pattern, dtype=np.float64) / safe).astype(np.float32)
-        for name, pattern in patterns.items()
-    }
+    return (on_pattern.sum(axis=-1, dtype=np.float64) / safe).astype(np.float32)
 
 
 def detector_roles(roles: np.ndarray, scores: dict[str, np.ndarray], repeated: bool) -> np.ndarray:

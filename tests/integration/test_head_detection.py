@@ -56,3 +56,17 @@ def test_the_probe_is_a_seeded_repeated_sequence_that_shows_induction_heads(clie
 def test_the_probe_refuses_bad_lengths(client):
     response = client.get("/api/probe?model=minilm&length=1000")
     assert response.status_code == 400 and response.get_json()["code"] == "bad_request"
+
+
+def test_pairs_and_whole_maps_give_the_same_scores(service, minilm, monkeypatch):
+    """Short or repetitive prompts read whole maps, others the marked pairs alone: same scores."""
+    from app import head_detection
+
+    capture = service.analyze("minilm", REPEATED).capture
+    monkeypatch.setattr(head_detection, "PAIR_COST", 0)  # never the whole map
+    by_pairs = head_detection.detector_metrics(capture)
+    monkeypatch.setattr(head_detection, "PAIR_COST", 10**9)  # always the whole map
+    by_maps = head_detection.detector_metrics(capture)
+    for name in ("previous_token", "duplicate_token", "induction"):
+        np.testing.assert_allclose(by_pairs[name], by_maps[name], atol=1e-5)
+    assert by_pairs["induction"].max() > 0

@@ -5,7 +5,7 @@ sum(A * P) / sum(A)."""
 import numpy as np
 import pytest
 
-from app.analysis.detectors import detection_patterns, detector_roles, detector_scores, repeats
+from app.analysis.detectors import detection_patterns, detector_roles, detector_score, marked_pairs, repeats
 
 PIECES = ["<s>", "A", "B", "C", "A", "B", "C"]  # a repeated sequence after a special token
 SPECIAL = np.array([True] + [False] * 6)
@@ -23,6 +23,12 @@ def reference_patterns(pieces: list[str], special: np.ndarray) -> dict[str, np.n
                 if j + 1 <= i:
                     induction[i, j + 1] = 1  # the token that followed the earlier copy
     return {"previous_token": previous, "duplicate_token": duplicate, "induction": induction}
+
+
+def detector_scores(attention: np.ndarray, patterns: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The app's scores for a whole [H, N, N] map: its attention at each pattern's marked pairs."""
+    totals = attention.sum(axis=(-2, -1))
+    return {name: detector_score(attention[:, *marked_pairs(pattern)], totals) for name, pattern in patterns.items()}
 
 
 def random_attention(heads: int, n: int, seed: int = 0) -> np.ndarray:

@@ -157,3 +157,15 @@ def test_soft_capped_scores_keep_the_models_own_attention(minilm):
     assert capture.info["scores_exact"] is False and capture.attention is not None
     assert "softcap" in capture.info["attention_path"]
     np.testing.assert_allclose(capture.attention, reference_attention(handle, PROMPT), atol=1e-6)
+
+
+@pytest.mark.parametrize("kept", [True, False])
+def test_attention_at_pairs_equals_the_full_map(tiny_models, kept):
+    capture = run_capture(tiny_models["tiny-llama"], PROMPT, keep_attention_bytes=1 << 30 if kept else 0)
+    assert (capture.attention is not None) == kept
+    rng = np.random.default_rng(0)
+    rows, cols = rng.integers(capture.n_tokens, size=(2, 40))  # some pairs the causal mask forbids
+    for layer in range(capture.n_layers):
+        np.testing.assert_allclose(
+            capture.attention_at(layer, rows, cols), capture.layer_attention(layer)[:, rows, cols], atol=1e-6
+        )

@@ -73,10 +73,11 @@ def on_stats(call, fields: dict) -> dict:
 
 
 def on_heads(call, fields: dict) -> dict:
+    """The head summary with the detector scores (the dispatcher memoises this answer per key)."""
     key = fields["key"]
     capture = call.service.lookup(key)
-    found = call.service.memo.get_or_compute(key, "detectors", lambda: head_detection.detector_metrics(capture))
-    return head_detection.with_detectors(insights.heads_payload(key, capture, summary_of(call, key, capture)), found)
+    payload = insights.heads_payload(key, capture, summary_of(call, key, capture))
+    return head_detection.with_detectors(payload, head_detection.detector_metrics(capture))
 
 
 def on_rollout(call, fields: dict) -> dict:

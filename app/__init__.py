@@ -15,7 +15,6 @@ from app.config import Config
 from app.extensions import socketio
 
 log = logging.getLogger(__name__)
-SOCKETIO_CHANNEL = "attention-atlas"  # the Redis pub/sub channel of Socket.IO messages
 
 
 def create_app(test_config: dict | None = None) -> Flask:
@@ -27,7 +26,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     is set but Redis cannot be reached."""
     from app import dispatch, limits, security
     from app.dispatch import Dispatcher
-    from app.events import AtlasNamespace, Sockets, client_manager, no_delay
+    from app.events import SOCKETIO_CHANNEL, AtlasNamespace, Sockets, client_manager, no_delay
     from app.routes import api, pages
     from app.service import AtlasService
 
@@ -50,18 +49,15 @@ def create_app(test_config: dict | None = None) -> Flask:
     service = AtlasService(app.config)
     app.extensions["atlas"] = service
     limiter = app.extensions["atlas_limiter"] = limits.RateLimiter(lambda: dispatch.rate_limits(app.config))
-    dispatcher = app.extensions["atlas_dispatcher"] = Dispatcher(service, limiter)
+    remote = None
+    if app.config["MODEL_WORKERS"]:  # model rows run on `python -m app worker` processes
+        from app.tasks import RemoteWork
+
+        remote = RemoteWork(app.config)
+    dispatcher = app.extensions["atlas_dispatcher"] = Dispatcher(service, limiter, remote)
     security.init_app(app)
-    service.preload(app.config["PRELOAD_MODELS"])
-    if app.config["PRECOMPUTE_GALLERY"]:
-        from app import gallery
-
-        threading.Thread(target=gallery.precompute, args=(service,), name="gallery", daemon=True).start()
-    if app.config["PRECOMPUTE_ATLAS"]:
-        from app.globalview import atlas
-
-        names = list(app.config["PRECOMPUTE_ATLAS"])
-        threading.Thread(target=atlas.precompute, args=(service, names), name="atlas", daemon=True).start()
+    if remote is None:  # else the workers load the models and precompute
+        start_model_work(app.config, service)
     app.register_blueprint(pages)
     app.register_blueprint(api)
     # The client manager is always passed: Flask-SocketIO keeps options between init_app calls,
@@ -83,3 +79,17 @@ def create_app(test_config: dict | None = None) -> Flask:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=app.config["PROXY_FIX_X_FOR"], x_proto=1)
     app.wsgi_app = no_delay(security.socket_headers(app.wsgi_app, app.config["CONTENT_SECURITY_POLICY"]))
     return app
+
+
+def start_model_work(config, service) -> None:
+    """Models to preload and results to precompute at start-up, in background threads."""
+    service.preload(config["PRELOAD_MODELS"])
+    if config["PRECOMPUTE_GALLERY"]:
+        from app import gallery
+
+        threading.Thread(target=gallery.precompute, args=(service,), name="gallery", daemon=True).start()
+    if config["PRECOMPUTE_ATLAS"]:
+        from app.globalview import atlas
+
+        names = list(config["PRECOMPUTE_ATLAS"])
+        threading.Thread(target=atlas.precompute, args=(service, names), name="atlas", daemon=True).start()

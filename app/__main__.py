@@ -1,4 +1,4 @@
-"""Command line: ``python -m app serve`` (the default), ``capture``, ``gallery`` and ``atlas``."""
+"""Command line: ``python -m app serve`` (the default), ``worker``, ``capture``, ``gallery`` and ``atlas``."""
 
 from __future__ import annotations
 
@@ -59,6 +59,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     capture.add_argument("--out", required=True, help="output .npz file")
     commands.add_parser("gallery", help="precompute the demo gallery into the cache", parents=[after])
+    worker = commands.add_parser(
+        "worker", help="run model work from the Redis queue (web processes with MODEL_WORKERS)", parents=[after]
+    )
+    worker.add_argument("--preload", action="append", default=[], metavar="NAME", help="load this model at start-up")
+    worker.add_argument("--burst", action="store_true", help="stop when the queue is empty")
     atlas = commands.add_parser(
         "atlas", help="compute the global view (every head's queries and keys over a corpus)", parents=[after]
     )
@@ -148,6 +153,14 @@ def run_atlas(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_worker(args: argparse.Namespace) -> int:
+    """A model worker: loads models, takes model work from Redis, answers clients through it."""
+    from app import tasks
+
+    app = build_app(args, {"MODEL_WORKERS": False, "PRELOAD_MODELS": args.preload})
+    return tasks.serve(app, burst=args.burst)
+
+
 def run_server(args: argparse.Namespace) -> int:
     from app.extensions import socketio
 
@@ -165,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_gallery(args)
     if args.command == "atlas":
         return run_atlas(args)
+    if args.command == "worker":
+        return run_worker(args)
     if args.command is None:
         args = parse_args([*(sys.argv[1:] if argv is None else argv), "serve"])
     return run_server(args)

@@ -58,6 +58,7 @@ class Config:
     CORS_ALLOWED_ORIGINS: list[str] | None = None  # None = same origin only
     PROXY_FIX_X_FOR = 0  # proxies in front that set X-Forwarded-For (rate limits need the user's address)
     REDIS_URL: str | None = None  # ATLAS_REDIS_URL or REDIS_URL: share sessions and results between processes
+    MODEL_WORKERS = False  # model work runs on `python -m app worker` processes (needs REDIS_URL); this one loads none
     REDIS_CACHE_TTL_SECONDS = 7 * 24 * 3600  # a shared result expires this long after its last use
     REDIS_MAX_ENTRY_BYTES = 256 * MIB  # larger results stay in the computing process's memory only
     CONTENT_SECURITY_POLICY = (
@@ -127,6 +128,8 @@ def check(config: Mapping) -> None:
             f"({config['MAX_CHARS']}) characters: a prompt within the limit would be dropped instead of "
             f"answered; allow {JSON_BYTES_PER_CHAR} bytes per character plus {MESSAGE_OVERHEAD_BYTES}"
         )
+    if config["MODEL_WORKERS"] and not config["REDIS_URL"]:
+        raise ValueError("MODEL_WORKERS needs REDIS_URL: the workers take their work from Redis (set ATLAS_REDIS_URL)")
     ancestors = config["FRAME_ANCESTORS"]
     if not isinstance(ancestors, list) or not all(isinstance(a, str) and FRAME_SOURCE.fullmatch(a) for a in ancestors):
         raise ValueError(

@@ -71,6 +71,14 @@ class QueueStage(str):
         return stage
 
 
+def wire_progress(event: str, payload: dict) -> dict:
+    """``payload`` as sent: a queue stage travels as its text plus its ``position``."""
+    stage = payload.get("stage") if event == "progress" else None
+    if isinstance(stage, QueueStage):
+        return {**payload, "stage": str(stage), "position": stage.position}
+    return payload
+
+
 class JobQueue:
     """A bounded FIFO of model work for one device.
 

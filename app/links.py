@@ -5,12 +5,17 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import re
 import tempfile
 import threading
 from pathlib import Path
 from urllib.parse import parse_qsl, urlencode
+
+import redis
+
+log = logging.getLogger(__name__)
 
 LINK_ID_CHARS = 10  # characters of the content hash used as the id (base-32 digits)
 MAX_QUERY_CHARS = 200_000  # characters of one query string as sent
@@ -109,6 +114,45 @@ class LinkStore:
                 break
             path.unlink(missing_ok=True)
             self._bytes -= size
+
+
+LINK_KEY = "atlas:link:"  # Redis key of a short link: prefix + its id
+
+
+class SharedLinks:
+    """Short links every process resolves: each is written to Redis (no expiry: a permalink) and
+    to this process's disk store, which answers when Redis is down or lost the link, and puts it
+    back. Ids are content hashes, so every process makes the same id for the same view."""
+
+    def __init__(self, disk: LinkStore, client):
+        self.disk, self.client = disk, client
+
+    def create(self, query: str) -> str:
+        link_id = self.disk.create(query)
+        self._share(link_id, self.disk.resolve(link_id))
+        return link_id
+
+    def resolve(self, link_id: str) -> str | None:
+        if not isinstance(link_id, str) or not LINK_ID.match(link_id):
+            return None
+        try:
+            stored = self.client.get(LINK_KEY + link_id)
+        except redis.RedisError as error:
+            log.warning("Redis read of link %s failed (%s); trying this process's disk", link_id, error)
+            return self.disk.resolve(link_id)
+        if stored is not None:
+            return stored.decode("utf-8")
+        query = self.disk.resolve(link_id)
+        self._share(link_id, query)
+        return query
+
+    def _share(self, link_id: str, query: str | None) -> None:
+        if query is None:
+            return
+        try:
+            self.client.set(LINK_KEY + link_id, query.encode("utf-8"))
+        except redis.RedisError as error:  # resolved here from disk; others see it once Redis is back
+            log.warning("Redis write of link %s failed: %s", link_id, error)
 
 
 def _base32(digest: bytes) -> str:

@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 KEY_PREFIX = "atlas:result:"  # Redis key of an entry: prefix + the 64-hex cache key
 CONNECT_TIMEOUT_SECONDS = 5
 IO_TIMEOUT_SECONDS = 30  # a 256 MB value takes a while on a slow link
+STATE_TIMEOUT_SECONDS = 2  # rooms and links are small: a Redis this slow is answered as down
 EVICTING_POLICIES = (
     "allkeys-lru",
     "allkeys-lfu",
@@ -40,9 +41,7 @@ class RedisStore:
         self.url = url
         self.ttl_seconds = int(ttl_seconds)
         self.max_entry_bytes = max_entry_bytes
-        self.client = redis.Redis.from_url(
-            url, socket_connect_timeout=CONNECT_TIMEOUT_SECONDS, socket_timeout=IO_TIMEOUT_SECONDS
-        )
+        self.client = connect(url, IO_TIMEOUT_SECONDS)
 
     def check(self) -> None:
         """Fail at start-up, with the address, when Redis cannot be reached; warn when it has
@@ -106,6 +105,11 @@ class RedisStore:
     def _delete(self, name: str) -> None:
         with contextlib.suppress(redis.RedisError):
             self.client.delete(name)
+
+
+def connect(url: str, io_timeout: float = STATE_TIMEOUT_SECONDS) -> redis.Redis:
+    """A client (a pool of connections, reconnecting after a Redis restart) with bounded waits."""
+    return redis.Redis.from_url(url, socket_connect_timeout=CONNECT_TIMEOUT_SECONDS, socket_timeout=io_timeout)
 
 
 def redact(url: str) -> str:

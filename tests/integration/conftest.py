@@ -127,7 +127,7 @@ def limit(app, monkeypatch):
 
 # --- real servers on loopback ------------------------------------------------------------------
 
-PORTS = range(5081, 5090)  # the loopback ports these tests may listen on
+PORTS = range(5081, 5120)  # the loopback ports these tests may listen on
 WEBSOCKET_CLOSE_SECONDS = 0.2  # how long a closing client waits for the server's close frame
 _taken: set[int] = set()
 

@@ -193,7 +193,7 @@ def test_rooms_per_address_are_bounded():
 
 def test_a_room_ends_minutes_after_its_presenter_left():
     rooms = Rooms()
-    kept, orphaned = rooms.create("teacher"), rooms.create("gone")
+    (kept, _), (orphaned, _) = rooms.create("teacher"), rooms.create("gone")
     rooms.disconnected("gone")
     assert rooms.expire() == []
     orphaned.gone_since -= ROOM_ORPHAN_SECONDS + 1
@@ -212,7 +212,7 @@ def test_leaving_another_rooms_code_keeps_a_follower_in_their_room(connect, app)
     student.emit("present_leave", {"rid": "x", "code": "NOSUCH"}, namespace=NAMESPACE)
     assert collect(student, ("error",), rid="x")[-1]["code"] == "not_found"  # answered after the first
     rooms = socketio.server.namespace_handlers[NAMESPACE].rooms.rooms
-    assert len(rooms.get(mine).followers) == 1 and not rooms.get(theirs).followers
+    assert rooms.followers(rooms.get(mine)) == 1 and not rooms.followers(rooms.get(theirs))
 
 
 # --- 6 and 11. uploads: real unpacked size, one schema, content type and origin, own budget ----

@@ -7,6 +7,8 @@ prompt + continuation holds exactly the attention each new token had when it was
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from app.cache import cache_key
@@ -24,10 +26,16 @@ GENERATION_FIELDS = {  # the sampling settings of a `generate` request (the page
 
 
 def generate(
-    service: AtlasService, model: str | None, text: object, settings: dict, progress: Progress | None = None
+    service: AtlasService,
+    model: str | None,
+    text: object,
+    settings: dict,
+    progress: Progress | None = None,
+    on_token: Callable | None = None,
 ) -> str:
     """Prompt + continuation; the same request is answered from the memo (shared by every
-    process through the store, like analyses)."""
+    process through the store, like analyses). ``on_token`` (models.language.TokenDone) hears
+    each new token when this request runs the model; what it raises stops the generation."""
     text = check_text(text, service.config["MAX_CHARS"])
     limit = service.config["MAX_GENERATE_TOKENS"]
     if settings["max_new_tokens"] > limit:
@@ -37,7 +45,7 @@ def generate(
     key = cache_key(name, service.registry.fingerprint(name), text, options)
 
     def run() -> dict[str, np.ndarray]:
-        full = service.model_work(name, lambda handle: _generate(handle, text, options["generate"]), progress)
+        full = service.model_work(name, lambda handle: _generate(handle, text, options["generate"], on_token), progress)
         return {"text": np.frombuffer(full.encode(), dtype=np.uint8)}
 
     return service.memo.get_or_compute(key, "text", run)["text"].tobytes().decode()
@@ -80,11 +88,11 @@ def lens_payload(service: AtlasService, key: str, capture: Capture, start: int, 
     }
 
 
-def _generate(handle, text: str, settings: dict) -> str:
+def _generate(handle, text: str, settings: dict, on_token: Callable | None) -> str:
     """Model work: imported here, after the loader has imported the model code (service.loader)."""
     from models.language import generate
 
-    return generate(handle, text, **settings)
+    return generate(handle, text, **settings, on_token=on_token)
 
 
 def probe_text(service: AtlasService, model: str | None, length: int, seed: int) -> str:

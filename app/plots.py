@@ -7,12 +7,16 @@ import numpy as np
 from bokeh.embed import json_item
 from bokeh.layouts import row
 from bokeh.models import ColorBar, ColumnDataSource, HoverTool, LinearColorMapper
-from bokeh.palettes import Viridis256
+from bokeh.palettes import YlGnBu9, linear_palette
 from bokeh.plotting import figure
 
 from models.record import Capture
 
 PLOT_HEIGHT = 340  # pixels
+# The page's sequential palette (static/js/palette.js SEQUENTIAL: YlGnBu, light = low), so the
+# panel reads like every other view; dots skip its palest colours, which vanish on white.
+SEQUENTIAL = tuple(reversed(YlGnBu9))
+DOTS = linear_palette(SEQUENTIAL[2:], 7)
 METRIC_KEYS = ("entropy_norm", "distance", "sink", "previous", "self", "next", "delimiter")
 
 
@@ -37,7 +41,7 @@ def head_stats_item(capture: Capture, metrics: dict[str, np.ndarray]) -> dict:
         ("sink share", "@sink"),
         ("previous", "@previous"),
     ]
-    mapper = LinearColorMapper(palette=Viridis256, low=0.0, high=1.0)
+    mapper = LinearColorMapper(palette=SEQUENTIAL, low=0.0, high=1.0)
     grid = figure(
         title="Normalised entropy per head",
         height=PLOT_HEIGHT,
@@ -51,7 +55,7 @@ def head_stats_item(capture: Capture, metrics: dict[str, np.ndarray]) -> dict:
     grid.rect(
         "head", "layer", 1, 1, source=source, fill_color={"field": "entropy_norm", "transform": mapper}, line_color=None
     )
-    grid.add_layout(ColorBar(color_mapper=mapper, width=10), "right")
+    grid.add_layout(ColorBar(color_mapper=mapper, width=10, title="entropy"), "right")
     grid.add_tools(HoverTool(tooltips=tooltips))
     scatter = figure(
         title="Entropy vs mean attention distance",
@@ -61,16 +65,10 @@ def head_stats_item(capture: Capture, metrics: dict[str, np.ndarray]) -> dict:
         y_axis_label="mean distance (tokens)",
         tools="pan,wheel_zoom,reset",
     )
+    by_layer = LinearColorMapper(palette=DOTS, low=0, high=max(1, capture.n_layers - 1))
     scatter.scatter(
-        "entropy_norm",
-        "distance",
-        source=source,
-        size=7,
-        alpha=0.8,
-        color={
-            "field": "layer",
-            "transform": LinearColorMapper(palette=Viridis256, low=0, high=max(1, capture.n_layers - 1)),
-        },
+        "entropy_norm", "distance", source=source, size=7, alpha=0.85, color={"field": "layer", "transform": by_layer}
     )
+    scatter.add_layout(ColorBar(color_mapper=by_layer, width=10, title="layer"), "right")
     scatter.add_tools(HoverTool(tooltips=tooltips))
     return json_item(row(grid, scatter))

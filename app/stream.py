@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 from app import limits, shaping
 from app.handlers import on_layer
+from app.protocol import quantize_unit
 from app.service import Analysis
 
 Emit = Callable[[str, dict], None]
@@ -25,7 +26,7 @@ def stream_analysis(call, fields: dict) -> None:
     """Run (or fetch) one analysis and emit it."""
     layers = LayerStream(call.emit, call.rid) if call.live else None
     analysis = call.service.analyze(
-        fields["model"], fields["text"], _progress(call), target=fields["target"], on_layer=layers
+        fields["model"], fields["text"], progress_events(call), target=fields["target"], on_layer=layers
     )
     _send(call, analysis, fields["layers"], streamed=bool(layers and layers.complete(analysis.capture)))
 
@@ -55,13 +56,15 @@ class LayerStream:
 
 
 def stream_generation(call, fields: dict) -> None:
-    """Generate a continuation, then stream the analysis of prompt + continuation, announcing
-    first where the generated tokens begin (the stepper walks through them)."""
+    """Generate a continuation, sending each token as the model chooses it (``generated_token``),
+    then stream the analysis of prompt + continuation, announcing first where the generated
+    tokens begin (the stepper walks through them). A cancelled request stops between tokens."""
     from app import language
 
     settings = {name: fields[name] for name in ("max_new_tokens", "sample", "seed", "temperature")}
-    full = language.generate(call.service, fields["model"], fields["text"], settings, _progress(call))
-    analysis = call.service.analyze(fields["model"], full, _progress(call))
+    announce = _token_stream(call, settings["max_new_tokens"])
+    full = language.generate(call.service, fields["model"], fields["text"], settings, progress_events(call), announce)
+    analysis = call.service.analyze(fields["model"], full, progress_events(call))
     call.emit(
         "generated",
         {
@@ -76,13 +79,28 @@ def stream_generation(call, fields: dict) -> None:
     _send(call, analysis, [])
 
 
+def _token_stream(call, total: int):
+    """models.language.TokenDone for one request: each new token with the attention row that chose
+    it, as uint8 ``[layers, heads, n]`` (a socket's; an HTTP call answers once); raises
+    JobCancelled once the request is cancelled or its client left, which ends the model work."""
+
+    def announce(step: int, pieces: list[str], attention) -> None:
+        if limits.cancelled():
+            raise limits.JobCancelled()
+        if call.live:
+            payload = {"step": step, "total": total, "tokens": pieces, "attention": quantize_unit(attention)}
+            call.emit("generated_token", {"rid": call.rid, **payload})
+
+    return announce
+
+
 def stream_open(call, fields: dict) -> None:
     """Stream a stored analysis by key (share links to uploaded captures, short links)."""
     key = fields["key"]
     _send(call, Analysis(key, call.service.lookup(key), True, 0.0), fields["layers"])
 
 
-def _progress(call):
+def progress_events(call):
     """Progress events: every queue position, the rest at most one per PROGRESS_EVERY_SECONDS and
     none of them before LIVE_AFTER_SECONDS (see there); none for a call that answers once."""
     started = time.monotonic()

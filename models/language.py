@@ -6,6 +6,8 @@ that runs models.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 
@@ -22,27 +24,78 @@ def require_causal(handle) -> None:
         )
 
 
-def generate(handle, text: str, max_new_tokens: int, sample: bool, seed: int, temperature: float) -> str:
+# (step, the text of every token so far with the new one last, [layers, heads, n] attention that chose it)
+TokenDone = Callable[[int, list[str], np.ndarray], None]
+
+
+def generate(
+    handle,
+    text: str,
+    max_new_tokens: int,
+    sample: bool,
+    seed: int,
+    temperature: float,
+    on_token: TokenDone | None = None,
+) -> str:
     """Prompt + continuation as text. Greedy, or sampled with a fixed seed so a shared link
-    regenerates the same continuation."""
+    regenerates the same continuation (a generator of its own: no other thread moves it).
+
+    One forward pass per new token, over the key/value cache, so each token can be announced as
+    it is chosen: ``on_token(step, pieces, attention)`` hears it (``pieces``: each token's text,
+    the prompt's and the new ones, n + 1 of them) with the attention row of the query that chose
+    it (the token before it), every layer and head over the ``n`` tokens before it
+    ``[layers, heads, n]``. An exception it raises (a cancelled request) stops the generation.
+    Stops after ``max_new_tokens`` or at the model's end-of-text token (kept, as generate does).
+    """
     require_causal(handle)
     ids = handle.tokenizer(text, return_tensors="pt")["input_ids"].to(handle.device)
     if ids.shape[1] + max_new_tokens > handle.max_tokens:
         raise TooManyTokensError(
             f"the prompt ({ids.shape[1]} tokens) plus {max_new_tokens} new tokens exceeds {handle.max_tokens}"
         )
-    options = {"do_sample": True, "temperature": temperature, "top_k": 0} if sample else {"do_sample": False}
+    stops = _stop_ids(handle)
+    new: list[int] = []
+    pieces = [handle.tokenizer.decode([token]) for token in ids[0].tolist()] if on_token else []
     with handle.lock, torch.inference_mode():
-        torch.manual_seed(seed)
-        output = handle.model.generate(
-            ids,
-            attention_mask=torch.ones_like(ids),
-            max_new_tokens=max_new_tokens,
-            pad_token_id=handle.tokenizer.eos_token_id,
-            top_p=None,
-            **options,
-        )
-    return text + handle.tokenizer.decode(output[0, ids.shape[1] :], skip_special_tokens=False)
+        generator = torch.Generator(device=handle.device).manual_seed(seed)
+        past, step_input = None, ids
+        for step in range(max_new_tokens):
+            output = handle.model(
+                input_ids=step_input,
+                past_key_values=past,
+                use_cache=True,
+                output_attentions=on_token is not None,
+                logits_to_keep=1,
+            )
+            past = output.past_key_values
+            token = _choose(output.logits[0, -1].float(), sample, temperature, generator)
+            new.append(token)
+            if on_token is not None:
+                pieces.append(handle.tokenizer.decode([token]))
+                rows = torch.stack([layer[0, :, -1, :] for layer in output.attentions])  # [layers, heads, n]
+                on_token(step, pieces, rows.float().cpu().numpy())
+            if token in stops:
+                break
+            step_input = torch.tensor([[token]], device=handle.device)
+    return text + handle.tokenizer.decode(new, skip_special_tokens=False)
+
+
+def _choose(logits: torch.Tensor, sample: bool, temperature: float, generator: torch.Generator) -> int:
+    """The next token from the last position's logits ``[vocab]``: the most likely one, or one
+    drawn from softmax(logits / temperature) over the whole vocabulary."""
+    if not sample:
+        return int(logits.argmax())
+    probs = torch.softmax(logits / temperature, dim=-1)
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
+def _stop_ids(handle) -> set[int]:
+    """The model's end-of-text token ids (its generation config may list several)."""
+    config = getattr(handle.model, "generation_config", None)
+    eos = getattr(config, "eos_token_id", None)
+    if eos is None:
+        eos = handle.tokenizer.eos_token_id
+    return {int(token) for token in ([] if eos is None else eos if isinstance(eos, list) else [eos])}
 
 
 def _final_norm(model):

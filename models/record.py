@@ -211,11 +211,17 @@ class Capture:
         arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
         return arrays
 
+    def export_arrays(self) -> dict[str, np.ndarray]:
+        """:meth:`to_arrays` plus what a reader of the NPZ export wants without parsing ``meta``
+        (READABLE_ARRAYS): ``tokens``, a numpy string array ``[n]``. Uploaded back, it opens as is."""
+        return {**self.to_arrays(), "tokens": np.array(self.tokens, dtype=str)}
+
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray]) -> Capture:
         """The record :meth:`to_arrays` flattened. Raises ValueError for arrays it does not know or
         that are missing, and for a ``meta`` document that is not the record's text fields (run
         :meth:`validate` for the rest of the schema)."""
+        arrays = {name: array for name, array in arrays.items() if name not in READABLE_ARRAYS}
         unknown = sorted(set(arrays) - {*ARRAY_FIELDS, "meta"})
         missing = sorted({*ARRAY_FIELDS, "meta"} - set(arrays) - set(OPTIONAL_ARRAYS))
         if unknown or missing:
@@ -232,6 +238,7 @@ class Capture:
 # --- the schema of a record from outside (validate, from_arrays) -----------------------------
 
 META_FIELDS = ("model", "text", "tokens", "pieces", "layer_names", "info")  # what to_arrays puts in 'meta'
+READABLE_ARRAYS = ("tokens",)  # copies of meta fields an export adds for readers; from_arrays drops them
 OPTIONAL_ARRAYS = ("attention",)  # kept only within the byte budget; every other array is required
 ARRAY_KINDS = {  # numpy dtype kinds each array may have: f float, i/u integer, b bool
     "spans": "iu",

@@ -2,6 +2,7 @@
 // read from CSS custom properties (so projector mode restyles canvases too), heatmap images
 // from lookup tables, label fitting, colour legends and the one floating tooltip.
 import { LUT_SIZE, MASKED_COLOUR, DARK_INK, SINK_COLOUR, lutColour } from "./palette.js";
+import { traced } from "./vector.js";
 
 /** Colours and sizes of the current theme, from CSS variables on <html>. */
 export function theme() {
@@ -34,7 +35,7 @@ export function prepareCanvas(canvas, width, height) {
   const ctx = canvas.getContext("2d");
   ctx.setTransform(ratio, 0, 0, ratio, 0, 0);
   ctx.clearRect(0, 0, width, height);
-  return ctx;
+  return traced(canvas, ctx, width, height); // recorded for vector (SVG) exports
 }
 
 /** A token as one line of visible text (newlines and tabs as symbols, blank as ␣). */

@@ -1,19 +1,26 @@
 // Share and export the current view: a short permalink (POST /api/links, kept on this server),
 // a PNG (the view's canvases composed at their places on the page, under a caption with the
-// prompt), an SVG (that picture as an <image> under real text), the raw data (the server's JSON
-// and NPZ exports) and a self-contained offline HTML file (offline.js).
+// prompt), an SVG (the same picture as vector elements: cells, lines and text, vector.js), the
+// raw data (the server's JSON and NPZ exports) and a self-contained offline HTML file (offline.js).
+// File names say what is drawn: the model, the view, and the layer, heads or token it shows.
 import { displayToken, theme } from "./draw.js";
 import { offlineData, offlineHtml } from "./offline.js";
 import { limits, viewLabel } from "./settings.js";
-import { analysisMatches, getState, subscribe, tokenIndex, viewOf } from "./store.js";
+import { allHeads, analysisMatches, getState, selectedHeads, subscribe, tokenIndex, viewOf } from "./store.js";
 import { h } from "./ui.js";
 import { toQuery } from "./url.js";
+import { canvasToSvg, isTraced, xmlText } from "./vector.js";
+
+export { xmlText }; // the SVG export's text filter, for tests
 
 const CAPTION_PX = 15; // font size of the caption of PNG and SVG exports, CSS px
 const CAPTION_LINES = 3; // prompt lines at most under the title
 const MARGIN = 16; // CSS px around the exported picture
 const SVG_NS = "http://www.w3.org/2000/svg";
-const XLINK_NS = "http://www.w3.org/1999/xlink";
+const LAYER_VIEWS = ["head", "matrix", "neuron", "mixing"]; // views that draw one layer
+const HEAD_VIEWS = ["matrix", "neuron"]; // views that draw one head
+const TOKEN_VIEWS = ["token", "neuron", "generate", "routes"]; // views that draw one token's attention (or routes)
+const OFFLINE_MAX_BYTES = 32 * 2 ** 20; // attention an offline file holds (every layer of smollm2 up to ~340 tokens)
 
 let ui = null;
 
@@ -124,10 +131,24 @@ async function makeShortLink() {
 
 // ---- pictures ----
 
-/** A file name for this view: atlas-MODEL-VIEW-l2-h3.EXT */
+/** What a view draws, for file names: its layer, heads and token where it draws one, e.g.
+ * ["l2", "h3"], ["l2", "all-heads"], ["l2", "h0+h4"], ["t5"]; nothing for whole-model views. */
+function drawn(state) {
+  const parts = [];
+  if (LAYER_VIEWS.includes(state.view)) parts.push(`l${state.layer}`);
+  if (HEAD_VIEWS.includes(state.view)) parts.push(`h${state.head}`);
+  if (state.view === "head") {
+    const heads = selectedHeads(state);
+    parts.push(heads.length === allHeads(state).length ? "all-heads" : heads.length ? heads.map((head) => `h${head}`).join("+") : "no-heads");
+  }
+  if (TOKEN_VIEWS.includes(state.view)) parts.push(`t${tokenIndex(state)}`);
+  return parts;
+}
+
+/** A file name for this view: atlas-MODEL-VIEW[-what it draws].EXT, e.g. atlas-minilm-head-l2-all-heads.svg */
 function fileName(state, extension) {
-  const parts = ["atlas", state.analysis.model, state.view, `l${state.layer}`, `h${state.head}`];
-  return `${parts.join("-").replace(/[^A-Za-z0-9._-]+/g, "_")}.${extension}`;
+  const parts = ["atlas", state.analysis.model, state.view, ...drawn(state)];
+  return `${parts.join("-").replace(/[^A-Za-z0-9.+_-]+/g, "_")}.${extension}`;
 }
 
 /** One line about what the view shows: view, model, and the layer, head or token where they matter. */
@@ -156,11 +177,8 @@ function canvasesIn(root) {
   });
 }
 
-/**
- * The view's drawings on one canvas: each canvas at its place on the page (CSS px x `scale`),
- * headings and info lines as text. Fails when the view has nothing drawn yet.
- */
-function composeBody(panel, scale, look) {
+/** The view's canvases and text labels (headings, info lines) and the box around them, in CSS px. */
+function layout(panel) {
   const canvases = canvasesIn(panel);
   if (!canvases.length) throw new Error("this view has no drawing to export yet");
   const labels = [...panel.querySelectorAll("h3, .view-info")].filter((el) => el.getBoundingClientRect().height > 0 && el.textContent.trim());
@@ -169,6 +187,24 @@ function composeBody(panel, scale, look) {
   const top = Math.min(...boxes.map((b) => b.top));
   const width = Math.max(...boxes.map((b) => b.right)) - left;
   const height = Math.max(...boxes.map((b) => b.bottom)) - top;
+  return { canvases, labels, left, top, width, height };
+}
+
+/** A label's text, font, colour and place (relative to the layout's corner). */
+function labelText(label, { left, top }) {
+  const box = label.getBoundingClientRect();
+  const css = getComputedStyle(label);
+  return { text: label.textContent.trim(), font: `${css.fontWeight} ${css.fontSize} ${css.fontFamily}`, colour: css.color,
+    x: box.left - left, y: box.top - top + box.height / 2, width: box.width };
+}
+
+/**
+ * The view's drawings on one canvas: each canvas at its place on the page (CSS px x `scale`),
+ * headings and info lines as text. Fails when the view has nothing drawn yet.
+ */
+function composeBody(panel, scale, look) {
+  const found = layout(panel);
+  const { canvases, labels, left, top, width, height } = found;
   const out = document.createElement("canvas");
   out.width = Math.ceil(width * scale);
   out.height = Math.ceil(height * scale);
@@ -181,14 +217,13 @@ function composeBody(panel, scale, look) {
     ctx.drawImage(canvas, box.left - left, box.top - top, box.width, box.height);
   }
   for (const label of labels) {
-    const box = label.getBoundingClientRect();
-    const css = getComputedStyle(label);
-    ctx.font = `${css.fontWeight} ${css.fontSize} ${css.fontFamily}`;
-    ctx.fillStyle = css.color;
+    const { text, font, colour, x, y, width: room } = labelText(label, found);
+    ctx.font = font;
+    ctx.fillStyle = colour;
     ctx.textBaseline = "middle";
-    ctx.fillText(label.textContent.trim(), box.left - left, box.top - top + box.height / 2, box.width);
+    ctx.fillText(text, x, y, room);
   }
-  return { canvas: out, width, height };
+  return { canvas: out, width, height, layout: found };
 }
 
 /** Caption lines: the description (bold), then the prompt wrapped to the picture's width. */
@@ -246,17 +281,6 @@ async function exportPng(state) {
   return `Saved ${name} (${out.width} × ${out.height} px).`;
 }
 
-// XML 1.0's Char production: no C0 controls but tab, LF and CR, no U+FFFE/U+FFFF, no unpaired
-// surrogates. Anything else (a form feed pasted from a PDF) would make an SVG no XML parser reads.
-const isXmlChar = (code) => code === 0x9 || code === 0xa || code === 0xd || (code >= 0x20 && code <= 0xd7ff)
-  || (code >= 0xe000 && code <= 0xfffd) || code >= 0x10000;
-
-export function xmlText(text) {
-  let out = "";
-  for (const char of text) out += isXmlChar(char.codePointAt(0)) ? char : " "; // by code point: a lone surrogate is one
-  return out;
-}
-
 async function exportSvg(state) {
   const shot = picture(state);
   const doc = document.implementation.createDocument(SVG_NS, "svg", null);
@@ -278,11 +302,18 @@ async function exportSvg(state) {
     add("text", { x: MARGIN, y: y + CAPTION_PX, "font-family": shot.text.family, "font-size": CAPTION_PX,
       "font-weight": bold ? 700 : 400, fill: bold ? shot.text.colour : shot.text.muted }, text);
   }
-  const image = add("image", { x: MARGIN, y: shot.header, width: shot.body.width, height: shot.body.height,
-    preserveAspectRatio: "none" });
-  const png = shot.body.canvas.toDataURL("image/png");
-  image.setAttribute("href", png);
-  image.setAttributeNS(XLINK_NS, "xlink:href", png); // for SVG 1.1 readers
+  const found = shot.body.layout;
+  const untraced = found.canvases.filter((canvas) => !isTraced(canvas));
+  if (untraced.length) throw new Error("this view is drawn by a plotting library: export it as PNG");
+  const defs = add("defs", {});
+  for (const canvas of found.canvases) {
+    const box = canvas.getBoundingClientRect();
+    svg.append(canvasToSvg(canvas, doc, defs, MARGIN + box.left - found.left, shot.header + box.top - found.top, box.width));
+  }
+  for (const label of found.labels) {
+    const { text, font, colour, x, y } = labelText(label, found);
+    add("text", { x: MARGIN + x, y: shot.header + y, style: `font: ${font}`, fill: colour, "dominant-baseline": "central" }, text);
+  }
   const source = `<?xml version="1.0" encoding="UTF-8"?>\n${new XMLSerializer().serializeToString(doc)}\n`;
   const name = fileName(state, "svg");
   download(new Blob([source], { type: "image/svg+xml" }), name);
@@ -297,15 +328,31 @@ function captionLines(shot) {
 
 // ---- offline HTML ----
 
+/** Bytes a layer of `analysis` takes in the file: dense uint8 [H, N, N], or top-k links. */
+function layerBytes(analysis) {
+  const { heads, tokens } = analysis.overview;
+  const perRow = tokens <= limits.dense_layer_max_tokens ? tokens : 3 * limits.layer_top_k; // uint16 index + uint8 weight
+  return heads * tokens * perRow;
+}
+
 async function exportOffline(state) {
-  const { key } = state.analysis;
-  const response = await fetch(`/api/analysis/${key}/layer?layer=${state.layer}&mode=attention`);
-  const layer = await response.json();
-  if (!response.ok) throw new Error(layer.message || response.statusText);
-  const html = await offlineHtml(offlineData(state.analysis, layer, state));
-  const name = `atlas-${state.analysis.model}-layer${state.layer}.html`.replace(/[^A-Za-z0-9._-]+/g, "_");
+  const { key, overview } = state.analysis;
+  const layers = Math.max(1, Math.min(overview.layers, Math.floor(OFFLINE_MAX_BYTES / layerBytes(state.analysis))));
+  const payloads = [];
+  for (let layer = 0; layer < layers; layer++) { // one at a time: a long model stays inside the event rate limit
+    ui.status.textContent = `Preparing: layer ${layer + 1} of ${layers}…`;
+    const response = await fetch(`/api/analysis/${key}/layer?layer=${layer}&mode=attention`);
+    const payload = await response.json();
+    if (!response.ok) throw new Error(payload.message || response.statusText);
+    payloads.push(payload);
+  }
+  const html = await offlineHtml(offlineData(state.analysis, payloads, state));
+  const held = layers === overview.layers ? "every layer" : `layers 0–${layers - 1} of ${overview.layers}`;
+  const name = `atlas-${state.analysis.model}-${layers === overview.layers ? "all-layers" : `layers0-${layers - 1}`}.html`
+    .replace(/[^A-Za-z0-9._-]+/g, "_");
   download(new Blob([html], { type: "text/html" }), name);
-  return `Saved ${name} (${Math.ceil(html.length / 1024)} KB): it opens in any browser with no server and no internet.`;
+  return `Saved ${name} (${Math.ceil(html.length / 1024)} KB, ${held}; up to ${OFFLINE_MAX_BYTES / 2 ** 20} MB of attention): `
+    + "it opens in any browser with no server and no internet.";
 }
 
 function download(blob, name) {

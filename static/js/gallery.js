@@ -3,13 +3,17 @@
 // this page like a share link (fields this page does not know stay in the URL); the server has
 // precomputed the analyses (`python -m app gallery`), so they open at once. While the page shows
 // a gallery prompt (opened here, from a link, or by the presenter), its "what to look for" stays
-// as a caption card above the view.
+// as a caption card above the view, with the tokens it talks about ("token 19", quoted words) as
+// chips that choose them, and marked in the views' token strips.
+import { displayToken } from "./draw.js";
 import { settings } from "./settings.js";
-import { getState, subscribe } from "./store.js";
+import { analysisMatches, getState, setView, subscribe } from "./store.js";
 import { h } from "./ui.js";
 import { openQuery } from "./url.js";
 
 const GALLERY_URL = "/api/gallery";
+const QUOTED_MAX = 24; // characters of a quoted word the caption may name as a token
+const MARK = "gallery-mark"; // class of a token-strip button the caption talks about
 
 let ui = null;
 
@@ -26,7 +30,45 @@ export function mountGallery(panel) {
   document.querySelector("[role=tablist]")?.before(caption);
   ui = { panel, list, status, caption, loaded: false, items: [], shown: null };
   subscribe(showCaption);
+  subscribe(() => requestAnimationFrame(markTokens)); // after the views have drawn their strips
   load();
+}
+
+/** Token indices an item's explanation names: "token 19", and quoted words ("keys", " blue")
+ * matched to the prompt's tokens. */
+function namedTokens(item, tokens) {
+  const text = explanation(item);
+  const found = new Set([...text.matchAll(/\btokens? (\d+)/g)].map(([, n]) => Number(n)));
+  for (const [, word] of text.matchAll(new RegExp(`"([^"]{1,${QUOTED_MAX}})"`, "g"))) {
+    tokens.forEach((token, i) => {
+      if (displayToken(token) === word.trim()) found.add(i);
+    });
+  }
+  return [...found].filter((i) => i < tokens.length).sort((a, b) => a - b);
+}
+
+/** The tokens the shown caption names, once its analysis is on the page. */
+function captionTokens(state) {
+  const item = ui.shown;
+  if (!item || ui.caption.hidden || !state.analysis || !analysisMatches(state)) return [];
+  return namedTokens(item, state.analysis.tokens.tokens);
+}
+
+/** Mark the caption's tokens in every token strip, and list them in the caption as chips. */
+function markTokens() {
+  const state = getState();
+  const named = captionTokens(state);
+  const set = new Set(named);
+  for (const button of document.querySelectorAll(".view .token-strip button[data-index]")) {
+    button.classList.toggle(MARK, set.has(Number(button.dataset.index)));
+  }
+  const signature = `${state.analysis?.key}|${named}`;
+  if (!ui.chips || ui.chipsFor === signature) return;
+  ui.chipsFor = signature;
+  ui.chips.replaceChildren(...(named.length ? [h("span", { className: "control-label", text: "Look at" })] : []),
+    ...named.map((index) => h("button", { type: "button", className: `quiet ${MARK}`, "data-token": index,
+      title: `choose token ${index}`, text: `«${displayToken(state.analysis.tokens.tokens[index])}» ${index}`,
+      onClick: () => setView({ token: index }) })));
 }
 
 /** The caption card of the gallery item whose model and prompt the page shows, or none. */
@@ -37,10 +79,13 @@ function showCaption(state) {
   if (!item || ui.shown === item) return;
   ui.shown = item;
   ui.caption.dataset.item = item.id;
+  ui.chips = h("p", { className: "gallery-chips", "data-testid": "gallery-chips" });
+  ui.chipsFor = null;
   ui.caption.replaceChildren(
     h("div", { className: "gallery-caption-text" }, [
       h("strong", { text: `What to look for: ${item.title}` }),
       h("p", { text: explanation(item) }),
+      ui.chips,
     ]),
     h("button", { type: "button", className: "quiet", text: "×", "aria-label": "Hide this caption", onClick: () => {
       ui.dismissed = item;

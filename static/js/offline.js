@@ -4,13 +4,14 @@
 // the ES modules of offlinemain.js and everything it imports, fetched from this server as the
 // page loads them, and the page's stylesheet. The file also holds, as JSON blocks that are never
 // executed, the server's published settings and the data: the tokens, the overview thumbnails
-// and one layer's attention. In the file a small loader (bootModules) gives each module a blob:
+// and every layer's attention (as many as fit the exporter's budget), from which the token view
+// is drawn too. In the file a small loader (bootModules) gives each module a blob:
 // URL, its imports pointed at the others', and imports the main one. Its Content-Security-Policy
 // forbids every network request.
 import { isWireArray } from "./protocol.js";
 import { settings } from "./settings.js";
 
-const FORMAT_VERSION = 2; // of the embedded data
+const FORMAT_VERSION = 3; // of the embedded data (3: `layers`, every layer the file holds)
 const MAIN_MODULE = "offlinemain.js"; // the file's main module, a path under static/js
 const STYLESHEET = new URL("../css/atlas.css", import.meta.url); // the page's own
 const MODULES = new URL("./", import.meta.url); // static/js on this server
@@ -47,17 +48,19 @@ function toJson(value) {
 }
 
 /**
- * The embedded data: `analysis` is the store's (tokens, overview with decoded arrays), `layer`
- * the HTTP API's `layer` payload (arrays with base64 data) and `view` the state it opens with.
+ * The embedded data: `analysis` is the store's (tokens, overview with decoded arrays), `layers`
+ * the HTTP API's `layer` payloads of layers 0, 1, ... (arrays with base64 data) and `view` the
+ * state it opens with.
  */
-export function offlineData(analysis, layer, view) {
+export function offlineData(analysis, layers, view) {
   const { key, model, text, target, tokens, overview, sinks } = analysis;
   return {
     format: FORMAT_VERSION,
     created: new Date().toISOString(),
     analysis: toJson({ key, model, text, target, tokens, overview, sinks }),
-    layer,
-    view: { layer: layer.layer, head: view.head, heads: view.heads, token: view.token, threshold: view.threshold },
+    layers,
+    view: { layer: Math.min(view.layer, layers.length - 1), head: view.head, heads: view.heads, token: view.token,
+      threshold: view.threshold },
   };
 }
 
@@ -152,6 +155,8 @@ export async function offlineHtml(data) {
 <section id="view-model" class="view" data-view="model"></section>
 <h2>Head view</h2>
 <section id="view-head" class="view" data-view="head"></section>
+<h2>Token view</h2>
+<section id="view-token" class="view" data-view="token"></section>
 </main>
 <footer>Saved from Attention Atlas. This file needs no server and makes no network requests.</footer>
 <script type="application/json" id="atlas-config">${jsonBlock(settings)}</script>

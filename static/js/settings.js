@@ -22,3 +22,9 @@ export function errorTitle(code) {
 export function viewLabel(name) {
   return settings.views.find((view) => view.name === name)?.label ?? name;
 }
+
+/** The models that are causal language models (what the decoder views need), told by their
+ * titles ("… Llama decoder, …"; an encoder-decoder is not one). */
+export function decoderModels() {
+  return settings.models.filter((model) => /\bdecoder\b/i.test(model.title) && !/encoder-decoder/i.test(model.title));
+}

@@ -3,6 +3,7 @@
 // then synced to the store's state on every render.
 import { displayToken } from "./draw.js";
 import { layerName } from "./layers.js";
+import { decoderModels } from "./settings.js";
 import { setView } from "./store.js";
 
 /** Build an element: props are attributes, `text` (textContent), `className`, and `on*` listeners. */
@@ -154,6 +155,17 @@ export function arrived(body, entry, loading = "Loading…") {
   if (entry?.status === "error") notice(body, entry.error.message, "error");
   else notice(body, entry?.status === "ready" ? "" : loading);
   return entry?.status === "ready" ? entry.payload : null;
+}
+
+/** A notice that a view needs a decoder (`text` says why), with a one-click switch to each
+ * model that is one: the same prompt is analysed there, and the view stays open. */
+export function decoderNotice(el, text) {
+  notice(el, text);
+  const box = el.querySelector(":scope > .notice");
+  for (const model of decoderModels()) {
+    box.append(" ", h("button", { type: "button", className: "primary", text: `Switch to ${model.name}`,
+      title: `Analyse this prompt on ${model.title}`, "data-switch-model": model.name, onClick: () => setView({ model: model.name }) }));
+  }
 }
 
 /** Placeholder shown while a view waits for data, or when it failed. */

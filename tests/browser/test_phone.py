@@ -19,7 +19,7 @@ VIEWS = ["model", "head", "token", "neuron", "matrix", "rollout"]
 WIDTHS = """() => {
   const width = document.documentElement.clientWidth;
   let right = 0;
-  for (const node of document.querySelectorAll("main *:not([role=tab]), header *")) {
+  for (const node of document.querySelectorAll("main *:not(.tabs *), header *")) {
     if (node.offsetParent === null) continue;
     right = Math.max(right, node.getBoundingClientRect().right);
   }

@@ -26,7 +26,7 @@ def test_analyze_while_offline_is_sent_on_reconnect(open_context, tmp_path):
         page.wait_for_function("() => document.documentElement.dataset.busy === 'false'")
     page.wait_for_selector(BANNER)  # the server is gone: the page says so
 
-    page.fill("#prompt", PROMPT)
+    page.fill("#prompt", f"{PROMPT} Again.")  # not the example the first visit analysed
     page.click("#analyze")
     page.wait_for_timeout(1000)  # long enough for a hidden banner or a lost request to show
     assert page.is_visible(BANNER), "Analyze hid the connection banner"

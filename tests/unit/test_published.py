@@ -28,5 +28,7 @@ def test_the_page_embeds_the_settings_and_writes_its_tabs_from_them(app, service
     assert embedded == json.loads(json.dumps(settings))
     assert embedded["errors"] == ERRORS and embedded["default"] in {model["name"] for model in embedded["models"]}
     names = [name for name, _, _ in VIEWS]
-    assert re.findall(r'role="tab" data-view="(\w+)"', html) == names
+    grouped = [name for group in settings["view_groups"] for name in group["views"]]
+    assert sorted(grouped) == sorted(names)  # every view in one group, once
+    assert re.findall(r'role="tab" data-view="(\w+)"', html) == grouped
     assert re.findall(r'<section id="view-(\w+)"', html) == names

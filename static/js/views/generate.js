@@ -3,8 +3,10 @@
 // text with it highlighted, and where it attends: its outgoing attention in every layer and
 // head (rows) over the tokens so far (columns), with the mean over all heads as bars above.
 // With causal attention the analysis of prompt + continuation holds exactly the attention each
-// token had during generation. Data: the `generate` stream (generated, tokens, overview, done),
-// then `token` events on that analysis. Settings and step live in the URL, so links replay it
+// token had during generation. While the model runs, each token shows as it is chosen
+// (`generated_token`: "token 7 of 20", with the attention row of the query that chose it), and
+// Cancel stops the model work. Data: the `generate` stream (generated_token*, generated, tokens,
+// overview, done), then `token` events on that analysis. Settings and step live in the URL, so links replay it
 // (the server caches the generation).
 import {
   binOf, binStart, contentWidth, displayToken, drawLegend, fitText, formatNumber, hatchPattern, heatmapImage,
@@ -12,8 +14,8 @@ import {
 } from "../draw.js";
 import { BAR_COLOUR, SEQUENTIAL } from "../palette.js";
 import { limits } from "../settings.js";
-import { detailFor, dropDetail, setView } from "../store.js";
-import { changed, h, notice, segmented, statusLine } from "../ui.js";
+import { cancelDetail, detailFor, dropDetail, setView } from "../store.js";
+import { changed, decoderNotice, h, notice, segmented, statusLine } from "../ui.js";
 
 const PANEL_HEIGHT = 420; // px the head rows aim for
 const MIN_ROW = 2; // px per head row, at least...
@@ -79,8 +81,12 @@ function mount(el) {
       seed: ui.sample ? seed.value : null, temperature: ui.sample ? temperature.value : null, step: 0 };
     if (setView(wanted)) return;
     const request = generation(ui.state); // the same settings again: retry a failed run
-    if (detailFor(ui.state, request)?.status === "error") dropDetail(request);
+    if (["error", "cancelled"].includes(detailFor(ui.state, request)?.status)) dropDetail(request);
   });
+  const cancel = h("button", { type: "button", text: "Cancel", title: "stop the model: nothing more is generated",
+    "data-testid": "cancel-generation", onClick: () => cancelDetail(generation(ui.state)) });
+  const liveLabel = h("span", { className: "step-label", "data-testid": "generate-live-label", "aria-live": "polite" });
+  const live = h("div", { className: "toolbar generate-live", "data-testid": "generate-live" }, [liveLabel, cancel]);
   const back = h("button", { type: "button", className: "quiet", text: "◀", title: "previous token", "data-control": "step-back",
     onClick: () => step(-1) });
   const forward = h("button", { type: "button", className: "quiet", text: "▶", title: "next token", "data-control": "step-forward",
@@ -99,9 +105,9 @@ function mount(el) {
   const status = statusLine("Rows: heads, grouped by layer; columns: the tokens so far (later ones hatched). Bars: the mean over every head.");
   const stepper = h("div", { className: "toolbar stepper" }, [h("span", { className: "control-label", text: "Step" }), back, slider, forward, label]);
   const result = h("div", { className: "generate-result" }, [stepper, text, heading, h("div", { className: "canvas-scroll" }, [canvas])]);
-  el.append(form, h("div", { className: "view-body" }, [result]), status.root);
+  el.append(form, live, h("div", { className: "view-body" }, [result]), status.root);
   ui = { el, count, sampling, seed, temperature, form, slider, label, text, heading, canvas, result, status, back, forward,
-    sample: false, synced: null, geometry: null };
+    stepper, live, liveLabel, cancel, sample: false, synced: null, geometry: null };
   canvas.addEventListener("mousemove", hover);
   canvas.addEventListener("mouseleave", hideTooltip);
   return ui;
@@ -145,6 +151,47 @@ function syncText(result, current) {
   ui.text.querySelector(".current")?.classList.remove("current");
   ui.text.children[current]?.classList.add("current");
   ui.text.dataset.current = String(current);
+}
+
+/** The prompt and the tokens generated so far (the newest marked), while the model runs. */
+function liveText(tokens, first) {
+  ui.text.dataset.key = "live";
+  ui.text.replaceChildren(...tokens.map((token, i) => h("span", {
+    className: i < first ? "prompt" : i === tokens.length - 1 ? "generated newest" : "generated",
+    text: token.replace(/\n/g, "↵\n"),
+  })));
+  delete ui.text.dataset.current; // the stepper's token: none until the result arrives
+}
+
+/** A generation in progress or cancelled: each token as the model chose it, with the attention
+ * row of the token before it (the query that chose it), over every layer and head. */
+function renderLive(entry, body, el) {
+  const latest = entry.parts?.generated_token;
+  const cancelled = entry.status === "cancelled";
+  ui.cancel.hidden = cancelled;
+  notice(body, "");
+  if (!latest) {
+    const stage = entry.parts?.progress?.stage;
+    ui.liveLabel.textContent = cancelled ? "Cancelled before the first token; press Generate to run it again."
+      : `Generating${stage ? ` (${stage})` : ""}…`;
+    return;
+  }
+  const { total, tokens, attention } = latest;
+  const made = latest.step + 1; // tokens generated so far
+  const n = tokens.length - 1; // tokens before the new one: the columns of its attention row
+  const word = `«${displayToken(tokens[n])}»`;
+  ui.liveLabel.textContent = cancelled ? `Cancelled after ${made} of ${total} tokens; press Generate to run it again.`
+    : entry.parts.generated ? "Generated; analysing the whole text…" : `Generating: token ${made} of ${total}: ${word}`;
+  ui.live.dataset.step = String(made);
+  ui.result.hidden = false;
+  ui.stepper.hidden = true;
+  ui.tokens = tokens;
+  liveText(tokens, n + 1 - made);
+  ui.heading.textContent = `«${displayToken(tokens[n - 1])}» chose ${word}: where it attended, in every layer and head`;
+  ui.inputs = null; // the stepper's drawing is gone: redraw it when the result arrives
+  drawAttention(attention, n - 1, tokens.slice(0, n), contentWidth(el), theme());
+  delete ui.canvas.dataset.token; // data-token: the stepper's drawing of the analysed result
+  ui.canvas.dataset.live = String(n - 1);
 }
 
 function hover(event) {
@@ -249,17 +296,21 @@ export function render(state, el) {
   ui.form.hidden = !causal;
   ui.result.hidden = true;
   if (!causal) {
-    return notice(body, `Generation needs a decoder (a causal language model such as smollm2); ${analysis.model} is an `
+    return decoderNotice(body, `Generation needs a decoder (a causal language model such as smollm2); ${analysis.model} is an `
       + "encoder, which reads a whole text at once and does not predict a next token.");
   }
   syncForm(state);
+  ui.live.hidden = true;
   if (!state.generate) return notice(body, "Choose how many tokens to generate and press Generate.");
   const entry = detailFor(state, generation(state));
   if (entry?.status === "error") return notice(body, `Generation failed: ${entry.error.message}`, "error");
-  if (entry?.status !== "ready") {
-    const stage = entry?.parts?.progress?.stage;
-    return notice(body, `Generating${stage ? ` (${stage})` : ""}…`);
+  if (entry?.status === "pending" || entry?.status === "cancelled") {
+    ui.live.hidden = false;
+    return renderLive(entry, body, el);
   }
+  if (entry?.status !== "ready") return notice(body, "Generating…");
+  ui.stepper.hidden = false;
+  delete ui.canvas.dataset.live;
   const result = entry.payload;
   ui.steps = steps(state, result);
   const { index, count, first } = ui.steps;

@@ -5,13 +5,15 @@
 // click to choose the position (and jump to the token view). Windows of as many positions as
 // the server answers, paged. Data: the `lens` event (ids int32 and probs float16 [L + 1, count, k], words).
 // Encoders (no next-token head) get a notice instead.
-import { displayToken, formatNumber, hideTooltip, showTooltip } from "../draw.js";
+import { displayToken, drawLegend, formatNumber, hideTooltip, prepareCanvas, showTooltip, theme } from "../draw.js";
 import { SEQUENTIAL, inkOn, lutColour, unitIndex } from "../palette.js";
 import { limits } from "../settings.js";
 import { detailFor, setView, tokenIndex } from "../store.js";
-import { arrived, h, notice, segmented, statusLine } from "../ui.js";
+import { arrived, decoderNotice, h, segmented, statusLine } from "../ui.js";
 
 const WINDOW = limits.lens_max_positions; // positions per lens request: as many as the server answers
+const LEGEND_W = 220; // px of the colour legend
+const LEGEND_H = 10; // px
 
 let ui = null;
 
@@ -41,9 +43,11 @@ function mount(el) {
   const detail = h("div", { className: "lens-detail", "aria-live": "polite" });
   const status = statusLine("Each cell: the most likely next token after that layer at that position, shaded by its probability. "
     + "Underlined: it is the token that really comes next. Hover for the top predictions; click to choose the position.");
-  el.append(h("div", { className: "toolbar" }, [previous, range, next, order.root]),
+  const legend = h("canvas", { className: "lens-legend", "data-testid": "lens-legend",
+    "aria-label": "Colour legend: a cell's shade is the probability of its top prediction, from 0 to 1" });
+  el.append(h("div", { className: "toolbar" }, [previous, range, next, order.root, legend]),
     h("div", { className: "view-body" }, [h("div", { className: "lens-scroll" }, [table]), detail]), status.root);
-  ui = { el, previous, next, range, order, table, detail, status, built: null };
+  ui = { el, previous, next, range, order, table, detail, status, legend, built: null };
 
   table.addEventListener("mouseover", (event) => {
     const cell = event.target.closest("td[data-layer]");
@@ -132,15 +136,21 @@ export function render(state, el) {
   if (!analysis) return;
   const body = ui.el.querySelector(".view-body");
   const causal = analysis.tokens.info.causal;
-  for (const control of [ui.previous, ui.next, ui.order.root]) control.hidden = !causal;
+  for (const control of [ui.previous, ui.next, ui.order.root, ui.legend]) control.hidden = !causal;
   if (!causal) {
     ui.table.replaceChildren();
     ui.detail.replaceChildren();
     ui.range.textContent = "";
-    return notice(body, `The logit lens reads what each layer would predict as the next token, so it needs a decoder `
+    return decoderNotice(body, `The logit lens reads what each layer would predict as the next token, so it needs a decoder `
       + `(a causal language model such as smollm2); ${analysis.model} is an encoder without a next-token head.`);
   }
   ui.order.sync(state.order === "top" ? "top" : "bottom");
+  if (ui.legendLook !== state.projector) { // the shades' key, in the toolbar beside the table
+    ui.legendLook = state.projector;
+    const look = theme();
+    const ctx = prepareCanvas(ui.legend, LEGEND_W + 8, LEGEND_H + look.size * 2 + 4);
+    drawLegend(ctx, 4, 2, LEGEND_W, LEGEND_H, SEQUENTIAL, ["0", "probability of the top prediction", "1"], look, "drop");
+  }
   const { start, count, n } = windowOf(state);
   ui.range.textContent = `positions ${start}–${start + count - 1} of ${n}`;
   ui.previous.disabled = start === 0;

@@ -11,6 +11,9 @@ from models.record import Capture
 
 TOPK_ROW_CHUNK = 512  # query rows per block when picking top-k links; bounds memory at long N
 NEURON_MAX_KEYS = 4096  # keys shown in the neuron view; all of them up to the longest prompt
+# Kobayashi et al. 2020's ||alpha_ij f_h(x_j)||: "value" as row shares, "norm" raw (norm units)
+NORM_MODES = ("value", "norm")
+TOKEN_MODES = ("attention", "norm")  # the token view's columns; "value" would need every row's total
 
 
 def _check_index(name: str, value: int, limit: int) -> int:
@@ -87,11 +90,27 @@ def _mode_matrix(capture: Capture, layer: int, head: int, mode: str, rows=slice(
     if mode == "scores":
         return capture.scores_block(layer, head, rows, cols)
     block = capture.attention_block(layer, head, rows, cols)
-    if mode == "value":
-        weighted = block * capture.output_norms[layer, head, cols][None, :]
-        total = weighted.sum(axis=1, keepdims=True)
-        return np.divide(weighted, total, out=np.zeros_like(weighted), where=total > 0)
+    if mode in NORM_MODES:
+        norms = capture.output_norms[layer, head]  # [N]
+        weighted = block * norms[cols][None, :]  # ||alpha_ij f_h(x_j)||
+        if mode == "norm":
+            return weighted
+        # shares of the whole row, also when the block is a zoomed part of it
+        whole = cols == slice(None)
+        total = weighted.sum(axis=1) if whole else capture.attention_block(layer, head, rows) @ norms  # [r]
+        return np.divide(weighted, total[:, None], out=np.zeros_like(weighted), where=total[:, None] > 0)
     return block
+
+
+def quantize_mode(values: np.ndarray, mode: str) -> dict:
+    """uint8 colours of one mode's values: shares as they are; raw norms (``norm``, unbounded)
+    divided by their peak, which the ``scale`` carries back (value = byte * scale)."""
+    if mode != "norm":
+        return quantize_unit(values)
+    peak = float(values.max()) if values.size else 0.0
+    peak = peak if peak > 0 else 1.0
+    encoded = quantize_unit(values / peak)
+    return {**encoded, "scale": encoded["scale"] * peak}
 
 
 def layer_payload(key: str, capture: Capture, layer: int, mode: str, dense_max: int, top_k: int) -> dict:
@@ -99,12 +118,12 @@ def layer_payload(key: str, capture: Capture, layer: int, mode: str, dense_max: 
     ``top_k`` strongest keys per query (what the head view draws anyway)."""
     _check_index("layer", layer, capture.n_layers)
     if mode == "scores":
-        raise AtlasError("bad_request", "the head view shows attention or value-weighted attention, not scores")
+        raise AtlasError("bad_request", "the head view shows attention or norm-based attention, not scores")
     n, heads = capture.n_tokens, range(capture.n_heads)
     base = {"key": key, "layer": layer, "mode": mode, "tokens": n, "heads": capture.n_heads}
     if n <= dense_max:
         matrices = np.stack([_mode_matrix(capture, layer, head, mode) for head in heads])  # [H, N, N]
-        return {**base, "format": "dense", "attention": quantize_unit(matrices)}
+        return {**base, "format": "dense", "attention": quantize_mode(matrices, mode)}
     k = min(top_k, n)
     indices, values = _top_links(capture, layer, mode, k)  # [H, N, k] each
     index_type = "uint16" if n <= 65535 else "uint32"
@@ -113,7 +132,7 @@ def layer_payload(key: str, capture: Capture, layer: int, mode: str, dense_max: 
         "format": "topk",
         "k": k,
         "indices": encode_array(indices, index_type),
-        "values": quantize_unit(values),
+        "values": quantize_mode(values, mode),
     }
 
 
@@ -163,10 +182,12 @@ def _top_in_rows(torch, capture: Capture, layer: int, head: int, mode: str, rows
             top = torch.topk(scores, k, dim=1, sorted=False)
             return top.indices, torch.exp(top.values - lse)
         weights = scores.sub_(lse).exp_()
-    if mode == "value":
+    if mode in NORM_MODES:
         weights.mul_(tensor(capture.output_norms[layer, head, :width])[None, :])
         total = weights.sum(dim=1, keepdim=True)  # [r, 1]
         top = torch.topk(weights, k, dim=1, sorted=False)
+        if mode == "norm":
+            return top.indices, top.values
         return top.indices, torch.where(total > 0, top.values / total, torch.zeros_like(top.values))
     top = torch.topk(weights, k, dim=1, sorted=False)
     return top.indices, top.values
@@ -205,7 +226,7 @@ def matrix_payload(
     }
     if mode == "scores":
         return {**base, "matrix": encode_array(pooled, "float16")}
-    return {**base, "matrix": quantize_unit(pooled)}
+    return {**base, "matrix": quantize_mode(pooled, mode)}
 
 
 def max_pool(matrix: np.ndarray, side: int) -> np.ndarray:
@@ -218,15 +239,24 @@ def max_pool(matrix: np.ndarray, side: int) -> np.ndarray:
     return np.maximum.reduceat(pooled, col_starts, axis=1)
 
 
-def token_payload(key: str, capture: Capture, index: int) -> dict:
-    """Where one token looks (its row) and what looks at it (its column), in every head."""
+def token_payload(key: str, capture: Capture, index: int, mode: str = "attention") -> dict:
+    """Where one token looks (its row) and what looks at it (its column), in every head, as
+    attention or as raw ``norm`` ||alpha f(x)|| (row shares would need every row's total)."""
     _check_index("index", index, capture.n_tokens)
+    if mode not in TOKEN_MODES:
+        raise AtlasError("bad_request", f"the token view shows {' or '.join(TOKEN_MODES)}")
     row, col = slice(index, index + 1), slice(index, index + 1)
     heads = [(layer, head) for layer in range(capture.n_layers) for head in range(capture.n_heads)]
     shape = (capture.n_layers, capture.n_heads, capture.n_tokens)
-    outgoing = np.stack([capture.attention_block(layer, head, rows=row)[0] for layer, head in heads]).reshape(shape)
-    incoming = np.stack([capture.attention_block(layer, head, cols=col)[:, 0] for layer, head in heads]).reshape(shape)
-    return {"key": key, "index": index, "outgoing": quantize_unit(outgoing), "incoming": quantize_unit(incoming)}
+    outgoing = np.stack([_mode_matrix(capture, layer, head, mode, rows=row)[0] for layer, head in heads])
+    incoming = np.stack([_mode_matrix(capture, layer, head, mode, cols=col)[:, 0] for layer, head in heads])
+    return {
+        "key": key,
+        "index": index,
+        "mode": mode,
+        "outgoing": quantize_mode(outgoing.reshape(shape), mode),  # [L, H, N]
+        "incoming": quantize_mode(incoming.reshape(shape), mode),  # [L, H, N]
+    }
 
 
 def neuron_payload(key: str, capture: Capture, layer: int, head: int, query: int) -> dict:

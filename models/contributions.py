@@ -15,19 +15,28 @@ from torch import nn
 OUTPUT_PROJECTIONS = ("o_proj", "out_proj", "c_proj", "o")  # Llama-likes, BART/OPT, GPT-2, T5
 
 
-def output_weight(module: nn.Module, parent: nn.Module | None) -> torch.Tensor | None:
-    """[H * d, D] output projection of an attention module (input features first), or None.
+def output_projection(module: nn.Module, parent: nn.Module | None) -> nn.Module | None:
+    """The output projection W_O of an attention module (nn.Linear or GPT-2's Conv1D), or None.
 
     BERT-likes keep it beside the attention module, in the parent's ``output.dense``.
     """
     candidates = [getattr(module, name, None) for name in OUTPUT_PROJECTIONS]
     candidates.append(getattr(getattr(parent, "output", None), "dense", None))
     for layer in candidates:
-        if isinstance(layer, nn.Linear):
-            return layer.weight.T
-        if type(layer).__name__ == "Conv1D":  # GPT-2: weight is already [in, out]
-            return layer.weight
+        if isinstance(layer, nn.Linear) or type(layer).__name__ == "Conv1D":
+            return layer
     return None
+
+
+def projection_weight(layer: nn.Module) -> torch.Tensor:
+    """[in, out] weight of an nn.Linear or of GPT-2's Conv1D (which already stores it so)."""
+    return layer.weight.T if isinstance(layer, nn.Linear) else layer.weight
+
+
+def output_weight(module: nn.Module, parent: nn.Module | None) -> torch.Tensor | None:
+    """[H * d, D] output projection of an attention module (input features first), or None."""
+    layer = output_projection(module, parent)
+    return None if layer is None else projection_weight(layer)
 
 
 def head_grams(weight: torch.Tensor, heads: int) -> torch.Tensor:

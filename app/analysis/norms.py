@@ -4,8 +4,9 @@ and for rollout.
 A head's output for query i is sum_j alpha_ij f(x_j). A large weight on a token whose
 transformed vector f(x_j) is tiny moves nothing: sink tokens typically get high weight and small
 norms. Weighting each alpha_ij by ||f(x_j)|| shows what actually reaches the output; the views'
-"value" mode does that in :mod:`app.shaping`, block by block as it reads attention, so no
-[H, N, N] product is ever built here. Both it and rollout then need each row as shares.
+"value" (row shares) and "norm" (raw) modes do that in :mod:`app.shaping`, block by block as it
+reads attention, so no [H, N, N] product is ever built here. Both it and rollout then need each
+row as shares.
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ def capture(request, tiny_models):
 
 
 @pytest.mark.parametrize("stored", [True, False], ids=["stored attention", "recomputed from q and k"])
-@pytest.mark.parametrize("mode", ["attention", "value"])
+@pytest.mark.parametrize("mode", ["attention", "value", "norm"])
 def test_top_k_links_are_the_strongest_keys(capture, stored, mode):
     capture = capture if stored else dataclasses.replace(capture, attention=None)
     payload = shaping.layer_payload("k" * 64, capture, 1, mode, dense_max=4, top_k=TOP_K)
@@ -34,4 +34,4 @@ def test_top_k_links_are_the_strongest_keys(capture, stored, mode):
         matrix = shaping._mode_matrix(capture, 1, head, mode)  # [N, N]
         picked = np.take_along_axis(matrix, indices[head], axis=1)
         np.testing.assert_allclose(np.sort(picked, axis=1), np.sort(matrix, axis=1)[:, -TOP_K:], atol=1e-6)
-        np.testing.assert_allclose(values[head], picked, atol=0.5 / 255 + 1e-6)
+        np.testing.assert_allclose(values[head], picked, atol=0.5 * payload["values"]["scale"] + 1e-6)

@@ -15,6 +15,7 @@ import { headColour } from "../palette.js";
 import { LAYER_MODES } from "../protocol.js";
 import { allHeads, detailFor, selectedHeads, setView, sinkSet } from "../store.js";
 import { arrived, changed, frameScheduler, h, numberSelect, segmented, statusLine, virtualScroller } from "../ui.js";
+import { TracedPath } from "../vector.js";
 
 const ROW_EMS = 1.75; // row height, in label font sizes
 const PAD = 10; // px above the first and below the last row
@@ -68,7 +69,8 @@ function mount(el) {
   const layer = numberSelect("Layer", "layer", (value) => setView({ layer: value }));
   const mode = segmented("Weights", "mode", [
     { value: "attention", text: "Attention", title: "softmax attention weights" },
-    { value: "value", text: "Value-weighted", title: "attention × ‖value‖, renormalised per query" },
+    { value: "value", text: "‖αf‖ share", title: "Kobayashi et al. 2020: ‖α f(x)‖, as shares of each query's row" },
+    { value: "norm", text: "‖αf‖", title: "Kobayashi et al. 2020: raw ‖α f(x)‖, scaled to the strongest shown" },
   ], (value) => setView({ mode: value }));
   const threshold = h("input", { type: "range", min: 0, max: 1, step: 0.01, name: "threshold", "data-control": "threshold" });
   const thresholdValue = h("output", { className: "threshold-value" });
@@ -212,7 +214,7 @@ function linkPaths(payload, heads, g, focus, first, last, threshold, scrollTop) 
   const add = (slot, query, key, w, peak) => {
     if (w < floor || !peak) return;
     const step = Math.min(ALPHA_STEPS - 1, Math.floor((w / peak) * ALPHA_STEPS));
-    const path = paths[slot][step] ?? (paths[slot][step] = new Path2D());
+    const path = paths[slot][step] ?? (paths[slot][step] = new TracedPath());
     path.moveTo(x1, y(query));
     path.lineTo(x2, y(key));
     const far = focus?.side === "k" ? query : key; // the end away from the focus (or from the visible query)
@@ -298,8 +300,9 @@ function describeFocus(payload, heads, tokens, focus) {
     else for (let q = 0; q < tokens.length; q++) links.push([weight(payload, head, q, focus.index), q, head]);
   }
   links.sort((a, b) => b[0] - a[0]);
+  const unit = payload.mode === "norm" ? 255 * (payload.attention ?? payload.values).scale : 1; // norm mode: back to norm units
   const named = links.slice(0, TOP_LINKS).filter(([w]) => w > 0)
-    .map(([w, other, head]) => `«${displayToken(tokens[other])}» ${formatNumber(w)} (head ${head})`);
+    .map(([w, other, head]) => `«${displayToken(tokens[other])}» ${formatNumber(w * unit)} (head ${head})`);
   const who = `«${displayToken(tokens[focus.index])}» (token ${focus.index})`;
   return focus.side === "q" ? `${who} attends most to ${named.join(", ") || "nothing above the threshold"}`
     : `${who} is attended most by ${named.join(", ") || "nothing above the threshold"}`;
@@ -433,6 +436,7 @@ export function render(state, el) {
   ui.payload = arrived(ui.el.querySelector(".view-body"), detailFor(state, need(state)), `Loading layer ${state.layer}…`);
   ui.canvas.dataset.layer = String(state.layer);
   ui.canvas.dataset.ready = String(Boolean(ui.payload));
+  ui.canvas.dataset.mode = ui.payload?.mode ?? "";
   if (changed(ui, [analysis, ui.payload, state.heads, state.head, state.threshold, state.token, state.lock, state.projector, el.clientWidth])) {
     ui.schedule();
   }

@@ -12,9 +12,11 @@ import { detailFor, getState, scaleSkip, setView, sinkSet, tokenIndex } from "..
 import { arrived, changed, h, layerHeadSelects, segmented, sinkScaleToggle, statusLine } from "../ui.js";
 
 const MAX_LABEL = 130; // px of a token label before it ends in …
+const LABEL_SHARE = 0.2; // of the view's width a label may take at most (a phone keeps room for cells)
 const MAX_CELL = 42; // px per cell
 const LABEL_ANGLE = Math.PI / 3; // key labels rise at 60 degrees
 const HEIGHT_FRACTION = 0.74; // of the window height the heatmap may take
+const MAX_ASPECT = 2.5; // a cell may be this many times wider than tall, so a long prompt fills the width
 const MIN_BLOCK = 2; // tokens per side of the smallest zoom block
 const WHEEL_FACTOR = 1.5; // zoom per wheel step
 const WHEEL_PAUSE_MS = 120; // wheel steps closer than this are merged
@@ -35,7 +37,8 @@ function mount(el) {
   const mode = segmented("Colour by", "mode", [
     { value: "attention", text: "Attention", title: "softmax attention weights" },
     { value: "scores", text: "Scores", title: "pre-softmax q·k × scaling; masked cells hatched" },
-    { value: "value", text: "Value-weighted", title: "attention × ‖value‖, renormalised per query" },
+    { value: "value", text: "‖αf‖ share", title: "Kobayashi et al. 2020: ‖α f(x)‖, as shares of each query's row" },
+    { value: "norm", text: "‖αf‖", title: "Kobayashi et al. 2020: raw ‖α f(x)‖, scaled to the strongest shown" },
   ], (value) => setView({ mode: value }));
   const reset = h("button", { type: "button", className: "quiet", text: "Reset zoom", "data-control": "reset-zoom",
     onClick: () => setView({ zoom: null }) });
@@ -110,8 +113,8 @@ function cellAt(point, clamp) {
   const g = ui.geometry;
   const p = ui.payload;
   if (!g || !p) return null;
-  let r = Math.floor((point.y - g.top) / g.cell);
-  let c = Math.floor((point.x - g.left) / g.cell);
+  let r = Math.floor((point.y - g.top) / g.cellH);
+  let c = Math.floor((point.x - g.left) / g.cellW);
   if (clamp) {
     r = Math.max(0, Math.min(g.rows - 1, r));
     c = Math.max(0, Math.min(g.cols - 1, c));
@@ -166,7 +169,7 @@ function colouring(payload, skip) {
       legend: [`−${formatNumber(limit)}`, `score (pre-softmax${note})`, `+${formatNumber(limit)}`] };
   }
   const top = peak((v) => v);
-  const label = payload.mode === "value" ? "value-weighted attention" : "attention";
+  const label = { value: "‖αf‖ share of the row", norm: "‖αf‖ (norm units)" }[payload.mode] ?? "attention";
   return { lut: SEQUENTIAL, index: (v) => unitIndex(top ? Math.min(1, v / top) : 0),
     legend: ["0", `${label}${note}`, formatNumber(top * payload.matrix.scale)] };
 }
@@ -186,32 +189,44 @@ function hatchMasked(out, p, g, look, causal) {
       if (!masked(r, c)) continue;
       let end = c;
       while (end + 1 < cols && masked(r, end + 1)) end++;
-      out.fillRect(g.left + c * g.cell, g.top + r * g.cell, (end - c + 1) * g.cell, g.cell);
+      out.fillRect(g.left + c * g.cellW, g.top + r * g.cellH, (end - c + 1) * g.cellW, g.cellH);
       c = end;
     }
   }
 }
 
+/**
+ * Token labels along one axis. Every token when there is room; else every `step`-th bin, each
+ * label "position token" (the bin's first token) with a tick at its place, so thinned and pooled
+ * axes read the same way and never mix bare indices with tokens.
+ */
 function axisLabels(ctx, look, g, count, start, end, along) {
   const tokens = ui.state.analysis.tokens.tokens;
-  const step = Math.max(1, Math.ceil((look.size * 1.15) / g.cell));
+  const size = along === "rows" ? g.cellH : g.cellW;
+  const step = Math.max(1, Math.ceil((look.size * 1.15) / size));
+  const thinned = thinnedAxis(count, start, end, size, look);
   const chosen = tokenIndex(ui.state);
   ctx.font = look.font(0.9);
+  ctx.strokeStyle = look.muted;
+  ctx.lineWidth = 1;
   for (let i = 0; i < count; i += step) {
     const a = binStart(i, count, start, end);
     const b = binStart(i + 1, count, start, end);
-    const text = fitText(ctx, b - a === 1 ? displayToken(tokens[a]) : String(a), MAX_LABEL); // pooled: first index
+    const text = fitText(ctx, thinned ? `${a} ${displayToken(tokens[a])}` : displayToken(tokens[a]), g.most);
     const sink = b - a === 1 && sinkSet(ui.state).has(a);
     const selected = along === "rows" && a <= chosen && chosen < b;
+    const at = (i + 0.5) * size;
     ctx.fillStyle = selected ? look.accent : look.ink;
     if (along === "rows") {
+      if (thinned) strokeTick(ctx, g.left - 4, g.top + at, g.left, g.top + at);
       ctx.textAlign = "right";
       ctx.textBaseline = "middle";
-      ctx.fillText(text, g.left - 6, g.top + (i + 0.5) * g.cell);
-      if (sink) drawSinkBadge(ctx, g.left - 10 - ctx.measureText(text).width, g.top + (i + 0.5) * g.cell, look, "right");
+      ctx.fillText(text, g.left - 6, g.top + at);
+      if (sink) drawSinkBadge(ctx, g.left - 10 - ctx.measureText(text).width, g.top + at, look, "right");
     } else {
+      if (thinned) strokeTick(ctx, g.left + at, g.top - 4, g.left + at, g.top);
       ctx.save();
-      ctx.translate(g.left + (i + 0.5) * g.cell, g.top - 6);
+      ctx.translate(g.left + at, g.top - 6);
       ctx.rotate(-LABEL_ANGLE);
       ctx.textAlign = "left";
       ctx.textBaseline = "middle";
@@ -222,39 +237,65 @@ function axisLabels(ctx, look, g, count, start, end, along) {
   }
 }
 
+function strokeTick(ctx, x1, y1, x2, y2) {
+  ctx.beginPath();
+  ctx.moveTo(x1, y1);
+  ctx.lineTo(x2, y2);
+  ctx.stroke();
+}
+
+/** Whether an axis of `count` bins over tokens start..end, `size` px each, shows only some labels. */
+function thinnedAxis(count, start, end, size, look) {
+  return end - start > count || Math.ceil((look.size * 1.15) / size) > 1;
+}
+
+/**
+ * Where the heatmap goes: label margins (for plain token labels, or "position token" ones when
+ * `numbered`), then cells that fill the width and are as tall as the window allows, down to
+ * 1 / MAX_ASPECT of their width. `thinned`: an axis shows only some labels.
+ */
+function layout(ctx, look, p, width, numbered) {
+  const [rows, cols] = p.matrix.shape;
+  const tokens = ui.state.analysis.tokens.tokens;
+  const labels = (from, to) => tokens.slice(from, to).map((token, i) => (numbered ? `${from + i} ` : "") + displayToken(token));
+  const badge = sinkSet(ui.state).size ? sinkBadgeWidth(ctx, look) : 0; // room for sink badges beside labels
+  const most = Math.min(MAX_LABEL, width * LABEL_SHARE);
+  const left = Math.max(labelWidth(ctx, labels(p.row0, p.row1), most), labelWidth(ctx, ["00000"], most)) + 12 + badge;
+  const top = Math.ceil((Math.max(labelWidth(ctx, labels(p.col0, p.col1), most), 40) + badge) * Math.sin(LABEL_ANGLE)) + 16;
+  const wide = Math.max(1, Math.min(MAX_CELL, (width - left - 24) / cols));
+  const cellH = Math.max(1, Math.min(wide, (window.innerHeight * HEIGHT_FRACTION - top) / rows));
+  const cellW = Math.min(wide, cellH * MAX_ASPECT);
+  const thinned = thinnedAxis(rows, p.row0, p.row1, cellH, look) || thinnedAxis(cols, p.col0, p.col1, cellW, look);
+  return { left, top, cellW, cellH, rows, cols, thinned, most };
+}
+
 function draw() {
   const p = ui.payload;
   if (!p) return;
   const look = theme();
   const [rows, cols] = p.matrix.shape;
-  const tokens = ui.state.analysis.tokens.tokens;
   const ctx = ui.canvas.getContext("2d");
   ctx.font = look.font(0.9);
-  const rowLabels = tokens.slice(p.row0, p.row1).map(displayToken);
-  const colLabels = tokens.slice(p.col0, p.col1).map(displayToken);
-  const badge = sinkSet(ui.state).size ? sinkBadgeWidth(ctx, look) : 0; // room for sink badges beside labels
-  const left = Math.max(labelWidth(ctx, rowLabels, MAX_LABEL), labelWidth(ctx, ["00000"], MAX_LABEL)) + 12 + badge;
-  const top = Math.ceil((Math.max(labelWidth(ctx, colLabels, MAX_LABEL), 40) + badge) * Math.sin(LABEL_ANGLE)) + 16;
   const width = contentWidth(ui.el);
-  const room = Math.min((width - left - 24) / cols, (window.innerHeight * HEIGHT_FRACTION - top) / rows);
-  const cell = Math.max(1, Math.min(MAX_CELL, room));
-  const g = { left, top, cell, rows, cols };
+  let g = layout(ctx, look, p, width, false);
+  if (g.thinned) g = layout(ctx, look, p, width, true); // room for "position token" labels
+  const { left, top, cellW, cellH } = g;
   ui.geometry = g;
-  ui.canvas.dataset.grid = JSON.stringify({ left, top, cell });
-  const height = top + rows * cell + LEGEND_H + look.size * 3;
-  const out = prepareCanvas(ui.canvas, Math.max(width, left + cols * cell + 8), height);
+  ui.canvas.dataset.grid = JSON.stringify({ left, top, cell: cellW, cellH }); // cell: a cell's width
+  const height = top + rows * cellH + LEGEND_H + look.size * 3;
+  const out = prepareCanvas(ui.canvas, Math.max(width, left + cols * cellW + 8), height);
 
   const { lut, index, legend } = ui.colours;
   ui.image ??= heatmapImage(rows, cols, lut, (r, c) => index(p.matrix.data[r * cols + c]));
   out.imageSmoothingEnabled = false;
-  out.drawImage(ui.image, left, top, cols * cell, rows * cell);
+  out.drawImage(ui.image, left, top, cols * cellW, rows * cellH);
   hatchMasked(out, p, g, look, ui.state.analysis.tokens.info.causal);
   out.strokeStyle = look.muted;
   out.lineWidth = 1;
-  out.strokeRect(left - 0.5, top - 0.5, cols * cell + 1, rows * cell + 1);
+  out.strokeRect(left - 0.5, top - 0.5, cols * cellW + 1, rows * cellH + 1);
   axisLabels(out, look, g, rows, p.row0, p.row1, "rows");
   axisLabels(out, look, g, cols, p.col0, p.col1, "cols");
-  drawLegend(out, left, top + rows * cell + 8, Math.max(320, Math.min(420, cols * cell)), LEGEND_H, lut, legend, look);
+  drawLegend(out, left, top + rows * cellH + 8, Math.max(320, Math.min(420, cols * cellW)), LEGEND_H, lut, legend, look);
 
   if (ui.drag) {
     const { from, to } = ui.drag;

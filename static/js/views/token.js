@@ -8,8 +8,9 @@ import {
 } from "../draw.js";
 import { layerName } from "../layers.js";
 import { SEQUENTIAL } from "../palette.js";
+import { TOKEN_MODES } from "../protocol.js";
 import { detailFor, setView, sinkSet, tokenIndex } from "../store.js";
-import { arrived, changed, h, statusLine, tokenStrip } from "../ui.js";
+import { arrived, changed, h, segmented, statusLine, tokenStrip } from "../ui.js";
 
 const LAYER_GAP = 3; // px between layer groups
 const PANEL_HEIGHT = 560; // px the rows of one heatmap aim for
@@ -26,17 +27,27 @@ const PANELS = {
   outgoing: { title: (word) => `Outgoing: where ${word} looks (columns: keys)` },
   incoming: { title: (word) => `Incoming: who looks at ${word} (columns: queries)` },
 };
+const LEGENDS = { attention: "attention", norm: "‖αf‖ (norm units)" };
 let ui = null;
+
+/** The view's weights: attention or raw ‖αf‖; another view's mode (scores, shares) shows attention. */
+function tokenMode(mode) {
+  return TOKEN_MODES.includes(mode) ? mode : "attention";
+}
 
 export function need(state) {
   if (!state.analysis) return null;
-  return { event: "token", fields: { key: state.analysis.key, index: tokenIndex(state) } };
+  return { event: "token", fields: { key: state.analysis.key, index: tokenIndex(state), mode: tokenMode(state.mode) } };
 }
 
 function mount(el) {
   const strip = tokenStrip("Choose a token", (index) => setView({ token: index }));
   const status = statusLine("Rows: heads, grouped by layer. Columns: the prompt's tokens (hatched where a causal mask hides them). "
     + "Hover for values; click a cell to open that head.");
+  const mode = segmented("Weights", "mode", [
+    { value: "attention", text: "Attention", title: "softmax attention weights" },
+    { value: "norm", text: "‖αf‖", title: "Kobayashi et al. 2020: raw ‖α f(x)‖, scaled to the strongest shown" },
+  ], (value) => setView({ mode: value }));
   const panels = {};
   const grid = h("div", { className: "token-panels" });
   for (const [name, spec] of Object.entries(PANELS)) {
@@ -54,9 +65,9 @@ function mount(el) {
       }
     });
   }
-  el.append(h("div", { className: "toolbar token-picker" }, [h("span", { className: "control-label", text: "Token" }), strip.root]),
+  el.append(h("div", { className: "toolbar token-picker" }, [h("span", { className: "control-label", text: "Token" }), strip.root, mode.root]),
     h("div", { className: "view-body" }, [grid]), status.root);
-  ui = { el, strip, status, grid, panels };
+  ui = { el, strip, mode, status, grid, panels };
   return ui;
 }
 
@@ -78,7 +89,7 @@ function hover(name, event) {
     hideTooltip();
     return;
   }
-  const value = g.values[(cell.layer * g.heads + cell.head) * g.bins + cell.bin] / 255;
+  const value = g.values[(cell.layer * g.heads + cell.head) * g.bins + cell.bin] * g.scale;
   const tokens = ui.state.analysis.tokens.tokens;
   const me = `«${displayToken(tokens[ui.payload.index])}»`;
   const other = cell.end - cell.first === 1 ? `«${displayToken(tokens[cell.first])}»` : `tokens ${cell.first}–${cell.end - 1}`;
@@ -104,7 +115,7 @@ function drawPanel(name, values, tokens, width, look) {
   const badge = sinks.size ? sinkBadgeWidth(ctx, look) : 0;
   const top = labelled ? (widest + badge) * Math.sin(LABEL_ANGLE) + look.size + 8 : look.size * 2;
   const pooled = poolColumns(values.data, layers * heads, n, bins);
-  const g = { left, top, col, row, layerH, layers, heads, n, bins, values: pooled };
+  const g = { left, top, col, row, layerH, layers, heads, n, bins, values: pooled, scale: values.scale ?? 1 / 255 };
   panel.geometry = g;
   const height = top + layers * layerH + LEGEND_HEIGHT + look.size * 2.6;
   const draw = prepareCanvas(panel.canvas, Math.max(width, left + bins * col + 8), height);
@@ -157,7 +168,7 @@ function drawPanel(name, values, tokens, width, look) {
   draw.lineWidth = 2 * look.line;
   draw.strokeRect(left + chosen * col - 1, top - 2, col + 2, layers * layerH - LAYER_GAP + 4);
   drawLegend(draw, left, top + layers * layerH + 6, Math.min(220, Math.max(120, bins * col)), LEGEND_HEIGHT, SEQUENTIAL,
-    ["0", "attention", "1"], look);
+    ["0", LEGENDS[ui.payload.mode] ?? "attention", formatNumber(255 * g.scale)], look);
 }
 
 export function render(state, el) {
@@ -167,6 +178,7 @@ export function render(state, el) {
   if (!analysis) return;
   const index = tokenIndex(state);
   ui.strip.sync(analysis.tokens.tokens, analysis.tokens.special, index, { sink: sinkSet(state) });
+  ui.mode.sync(tokenMode(state.mode));
   const payload = arrived(ui.el.querySelector(".view-body"), detailFor(state, need(state)));
   if (!payload || !changed(ui, [payload, sinkSet(state), state.projector, el.clientWidth])) return;
   ui.payload = payload;
@@ -180,5 +192,6 @@ export function render(state, el) {
     ui.panels[name].heading.textContent = PANELS[name].title(word);
     drawPanel(name, payload[name], analysis.tokens.tokens, width, look);
     ui.panels[name].canvas.dataset.token = String(index);
+    ui.panels[name].canvas.dataset.mode = payload.mode;
   }
 }

@@ -51,6 +51,7 @@ class Call:
     live: bool = True  # send progress and per-layer events (a socket; HTTP answers once)
     rooms: Any = None  # app.presenter.RoomEvents, for socket calls
     address: str | None = None  # a socket's client address, which pays limits of its own too
+    cancel: Callable[[Any], bool] = lambda rid: False  # stop this client's request ``rid`` (a socket's)
 
 
 @dataclass
@@ -97,9 +98,10 @@ def address_limits(config) -> dict[str, tuple[float, float]]:
 
 
 class Dispatcher:
-    def __init__(self, service, limiter: limits.RateLimiter):
+    def __init__(self, service, limiter: limits.RateLimiter, remote=None):
         self.service = service
         self.limiter = limiter
+        self.remote = remote  # app.tasks.RemoteWork: model rows run on worker processes (MODEL_WORKERS)
         self.address_limiter = limits.RateLimiter(lambda: address_limits(service.config))
         self.jobs = JobCount()
         self._cpu_queue = limits.JobQueue(1)
@@ -161,9 +163,22 @@ class Dispatcher:
             )
             return unpack_payload(arrays)
 
+    def _here_or_remote(self, call: Call, fields: dict) -> Any:
+        """A model row on a web process without models: answered here when it needs no model
+        work (a stored analysis), else run on a worker. Its handler raises ModelElsewhere at its
+        first model work, before it has sent anything."""
+        from app.service import ModelElsewhere
+
+        try:
+            return call.request.handler(call, fields)
+        except ModelElsewhere:
+            return self.remote.run(call, fields)
+
     def _queued(self, call: Call, fields: dict) -> Any:
         """CPU work waits for a place in the CPU queue (model work takes its device's queue
-        inside the service); the rest runs at once."""
+        inside the service, or a worker's: ``remote``); the rest runs at once."""
+        if call.request.cost is Cost.MODEL and self.remote is not None:
+            return self._here_or_remote(call, fields)
         if call.request.cost is not Cost.CPU:
             return call.request.handler(call, fields)
         with self.cpu_queue.slot():

@@ -9,6 +9,7 @@ import contextlib
 import logging
 import socket
 import threading
+from collections.abc import Callable
 
 import socketio as python_socketio
 from flask_socketio import Namespace
@@ -20,6 +21,7 @@ from app.protocol import NAMESPACE, AtlasError, request_id
 from app.requests import SOCKET_EVENTS, Cost
 
 log = logging.getLogger(__name__)
+SOCKETIO_CHANNEL = "attention-atlas"  # the Redis pub/sub channel of Socket.IO messages (web processes and workers)
 
 # A binary Socket.IO packet leaves as several Engine.IO messages (header, then attachments), and
 # python-socketio sends them one by one: two threads emitting at once (a stream and a detail
@@ -139,8 +141,11 @@ class AtlasNamespace(Namespace):
     def __init__(self, dispatcher: Dispatcher):
         super().__init__(NAMESPACE)
         self.dispatcher = dispatcher
-        self.rooms = presenter.RoomEvents(presenter.Rooms(), lambda: socketio.server, NAMESPACE)
+        self.rooms = presenter.RoomEvents(
+            presenter.rooms_for(dispatcher.service.config), lambda: socketio.server, NAMESPACE
+        )
         self._gone: dict[str, threading.Event] = {}  # sid -> set when that client disconnects
+        self._stops: dict[tuple[str, object], threading.Event] = {}  # (sid, rid) -> set when cancelled
         self._lock = threading.Lock()
 
     def trigger_event(self, event: str, *args):
@@ -157,12 +162,16 @@ class AtlasNamespace(Namespace):
         rid = request_id(data)
         try:
             request, fields = self.dispatcher.parse(sid, SOCKET_EVENTS.get(event), event, data)
-            call = self._call(sid, request, rid)
+            stop = threading.Event()
+            call = self._call(sid, request, rid, stop)
             if request.cost in (Cost.CACHED, Cost.ROOM):
                 self._answer(call, self.dispatcher.run(call, fields))
             else:
                 admission = contextlib.ExitStack()  # limits are checked now, the job held until the task ends
                 admission.enter_context(self.dispatcher.admit(call))
+                if rid is not None:
+                    with self._lock:
+                        self._stops[(sid, rid)] = stop
                 socketio.start_background_task(self._work, call, fields, admission)
         except AtlasError as error:
             self._emit(sid, "error", error.payload(rid))
@@ -184,26 +193,43 @@ class AtlasNamespace(Namespace):
             )
         finally:
             admission.close()
+            with self._lock:
+                self._stops.pop((call.client, call.rid), None)
 
     def _answer(self, call: Call, payload: dict | None) -> None:
         if payload is not None:  # None: the handler streamed its answer, or a room answered itself
             call.emit(call.request.name, {"rid": call.rid, **payload})
 
-    def _call(self, sid: str, request, rid) -> Call:
+    def _call(self, sid: str, request, rid, stop: threading.Event) -> Call:
+        """A call that ends when its client leaves or cancels it (``stop``)."""
         with self._lock:
             gone = self._gone.setdefault(sid, threading.Event())
+
+        def ended() -> bool:
+            return gone.is_set() or stop.is_set()
+
         environ = self.server.get_environ(sid, NAMESPACE) or {}
         return Call(
             self.dispatcher.service,
             request,
             sid,
             rid,
-            self._emitter(sid, gone),
-            gone.is_set,
+            self._emitter(sid, ended),
+            ended,
             live=True,
             rooms=self.rooms,
             address=environ.get("REMOTE_ADDR") or "unknown",
+            cancel=lambda target: self._cancel(sid, target),
         )
+
+    def _cancel(self, sid: str, rid) -> bool:
+        """Stop ``sid``'s request ``rid`` if it is still running: it leaves the queue, or stops at
+        its next check (between generated tokens), and sends nothing more."""
+        with self._lock:
+            stop = self._stops.get((sid, rid))
+        if stop is not None:
+            stop.set()
+        return stop is not None
 
     def _left(self, sid: str) -> bool:
         """Whether ``sid`` is really leaving: Socket.IO passes on a client message named
@@ -217,14 +243,11 @@ class AtlasNamespace(Namespace):
             gone.set()  # its queued jobs leave the queue; its streams stop sending
         self.dispatcher.limiter.forget(sid)
 
-    def _emitter(self, sid: str, gone: threading.Event):
+    def _emitter(self, sid: str, ended: Callable[[], bool]):
         def emit(event: str, payload: dict) -> None:
-            if gone.is_set():
+            if ended():
                 return  # nobody to send to; the work that produced this is already done
-            stage = payload.get("stage") if event == "progress" else None
-            if isinstance(stage, limits.QueueStage):
-                payload = {**payload, "stage": str(stage), "position": stage.position}
-            self._emit(sid, event, payload)
+            self._emit(sid, event, limits.wire_progress(event, payload))
 
         return emit
 

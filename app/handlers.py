@@ -52,7 +52,7 @@ def on_matrix(call, fields: dict) -> dict:
 
 
 def on_token(call, fields: dict) -> dict:
-    return shaping.token_payload(fields["key"], call.service.lookup(fields["key"]), fields["index"])
+    return shaping.token_payload(fields["key"], call.service.lookup(fields["key"]), fields["index"], fields["mode"])
 
 
 def on_neuron(call, fields: dict) -> dict:
@@ -108,11 +108,12 @@ def on_probe(call, fields: dict) -> dict:
 
 
 def on_export_npz(call, fields: dict):
-    """The whole record as NumPy arrays (attention recomputed as [layers, heads, query, key])."""
+    """The whole record as NumPy arrays, ``tokens`` as a string array among them (an upload of
+    this file opens the same analysis)."""
     key = fields["key"]
     capture = call.service.lookup(key)
     buffer = io.BytesIO()
-    np.savez_compressed(buffer, **capture.to_arrays())
+    np.savez_compressed(buffer, **capture.export_arrays())
     buffer.seek(0)
     return send_file(
         buffer,
@@ -235,6 +236,12 @@ def on_link(call, fields: dict) -> dict:
     except LinkError as error:
         raise AtlasError("bad_request", str(error)) from None
     return {"id": link_id, "path": f"/s/{link_id}"}
+
+
+def on_cancel(call, fields: dict) -> dict:
+    """Stop one of this client's requests in progress (a generation, an analysis): its model work
+    ends at its next check and it sends nothing more. ``cancelled`` is False when it had ended."""
+    return {"request": fields["request"], "cancelled": call.cancel(fields["request"])}
 
 
 def on_room(call, fields: dict) -> None:

@@ -12,7 +12,7 @@ import numpy as np
 
 NAMESPACE = "/atlas"
 MAX_RID_CHARS = 64
-ATTENTION_MODES = ("attention", "scores", "value")
+ATTENTION_MODES = ("attention", "scores", "value", "norm")  # value/norm: Kobayashi 2020 shares/raw
 FUSIONS = ("mean", "max", "min")
 
 
@@ -41,6 +41,7 @@ SERVER_EVENTS = (
     "overview_layer",
     "tokens",
     "overview",
+    "generated_token",
     "generated",
     "done",
     "error",
@@ -52,10 +53,16 @@ SERVER_EVENTS = (
     "heads",
     "rollout",
     "flow",
+    "mixing",
+    "feedforward",
+    "routes",
     "compare",
+    "ablate",
+    "patch",
     "lens",
     "atlas",
     "atlas_head",
+    "cancel",
     "present_started",
     "present_state",
     "present_followers",

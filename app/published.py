@@ -13,6 +13,7 @@ from collections.abc import Mapping
 
 from app import insights, language, presenter
 from app.protocol import ERRORS
+from models.ablation import PATCH_MAX_TOKENS
 
 # The views in tab order: (name, tab label, tab tooltip). static/js/views/index.js lists the same
 # names (each is static/js/views/NAME.js); tests/unit/test_js_protocol.py checks the two agree.
@@ -25,21 +26,47 @@ VIEWS = (
     ("stats", "Stats", "statistics of every head"),
     ("heads", "Head roles", "every head coloured by a measure or its role"),
     ("rollout", "Rollout", "attention rollout and flow: which inputs reach a token"),
+    ("mixing", "Mixing", "context mixing with the residual and layer norm (Kobayashi et al. 2021)"),
+    ("routes", "Routes", "information-flow routes from one token back to the inputs (Ferrando & Voita 2024)"),
     ("compare", "Compare", "two prompts side by side, and which heads changed"),
+    ("intervene", "Interventions", "switch heads off or patch them, and see the prediction change (decoders)"),
     ("lens", "Logit lens", "what each layer would predict next (decoders)"),
     ("generate", "Generate", "step through generated tokens and where they attend (decoders)"),
     ("global", "Global", "every head's queries and keys over a corpus, in one picture (AttentionViz)"),
 )
 
+# The tab bar's groups, in order: (name, label, the views it holds in tab order). A view no group
+# names (one added since) is shown under "analyse", in VIEWS order.
+VIEW_GROUPS = (
+    ("explore", "Explore", ("model", "head", "token", "neuron", "matrix")),
+    ("analyse", "Analyse", ("stats", "heads", "rollout", "mixing", "routes", "compare")),
+    ("decoders", "Decoders", ("lens", "generate")),
+)
+
+
+def view_groups() -> list[dict]:
+    """[{name, label, views: [view names]}] covering every view of VIEWS once."""
+    named = {view for _, _, views in VIEW_GROUPS for view in views}
+    known = [name for name, _, _ in VIEWS]
+    groups = []
+    for group, label, views in VIEW_GROUPS:
+        members = [view for view in views if view in known]
+        if group == "analyse":
+            members += [view for view in known if view not in named]
+        groups.append({"name": group, "label": label, "views": members})
+    return groups
+
 
 def page_settings(config: Mapping, service) -> dict:
     """The published settings of this server: ``models`` (as ``GET /api/models`` lists them),
-    ``default`` (model name), ``views`` ([{name, label, hint}] in tab order), ``errors``
+    ``default`` (model name), ``views`` ([{name, label, hint}]), ``view_groups`` (the tab
+    bar's groups, view_groups), ``errors``
     ({code: title}) and ``limits`` (below). Pure: reads ``config`` and ``service`` only."""
     return {
         "models": service.models(),
         "default": service.registry.default,
         "views": [{"name": name, "label": label, "hint": hint} for name, label, hint in VIEWS],
+        "view_groups": view_groups(),
         "errors": dict(ERRORS),
         "limits": limits(config, service),
     }
@@ -62,6 +89,7 @@ def limits(config: Mapping, service) -> dict:
         "matrix_tile_max": config["MATRIX_TILE_MAX"],  # cells per side of one matrix tile
         "analysis_max_tokens": insights.ANALYSIS_MAX_TOKENS,  # read by whole-model analyses (roles, rollout)
         "lens_max_positions": language.LENS_MAX_POSITIONS,  # positions per logit-lens request
+        "patch_max_tokens": PATCH_MAX_TOKENS,  # per prompt of an activation-patching request
         "json_export_max_tokens": config["JSON_EXPORT_MAX_TOKENS"],  # above: the NPZ export only
         "presenter_code_alphabet": presenter.CODE_ALPHABET,  # a presentation's join code: this many
         "presenter_code_length": presenter.CODE_LENGTH,  # characters of this alphabet

@@ -21,9 +21,10 @@ import enum
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from app import handlers, language, published, stream
+from app import handlers, information_flow, interventions, language, mixing, published, stream
 from app.globalview import handlers as globalview
 from app.protocol import ATTENTION_MODES, FUSIONS, Field
+from models.ablation import ABLATION_MODES
 
 
 class Cost(enum.Enum):
@@ -102,6 +103,25 @@ TABLE: tuple[Request, ...] = (
         http=("GET", "/probe"),
         memo=False,
     ),
+    Request("cancel", {"request": Field(int, minimum=0)}, handlers.on_cancel, Cost.CACHED),
+    Request(
+        "ablate",
+        {
+            "key": KEY,
+            "heads": Field(list, minimum=0, max_items=4096),  # flat indices: layer * heads per layer + head
+            "mode": Field(str, False, "zero", ABLATION_MODES),
+        },
+        interventions.on_ablate,
+        Cost.MODEL,
+        http=("POST", "/analysis/<key>/ablate"),
+    ),
+    Request(
+        "patch",
+        {"key": KEY, "corrupt": TEXT},
+        interventions.on_patch,
+        Cost.MODEL,
+        http=("POST", "/analysis/<key>/patch"),
+    ),
     Request("open", {"key": KEY, "layers": LAYERS}, stream.stream_open, Cost.STREAM, streams=True),
     Request("layer", {"key": KEY, "layer": INDEX, "mode": MODE}, handlers.on_layer, Cost.CACHED, http=detail("layer")),
     Request(
@@ -120,7 +140,7 @@ TABLE: tuple[Request, ...] = (
         Cost.CACHED,
         http=detail("matrix"),
     ),
-    Request("token", {"key": KEY, "index": INDEX}, handlers.on_token, Cost.CACHED, http=detail("token")),
+    Request("token", {"key": KEY, "index": INDEX, "mode": MODE}, handlers.on_token, Cost.CACHED, http=detail("token")),
     Request(
         "neuron",
         {"key": KEY, "layer": INDEX, "head": INDEX, "query": INDEX},
@@ -140,6 +160,9 @@ TABLE: tuple[Request, ...] = (
     Request(
         "flow", {"key": KEY, "fusion": FUSION, "position": POSITION}, handlers.on_flow, Cost.CPU, http=detail("flow")
     ),
+    Request("mixing", {"key": KEY, "layer": INDEX}, mixing.on_mixing, Cost.MODEL, http=detail("mixing")),
+    Request("feedforward", {"key": KEY, "layer": INDEX}, mixing.on_feedforward, Cost.MODEL, http=detail("feedforward")),
+    Request("routes", information_flow.FIELDS, information_flow.on_routes, Cost.MODEL, http=detail("routes")),
     Request("compare", {"key": KEY, "other": KEY}, handlers.on_compare, Cost.CPU, http=detail("compare")),
     Request(
         "export_npz",

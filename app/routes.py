@@ -101,8 +101,12 @@ def _collect(collected: dict, event: str, payload: dict) -> None:
 
 
 def _query_value(value: str):
+    """A query value as the number it spells (``3``, ``0.04``), else the string."""
     digits = value.removeprefix("-")
-    return int(value) if digits.isascii() and digits.isdigit() else value
+    if digits.isascii() and digits.isdigit():
+        return int(value)
+    whole, dot, fraction = digits.partition(".")
+    return float(value) if dot and (whole + fraction).isascii() and (whole + fraction).isdigit() else value
 
 
 def _register(request_spec: Request) -> None:

@@ -22,9 +22,10 @@ from pathlib import Path
 
 from app import limits
 from app.cache import CaptureCache, DiskStore, cache_key, is_key
-from app.links import LinkStore, link_bytes
+from app.links import LinkStore, SharedLinks, link_bytes
 from app.memo import Memo
 from app.protocol import AtlasError
+from models.ablation import Ablation
 from models.errors import ModelLoadError, TooManyTokensError, UnknownModelError, UnsupportedModelError
 from models.record import Capture
 from models.registry import load_registry
@@ -35,6 +36,11 @@ Progress = Callable[[str, float], None]
 LayerDone = Callable[[int, int, object], None]  # (layer index, layers in all, its [H, t, t] thumbnails)
 CAPTURE_OPTIONS = {"precision": "float16"}  # part of every cache key
 LOAD_SHARE = 0.6  # share of the progress bar given to loading a model, the rest to the forward pass
+
+
+class ModelElsewhere(Exception):
+    """Model work asked for on a web process whose models live on workers (MODEL_WORKERS): the
+    dispatcher then sends the whole call to a worker (app.tasks)."""
 
 
 @dataclass
@@ -71,10 +77,11 @@ class AtlasService:
         cache_dir = Path(config["CACHE_DIR"])
         self.cache = CaptureCache(result_store(config), config["CACHE_MEMORY_BYTES"], upload_store(config))
         self.memo = Memo(self.cache, config["MEMO_MEMORY_BYTES"])  # results derived from stored analyses
-        self._links: LinkStore | None = None
+        self._links: LinkStore | SharedLinks | None = None
         self.converted_dir = cache_dir / "converted"
         self._loader = None
         self._loader_lock = threading.Lock()
+        self.flight = None  # app.tasks.SharedFlight on a model worker: one forward pass across workers
         self._queues: dict[str, limits.JobQueue] = {}  # device -> its queue of model work
         self._queues_lock = threading.Lock()
         self._counters: dict[str, tuple[object, threading.Lock]] = {}  # model -> (tokenizer copy, lock)
@@ -88,6 +95,7 @@ class AtlasService:
         with self._loader_lock:
             if self._loader is None:
                 import models.capture  # noqa: F401  (imported for the reason above)
+                import models.interventions  # noqa: F401
                 import models.language  # noqa: F401
                 from models.loading import ModelLoader
 
@@ -95,12 +103,16 @@ class AtlasService:
             return self._loader
 
     @property
-    def links(self) -> LinkStore:
-        """Short links, beside the results on this server's disk; created on first use."""
+    def links(self) -> LinkStore | SharedLinks:
+        """Short links, beside the results on this server's disk, and in Redis when REDIS_URL is
+        set (every process resolves them); created on first use."""
         if self._links is None:
-            self._links = LinkStore(
-                Path(self.config["CACHE_DIR"]) / "links", link_bytes(self.config["CACHE_DISK_BYTES"])
-            )
+            disk = LinkStore(Path(self.config["CACHE_DIR"]) / "links", link_bytes(self.config["CACHE_DISK_BYTES"]))
+            if self.config.get("REDIS_URL"):
+                from app.redis_store import connect
+
+                disk = SharedLinks(disk, connect(self.config["REDIS_URL"]))
+            self._links = disk
         return self._links
 
     def store(self, key: str, capture: Capture) -> None:
@@ -140,10 +152,11 @@ class AtlasService:
             raise AtlasError("unknown_model", str(error), 404) from None
         return name
 
-    def key_for(self, model: str, text: str, target: str = "") -> str:
-        """The cache key; a decoder text (encoder-decoder models) is an option only when given, so
-        every other analysis keeps its key."""
-        options = {**CAPTURE_OPTIONS, "target": target} if target else CAPTURE_OPTIONS
+    def key_for(self, model: str, text: str, target: str = "", ablation: Ablation | None = None) -> str:
+        """The cache key; a decoder text (encoder-decoder models) and an ablation are options only
+        when given, so every other analysis keeps its key."""
+        options = {**CAPTURE_OPTIONS, **({"target": target} if target else {})}
+        options.update(ablation.option() if ablation else {})
         return cache_key(model, self.registry.fingerprint(model), text, options)
 
     def token_limit(self, name: str) -> int:
@@ -157,6 +170,7 @@ class AtlasService:
         progress: Progress | None = None,
         target: object = "",
         on_layer: LayerDone | None = None,
+        ablation: Ablation | None = None,
     ) -> Analysis:
         """Validated, cached capture of ``text`` on ``model``; raises AtlasError for the user.
 
@@ -165,18 +179,20 @@ class AtlasService:
         this request is the one that runs the model (not for a cached or shared result).
 
         Identical requests in flight share one forward pass; when the client of that pass
-        disconnects before it starts, a waiting request takes it over.
+        disconnects before it starts, a waiting request takes it over. With an ``ablation`` the
+        capture is of the run with those heads switched off (:mod:`models.interventions`).
         """
         started = time.perf_counter()
         text = check_text(text, self.config["MAX_CHARS"])
         target = check_text(target, self.config["MAX_CHARS"]) if target else ""
         name = self.model_name(model)
-        key = self.key_for(name, text, target)
+        key = self.key_for(name, text, target, ablation)
         while True:
             try:
-                capture, cached = self.cache.get_or_compute(
-                    key, lambda: self._capture(name, text, target, progress, on_layer)
-                )
+                with self.flight.hold(key, self.cache) if self.flight else contextlib.nullcontext():
+                    capture, cached = self.cache.get_or_compute(
+                        key, lambda: self._capture(name, text, target, progress, on_layer, ablation)
+                    )
                 break
             except limits.JobCancelled:
                 if limits.cancelled():
@@ -193,7 +209,13 @@ class AtlasService:
         return capture
 
     def _capture(
-        self, name: str, text: str, target: str, progress: Progress | None, on_layer: LayerDone | None
+        self,
+        name: str,
+        text: str,
+        target: str,
+        progress: Progress | None,
+        on_layer: LayerDone | None,
+        ablation: Ablation | None = None,
     ) -> Capture:
         limit = self.token_limit(name)
         self._count_tokens(name, text, limit)
@@ -209,9 +231,11 @@ class AtlasService:
 
         def work(handle) -> Capture:
             from models.capture import run_capture
+            from models.interventions import capture_ablated
 
-            return run_capture(
-                handle, text, target=target, max_tokens=limit, on_layer=layer_done, reserve=self.cache.make_room
+            options = {"target": target, "max_tokens": limit, "on_layer": layer_done, "reserve": self.cache.make_room}
+            return (
+                capture_ablated(handle, text, ablation, **options) if ablation else run_capture(handle, text, **options)
             )
 
         return self.model_work(name, work, progress)
@@ -253,7 +277,10 @@ class AtlasService:
         Raises AtlasError: ``busy`` (queue full, waited too long, or the client left),
         ``model_load_failed``, ``too_long``, ``unsupported_model``, ``out_of_memory``,
         ``bad_request`` (the model refused the input) or ``internal`` (anything else, logged).
+        On a web process with MODEL_WORKERS, raises :class:`ModelElsewhere` instead.
         """
+        if self.config["MODEL_WORKERS"]:
+            raise ModelElsewhere()
         progress = progress or (lambda stage, fraction: None)
         with self._guard(name), self._queue().slot(lambda stage: progress(stage, 0.0)):
             handle = self.loader.get(name, lambda stage, fraction: progress(stage, LOAD_SHARE * fraction))

@@ -34,7 +34,7 @@ import torch
 from transformers import AttentionInterface
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface, eager_mask
 
-from models import budget, contributions, kernels
+from models import budget, contributions, editing, kernels
 from models.blocks import BLOCK_BYTES, fused_probabilities, summarize_layer
 from models.errors import TooManyTokensError, UnsupportedModelError
 from models.record import STATS_TOKENS, Capture
@@ -86,19 +86,20 @@ def _eager_for(module):
 
 def capture_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
     """The registered attention function: the fused kernel where it computes the model's own
-    attention and a recorder listens, else the model's own eager math; recording either way."""
+    attention and a recorder listens, else the model's own eager math; recording either way, and
+    handing the heads' output to the active intervention (:mod:`models.editing`) last."""
     recorder = _ACTIVE.get()
     scaling = query.shape[-1] ** -0.5 if scaling is None else float(scaling)
     if recorder is not None and recorder.fused_is_exact(module, query, key, value, attention_mask, scaling, kwargs):
         output, lse = kernels.attention_with_lse(query, key, value, recorder.kernel_mask(attention_mask), scaling)
         recorder.record(module, query, key, value, attention_mask, scaling, lse=lse)
-        return output, None
+        return editing.edited(module, output), None
     output, weights = _eager_for(module)(
         module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs
     )
     if recorder is not None:
         recorder.record(module, query, key, value, attention_mask, scaling, weights=weights)
-    return output, weights
+    return editing.edited(module, output), weights
 
 
 def register_capture_attention() -> None:

@@ -3,6 +3,7 @@
 // BertViz) or turned when that gives larger cells (deep models with few heads); an optional order
 // of the heads within each layer (sorted grids), outlines for the chosen and hovered head, hit
 // testing, arrow-key moves, and a ranked list of heads.
+import { hideTooltip, pointerIn, showTooltip } from "./draw.js";
 import { h } from "./ui.js";
 
 const GAP = 3; // px between cells
@@ -101,6 +102,47 @@ export function drawGrid(ctx, g, look, { paint, dim = () => false, selected = nu
     ctx.lineWidth = width * look.line;
     ctx.strokeRect(x - 1.5, y - 1.5, g.cell + 3, g.cell + 3);
   }
+}
+
+/** Publish where a grid's cells are on its canvas (data-grid), for tests and scripts that click a head. */
+export function publishGrid(canvas, g, extra = {}) {
+  canvas.dataset.grid = JSON.stringify({ left: g.label, top: g.header, pitch: g.pitch, cell: g.cell, headsAcross: g.headsAcross, ...extra });
+}
+
+/**
+ * Pointer on a grid's canvas: a tooltip `describe(cell)` on hover, `onPick(cell)` on click.
+ * `geometry()` is the grid as last drawn (layouts change with the window).
+ */
+export function gridPointer(canvas, geometry, describe, onPick) {
+  canvas.addEventListener("mousemove", (event) => {
+    const cell = gridCellAt(geometry(), pointerIn(canvas, event));
+    canvas.style.cursor = cell ? "pointer" : "default";
+    if (cell) showTooltip(describe(cell), event.clientX, event.clientY);
+    else hideTooltip();
+  });
+  canvas.addEventListener("mouseleave", hideTooltip);
+  canvas.addEventListener("click", (event) => {
+    const cell = gridCellAt(geometry(), pointerIn(canvas, event));
+    if (cell) onPick(cell, event);
+  });
+}
+
+/** A diagonal stroke across a cell: the head is switched off (interventions). */
+export function strikeCell(ctx, x, y, cell, look) {
+  ctx.strokeStyle = look.ink;
+  ctx.lineWidth = 2 * look.line;
+  ctx.beginPath();
+  ctx.moveTo(x + 3, y + 3);
+  ctx.lineTo(x + cell - 3, y + cell - 3);
+  ctx.stroke();
+}
+
+/** The ablation set with one head (flat index) added or taken out. */
+export function toggledHead(chosen, index) {
+  const heads = new Set(chosen ?? []);
+  if (heads.has(index)) heads.delete(index);
+  else heads.add(index);
+  return [...heads].sort((a, b) => a - b);
 }
 
 /**

@@ -6,7 +6,7 @@ import { STREAMS } from "./protocol.js";
 import { errorTitle, settings } from "./settings.js";
 import { connect, request } from "./socket.js";
 import {
-  analysisMatches, detailByRid, detailId, getState, putDetail, setData, setView, subscribe, viewOf,
+  analysisMatches, detailByRid, detailId, getState, putDetail, setCanceller, setData, setView, subscribe, viewOf,
 } from "./store.js";
 import { startClassroom } from "./classroom.js";
 import { assembledOverview, partialOverview } from "./layerstream.js";
@@ -28,7 +28,7 @@ const page = {
   errorClose: $("#error-banner .dismiss"), info: $("#run-info"), tabs: [...document.querySelectorAll("[role=tab]")],
   panels: Object.fromEntries(VIEW_NAMES.map((view) => [view, $(`#view-${view}`)])), empty: $("#empty-state"),
   copy: $("#copy-link"), share: $("#share"), shareField: $("#share-field"), shareStatus: $("#share-status"),
-  projector: $("#projector"),
+  projector: $("#projector"), tablist: $("[role=tablist]"), hint: $("#tab-hint"),
 };
 const refetched = new Set(); // analysis keys re-requested after the server's cache dropped them
 let shownText = null; // the state text last written into the prompt box
@@ -122,6 +122,8 @@ function onEvent(event, payload) {
   const [id, entry] = found;
   if (STREAMS.includes(entry.event) && event !== "error") {
     onStreamEvent(id, entry, event, payload);
+  } else if (event === "progress") { // long model work answered once (patching): the view shows how far it is
+    putDetail(id, { ...entry, progress: payload });
   } else if (event !== "error") {
     putDetail(id, { status: "ready", payload });
     if (event === "heads" && state.analysis?.key === payload.key) setData({ analysis: { ...state.analysis, sinks: payload.sinks } });
@@ -164,7 +166,11 @@ function syncChrome(state) {
   document.documentElement.dataset.busy = String(Boolean(state.pending));
   document.documentElement.dataset.view = state.view;
   document.documentElement.dataset.analysis = active ? state.analysis.key : "";
-  for (const tab of page.tabs) tab.setAttribute("aria-selected", String(tab.dataset.view === state.view));
+  for (const tab of page.tabs) {
+    tab.setAttribute("aria-selected", String(tab.dataset.view === state.view));
+    tab.tabIndex = tab.dataset.view === state.view ? 0 : -1; // one tab stop; arrow keys move within
+  }
+  if (!page.tabs.includes(document.activeElement) && !page.tablist.matches(":hover")) showHint(null);
   for (const [view, panel] of Object.entries(page.panels)) panel.hidden = !active || view !== state.view;
   page.empty.hidden = active;
   page.empty.textContent = state.pending?.queued ? "Waiting for the server: your analysis is sent when it is back."
@@ -253,6 +259,10 @@ function runInfo(analysis) {
       + `${info.layer_kinds.filter((kind) => kind === "cross").length} decoder blocks × ${analysis.overview.heads} heads`;
   }
   if (info.kv_heads && info.kv_heads !== info.heads) parts.push(`${info.kv_heads} key/value heads`);
+  if (info.ablation) { // an intervened run (the interventions view): say so in every view
+    const count = info.ablation.ablate.length;
+    parts.unshift(`ABLATED RUN: ${count} head${count > 1 ? "s" : ""} switched off (${info.ablation.ablate_mode})`);
+  }
   const sinks = analysis.sinks?.length ?? 0;
   if (sinks) parts.push(`${sinks} attention sink${sinks > 1 ? "s" : ""} (hover for the rule)`);
   if (analysis.done) parts.push(analysis.done.cached ? "from cache" : `computed in ${analysis.done.seconds.toFixed(2)} s`);
@@ -301,10 +311,36 @@ function bindControls() {
     modelPicked = true;
   });
   page.errorClose.addEventListener("click", () => setData({ error: null }));
-  for (const tab of page.tabs) tab.addEventListener("click", () => setView({ view: tab.dataset.view }));
+  for (const tab of page.tabs) {
+    tab.addEventListener("click", () => setView({ view: tab.dataset.view }));
+    for (const event of ["mouseenter", "focus"]) tab.addEventListener(event, () => showHint(tab));
+    for (const event of ["mouseleave", "blur"]) tab.addEventListener(event, () => showHint(null));
+  }
+  page.tablist.addEventListener("keydown", moveBetweenTabs);
   page.copy.addEventListener("click", copyLink);
   page.projector.addEventListener("click", () => setProjector(!getState().projector));
   window.addEventListener("resize", scheduleUpdate);
+}
+
+const TAB_KEYS = { ArrowLeft: -1, ArrowUp: -1, ArrowRight: 1, ArrowDown: 1 }; // step through the tabs (wraps)
+
+/** Arrow keys move to the previous or next tab (Home, End: the first, the last) and open it. */
+function moveBetweenTabs(event) {
+  const at = page.tabs.indexOf(event.target);
+  if (at < 0) return;
+  const count = page.tabs.length;
+  const to = event.key === "Home" ? 0 : event.key === "End" ? count - 1
+    : event.key in TAB_KEYS ? (at + TAB_KEYS[event.key] + count) % count : -1;
+  if (to < 0) return;
+  event.preventDefault();
+  page.tabs[to].focus();
+  setView({ view: page.tabs[to].dataset.view });
+}
+
+/** The one-line description under the tabs: the pointed-at tab's, else the open view's. */
+function showHint(tab) {
+  const open = page.tabs.find((candidate) => candidate.dataset.view === getState().view);
+  page.hint.textContent = (tab ?? open)?.dataset.hint ?? "";
 }
 
 async function copyLink() {
@@ -341,6 +377,7 @@ function start() {
     projector = localStorage.getItem(PROJECTOR_KEY) === "1";
   } catch { /* storage disabled */ }
   const initial = fromQuery(location.search);
+  if (!location.search) initial.text = EXAMPLE_PROMPT; // a first visit opens analysed (the cache answers after the first)
   page.prompt.value = initial.text || EXAMPLE_PROMPT;
   shownText = initial.text;
   subscribe(scheduleUpdate);
@@ -349,6 +386,7 @@ function start() {
   setView(initial, { history: "replace" });
   startClassroom(); // presenter mode, gallery, exports: listens before the socket connects
   connect(onEvent, onStatus);
+  setCanceller((rid) => request("cancel", { request: rid }));
   scheduleUpdate();
 }
 

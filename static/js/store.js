@@ -12,8 +12,9 @@ import { VIEW_NAMES } from "./views/index.js";
 export const VIEW_FIELDS = ["model", "text", "target", "view", "layer", "head", "heads", "token", "threshold", "mode",
   "measure", "sort", "filter", "fusion", "text2", "generate", "sampling", "seed", "temperature", "step", "start", "key",
   "lock", "zoom", "scale", "sinks", "order",
-  "corpus", "projection", "colour", "focus", "search"];
-export const LIST_FIELDS = ["heads", "zoom"]; // written into links as comma-separated integers
+  "corpus", "projection", "colour", "focus", "search",
+  "ablate", "ablateRole", "ablateMode", "corrupt", "tau"];
+export const LIST_FIELDS = ["heads", "zoom", "ablate"]; // written into links as comma-separated integers
 export const DEFAULT_VIEW = {
   model: null, text: "", view: "model", layer: 0, head: 0,
   target: null, // encoder-decoder models: the text the decoder reads; null = the model's own output
@@ -44,6 +45,12 @@ export const DEFAULT_VIEW = {
   colour: null, // points coloured by "position" (in their text) or token "category"; null = query / key
   focus: null, // "head" = the chosen layer and head in detail; null = every head as a tile
   search: null, // a token whose points are highlighted; null = none
+  // interventions: null is each one's default and is left out of share links
+  ablate: null, // heads switched off, as flat indices (layer * heads + head); null = none
+  ablateRole: null, // every head of this role switched off too ("INDUCTION"); null = none
+  ablateMode: null, // "mean" = replaced by their mean over the prompt; null = zeroed
+  corrupt: null, // activation patching: the corrupted prompt; null = none
+  tau: null, // information-flow routes: the edge threshold (0..1); null = the paper's 0.04
 };
 const MAX_DETAILS = 60; // detail payloads kept per analysis (oldest dropped first)
 
@@ -138,6 +145,17 @@ const ANALYSIS_FIELDS = {
   colour: (value) => (value === "position" || value === "category" ? value : null),
   focus: (value) => (value === "head" ? value : null),
   search: (value) => (typeof value === "string" && value.trim() ? value.trim().slice(0, 40) : null),
+  ablate: (value) => {
+    const heads = Array.isArray(value) ? [...new Set(value.map((head) => toInt(head, -1)).filter((head) => head >= 0))] : [];
+    return heads.length ? heads.sort((a, b) => a - b) : null;
+  },
+  ablateRole: matching(/^[A-Z][A-Z0-9+-]{0,15}$/),
+  ablateMode: (value) => (value === "mean" ? value : null),
+  corrupt: (value) => (typeof value === "string" && value ? value : null),
+  tau: (value) => {
+    const number = Number(value);
+    return value === null || value === "" || !Number.isFinite(number) ? null : Math.min(1, Math.max(0.001, number));
+  },
 };
 
 function sameValue(a, b) {
@@ -242,6 +260,23 @@ export function putDetail(id, entry) {
   state.details.set(id, entry);
   while (state.details.size > MAX_DETAILS) state.details.delete(state.details.keys().next().value);
   notify({ view: false });
+}
+
+let canceller = () => {}; // sends a `cancel` for a request id (main.js sets it: views never call the server)
+
+/** How a request in flight is stopped on the server (main.js, which owns the socket). */
+export function setCanceller(cancel) {
+  canceller = cancel;
+}
+
+/** Stop a pending request (a generation): the server stops its model work; its entry keeps what
+ * arrived so far with status "cancelled", and is not asked again until dropped. */
+export function cancelDetail(request) {
+  const id = detailId(request);
+  const entry = state.details.get(id);
+  if (entry?.status !== "pending") return;
+  canceller(entry.rid);
+  putDetail(id, { ...entry, status: "cancelled" });
 }
 
 /** Forget a request's entry (e.g. a failed one, so that it is asked again). */

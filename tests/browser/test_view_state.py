@@ -48,6 +48,11 @@ SAMPLES = {
     "colour": "category",
     "focus": "head",
     "search": "the",
+    "ablate": "3,17",
+    "ablateRole": "INDUCTION",
+    "ablateMode": "mean",
+    "corrupt": "A corrupted prompt",
+    "tau": "0.12",
 }
 # Every [data-control] the views draw, and the view field it sets (None: an action, not a setting).
 CONTROLS = {
@@ -84,6 +89,15 @@ CONTROLS = {
     "search": "search",
     "all-heads": "focus",
     "open-in-head": "view",
+    "ablate-mode": "ablateMode",
+    "ablate-run": "ablate",
+    "ablate-clear": "ablate",
+    "open-ablated": "key",
+    "ablated-back": "key",
+    "corrupt": "corrupt",
+    "patch-run": "corrupt",
+    "patch-example": "corrupt",
+    "tau": "tau",
 }
 ROUND_TRIP = """async (samples) => {
   const { VIEW_FIELDS } = await import("/static/js/store.js");
@@ -100,7 +114,10 @@ VIEWS = [
     "stats",
     "heads",
     "rollout",
+    "mixing",
+    "routes",
     "compare",
+    "intervene",
     "lens",
     "generate",
     "global",

@@ -41,9 +41,25 @@ def key(service) -> str:
     return service.analyze("minilm", "The table decides what this costs.").key
 
 
-def fields_for(name: str, key: str) -> dict:
+@pytest.fixture(scope="module")
+def causal_key(service) -> str:
+    """A short causal-LM analysis, for the rows that need a decoder before they queue (patch)."""
+    return service.analyze("smollm2", CLEAN).key
+
+
+CLEAN = "Call 4141 ends the table"
+
+
+def fresh_corruption() -> str:
+    """A corrupted prompt as long as CLEAN that no other test asked for (not memoised)."""
+    return f"Call {1000 + time.time_ns() % 9000} ends the table"
+
+
+def fields_for(name: str, key: str, causal_key: str = "") -> dict:
     """Valid fields of a row (the work may still fail after admission: minilm has no lens)."""
     return {
+        "ablate": {"key": key, "heads": [0], "mode": "zero"},
+        "patch": {"key": causal_key, "corrupt": "Call 4242 ends the table"},
         "analyze": {"model": "minilm", "text": "The table decides what this costs."},
         "generate": {"model": "minilm", "text": "Once upon", "max_new_tokens": 1},
         "lens": {"key": key},
@@ -51,6 +67,9 @@ def fields_for(name: str, key: str) -> dict:
         "rollout": {"key": key, "position": 1},
         "flow": {"key": key, "position": 1},
         "compare": {"key": key, "other": key},
+        "mixing": {"key": key, "layer": 0},
+        "feedforward": {"key": key, "layer": 0},
+        "routes": {"key": key, "token": 1},
     }.get(name, {"key": key})
 
 
@@ -84,27 +103,33 @@ class Client:
 
 
 @pytest.mark.parametrize("row, transport", MODEL_CASES)
-def test_model_requests_pay_the_analyze_limit(app, connect, limit, key, row, transport):
+def test_model_requests_pay_the_analyze_limit(app, connect, limit, key, causal_key, row, transport):
     limit(RATE_ANALYZE_BURST=1, RATE_ANALYZE_PER_MINUTE=0.01)
     client = Client(app, connect, transport)
-    first = client.ask(row.name, fields_for(row.name, key), rid="1")
+    first = client.ask(row.name, fields_for(row.name, key, causal_key), rid="1")
     assert first.get("code") != "rate_limited", first
-    second = client.ask(row.name, fields_for(row.name, key), rid="2")
+    second = client.ask(row.name, fields_for(row.name, key, causal_key), rid="2")
     assert second.get("code") == "rate_limited", second
     assert second.get("status", 429) == 429
 
 
 @pytest.mark.parametrize("row, transport", MODEL_CASES)
-def test_model_requests_pay_the_job_cap(app, connect, limit, key, service, minilm, row, transport):
+def test_model_requests_pay_the_job_cap(app, connect, limit, key, causal_key, service, minilm, row, transport):
     """With the device busy, a client's first model request waits in the queue; its second is
     refused at once, whatever the transport."""
     limit(MAX_JOBS_PER_CLIENT=1)
     client = Client(app, connect, transport)
-    fields = {**fields_for(row.name, key)}
+    fields = {**fields_for(row.name, key, causal_key)}
     if row.name == "analyze":
         fields["text"] = f"Not cached yet: {uuid.uuid4()}"
     if row.name == "lens":
         fields["start"] = int(time.time_ns() % 4)  # a window not memoised by another test
+    if row.name == "ablate":
+        fields["heads"] = [1 + time.time_ns() % 71]  # minilm has 72 heads; [0] is the other test's
+    if row.name == "patch":
+        fields["corrupt"] = fresh_corruption()
+    if row.name in ("mixing", "feedforward", "routes"):  # memoised per analysis: a fresh one must queue
+        fields["key"] = service.analyze("minilm", f"Not weighed yet: {uuid.uuid4()}").key
     blocker = Blocker(service)
     try:
         if transport == "socket":

@@ -4,8 +4,8 @@
 // prompts have as many tokens, else between thumbnails), the most changed heads, the chosen
 // head of A and B side by side with the changed token positions marked, and both model views.
 // Data: a second `analyze` stream for B (tokens, overview), then `compare` {key: A, other: B}.
-import { binOf, contentWidth, displayToken, drawLegend, formatNumber, hideTooltip, pointerIn, prepareCanvas, showTooltip, theme } from "../draw.js";
-import { drawGrid, gridCellAt, gridKeyMove, gridLayout, rankedList } from "../headgrid.js";
+import { binOf, contentWidth, displayToken, drawLegend, formatNumber, prepareCanvas, theme } from "../draw.js";
+import { drawGrid, gridKeyMove, gridLayout, gridPointer, publishGrid, rankedList } from "../headgrid.js";
 import { SEQUENTIAL, lutColour, unitIndex } from "../palette.js";
 import { detailFor, setView, sinkSet } from "../store.js";
 import { changed, h, notice, statusLine, tokenStrip } from "../ui.js";
@@ -39,8 +39,8 @@ function mount(el) {
   const form = h("form", { className: "compare-form", "data-testid": "compare-form" }, [
     h("label", { className: "field compare-field" }, [h("span", { text: "Prompt B (prompt A is the one above)" }), text2]),
     h("button", { type: "submit", className: "primary", text: "Compare", "data-control": "compare" }),
-    h("button", { type: "button", className: "quiet", text: "Example: “She” vs “He”", "data-control": "preset",
-      title: PRESET.text2, onClick: () => setView(PRESET) }),
+    h("button", { type: "button", className: "quiet", text: "Example: “She” vs “He” (replaces prompt A)", "data-control": "preset",
+      title: `Prompt A becomes “${PRESET.text}” and prompt B “${PRESET.text2}” (Back restores them)`, onClick: () => setView(PRESET) }),
   ]);
   form.addEventListener("submit", (event) => {
     event.preventDefault();
@@ -76,28 +76,16 @@ function mount(el) {
   el.append(form, h("div", { className: "view-body" }, [results]), status.root);
   ui = { el, text2, stripA, stripB, info, map, pair, openHead, ranked, models, results, status, shownText2: undefined };
 
-  const hover = (canvas, geometry, describe) => {
-    canvas.addEventListener("mousemove", (event) => {
-      const cell = gridCellAt(ui[geometry], pointerIn(canvas, event));
-      canvas.style.cursor = cell ? "pointer" : "default";
-      if (cell) showTooltip(describe(cell), event.clientX, event.clientY);
-      else hideTooltip();
-    });
-    canvas.addEventListener("mouseleave", hideTooltip);
-    canvas.addEventListener("click", (event) => {
-      const cell = gridCellAt(ui[geometry], pointerIn(canvas, event));
-      if (cell) setView(cell);
-    });
-  };
-  hover(map, "mapGeometry", describeHead);
+  const hover = (canvas, geometry) => gridPointer(canvas, () => ui[geometry], describeHead, (cell) => setView(cell));
+  hover(map, "mapGeometry");
   map.addEventListener("keydown", (event) => { // arrows move the chosen head
     const next = gridKeyMove(ui.mapGeometry, event.key, { layer: ui.state.layer, head: ui.state.head });
     if (!next) return;
     event.preventDefault();
     setView(next, { history: "replace" });
   });
-  hover(models.a, "modelGeometry", describeHead);
-  hover(models.b, "modelGeometry", describeHead);
+  hover(models.a, "modelGeometry");
+  hover(models.b, "modelGeometry");
   return ui;
 }
 
@@ -114,7 +102,7 @@ function drawMap(state, compare, width, look) {
   const top = Math.max(1e-9, ...data);
   const g = gridLayout(layers, heads, width, window.innerHeight * MAP_HEIGHT, look, { maxCell: 40 });
   ui.mapGeometry = g;
-  ui.map.dataset.grid = JSON.stringify({ left: g.label, top: g.header, pitch: g.pitch, cell: g.cell, headsAcross: g.headsAcross });
+  publishGrid(ui.map, g);
   const ctx = prepareCanvas(ui.map, Math.max(g.width, 200), g.height + LEGEND_H + look.size * 2.6);
   drawGrid(ctx, g, look, {
     paint: (layer, head, x, y, cell) => {
@@ -226,12 +214,19 @@ export function render(state, el) {
   const changedSet = new Set(compare.changed_tokens);
   ui.stripA.sync(state.analysis.tokens.tokens, state.analysis.tokens.special, state.token, { sink: sinkSet(state), changed: changedSet });
   ui.stripB.sync(second.tokens.tokens, second.tokens.special, state.token, { changed: changedSet });
+  const order = [...compare.difference.data.keys()].sort((i, j) => compare.difference.data[j] - compare.difference.data[i]);
+  const heads = compare.difference.shape[1];
+  if (ui.opened !== compare) { // a new comparison opens on its most changed head, unless one was chosen
+    ui.opened = compare;
+    if (state.layer === 0 && state.head === 0 && order[0] !== 0) {
+      setView({ layer: Math.floor(order[0] / heads), head: order[0] % heads }, { history: "replace" });
+      return;
+    }
+  }
   if (!changed(ui, [compare, state.layer, state.head, state.projector, el.clientWidth])) return;
   ui.difference = compare.difference;
-  const order = [...compare.difference.data.keys()].sort((i, j) => compare.difference.data[j] - compare.difference.data[i]);
   ui.ranks = new Int32Array(order.length);
   order.forEach((index, rank) => { ui.ranks[index] = rank; });
-  const heads = compare.difference.shape[1];
   ui.ranked.sync("Most changed heads", order.slice(0, RANKED).map((index) => ({
     layer: Math.floor(index / heads), head: index % heads, value: formatNumber(compare.difference.data[index]),
     colour: lutColour(SEQUENTIAL, unitIndex(compare.difference.data[index] / compare.difference.data[order[0]])),

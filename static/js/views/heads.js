@@ -6,7 +6,7 @@
 // open it in the head view. Data: the `heads` event (metrics float16 [L, H] per measure,
 // roles [L][H] strings, clusters int32 [L, H], sinks).
 import { contentWidth, displayToken, drawLegend, formatNumber, hideTooltip, pointerIn, prepareCanvas, showTooltip, theme } from "../draw.js";
-import { drawGrid, gridCellAt, gridKeyMove, gridLayout, rankedList, setOrder } from "../headgrid.js";
+import { drawGrid, gridCellAt, gridKeyMove, gridLayout, publishGrid, rankedList, setOrder, strikeCell, toggledHead } from "../headgrid.js";
 import { HEAD_COLOURS, ROLE_ORDER, SEQUENTIAL, inkOn, lutColour, roleColour, unitIndex } from "../palette.js";
 import { detailFor, setView } from "../store.js";
 import { openQuery } from "../url.js";
@@ -114,7 +114,8 @@ function mount(el) {
     onClick: () => openProbe(probe) });
   const info = h("p", { className: "view-info" });
   const status = statusLine("Hover a head for its measures; click it to open it in the head view. "
-    + "Click a legend entry to show only that role. Arrow keys move, Enter opens.");
+    + "Click a legend entry to show only that role. Arrow keys move, Enter opens; shift-click heads to switch them off "
+    + "in the Interventions tab.");
   el.append(
     h("div", { className: "toolbar" }, [
       h("label", { className: "control" }, [h("span", { text: "Colour by" }), measure]), sort.root,
@@ -152,7 +153,8 @@ function mount(el) {
     const cell = gridCellAt(ui.geometry, pointerIn(canvas, event));
     if (!cell) return;
     hideTooltip();
-    setView({ view: "head", layer: cell.layer, head: cell.head, heads: [cell.head] });
+    if (event.shiftKey) setView({ ablate: toggledHead(ui.state.ablate, cell.layer * ui.geometry.heads + cell.head) }); // interventions
+    else setView({ view: "head", layer: cell.layer, head: cell.head, heads: [cell.head] });
   });
   canvas.addEventListener("keydown", (event) => { // arrows move the chosen head, Enter opens it
     const { layer, head } = ui.state;
@@ -234,11 +236,11 @@ function draw() {
   let top = 1;
   if (numeric && !MEASURES[measure]?.unit && !measure.startsWith("offset")) top = Math.max(1e-6, ...values);
   const legendH = numeric ? LEGEND_HEIGHT + look.size * 2.4 : 0;
-  ui.canvas.dataset.grid = JSON.stringify({ left: g.label, top: g.header, pitch: g.pitch, cell: g.cell, headsAcross: g.headsAcross,
-    order: g.order });
+  publishGrid(ui.canvas, g, { order: g.order });
   ui.canvas.dataset.measure = measure;
   const ctx = prepareCanvas(ui.canvas, g.width, g.height + legendH + 4);
   const filter = state.filter;
+  const ablate = new Set(state.ablate ?? []);
   drawGrid(ctx, g, look, {
     paint: (layer, head, x, y, cell) => {
       const fill = numeric ? lutColour(SEQUENTIAL, unitIndex(values[layer * heads + head] / top))
@@ -252,6 +254,7 @@ function draw() {
         ctx.textBaseline = "middle";
         ctx.fillText(String(head), x + cell / 2, y + cell / 2);
       }
+      if (ablate.has(layer * heads + head)) strikeCell(ctx, x, y, cell, look); // chosen for switching off
     },
     dim: (layer, head) => Boolean(filter) && categoryOf(payload, filter.startsWith("CLUSTER") ? "cluster" : "role", layer, head) !== filter,
     selected: { layer: state.layer, head: state.head },
@@ -317,7 +320,7 @@ export function render(state, el) {
   const payload = arrived(ui.el.querySelector(".heads-body"), detailFor(state, need(state)), "Computing head measures…");
   if (!payload) return;
   const measure = measureOf(state, payload);
-  if (!changed(ui, [payload, measure, state.sort, state.filter, state.layer, state.head, state.projector, el.clientWidth])) return;
+  if (!changed(ui, [payload, measure, state.sort, state.filter, state.layer, state.head, state.projector, el.clientWidth, state.ablate])) return;
   ui.payload = payload;
   ui.measure = measure;
   syncControls(state, payload, measure);

@@ -3,7 +3,7 @@
 // (app/published.py VIEWS), from which the page's tabs and panels are written;
 // tests/unit/test_js_protocol.py checks that the two lists agree.
 
-export const VIEW_NAMES = ["model", "head", "token", "neuron", "matrix", "stats", "heads", "rollout", "compare", "lens", "generate", "global"];
+export const VIEW_NAMES = ["model", "head", "token", "neuron", "matrix", "stats", "heads", "rollout", "mixing", "routes", "compare", "intervene", "lens", "generate", "global"];
 
 /** Every view's module by name: {model: {need, render}, ...}. */
 export async function loadViews() {

@@ -5,7 +5,7 @@
 // into one ImageData at their native size and drawn scaled, so even 30 x 9 heads paint in a
 // few milliseconds. Click a head to open it.
 import { binOf, contentWidth, drawLegend, formatNumber, hideTooltip, pointerIn, prepareCanvas, showTooltip, theme } from "../draw.js";
-import { drawGrid, gridCellAt, gridKeyMove, gridLayout } from "../headgrid.js";
+import { drawGrid, gridCellAt, gridKeyMove, gridLayout, publishGrid, strikeCell, toggledHead } from "../headgrid.js";
 import { SEQUENTIAL } from "../palette.js";
 import { layerKinds, layerName } from "../layers.js";
 import { scaleSkip, setView } from "../store.js";
@@ -100,7 +100,8 @@ function mount(el) {
   const canvas = h("canvas", { className: "model-canvas", tabindex: 0, "data-testid": "model-canvas",
     "aria-label": "Attention of every head; click one to open it in the head view" });
   const status = statusLine("Each square is one head's attention (rows: query tokens, columns: key tokens), "
-    + "scaled to its own strongest link. Click a head to open it; arrow keys move, Enter opens.");
+    + "scaled to its own strongest link. Click a head to open it; arrow keys move, Enter opens; "
+    + "shift-click heads to switch them off in the Interventions tab.");
   const sinkScale = sinkScaleToggle();
   const legend = h("canvas", { className: "model-legend", "data-testid": "model-legend" }); // above the grid: seen without scrolling
   el.append(h("div", { className: "toolbar" }, [sinkScale.root, legend]), h("div", { className: "canvas-scroll" }, [canvas]), status.root);
@@ -129,7 +130,9 @@ function mount(el) {
   });
   canvas.addEventListener("click", (event) => {
     const cell = gridCellAt(ui.geometry, pointerIn(canvas, event));
-    if (cell) {
+    if (cell && event.shiftKey) { // choose the head for switching off (the interventions view runs it)
+      setView({ ablate: toggledHead(ui.state.ablate, cell.layer * ui.overview.heads + cell.head) });
+    } else if (cell) {
       hideTooltip();
       setView({ view: "head", layer: cell.layer, head: cell.head, heads: [cell.head] });
     }
@@ -152,15 +155,19 @@ function draw() {
   const look = theme();
   const g = layout(overview, contentWidth(ui.el), look, Boolean(layerKinds(ui.info)));
   ui.geometry = g;
-  canvas.dataset.grid = JSON.stringify({ left: g.label, top: g.header, pitch: g.pitch, cell: g.cell, headsAcross: g.headsAcross });
+  publishGrid(canvas, g);
   const ctx = prepareCanvas(canvas, g.width, g.height);
   const skip = scaleSkip(state);
   const image = overviewImage(overview, skip);
   const side = overview.side;
+  const ablate = new Set(state.ablate ?? []); // heads chosen for switching off
   ctx.imageSmoothingEnabled = false;
   const hover = canvas.dataset.hover ? canvas.dataset.hover.split(",").map(Number) : null;
   drawGrid(ctx, g, look, {
-    paint: (layer, head, x, y, cell) => ctx.drawImage(image, head * side, layer * side, side, side, x, y, cell, cell),
+    paint: (layer, head, x, y, cell) => {
+      ctx.drawImage(image, head * side, layer * side, side, side, x, y, cell, cell);
+      if (ablate.has(layer * overview.heads + head)) strikeCell(ctx, x, y, cell, look);
+    },
     selected: { layer: state.layer, head: state.head },
     hover: hover && { layer: hover[0], head: hover[1] },
     layerName: (layer) => layerName(ui.info, layer),
@@ -177,5 +184,5 @@ export function render(state, el) {
   ui.overview = overview;
   ui.info = state.analysis?.tokens.info;
   ui.sinkScale.sync(state);
-  if (overview && changed(ui, [overview, state.layer, state.head, state.sinks, state.analysis?.sinks, el.clientWidth, state.projector])) draw();
+  if (overview && changed(ui, [overview, state.layer, state.head, state.sinks, state.analysis?.sinks, el.clientWidth, state.projector, state.ablate])) draw();
 }

@@ -101,7 +101,10 @@ function mount(el) {
   const patchInfo = h("p", { className: "view-info", "data-testid": "patch-summary" });
   const patchGrid = h("canvas", { "data-testid": "patch-grid", tabindex: 0,
     "aria-label": "Share of the logit difference each head restores; click a head to choose it" });
-  const patchBody = h("div", { className: "intervene-patch" }, [patchInfo, h("div", { className: "canvas-scroll" }, [patchGrid])]);
+  const patchBar = h("div", { className: "bar" });
+  const patchProgress = h("div", { className: "progress", "data-testid": "patch-progress", hidden: true },
+    [h("div", { className: "track" }, [patchBar])]);
+  const patchBody = h("div", { className: "intervene-patch" }, [patchProgress, patchInfo, h("div", { className: "canvas-scroll" }, [patchGrid])]);
   const ablatedNote = h("div", { className: "notice", "data-testid": "ablated-run-note" });
   const status = statusLine("Click heads to choose them, or pick a role; then switch them off.");
   const ablateSection = h("section", { className: "intervene-section" }, [
@@ -111,7 +114,7 @@ function mount(el) {
   const patchSection = h("section", { className: "intervene-section" }, [
     h("h3", { text: "Patch heads from this prompt into a corrupted one" }), patchForm, patchBody]);
   el.append(ablatedNote, h("div", { className: "view-body intervene" }, [ablateSection, patchSection]), status.root);
-  ui = { el, picker, rolesBox, modeControl, run, summary, table, openRun, difference, effect, corrupt, patchInfo, patchGrid, patchBody,
+  ui = { el, picker, rolesBox, modeControl, run, summary, table, openRun, difference, effect, corrupt, patchInfo, patchGrid, patchBody, patchProgress, patchBar,
     ablatedNote, ablateSection, patchSection, status, picked: new Set(), shown: undefined };
 
   gridPointer(picker, () => ui.pickerGeometry, describePick, togglePick);
@@ -254,6 +257,8 @@ function showPatch(state, entry, width, look) {
   ui.patchBody.hidden = false;
   ui.patchGrid.hidden = true;
   if (entry?.status === "error") return notice(ui.patchBody, `Patching failed: ${entry.error.message}`, "error");
+  ui.patchProgress.hidden = entry?.status !== "pending";
+  ui.patchBar.style.width = `${Math.round(100 * (entry?.progress?.fraction ?? 0))}%`;
   if (entry?.status !== "ready") {
     const stage = entry?.progress?.stage;
     return notice(ui.patchBody, `Patching every head${stage ? `: ${stage}` : "…"} (at most ${limits.patch_max_tokens} tokens)`);

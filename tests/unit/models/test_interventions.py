@@ -203,3 +203,20 @@ def test_encoder_decoder_heads_are_numbered_as_the_record_numbers_them(tiny_mode
     for layer, kind in enumerate(kinds):
         if kind == "cross":
             assert np.abs(ablated.attention[layer] - plain.attention[layer]).max() > 1e-7
+
+
+def test_a_model_whose_attention_skips_the_hook_says_so(minilm):
+    """Built with transformers' own eager attention, no layer reaches the capture hook: an
+    ablation must answer that it cannot be made, not a 'no effect' from an unchanged run."""
+    import transformers
+
+    from models.errors import UnsupportedModelError
+    from models.interventions import ablation_effect
+    from tests.conftest import TINY_CONFIGS, handle_of
+
+    config_class, options = TINY_CONFIGS["tiny-llama"]
+    config = getattr(transformers, config_class)(vocab_size=minilm.tokenizer.vocab_size, **options)
+    model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="eager").eval()
+    handle = handle_of("eager-llama", model, minilm.tokenizer)
+    with pytest.raises(UnsupportedModelError, match="cannot be changed"):
+        ablation_effect(handle, CLEAN, Ablation.of([1], "zero", 2, 4), max_tokens=128)

@@ -240,7 +240,7 @@ function draw() {
   ui.canvas.dataset.measure = measure;
   const ctx = prepareCanvas(ui.canvas, g.width, g.height + legendH + 4);
   const filter = state.filter;
-  const ablate = new Set(state.ablate ?? []);
+  const ablate = new Set(state.analysis.tokens.info.ablation?.ablate ?? state.ablate ?? []); // switched off in this run, or chosen to be
   drawGrid(ctx, g, look, {
     paint: (layer, head, x, y, cell) => {
       const fill = numeric ? lutColour(SEQUENTIAL, unitIndex(values[layer * heads + head] / top))

@@ -160,7 +160,7 @@ function draw() {
   const skip = scaleSkip(state);
   const image = overviewImage(overview, skip);
   const side = overview.side;
-  const ablate = new Set(state.ablate ?? []); // heads chosen for switching off
+  const ablate = new Set(ui.info?.ablation?.ablate ?? state.ablate ?? []); // switched off in this run, or chosen to be
   ctx.imageSmoothingEnabled = false;
   const hover = canvas.dataset.hover ? canvas.dataset.hover.split(",").map(Number) : null;
   drawGrid(ctx, g, look, {

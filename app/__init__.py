@@ -89,7 +89,6 @@ def start_model_work(config, service) -> None:
 
         threading.Thread(target=gallery.precompute, args=(service,), name="gallery", daemon=True).start()
     if config["PRECOMPUTE_ATLAS"]:
-        from app.globalview import atlas
+        from app.globalview import background
 
-        names = list(config["PRECOMPUTE_ATLAS"])
-        threading.Thread(target=atlas.precompute, args=(service, names), name="atlas", daemon=True).start()
+        background.precompute(service, list(config["PRECOMPUTE_ATLAS"]))

@@ -68,7 +68,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "atlas", help="compute the global view (every head's queries and keys over a corpus)", parents=[after]
     )
     atlas.add_argument("--model", help="registered model name (default: the first registered)")
-    atlas.add_argument("--corpus", help="a text file, one sentence or passage per line (default: the built-in one)")
+    corpora = atlas.add_mutually_exclusive_group()
+    corpora.add_argument("--corpus", help="a text file, one sentence or passage per line (default: the built-in one)")
+    corpora.add_argument(
+        "--analysed", action="store_true", help="the prompts analysed with the model on this server (this cache)"
+    )
     args = parser.parse_args(argv)
     args.model_path = args.model_path + getattr(args, "model_path_after", [])
     args.cache_dir = getattr(args, "cache_dir_after", None) or args.cache_dir
@@ -130,7 +134,7 @@ def run_atlas(args: argparse.Namespace) -> int:
     """Run the model over a corpus into the cache, with a progress bar; a second run reads it back."""
     from tqdm import tqdm
 
-    from app.globalview import atlas, corpus
+    from app.globalview import atlas, background, corpus
     from app.protocol import AtlasError
 
     try:
@@ -139,6 +143,13 @@ def run_atlas(args: argparse.Namespace) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     app = build_app(args)
+    if args.analysed:
+        try:
+            service = app.extensions["atlas"]
+            texts = background.known_corpus(service, service.model_name(args.model), "analysed")
+        except AtlasError as error:
+            print(f"error ({error.code}): {error.message}", file=sys.stderr)
+            return 2
     with tqdm(total=len(texts.texts), unit="text", desc=f"atlas {texts.name}", file=sys.stderr) as bar:
         try:
             done = atlas.build(app.extensions["atlas"], args.model, texts, lambda count, _: bar.update(count - bar.n))

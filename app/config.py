@@ -29,6 +29,7 @@ class Config:
     PRELOAD_MODELS: list[str] = []  # loaded at start-up instead of on first use
     PRECOMPUTE_GALLERY = False  # analyse the demo gallery into the cache at start-up (in the background)
     PRECOMPUTE_ATLAS: list[str] = []  # models whose global view of the built-in corpus is computed at start-up
+    ANALYSED_TEXTS = 500  # prompts per model in the global view's "analysed here" corpus (all users see them; 0 = off)
     MAX_CHARS = 60_000  # characters per prompt
     MAX_TOKENS = 4096  # tokens per prompt, on top of each model's own limit
     MODEL_MAX_TOKENS: dict[str, int] = {}  # tokens per prompt for named models, e.g. {"smollm2": 1024}
@@ -105,6 +106,7 @@ POSITIVE = (
 )
 FRAME_SOURCE = re.compile(r"https?://[A-Za-z0-9.*\[\]:-]+(:(\d+|\*))?")  # a CSP host-source: no ';' or spaces
 NON_NEGATIVE = (
+    "ANALYSED_TEXTS",
     "RATE_ANALYZE_PER_MINUTE",
     "RATE_ANALYZE_BURST",
     "RATE_EVENTS_PER_SECOND",

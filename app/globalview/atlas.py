@@ -97,40 +97,52 @@ def build(service, model: str | None, corpus: Corpus, progress: Progress | None 
 
     def compute() -> Arrays:
         computed.append(True)
-        return store(service.memo, key, name, corpus, capture_texts(service, name, corpus.texts, progress))
+        return store(service.memo, key, name, corpus, capture_texts(service, name, corpus, progress))
 
     service.memo.get_or_compute(key, "atlas:matrix", compute)
     meta = Atlas(service.memo, key).meta
     return Built(key, not computed, len(meta["texts"]), len(meta["tokens"]), time.perf_counter() - started)
 
 
-def capture_texts(service, name: str, texts: tuple[str, ...], progress: Progress | None) -> list[Sentence]:
-    """Each text through the model, one piece of model work at a time; a text the model cannot
-    read (too long, empty after tokenizing) is skipped with a warning."""
+def capture_texts(service, name: str, corpus: Corpus, progress: Progress | None) -> list[Sentence]:
+    """Each text from its cached analysis when the corpus names one that is still cached, else
+    through the model, one piece of model work at a time; a text the model cannot read (too
+    long, empty after tokenizing) is skipped with a warning."""
     limit = service.token_limit(name)
+    keys = corpus.keys or ("",) * len(corpus.texts)
     sentences = []
-    for done, text in enumerate(texts, start=1):
+    for done, (text, key) in enumerate(zip(corpus.texts, keys, strict=True), start=1):
         try:
-            sentences.append(service.model_work(name, lambda handle, text=text: sentence_of(handle, text, limit)))
+            cached = service.cache.get(key) if key else None
+            if cached is not None:
+                sentences.append(sentence_from(cached, text))
+            else:
+                sentences.append(service.model_work(name, lambda handle, text=text: sentence_of(handle, text, limit)))
         except AtlasError as error:
             if error.code not in ("too_long", "bad_request"):
                 raise
             log.warning("atlas of %s: skipped a text (%s): %.60s", name, error.message, text)
         if progress:
-            progress(done, len(texts))
+            progress(done, len(corpus.texts))
     if not sentences:
         raise AtlasError("bad_request", f"{name} could read none of the corpus's texts")
     return sentences
 
 
 def sentence_of(handle, text: str, limit: int) -> Sentence:
-    """One text's capture, reduced to what the atlas keeps (runs inside model work)."""
+    """One text through the model, reduced to what the atlas keeps (runs inside model work)."""
     from models.capture import run_capture
     from models.errors import UnsupportedModelError
 
     if handle.describe()["encoder_decoder"]:
         raise UnsupportedModelError(f"the global view reads decoder-only and encoder-only models, not {handle.name}")
-    capture = run_capture(handle, text, max_tokens=limit)
+    return sentence_from(run_capture(handle, text, max_tokens=limit), text)
+
+
+def sentence_from(capture, text: str) -> Sentence:
+    """What the atlas keeps of one capture (a new one, or an analysis read from the cache)."""
+    if capture.info.get("encoder_decoder"):
+        raise AtlasError("unsupported_model", "the global view reads decoder-only and encoder-only models")
     attention = np.stack([capture.layer_attention(layer) for layer in range(capture.n_layers)])  # [L, H, N, N]
     order = np.argsort(-attention, axis=-1, kind="stable")[..., :TOP_KEYS]
     weights = np.take_along_axis(attention, order, axis=-1)
@@ -271,13 +283,3 @@ def open_atlas(service, model: str | None, corpus: str) -> Atlas:
             404,
         )
     return Atlas(service.memo, key)
-
-
-def precompute(service, models: list[str]) -> None:
-    """The server's background build (``PRECOMPUTE_ATLAS``) of the built-in corpus's atlases."""
-    for model in models:
-        try:
-            done = build(service, model, builtin_corpus())
-            log.info("atlas of %s: %s in %.1f s", model, "cached" if done.cached else "computed", done.seconds)
-        except AtlasError as error:
-            log.error("could not compute the atlas of %s: %s", model, error.message)

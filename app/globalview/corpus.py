@@ -20,8 +20,9 @@ MAX_TEXT_CHARS = 2000  # characters of one line: a corpus is sentences and short
 
 @dataclass(frozen=True)
 class Corpus:
-    name: str  # the file's stem, or BUILTIN
+    name: str  # the file's stem, BUILTIN, or ANALYSED (app.globalview.analysed)
     texts: tuple[str, ...]
+    keys: tuple[str, ...] = ()  # the cached analyses of the texts, when they have them (not part of the id)
 
     @property
     def id(self) -> str:

@@ -10,6 +10,8 @@ follows attention instead of the offset between the two clouds.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 METHODS = ("pca", "tsne", "umap")
@@ -52,8 +54,11 @@ def tsne_2d(points: np.ndarray) -> np.ndarray:
 
 
 def umap_2d(points: np.ndarray) -> np.ndarray:
-    """[n, d] -> [n, 2] by umap-learn (15 neighbours, its defaults)."""
-    import umap
+    """[n, d] -> [n, 2] by umap-learn (15 neighbours, its defaults). Its import warns that
+    TensorFlow (for ParametricUMAP, unused here) is missing: that warning is dropped."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Tensorflow not installed", ImportWarning)
+        import umap
 
     return umap.UMAP(n_components=2, random_state=SEED, n_jobs=1).fit_transform(points)
 

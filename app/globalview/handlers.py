@@ -1,12 +1,17 @@
 """The global view's requests (rows ``atlas`` and ``atlas_head`` of app/requests.py): payloads
 shaped from a stored atlas. ``atlas`` answers the corpus's tokens and every head's tile (a sample
-of its PCA points); ``atlas_head`` one head's points, one head at a time, as float16."""
+of its PCA points), or, while the server computes the atlas in the background, how far it has
+come (the page asks again); ``atlas_head`` one head's points, one head at a time, as float16.
+
+``corpus`` is ``builtin``, ``analysed`` (the prompts analysed on this server with the model, as
+they are now) or the 16-hex id of either (a share link's) or of a file given to the command."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from app.globalview.atlas import CATEGORIES, TOP_KEYS, open_atlas
+from app.globalview.atlas import CATEGORIES, TOP_KEYS, Atlas, open_atlas
+from app.globalview.background import known_corpus, open_or_build
 from app.globalview.corpus import BUILTIN
 from app.globalview.embedding import METHODS
 from app.protocol import AtlasError, Field, encode_array, encode_strings, quantize_unit
@@ -23,8 +28,16 @@ HEAD_FIELDS = {
 def on_atlas(call, fields: dict) -> dict:
     """The corpus (texts, tokens, each token's text, position and category) and every head's tile:
     ``points`` float16 [L, H, 2S, 2], the PCA positions of the S ``sample`` tokens' queries, then
-    their keys."""
-    atlas = open_atlas(call.service, fields["model"], fields["corpus"])
+    their keys. While the atlas is being computed: ``computing`` {state, done, total} instead."""
+    found = open_or_build(call.service, fields["model"], fields["corpus"])
+    if not isinstance(found, Atlas):
+        return {
+            "model": found.model,
+            "corpus": found.corpus.id,
+            "corpus_name": found.corpus.name,
+            "computing": found.payload(),
+        }
+    atlas = found
     meta, index, matrix = atlas.meta, atlas.entry("atlas:index"), atlas.entry("atlas:matrix")
     return {
         "model": meta["model"],
@@ -52,7 +65,9 @@ def on_atlas_head(call, fields: dict) -> dict:
     [T, TOP_KEYS] (positions, in its own text, of the keys each query attends to most; 65535 =
     none) and ``weights`` [T, TOP_KEYS] (their attention, uint8 with a scale). t-SNE and UMAP
     are computed on the first request for a head (seconds to minutes), then served from the memo."""
-    atlas = open_atlas(call.service, fields["model"], fields["corpus"])
+    name = call.service.model_name(fields["model"])
+    corpus = known_corpus(call.service, name, fields["corpus"])
+    atlas = open_atlas(call.service, name, corpus.id if corpus else fields["corpus"])
     meta, layer, head = atlas.meta, fields["layer"], fields["head"]
     if layer >= meta["layers"] or head >= meta["heads"]:
         raise AtlasError("bad_request", f"the model has {meta['layers']} layers of {meta['heads']} heads")

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import urllib.request
 from urllib.parse import parse_qs, urlencode, urlparse
 
 import numpy as np
@@ -16,7 +15,7 @@ import pytest
 from tests.browser.conftest import VIEWPORT
 from tests.browser.helpers import INK_PIXELS, wait_ready
 from tests.browser.server import REPO_ROOT, running_server
-from tests.integration.test_globalview import TEXTS, write_corpus
+from tests.integration.test_globalview import TEXTS, fetch_json, write_corpus
 from tests.wire import decode_array, decode_strings
 
 pytestmark = [pytest.mark.browser, pytest.mark.real_model]
@@ -72,11 +71,6 @@ def page(browser):
     yield page
     context.close()
     assert not errors, errors
-
-
-def fetch_json(url: str) -> dict:
-    with urllib.request.urlopen(url, timeout=30) as response:
-        return json.load(response)
 
 
 def test_tiles_hover_and_click_through_to_the_head_view(page, atlas_server):
@@ -135,3 +129,25 @@ def test_tiles_hover_and_click_through_to_the_head_view(page, atlas_server):
     query = parse_qs(urlparse(page.url).query)
     assert query["text"] == [TEXTS[0]] and query["layer"] == [str(layer)] and query["head"] == [str(head)]
     assert query["token"] == [str(positions[token])]
+
+
+def test_the_prompts_analysed_here_are_computed_while_the_page_waits(page, atlas_server):
+    """ "Analysed here": the page analyses its prompt, the server computes the atlas of the prompts
+    analysed on it in the background while the page shows how far it has come, then the tiles;
+    the link then names that corpus by its id, so it opens the same picture later."""
+    url, _ = atlas_server
+    text = "Seven swans swam across the quiet lake at dawn."
+    page.goto(f"{url}/?{urlencode({'model': 'minilm', 'text': text, 'view': 'global', 'corpus': 'analysed'})}")
+    wait_ready(page)
+    page.wait_for_selector("[data-testid=global-computing]:not([hidden]) progress")
+    assert "global view of minilm on the prompts analysed on this server" in page.inner_text(
+        "[data-testid=global-computing]"
+    )
+    page.wait_for_selector("[data-testid=global-tiles][data-tiles]", timeout=120_000)
+    assert page.is_hidden("[data-testid=global-computing]")
+    assert min(page.evaluate(TILE_INK)) > 5
+    assert page.get_attribute("[data-control=corpus] [data-value=analysed]", "aria-pressed") == "true"
+    assert "the prompts analysed on this server" in page.inner_text("[data-testid=global-legend]")
+    page.wait_for_function("() => /^[0-9a-f]{16}$/.test(new URLSearchParams(location.search).get('corpus'))")
+    corpus = parse_qs(urlparse(page.url).query)["corpus"][0]
+    assert text in decode_strings(fetch_json(f"{url}/api/atlas/minilm?corpus={corpus}")["texts"])

@@ -1,21 +1,25 @@
 """The global view through its transports: ``python -m app atlas`` (progress, then a second run
 that computes nothing), and the ``atlas`` / ``atlas_head`` requests over Socket.IO and HTTP,
-which carry binary float16 points one head at a time."""
+which carry binary float16 points one head at a time; the prompts analysed here as a corpus,
+computed in the background; UMAP by its properties."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from app.globalview import atlas
-from app.globalview.corpus import read_corpus
-from app.protocol import NAMESPACE
-from tests.integration.conftest import collect
+from app.globalview import atlas, embedding
+from app.globalview.corpus import Corpus, builtin_corpus, read_corpus
+from app.protocol import NAMESPACE, AtlasError
+from tests.integration.conftest import collect, live_server
 from tests.wire import decode_array, decode_strings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -134,3 +138,127 @@ def test_bad_requests_get_clear_errors(client, built):
     assert client.get(f"/api/atlas/minilm/0/0?corpus={corpus.id}&method=lda").get_json()["code"] == "bad_request"
     assert client.get("/api/atlas/minilm?corpus=../etc").get_json()["code"] == "bad_request"
     assert client.get("/api/atlas/nope").get_json()["code"] == "unknown_model"
+
+
+def test_a_server_that_lists_no_analysed_prompts_says_so(client, service, monkeypatch):
+    monkeypatch.setattr(service.analysed, "max_texts", 0)  # as ATLAS_ANALYSED_TEXTS=0 sets it
+    answer = client.get("/api/atlas/minilm?corpus=analysed")
+    assert answer.status_code == 403 and "ATLAS_ANALYSED_TEXTS=0" in answer.get_json()["message"]
+
+
+def knn(points: np.ndarray, k: int) -> np.ndarray:
+    """[n, k] indices of each point's k nearest other points (Euclidean)."""
+    distances = ((points[:, None] - points[None]) ** 2).sum(-1)
+    np.fill_diagonal(distances, np.inf)
+    return np.argsort(distances, axis=1)[:, :k]
+
+
+def test_umap_is_deterministic_and_keeps_neighbourhoods():
+    """UMAP by its properties (its picture has no closed form): one seed, one picture; [n, 2];
+    each point's nearest neighbours in 16-D are largely its nearest in the picture, far more
+    than chance (k / n), and the clusters stay apart. About 15 s: numba compiles UMAP once."""
+    rng = np.random.default_rng(3)
+    labels = np.repeat(np.arange(4), 75)
+    points = (rng.normal(size=(4, 16)) * 6)[labels] + rng.normal(size=(300, 16))
+    first = embedding.umap_2d(points.astype(np.float32))
+    assert first.shape == (300, 2) and np.isfinite(first).all()
+    np.testing.assert_array_equal(embedding.umap_2d(points.astype(np.float32)), first)
+    k = 10
+    high, low = knn(points, k), knn(first, k)
+    kept = np.mean([len(set(a) & set(b)) / k for a, b in zip(high, low, strict=True)])
+    assert kept > 0.3  # chance keeps k / n = 0.03 of them
+    assert np.mean(labels[low] == labels[:, None]) > 0.95
+    joint = embedding.joint_embedding(points[:150], points[150:], "umap")  # queries, then keys, in the unit box
+    assert joint.shape == (300, 2) and np.isclose(np.abs(joint).max(), 1.0)
+
+
+def ask_until_computed(client, url: str, timeout: float = 240) -> list[dict]:
+    """The answers to ``url`` while the server computes the atlas, then the atlas itself."""
+    answers = [client.get(url).get_json()]
+    deadline = time.monotonic() + timeout
+    while "computing" in answers[-1] and time.monotonic() < deadline:
+        time.sleep(0.5)
+        answers.append(client.get(url).get_json())
+    return answers
+
+
+@pytest.mark.real_model
+def test_the_server_computes_the_prompts_analysed_here_in_the_background(client, service, monkeypatch):
+    """The page asks for the atlas of the prompts analysed here: the server builds it in the
+    background from their cached analyses (model work only for one no longer cached) and
+    answers how far it has come until it is there; its id (a share link's) opens the same."""
+    mine = ("The orchestra tuned up before the concert.", "A heron stood still in the shallow river.")
+    for text in mine:
+        assert client.post("/api/analyze", json={"model": "minilm", "text": text}).status_code == 200
+    corpus = service.analysed.corpus("minilm")
+    assert set(mine) <= set(corpus.texts)
+    uncached = sum(service.cache.get(key) is None for key in corpus.keys)
+    model_work = []
+    real = service.model_work
+    monkeypatch.setattr(service, "model_work", lambda *args, **kw: model_work.append(1) or real(*args, **kw))
+
+    answers = ask_until_computed(client, "/api/atlas/minilm?corpus=analysed")
+    assert answers[0]["computing"]["state"] in ("waiting", "running") and answers[0]["corpus_name"] == "analysed"
+    assert all(a["computing"]["total"] == len(corpus.texts) for a in answers[:-1])
+    done = answers[-1]
+    assert "computing" not in done, done
+    assert decode_strings(done["texts"]) == list(corpus.texts) and done["corpus"] == corpus.id
+    assert len(model_work) == uncached  # read from the cache, not the model
+    by_id = client.get(f"/api/atlas/minilm?corpus={corpus.id}").get_json()
+    np.testing.assert_array_equal(decode_array(by_id["points"]), decode_array(done["points"]))
+    head = client.get("/api/atlas/minilm/2/1?corpus=analysed").get_json()
+    assert decode_array(head["points"]).shape == (2 * len(decode_strings(done["tokens"])), 2)
+
+
+@pytest.mark.real_model
+def test_atlas_command_builds_the_prompts_analysed_here(tmp_path):
+    cache = ("--cache-dir", str(tmp_path / "cache"))
+    nothing = run_cli(*cache, "atlas", "--model", "minilm", "--analysed")
+    assert nothing.returncode == 2 and "no prompt has been analysed with minilm" in nothing.stderr
+    text = "Bees dance to tell each other where the flowers are."
+    captured = run_cli(*cache, "capture", "--model", "minilm", "--text", text, "--out", str(tmp_path / "a.npz"))
+    assert captured.returncode == 0, captured.stderr
+    built = run_cli(*cache, "atlas", "--model", "minilm", "--analysed")
+    assert built.returncode == 0, built.stderr
+    assert "1/1" in built.stderr and f"(corpus {Corpus('analysed', (text,)).id}): 1 texts" in built.stdout
+    assert "loaded minilm" not in built.stderr  # its one text came from the cache
+
+
+def fetch_json(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=30) as response:
+        return json.load(response)
+
+
+@pytest.mark.real_model
+def test_a_classroom_server_precomputes_the_atlas_and_the_page_sees_its_progress(tmp_path):
+    """``ATLAS_PRECOMPUTE_ATLAS`` queues the built-in corpus's atlas at start-up: a page asking
+    meanwhile hears how far that build has come (it starts no second one), then gets the atlas."""
+    with live_server(tmp_path / "cache", PRECOMPUTE_ATLAS='["minilm"]') as url:
+        answers = [fetch_json(f"{url}/api/atlas/minilm")]
+        deadline = time.monotonic() + 240
+        while "computing" in answers[-1] and time.monotonic() < deadline:
+            time.sleep(0.3)
+            answers.append(fetch_json(f"{url}/api/atlas/minilm"))
+        total = len(builtin_corpus().texts)
+        assert answers[0]["computing"]["total"] == total and answers[0]["corpus_name"] == "builtin"
+        done = [a["computing"]["done"] for a in answers[:-1]]
+        assert done == sorted(done) and done[-1] > 0  # progress only goes forward
+        assert len(decode_strings(answers[-1]["texts"])) == total
+        (log,) = tmp_path.glob("cache.*.log")
+        while "atlas of minilm on builtin" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.1)  # written as the build ends, maybe just after the atlas was read
+        assert log.read_text().count("atlas of minilm on builtin: computed") == 1  # one build, not two
+
+
+def test_a_failed_background_build_is_told_once_then_tried_again(service):
+    """A build that fails (every text over the model's token limit) answers its error to the
+    next request only; the request after that starts it again."""
+    corpus = Corpus("too-long", ("word " * 3000,))
+    service.atlas_builds.ask(service, "minilm", corpus)
+    deadline = time.monotonic() + 120
+    with pytest.raises(AtlasError) as failed:
+        while time.monotonic() < deadline:
+            service.atlas_builds.ask(service, "minilm", corpus)
+            time.sleep(0.1)
+    assert failed.value.code == "bad_request" and "could read none" in failed.value.message
+    assert service.atlas_builds.ask(service, "minilm", corpus).corpus == corpus  # asked again: built again

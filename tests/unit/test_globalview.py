@@ -1,6 +1,7 @@
 """The global view's joint embedding against the AttentionViz construction (Yeh et al., 2023)
-written out here from its definition, PCA against numpy's SVD, and what the atlas keeps of one
-capture (top keys, token categories) against the capture itself."""
+written out here from its definition, PCA against numpy's SVD, what the atlas keeps of one
+capture (top keys, token categories) against the capture itself, and the index of the prompts
+analysed here (the second corpus)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import pytest
 
 from app.cache import CaptureCache, DiskStore
 from app.globalview import atlas, embedding
-from app.globalview.corpus import Corpus, builtin_corpus, read_corpus
+from app.globalview.analysed import AnalysedIndex
+from app.globalview.corpus import MAX_TEXT_CHARS, Corpus, builtin_corpus, read_corpus
 from app.memo import Memo
 from models.capture import run_capture
 
@@ -140,3 +142,46 @@ def test_corpus_files(tmp_path):
     path.write_text("# nothing\n")
     with pytest.raises(ValueError, match="no texts"):
         read_corpus(path)
+
+
+def test_an_analysis_from_the_cache_gives_the_sentence_the_model_gives(tiny_models, sentence):
+    """The "analysed here" corpus reads cached analyses instead of running the model again: the
+    same capture, reduced, is the same sentence."""
+    capture = run_capture(tiny_models["tiny-llama"], sentence.text, max_tokens=128)
+    again = atlas.sentence_from(capture, sentence.text)
+    assert again.tokens == sentence.tokens
+    for name in ("spans", "categories", "queries", "keys", "top", "weights", "kv_map"):
+        np.testing.assert_array_equal(getattr(again, name), getattr(sentence, name))
+
+
+def test_the_analysed_index_keeps_the_latest_distinct_texts_per_model(tmp_path):
+    index = AnalysedIndex(tmp_path, max_texts=3)
+    for i, text in enumerate(["b", "a", "c", "a", "d"]):
+        index.add("m1", f"{i:064x}", text)
+    index.add("m2", "f" * 64, "other model")
+    index.add("m1", "e" * 64, "x" * (MAX_TEXT_CHARS + 1))  # longer than a corpus line: left out
+    assert index.entries("m1") == {"d": f"{4:064x}", "a": f"{3:064x}", "c": f"{2:064x}"}  # "b" is the oldest
+    corpus = index.corpus("m1")
+    assert corpus.texts == ("a", "c", "d") and corpus.keys == (f"{3:064x}", f"{2:064x}", f"{4:064x}")
+    assert corpus.id == Corpus("other", ("a", "c", "d")).id  # named by its texts, not their keys or order
+    assert index.corpus("m2").texts == ("other model",) and index.corpus("nobody").texts == ()
+    # another process (a restarted server) reads the same; the file never holds twice the bound
+    reopened = AnalysedIndex(tmp_path, max_texts=3)
+    assert reopened.entries("m1") == index.entries("m1")
+    (path,) = [p for p in tmp_path.iterdir() if '"d"' in p.read_text()]
+    for i in range(4):
+        reopened.add("m1", f"{i:064x}", f"new {i}")
+        assert len(path.read_text().splitlines()) <= 2 * 3
+    assert sorted(reopened.entries("m1")) == ["new 1", "new 2", "new 3"]
+    off = AnalysedIndex(tmp_path / "off", max_texts=0)  # ANALYSED_TEXTS=0: a public server lists nothing
+    off.add("m1", "a" * 64, "private")
+    assert off.entries("m1") == {} and not (tmp_path / "off").exists()
+
+
+def test_the_analysed_index_skips_a_line_cut_short(tmp_path):
+    index = AnalysedIndex(tmp_path, 10)
+    index.add("m", "a" * 64, "kept")
+    (path,) = tmp_path.iterdir()
+    with path.open("a") as file:
+        file.write('{"key": "b", "te')  # a crash in the middle of a write
+    assert index.entries("m") == {"kept": "a" * 64}

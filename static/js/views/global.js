@@ -5,12 +5,15 @@
 // pan (drag), hover for the token in its text, a search that highlights a token's points, a click
 // that draws lines from that token's query to the keys it attends to most in its own text, and a
 // button that opens that text at that token in the head view.
+// The corpus is the built-in one or the prompts analysed on this server with the model; an atlas
+// not computed yet is computed by the server in the background, and the view shows how far it has
+// come, asking again every POLL_MS until it is there.
 // Data: the `atlas` answer (the corpus's tokens and every tile) and `atlas_head` (one head).
 import { contentWidth, displayToken, hideTooltip, pointerIn, prepareCanvas, showTooltip, theme } from "../draw.js";
 import { drawGrid, gridCellAt, gridLayout } from "../headgrid.js";
 import { SEQUENTIAL, lutColour, unitIndex } from "../palette.js";
 import { decodeStrings } from "../protocol.js";
-import { detailFor, setView } from "../store.js";
+import { detailFor, detailId, dropDetail, putDetail, setView } from "../store.js";
 import { arrived, h, layerHeadSelects, segmented, statusLine } from "../ui.js";
 
 const QUERY_COLOUR = "#0072B2"; // Okabe-Ito blue
@@ -30,9 +33,13 @@ const ZOOM_STEP = 1.25; // per wheel notch
 const MAX_ZOOM = 200;
 const LINE_WIDTH = 6; // px of a line to a key with all of the attention
 const DRAG_PX = 4; // a press that moves less than this is a click
+const POLL_MS = 1500; // ms between two asks while the server computes the atlas
+const PROGRESS_WIDTH = "min(100%, 32rem)"; // of the bar while it does
+const CORPUS_NAMES = { builtin: "the built-in corpus", analysed: "the prompts analysed on this server" };
 
 let ui = null;
 const corpora = new WeakMap(); // atlas payload -> its corpus, decoded once
+const polled = new WeakSet(); // `computing` answers whose next ask is scheduled
 
 export function need(state) {
   if (!state.analysis) return null;
@@ -95,6 +102,12 @@ function inContext(corpus, token) {
 }
 
 function mount(el) {
+  const corpusChoice = segmented("Corpus", "corpus", [
+    { value: "builtin", text: "Built-in", title: "varied English sentences and short passages shipped with the app" },
+    { value: "analysed", text: "Analysed here", title: "the prompts analysed with this model on this server (the most recent ones), as they are now" },
+  ], (value) => setView({ corpus: value === "builtin" ? null : value, focus: null }));
+  const computing = h("div", { className: "global-computing", "data-testid": "global-computing", hidden: true }, [
+    h("p", { className: "view-info" }), h("progress", { max: 1, value: 0 })]);
   const colour = segmented("Colour by", "colour", [
     { value: "qk", text: "Query / key", title: "queries blue, keys orange" },
     { value: "position", text: "Position", title: "the token's position in its text, light (first) to dark (last)" },
@@ -121,9 +134,9 @@ function mount(el) {
   const headPart = h("div", { className: "global-head" }, [h("div", { className: "toolbar" }, [back, ...selects.roots, projection.root]),
     detail, chosen, status.root]);
   const body = h("div", { className: "view-body" }, [matrixPart, headPart]);
-  el.append(h("div", { className: "toolbar" }, [colour.root, h("label", { className: "control" }, [h("span", { text: "Search" }), search])]),
-    legend, body);
-  ui = { el, body, colour, projection, search, selects, legend, tiles, detail, chosen, status, matrixPart, headPart,
+  el.append(h("div", { className: "toolbar" }, [corpusChoice.root, colour.root,
+    h("label", { className: "control" }, [h("span", { text: "Search" }), search])]), legend, computing, body);
+  ui = { el, body, corpusChoice, computing, colour, projection, search, selects, legend, tiles, detail, chosen, status, matrixPart, headPart,
     grid: null, view: null, selected: null, headKey: null, state: null, atlas: null, head: null };
   bindTiles();
   bindDetail();
@@ -348,13 +361,46 @@ function showHead(state, atlas, corpus, entry) {
   drawDetail();
 }
 
+/** The server is computing this atlas: how far it has come, and the next ask in POLL_MS. */
+function showComputing(payload, request) {
+  const { state, done, total } = payload.computing;
+  const where = CORPUS_NAMES[payload.corpus_name] ?? `corpus ${payload.corpus_name}`;
+  ui.computing.hidden = false;
+  ui.computing.firstChild.textContent = state === "waiting"
+    ? `The server will compute the global view of ${payload.model} on ${where} after the one it is computing now…`
+    : `Computing the global view of ${payload.model} on ${where}: ${done} of ${total} texts through the model `
+      + "(once; it is kept for everyone, and analyses go first)…";
+  Object.assign(ui.computing.lastChild, { max: total, value: done });
+  ui.computing.lastChild.style.width = PROGRESS_WIDTH;
+  if (!polled.has(payload)) {
+    polled.add(payload);
+    setTimeout(() => dropDetail(request), POLL_MS);
+  }
+}
+
+/** Which corpus choice is pressed; the prompts analysed here become a fixed corpus id once their
+ * atlas is there (kept under that id too: not fetched again), so a share link opens the same
+ * picture however many prompts follow. */
+function syncCorpus(state, atlas, request) {
+  const name = atlas?.corpus_name ?? state.corpus ?? "builtin";
+  ui.corpusChoice.sync(name === "builtin" || name === "analysed" ? name : null);
+  if (atlas && !atlas.computing && state.corpus === "analysed") {
+    putDetail(detailId({ ...request, fields: { ...request.fields, corpus: atlas.corpus } }), detailFor(state, request));
+    queueMicrotask(() => setView({ corpus: atlas.corpus }, { history: "replace" }));
+  }
+}
+
 export function render(state, el) {
   if (!ui) mount(el);
   ui.state = state;
   ui.colour.sync(state.colour ?? "qk");
   if (document.activeElement !== ui.search) ui.search.value = state.search ?? "";
   const [atlasRequest, headRequest] = need(state) ?? [];
-  const atlas = arrived(ui.body, detailFor(state, atlasRequest), "Loading the global view of this model…");
+  const answer = arrived(ui.body, detailFor(state, atlasRequest), "Loading the global view of this model…");
+  syncCorpus(state, answer, atlasRequest);
+  const atlas = answer?.computing ? null : answer;
+  ui.computing.hidden = !answer?.computing;
+  if (answer?.computing) showComputing(answer, atlasRequest);
   ui.matrixPart.hidden = !atlas || state.focus === "head";
   ui.headPart.hidden = !atlas || state.focus !== "head";
   if (!atlas) {
@@ -365,7 +411,7 @@ export function render(state, el) {
   ui.atlas = atlas;
   ui.corpus = corpus;
   const found = matches(corpus, state.search);
-  ui.legend.textContent = `${atlas.model} on the ${atlas.corpus_name === "builtin" ? "built-in corpus" : `corpus ${atlas.corpus_name}`}: `
+  ui.legend.textContent = `${atlas.model} on ${CORPUS_NAMES[atlas.corpus_name] ?? `corpus ${atlas.corpus_name}`}: `
     + `${corpus.texts.length} texts, ${corpus.count} tokens. Each head's queries and keys, scaled to comparable norms and `
     + `centred together (AttentionViz), then projected to 2-D`
     + (state.focus === "head" ? "." : `; each tile shows ${atlas.sample.data.length} tokens by PCA. Click a head to open it.`)

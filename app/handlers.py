@@ -55,6 +55,11 @@ def on_token(call, fields: dict) -> dict:
     return shaping.token_payload(fields["key"], call.service.lookup(fields["key"]), fields["index"], fields["mode"])
 
 
+def on_thumbnails(call, fields: dict) -> dict:
+    """The model view in a norm-based mode (Kobayashi et al. 2020), from the stored record."""
+    return shaping.norm_thumbnails_payload(fields["key"], call.service.lookup(fields["key"]), fields["mode"])
+
+
 def on_neuron(call, fields: dict) -> dict:
     return shaping.neuron_payload(
         fields["key"], call.service.lookup(fields["key"]), fields["layer"], fields["head"], fields["query"]

@@ -7,16 +7,27 @@ import numpy as np
 from bokeh.embed import json_item
 from bokeh.layouts import row
 from bokeh.models import ColorBar, ColumnDataSource, HoverTool, LinearColorMapper
-from bokeh.palettes import YlGnBu9, linear_palette
 from bokeh.plotting import figure
 
 from models.record import Capture
 
 PLOT_HEIGHT = 340  # pixels
-# The page's sequential palette (static/js/palette.js SEQUENTIAL: YlGnBu, light = low), so the
-# panel reads like every other view; dots skip its palest colours, which vanish on white.
-SEQUENTIAL = tuple(reversed(YlGnBu9))
-DOTS = linear_palette(SEQUENTIAL[2:], 7)
+# static/js/palette.js SEQUENTIAL_STOPS (ColorBrewer YlGnBu from pure white at 0, light = low)
+SEQUENTIAL_STOPS = ("#ffffff", "#edf8b1", "#c7e9b4", "#7fcdbb", "#41b6c4", "#1d91c0", "#225ea8", "#253494", "#081d58")
+LUT_SIZE = 256  # colours per ramp, as palette.js LUT_SIZE
+
+
+def ramp(stops: tuple[str, ...], size: int = LUT_SIZE) -> tuple[str, ...]:
+    """``size`` colours spread linearly between ``stops``: palette.js buildLut, so these plots
+    use the very colours of every canvas view (a stepped 9-colour palette showed bands)."""
+    rgb = np.array([[int(stop[i : i + 2], 16) for i in (1, 3, 5)] for stop in stops], dtype=float)  # [S, 3]
+    positions = np.linspace(0, len(stops) - 1, size)
+    channels = np.stack([np.interp(positions, np.arange(len(stops)), rgb[:, c]) for c in range(3)], axis=1)
+    return tuple("#{:02x}{:02x}{:02x}".format(*colour) for colour in np.rint(channels).astype(int))
+
+
+SEQUENTIAL = ramp(SEQUENTIAL_STOPS)
+DOTS = SEQUENTIAL[LUT_SIZE // 4 :]  # dots skip the palest quarter, which vanishes on white
 METRIC_KEYS = ("entropy_norm", "distance", "sink", "previous", "self", "next", "delimiter")
 
 

@@ -13,6 +13,7 @@ import numpy as np
 NAMESPACE = "/atlas"
 MAX_RID_CHARS = 64
 ATTENTION_MODES = ("attention", "scores", "value", "norm")  # value/norm: Kobayashi 2020 shares/raw
+NORM_MODES = ("value", "norm")  # Kobayashi et al. 2020's ||alpha_ij f_h(x_j)||: row shares, raw (norm units)
 FUSIONS = ("mean", "max", "min")
 
 
@@ -48,6 +49,7 @@ SERVER_EVENTS = (
     "layer",
     "matrix",
     "token",
+    "thumbnails",
     "neuron",
     "stats",
     "heads",

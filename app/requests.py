@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from app import handlers, information_flow, interventions, language, mixing, published, stream
 from app.globalview import handlers as globalview
-from app.protocol import ATTENTION_MODES, FUSIONS, Field
+from app.protocol import ATTENTION_MODES, FUSIONS, NORM_MODES, Field
 from models.ablation import ABLATION_MODES
 
 
@@ -141,6 +141,13 @@ TABLE: tuple[Request, ...] = (
         http=detail("matrix"),
     ),
     Request("token", {"key": KEY, "index": INDEX, "mode": MODE}, handlers.on_token, Cost.CACHED, http=detail("token")),
+    Request(
+        "thumbnails",
+        {"key": KEY, "mode": Field(str, False, "norm", NORM_MODES)},  # the model view, Kobayashi et al. 2020
+        handlers.on_thumbnails,
+        Cost.CPU,  # every head's N x N map recomputed from the record: seconds at long prompts, memoised
+        http=detail("thumbnails"),
+    ),
     Request(
         "neuron",
         {"key": KEY, "layer": INDEX, "head": INDEX, "query": INDEX},

@@ -22,6 +22,8 @@ from pathlib import Path
 
 from app import limits
 from app.cache import CaptureCache, DiskStore, cache_key, is_key
+from app.globalview.analysed import AnalysedIndex
+from app.globalview.background import Builds
 from app.links import LinkStore, SharedLinks, link_bytes
 from app.memo import Memo
 from app.protocol import AtlasError
@@ -77,6 +79,8 @@ class AtlasService:
         cache_dir = Path(config["CACHE_DIR"])
         self.cache = CaptureCache(result_store(config), config["CACHE_MEMORY_BYTES"], upload_store(config))
         self.memo = Memo(self.cache, config["MEMO_MEMORY_BYTES"])  # results derived from stored analyses
+        self.analysed = AnalysedIndex(cache_dir / "analysed", config["ANALYSED_TEXTS"])  # the global view's corpus
+        self.atlas_builds = Builds()  # global views computed in the background
         self._links: LinkStore | SharedLinks | None = None
         self.converted_dir = cache_dir / "converted"
         self._loader = None
@@ -197,6 +201,8 @@ class AtlasService:
             except limits.JobCancelled:
                 if limits.cancelled():
                     raise
+        if not target and ablation is None:
+            self.analysed.add(name, key, text)
         return Analysis(key, capture, cached, time.perf_counter() - started)
 
     def lookup(self, key: object) -> Capture:

@@ -6,13 +6,11 @@ from __future__ import annotations
 import numpy as np
 
 from app.analysis import sinks
-from app.protocol import AtlasError, encode_array, encode_strings, quantize_unit
+from app.protocol import NORM_MODES, AtlasError, encode_array, encode_strings, quantize_unit
 from models.record import Capture
 
 TOPK_ROW_CHUNK = 512  # query rows per block when picking top-k links; bounds memory at long N
 NEURON_MAX_KEYS = 4096  # keys shown in the neuron view; all of them up to the longest prompt
-# Kobayashi et al. 2020's ||alpha_ij f_h(x_j)||: "value" as row shares, "norm" raw (norm units)
-NORM_MODES = ("value", "norm")
 TOKEN_MODES = ("attention", "norm")  # the token view's columns; "value" would need every row's total
 
 
@@ -82,6 +80,34 @@ def overview_layer_payload(layer: int, layers: int, thumbnails: np.ndarray) -> d
         "side": int(thumbnails.shape[-1]),
         "thumbnails": scaled,
         "peaks": peaks,
+    }
+
+
+def norm_thumbnails_payload(key: str, capture: Capture, mode: str) -> dict:
+    """The model view's thumbnails in a Kobayashi et al. (2020) mode: each head's
+    ||alpha_ij f_h(x_j)|| (``norm``) or its row shares (``value``), max-pooled to the side of
+    the capture's attention thumbnails over the same bins, then scaled like them (uint8 [L, H,
+    t, t], each head to its own maximum, with those maxima). Recomputed from the record, one
+    head at a time, so nothing [H, N, N] is held; the dispatcher memoises the answer."""
+    if mode not in NORM_MODES:
+        raise AtlasError("bad_request", f"norm-based thumbnails are {' or '.join(NORM_MODES)}")
+    side = int(capture.thumbnails.shape[-1])
+    pooled = np.stack(
+        [
+            np.stack([max_pool(_mode_matrix(capture, layer, head, mode), side) for head in range(capture.n_heads)])
+            for layer in range(capture.n_layers)
+        ]
+    )  # [L, H, t, t]
+    thumbnails, peaks = scaled_thumbnails(pooled)
+    return {
+        "key": key,
+        "mode": mode,
+        "layers": capture.n_layers,
+        "heads": capture.n_heads,
+        "side": side,
+        "tokens": capture.n_tokens,
+        "thumbnails": thumbnails,  # [L, H, t, t] uint8, each head / its peak
+        "peaks": peaks,  # [L, H] float16: norm units (``norm``) or shares (``value``)
     }
 
 

@@ -4,16 +4,25 @@
 // precomputed the analyses (`python -m app gallery`), so they open at once. While the page shows
 // a gallery prompt (opened here, from a link, or by the presenter), its "what to look for" stays
 // as a caption card above the view, with the tokens it talks about ("token 19", quoted words) as
-// chips that choose them, and marked in the views' token strips.
-import { displayToken } from "./draw.js";
+// chips that choose them, and marked in the views' token strips. The heads it names ("layer 5
+// head 3", and the role its link filters or switches off, once the head roles are computed) are
+// outlined over the model and head-roles grids, and the cells it names ("from token 19 to token
+// 5": query row 19, key column 5) over the matrix: outlines laid over the canvases from the geometry they publish (data-grid), so no
+// view draws a gallery's marks itself, and exports stay free of them.
+import { binOf, displayToken } from "./draw.js";
 import { settings } from "./settings.js";
-import { analysisMatches, getState, setView, subscribe } from "./store.js";
+import { analysisMatches, detailFor, getState, setData, setView, subscribe } from "./store.js";
 import { h } from "./ui.js";
 import { openQuery } from "./url.js";
 
 const GALLERY_URL = "/api/gallery";
 const QUOTED_MAX = 24; // characters of a quoted word the caption may name as a token
 const MARK = "gallery-mark"; // class of a token-strip button the caption talks about
+const HEAD_PATTERN = /\blayer (\d+),? head (\d+)/gi; // how a caption names one head
+const CELL_PATTERN = /\bfrom token (\d+) to token (\d+)/gi; // ...and one matrix cell (query, key)
+const HEAD_GRIDS = ["model-canvas", "heads-canvas"]; // head grids (headgrid.js publishGrid) marked with the caption's heads
+const MATRIX = "matrix-canvas"; // marked with the cells between the caption's tokens
+const MIN_MARK = 6; // px, smallest side of a cell's outline (pooled matrices have cells of a pixel or two)
 
 let ui = null;
 
@@ -30,7 +39,8 @@ export function mountGallery(panel) {
   document.querySelector("[role=tablist]")?.before(caption);
   ui = { panel, list, status, caption, loaded: false, items: [], shown: null };
   subscribe(showCaption);
-  subscribe(() => requestAnimationFrame(markTokens)); // after the views have drawn their strips
+  subscribe(() => requestAnimationFrame(markAll)); // after the views have drawn their strips and grids
+  window.addEventListener("resize", () => requestAnimationFrame(markAll));
   load();
 }
 
@@ -54,21 +64,128 @@ function captionTokens(state) {
   return namedTokens(item, state.analysis.tokens.tokens);
 }
 
-/** Mark the caption's tokens in every token strip, and list them in the caption as chips. */
-function markTokens() {
+/** [layer, head] pairs an item's explanation names ("layer 5 head 3"). */
+function namedHeads(item) {
+  return [...explanation(item).matchAll(HEAD_PATTERN)].map(([, layer, head]) => [Number(layer), Number(head)]);
+}
+
+/** [query, key] cells the shown caption names ("from token 19 to token 5"), within the prompt. */
+function captionCells(state) {
+  const item = ui.shown;
+  if (!item || ui.caption.hidden || !state.analysis || !analysisMatches(state)) return [];
+  const n = state.analysis.overview.tokens;
+  return [...explanation(item).matchAll(CELL_PATTERN)].map(([, query, key]) => [Number(query), Number(key)])
+    .filter(([query, key]) => query < n && key < n);
+}
+
+/** The head role an item's link filters (head roles) or switches off (interventions), if any. */
+function namedRole(item) {
+  const query = new URLSearchParams(item.link.split("?")[1] ?? "");
+  const role = query.get("filter") || query.get("ablateRole");
+  return role && !role.startsWith("CLUSTER") ? role : null; // clusters are numbered anew per prompt
+}
+
+/** The head summary a shown caption's role needs (main.js asks for it beside the view's own needs). */
+export function captionNeed(state) {
+  if (!ui?.shown || ui.caption.hidden || !namedRole(ui.shown) || !state.analysis || !analysisMatches(state)) return null;
+  return { event: "heads", fields: { key: state.analysis.key } };
+}
+
+/** The heads the shown caption names: by number, and by role once the head summary is here. */
+function captionHeads(state) {
+  const item = ui.shown;
+  if (!item || ui.caption.hidden || !state.analysis || !analysisMatches(state)) return { named: [], all: [] };
+  const { layers, heads } = state.analysis.overview;
+  const named = namedHeads(item).filter(([layer, head]) => layer < layers && head < heads);
+  const entry = detailFor(state, captionNeed(state));
+  const roles = entry?.status === "ready" ? entry.payload.roles : []; // [L][H] role names
+  const role = namedRole(item);
+  const byRole = roles.flatMap((row, layer) => row.flatMap((name, head) => (name === role ? [[layer, head]] : [])));
+  const all = new Map([...named, ...byRole].map((pair) => [String(pair), pair])); // a head named both ways is marked once
+  return { named, all: [...all.values()] };
+}
+
+/** The caption's marks everywhere: token strips, chips, head grids and the matrix. */
+function markAll() {
   const state = getState();
-  const named = captionTokens(state);
+  const tokens = captionTokens(state);
+  const heads = captionHeads(state);
+  markTokens(tokens);
+  listChips(state, tokens, heads.named);
+  for (const id of HEAD_GRIDS) {
+    const canvas = document.querySelector(`.view [data-testid=${id}]`);
+    if (canvas) overlay(canvas, canvas.offsetParent ? heads.all.map(([layer, head]) => headBox(canvas, layer, head)).filter(Boolean) : []);
+  }
+  const matrix = document.querySelector(`.view [data-testid=${MATRIX}]`);
+  if (matrix) overlay(matrix, matrix.offsetParent ? cellBoxes(matrix, captionCells(state)) : []);
+}
+
+/** Mark the caption's tokens in every token strip. */
+function markTokens(named) {
   const set = new Set(named);
   for (const button of document.querySelectorAll(".view .token-strip button[data-index]")) {
     button.classList.toggle(MARK, set.has(Number(button.dataset.index)));
   }
-  const signature = `${state.analysis?.key}|${named}`;
+}
+
+/** The caption's tokens and numbered heads as chips that choose them. */
+function listChips(state, tokens, heads) {
+  const signature = `${state.analysis?.key}|${tokens}|${heads.join(";")}`;
   if (!ui.chips || ui.chipsFor === signature) return;
   ui.chipsFor = signature;
-  ui.chips.replaceChildren(...(named.length ? [h("span", { className: "control-label", text: "Look at" })] : []),
-    ...named.map((index) => h("button", { type: "button", className: `quiet ${MARK}`, "data-token": index,
+  ui.chips.replaceChildren(...(tokens.length || heads.length ? [h("span", { className: "control-label", text: "Look at" })] : []),
+    ...tokens.map((index) => h("button", { type: "button", className: `quiet ${MARK}`, "data-token": index,
       title: `choose token ${index}`, text: `«${displayToken(state.analysis.tokens.tokens[index])}» ${index}`,
-      onClick: () => setView({ token: index }) })));
+      onClick: () => setView({ token: index }) })),
+    ...heads.map(([layer, head]) => h("button", { type: "button", className: `quiet ${MARK}`, "data-head": `${layer},${head}`,
+      title: `open layer ${layer} head ${head}`, text: `layer ${layer} head ${head}`,
+      onClick: () => setView({ layer, head, heads: [head] }) })));
+}
+
+/** Where head (layer, head) is on a head grid's canvas, from the geometry it published. */
+function headBox(canvas, layer, head) {
+  const g = JSON.parse(canvas.dataset.grid ?? "null");
+  if (!g) return null;
+  const slot = g.order ? g.order[layer].indexOf(head) : head; // a sorted grid moves heads within their layer
+  const [row, col] = g.headsAcross ? [layer, slot] : [slot, layer];
+  return { x: g.left + col * g.pitch, y: g.top + row * g.pitch, w: g.cell, h: g.cell, data: { layer, head } };
+}
+
+/** Where the named [query, key] cells are on the matrix's canvas (its pooled cells), those the block on screen shows. */
+function cellBoxes(canvas, cells) {
+  const g = JSON.parse(canvas.dataset.grid ?? "null");
+  const block = canvas.dataset.block?.split(",").map(Number);
+  if (!g?.rows || !block) return [];
+  const [row0, row1, col0, col1] = block;
+  const shown = cells.filter(([query, key]) => query >= row0 && query < row1 && key >= col0 && key < col1);
+  return shown.map(([query, key]) => ({
+    x: g.left + binOf(key - col0, g.cols, col1 - col0) * g.cell, y: g.top + binOf(query - row0, g.rows, row1 - row0) * g.cellH,
+    w: g.cell, h: g.cellH, data: { query, key },
+  }));
+}
+
+/** Outlines over a canvas (a layer of boxes right after it, in the canvas's own pixels); none removes the layer. */
+function overlay(canvas, boxes) {
+  let layer = canvas.nextElementSibling?.classList.contains("gallery-marks") ? canvas.nextElementSibling : null;
+  if (!boxes.length) {
+    layer?.remove();
+    return;
+  }
+  if (!layer) {
+    layer = h("div", { className: "gallery-marks", "aria-hidden": "true", "data-testid": `${canvas.dataset.testid}-marks` });
+    canvas.after(layer); // its parent becomes the positioned box (CSS :has), so canvas and marks scroll together
+  }
+  layer.style.left = `${canvas.offsetLeft}px`;
+  layer.style.top = `${canvas.offsetTop}px`;
+  layer.replaceChildren(...boxes.map(({ x, y, w, h: height, data }) => {
+    const box = h("div", Object.fromEntries(Object.entries(data).map(([name, value]) => [`data-${name}`, String(value)])));
+    const side = (size) => Math.max(MIN_MARK, size);
+    box.style.left = `${x + (w - side(w)) / 2}px`;
+    box.style.top = `${y + (height - side(height)) / 2}px`;
+    box.style.width = `${side(w)}px`;
+    box.style.height = `${side(height)}px`;
+    return box;
+  }));
 }
 
 /** The caption card of the gallery item whose model and prompt the page shows, or none. */
@@ -90,6 +207,7 @@ function showCaption(state) {
     h("button", { type: "button", className: "quiet", text: "×", "aria-label": "Hide this caption", onClick: () => {
       ui.dismissed = item;
       ui.caption.hidden = true;
+      markAll(); // and its marks go with it
     } }),
   );
 }
@@ -109,6 +227,7 @@ async function load() {
     ui.items = body.items;
     ui.list.replaceChildren(...body.items.map(card));
     showCaption(getState());
+    setData({}); // a change for the listeners: main.js asks for what the caption needs (captionNeed), marks are drawn
     ui.status.textContent = body.items.length ? "" : "This server offers no gallery items for its models.";
   } catch (error) {
     ui.loaded = false; // try again next time

@@ -9,6 +9,7 @@ import {
   analysisMatches, detailByRid, detailId, getState, putDetail, setCanceller, setData, setView, subscribe, viewOf,
 } from "./store.js";
 import { startClassroom } from "./classroom.js";
+import { captionNeed } from "./gallery.js";
 import { assembledOverview, partialOverview } from "./layerstream.js";
 import { bindHistory, fromQuery, shareUrl } from "./url.js";
 import { VIEW_NAMES, loadViews } from "./views/index.js";
@@ -71,7 +72,7 @@ function streamed(state, needed) {
 /** Ask once for each request the view needs (none, one or a list); the sink tokens every view marks come with the overview. */
 function ensureDetail(state) {
   if (!analysisMatches(state) || state.connection === "lost") return; // asked for on reconnect
-  const needs = [views[state.view].need(state)].flat().filter(Boolean);
+  const needs = [views[state.view].need(state), captionNeed(state)].flat().filter(Boolean); // and the roles a gallery caption names
   for (const needed of needs) {
     if (streamed(state, needed) || (STREAMS.includes(needed.event) && state.pending)) continue; // one stream at a time
     const id = detailId(needed);

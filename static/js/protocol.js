@@ -10,17 +10,18 @@ export const NAMESPACE = "/atlas";
 export const PRESENTER_REQUESTS = ["present_start", "present_join", "present_leave", "present_update", "present_end"];
 export const PRESENTER_EVENTS = ["present_started", "present_state", "present_followers", "present_ended"];
 // Client -> server requests, as Socket.IO events; `open` streams a cached analysis by its key.
-export const REQUESTS = ["analyze", "layer", "matrix", "token", "neuron", "stats", "heads", "rollout", "flow", "mixing", "feedforward", "routes", "compare",
+export const REQUESTS = ["analyze", "layer", "matrix", "token", "thumbnails", "neuron", "stats", "heads", "rollout", "flow", "mixing", "feedforward", "routes", "compare",
   "ablate", "patch", "lens", "generate", "cancel", "open", "atlas", "atlas_head", ...PRESENTER_REQUESTS];
 // Requests answered by a stream of events (progress, tokens, overview, ..., done) rather than one.
 export const STREAMS = ["analyze", "generate", "open"];
 // Server -> client events, besides presenter mode's.
-export const EVENTS = ["progress", "overview_layer", "tokens", "overview", "layer", "matrix", "token", "neuron", "stats", "done", "error",
+export const EVENTS = ["progress", "overview_layer", "tokens", "overview", "layer", "matrix", "token", "thumbnails", "neuron", "stats", "done", "error",
   "heads", "rollout", "flow", "mixing", "feedforward", "routes", "compare", "ablate", "patch", "lens", "generated_token", "generated", "atlas", "atlas_head", "cancel"];
 export const FUSIONS = ["mean", "max", "min"]; // how rollout and flow fuse the heads of a layer
 
 export const ATTENTION_MODES = ["attention", "scores", "value", "norm"]; // value/norm: Kobayashi 2020 shares/raw
 export const LAYER_MODES = ["attention", "value", "norm"]; // the head view has no pre-softmax scores
+export const NORM_MODES = ["value", "norm"]; // the model view's norm-based thumbnails (`thumbnails` request)
 export const TOKEN_MODES = ["attention", "norm"]; // the token view's columns: row shares would need every row's total
 
 // Error codes the page raises itself, never the server (whose codes and titles are published:

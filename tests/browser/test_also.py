@@ -30,6 +30,12 @@ def test_compare_opens_on_the_most_changed_head(page, live_server):
     assert (state["layer"], state["head"]) != ("0", "0")
 
 
+PAGE_RAMP = """async () => {
+  const { SEQUENTIAL } = await import("/static/js/palette.js");
+  return Array.from({ length: SEQUENTIAL.length / 4 }, (_, i) => [0, 1, 2].map((c) => SEQUENTIAL[i * 4 + c]));
+}"""
+
+
 def test_lens_and_statistics_have_colour_legends(page, live_server):
     open_view(page, live_server, model="smollm2", text="The capital of France is", view="lens")
     page.wait_for_selector("[data-testid=lens-table] td")
@@ -40,6 +46,14 @@ def test_lens_and_statistics_have_colour_legends(page, live_server):
     plot = json.dumps(json.loads(urllib.request.urlopen(f"{live_server}/api/analysis/{key}/stats").read()))
     bars = re.findall(r'"type": "object", "name": "ColorBar".{0,2000}?"title": "(\w+)"', plot)
     assert {"entropy", "layer"} <= set(bars), bars  # the scatter's colours (layers) have their key too
+    # one palette family: both plots' colours are the page's own sequential ramp, as the page loaded it
+    ramp = page.evaluate(PAGE_RAMP)  # [256, 3]
+    palettes = [json.loads(f"[{found}]") for found in re.findall(r'"palette": \[([^\]]*)\]', plot)]
+    assert len(palettes) == 2, palettes
+    for palette in palettes:
+        rgb = [[int(colour[i : i + 2], 16) for i in (1, 3, 5)] for colour in palette]
+        offset = len(ramp) - len(rgb)  # the scatter's dots skip the palest entries
+        assert max(abs(a - b) for ours, theirs in zip(rgb, ramp[offset:]) for a, b in zip(ours, theirs)) <= 1
 
 
 def test_projector_mode_puts_the_view_first(page, live_server):

@@ -10,7 +10,15 @@ import json
 import pytest
 
 from tests.browser.conftest import watch
-from tests.browser.helpers import PROMPT, open_view, query_state, wait_ink, wait_ready
+from tests.browser.helpers import (
+    PROMPT,
+    canvas_snapshot,
+    model_cell_center,
+    open_view,
+    query_state,
+    wait_ink,
+    wait_ready,
+)
 
 pytestmark = pytest.mark.browser
 
@@ -93,3 +101,28 @@ def test_information_flow_routes_threshold_link_and_head(page, live_server, open
     page.wait_for_selector("[data-testid=head-canvas][data-ready=true]")
     state = query_state(page)
     assert state["view"] == "head" and state["layer"] == str(edge["layer"]) and state["head"] == str(edge["head"])
+
+
+def test_norm_modes_in_the_model_view(page, live_server):
+    """The model view's thumbnails switch to ||alpha f(x)|| per head (computed by the server from
+    the stored record), the mode is in the link, and the matrix view opens in the same mode."""
+    open_view(page, live_server, model="minilm", text=PROMPT, view="model")
+    canvas = "[data-testid=model-canvas]"
+    page.wait_for_selector(f"{canvas}[data-mode=attention]")
+    assert wait_ink(page, canvas, minimum=10_000)
+    attention = canvas_snapshot(page, canvas)
+    page.click("#view-model [data-control=mode] button[data-value=norm]")
+    page.wait_for_selector(f"{canvas}[data-mode=norm]", timeout=30_000)
+    assert wait_ink(page, canvas, minimum=10_000)
+    assert canvas_snapshot(page, canvas) != attention  # a different picture, not the attention again
+    assert query_state(page)["mode"] == "norm"
+    page.hover(canvas, position=model_cell_center(page, layer=2, head=3))
+    assert "strongest ‖αf‖" in page.text_content(".tooltip")
+    page.click("#view-model [data-control=mode] button[data-value=value]")
+    page.wait_for_selector(f"{canvas}[data-mode=value]", timeout=30_000)
+    page.click("[role=tab][data-view=matrix]")
+    page.wait_for_selector("[data-testid=matrix-canvas][data-mode=value]")
+    page.click("[role=tab][data-view=model]")  # back to attention, and no notice left behind
+    page.click("#view-model [data-control=mode] button[data-value=attention]")
+    page.wait_for_selector(f"{canvas}[data-mode=attention]")
+    assert page.locator("#view-model > .notice").count() == 0

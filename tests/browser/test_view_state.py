@@ -86,6 +86,7 @@ CONTROLS = {
     "preset": "text2",
     "colour": "colour",
     "projection": "projection",
+    "corpus": "corpus",
     "search": "search",
     "all-heads": "focus",
     "open-in-head": "view",

@@ -85,6 +85,7 @@ def test_every_event_the_server_sends_is_listed():
 
 def test_modes_match(js_protocol):
     assert js_protocol["ATTENTION_MODES"] == list(protocol.ATTENTION_MODES)
+    assert js_protocol["NORM_MODES"] == list(protocol.NORM_MODES)
     assert js_protocol["FUSIONS"] == list(protocol.FUSIONS)
     assert js_protocol["NAMESPACE"] == protocol.NAMESPACE
 

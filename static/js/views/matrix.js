@@ -281,7 +281,7 @@ function draw() {
   if (g.thinned) g = layout(ctx, look, p, width, true); // room for "position token" labels
   const { left, top, cellW, cellH } = g;
   ui.geometry = g;
-  ui.canvas.dataset.grid = JSON.stringify({ left, top, cell: cellW, cellH }); // cell: a cell's width
+  ui.canvas.dataset.grid = JSON.stringify({ left, top, cell: cellW, cellH, rows, cols }); // cell: a cell's width
   const height = top + rows * cellH + LEGEND_H + look.size * 3;
   const out = prepareCanvas(ui.canvas, Math.max(width, left + cols * cellW + 8), height);
 

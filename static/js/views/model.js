@@ -3,13 +3,16 @@
 // maximum; by default rescaled without the first token's and the sinks' columns, which on a
 // decoder would leave every thumbnail one dark column). One canvas: the thumbnails are written
 // into one ImageData at their native size and drawn scaled, so even 30 x 9 heads paint in a
-// few milliseconds. Click a head to open it.
+// few milliseconds. Click a head to open it. The "Weights" control swaps the thumbnails for
+// Kobayashi et al. (2020)'s ||alpha f(x)|| of each head (raw, or as row shares), computed by the
+// server from the stored record (`thumbnails` request) in the same layout.
 import { binOf, contentWidth, drawLegend, formatNumber, hideTooltip, pointerIn, prepareCanvas, showTooltip, theme } from "../draw.js";
 import { drawGrid, gridCellAt, gridKeyMove, gridLayout, publishGrid, strikeCell, toggledHead } from "../headgrid.js";
 import { SEQUENTIAL } from "../palette.js";
 import { layerKinds, layerName } from "../layers.js";
-import { scaleSkip, setView } from "../store.js";
-import { changed, h, sinkScaleToggle, statusLine } from "../ui.js";
+import { NORM_MODES } from "../protocol.js";
+import { detailFor, scaleSkip, setView } from "../store.js";
+import { arrived, changed, h, notice, segmented, sinkScaleToggle, statusLine } from "../ui.js";
 
 const GAP = 5; // px between thumbnails
 const MAX_CELL = 88; // px, largest thumbnail side
@@ -25,9 +28,23 @@ const LEGEND_WIDTH = 340; // px
 const images = new WeakMap(); // overview payload -> Map(skipped columns -> offscreen canvas of all thumbnails)
 let ui = null;
 
-export function need() {
-  return null; // everything comes with the analysis
+/** The weights the thumbnails show: attention (with the analysis) or a norm-based mode. */
+function modelMode(mode) {
+  return NORM_MODES.includes(mode) ? mode : "attention";
 }
+
+export function need(state) {
+  const mode = modelMode(state.mode);
+  if (!state.analysis || mode === "attention") return null; // attention comes with the analysis
+  return { event: "thumbnails", fields: { key: state.analysis.key, mode } };
+}
+
+const LEGEND_TEXT = { // the legend's middle label per mode
+  attention: "attention, each head on its own scale",
+  value: "‖αf‖ share of the row, each head on its own scale",
+  norm: "‖αf‖ (norm units), each head on its own scale",
+};
+const PEAK_TEXT = { attention: "strongest link", value: "strongest ‖αf‖ share", norm: "strongest ‖αf‖" };
 
 /** The thumbnail columns that hold the tokens in `skip` (thumbnails are max-pooled to `side`). */
 function skippedColumns(overview, skip) {
@@ -103,19 +120,24 @@ function mount(el) {
     + "scaled to its own strongest link. Click a head to open it; arrow keys move, Enter opens; "
     + "shift-click heads to switch them off in the Interventions tab.");
   const sinkScale = sinkScaleToggle();
+  const mode = segmented("Weights", "mode", [
+    { value: "attention", text: "Attention", title: "softmax attention weights, recorded with the analysis" },
+    { value: "value", text: "‖αf‖ share", title: "Kobayashi et al. 2020: ‖α f(x)‖, as shares of each query's row" },
+    { value: "norm", text: "‖αf‖", title: "Kobayashi et al. 2020: raw ‖α f(x)‖ (norm units)" },
+  ], (value) => setView({ mode: value }));
   const legend = h("canvas", { className: "model-legend", "data-testid": "model-legend" }); // above the grid: seen without scrolling
-  el.append(h("div", { className: "toolbar" }, [sinkScale.root, legend]), h("div", { className: "canvas-scroll" }, [canvas]), status.root);
-  ui = { el, canvas, legend, status, sinkScale, geometry: null, overview: null };
+  el.append(h("div", { className: "toolbar" }, [mode.root, sinkScale.root, legend]), h("div", { className: "canvas-scroll" }, [canvas]), status.root);
+  ui = { el, canvas, legend, status, sinkScale, mode, geometry: null, overview: null, picture: null };
 
   canvas.addEventListener("mousemove", (event) => {
     const cell = gridCellAt(ui.geometry, pointerIn(canvas, event));
     const hover = cell ? `${cell.layer},${cell.head}` : "";
     canvas.style.cursor = cell ? "pointer" : "default";
-    if (!cell) {
+    if (!cell || !ui.picture) { // nothing under the pointer, or a norm mode still computing
       hideTooltip();
     } else {
-      const peak = ui.overview.peaks.data[cell.layer * ui.overview.heads + cell.head];
-      showTooltip(`${layerName(ui.info, cell.layer, true)}, head ${cell.head}\nstrongest link ${formatNumber(peak)}\nclick to open`,
+      const peak = ui.picture.peaks.data[cell.layer * ui.overview.heads + cell.head];
+      showTooltip(`${layerName(ui.info, cell.layer, true)}, head ${cell.head}\n${PEAK_TEXT[modelMode(ui.state.mode)]} ${formatNumber(peak)}\nclick to open`,
         event.clientX, event.clientY);
     }
     if (canvas.dataset.hover !== hover) {
@@ -150,15 +172,15 @@ function mount(el) {
 }
 
 function draw() {
-  const { canvas, overview, state } = ui;
-  if (!overview) return;
+  const { canvas, overview, picture, state } = ui;
+  if (!overview || !picture) return;
   const look = theme();
   const g = layout(overview, contentWidth(ui.el), look, Boolean(layerKinds(ui.info)));
   ui.geometry = g;
   publishGrid(canvas, g);
   const ctx = prepareCanvas(canvas, g.width, g.height);
   const skip = scaleSkip(state);
-  const image = overviewImage(overview, skip);
+  const image = overviewImage(picture, skip);
   const side = overview.side;
   const ablate = new Set(ui.info?.ablation?.ablate ?? state.ablate ?? []); // switched off in this run, or chosen to be
   ctx.imageSmoothingEnabled = false;
@@ -174,7 +196,7 @@ function draw() {
   });
   const legendWidth = Math.min(LEGEND_WIDTH, contentWidth(ui.el) - 8);
   drawLegend(prepareCanvas(ui.legend, legendWidth, LEGEND_HEIGHT + look.size * 2.4), 0, 2, legendWidth, LEGEND_HEIGHT, SEQUENTIAL,
-    ["0", skip.size ? "each head's scale, first token & sinks clipped" : "attention, each head on its own scale", "its max"], look, "drop");
+    ["0", skip.size ? "each head's scale, first token & sinks clipped" : LEGEND_TEXT[modelMode(state.mode)], "its max"], look, "drop");
 }
 
 export function render(state, el) {
@@ -184,5 +206,10 @@ export function render(state, el) {
   ui.overview = overview;
   ui.info = state.analysis?.tokens.info;
   ui.sinkScale.sync(state);
-  if (overview && changed(ui, [overview, state.layer, state.head, state.sinks, state.analysis?.sinks, el.clientWidth, state.projector, state.ablate])) draw();
+  const mode = modelMode(state.mode);
+  ui.mode.sync(mode);
+  ui.picture = mode === "attention" ? overview : arrived(ui.el, detailFor(state, need(state)), "Computing ‖αf‖ for every head…");
+  if (mode === "attention") notice(ui.el, ""); // clears a norm mode's "Computing" notice
+  ui.canvas.dataset.mode = ui.picture ? mode : "";
+  if (overview && changed(ui, [overview, ui.picture, state.layer, state.head, state.sinks, state.analysis?.sinks, el.clientWidth, state.projector, state.ablate])) draw();
 }

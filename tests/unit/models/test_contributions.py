@@ -51,17 +51,22 @@ def reference_norms(name: str, model, inputs: list[torch.Tensor]) -> tuple[np.nd
     return tuple(torch.stack([layer[i] for layer in layers]).numpy() for i in range(2))
 
 
-@pytest.mark.parametrize("name", ["tiny-llama", "tiny-gpt2", "tiny-bert"])
-def test_output_norms_follow_kobayashi_et_al(tiny_models, name):
-    handle = tiny_models[name]
+def captured_with_inputs(handle, text: str):
+    """A float32 capture of ``text`` and the hidden states that entered each attention module."""
     modules = [m for m in handle.model.modules() if type(m).__name__.endswith(("Attention", "SelfAttention"))]
     modules = [m for m in modules if not any(c in modules for c in m.children())]  # the innermost ones
     seen, handles = attention_inputs(handle.model, modules)
     try:
-        capture = run_capture(handle, PROMPT, precision="float32")
+        return run_capture(handle, text, precision="float32"), seen
     finally:
         for hook in handles:
             hook.remove()
+
+
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-gpt2", "tiny-bert"])
+def test_output_norms_follow_kobayashi_et_al(tiny_models, name):
+    handle = tiny_models[name]
+    capture, seen = captured_with_inputs(handle, PROMPT)
     assert capture.info["output_norms_exact"]
     with torch.inference_mode():  # the captured inputs are inference tensors
         expected, value_norms = reference_norms(name, handle.model, seen)

@@ -88,3 +88,20 @@ def test_patching_draws_every_head(page, live_server):
     wait_ink(page, "[data-testid=patch-grid]")
     click_head(page, "[data-testid=patch-grid]", 0, 0)  # a patched head can be chosen for switching off
     assert page.get_attribute("[data-testid=ablate-picker]", "data-picked") == "0"
+
+
+def test_an_encoder_switches_heads_off_but_says_why_it_cannot_patch(page, live_server):
+    open_view(
+        page,
+        live_server,
+        model="minilm",
+        text="The keys to the cabinet are here.",
+        view="intervene",
+        ablate="0,13",
+        corrupt="The key to the cabinet is here.",
+    )
+    page.wait_for_selector(EFFECT, timeout=ANALYSIS_TIMEOUT_MS)
+    assert "no language-model head" in page.text_content("[data-testid=ablate-summary]")
+    page.wait_for_function(
+        "() => document.querySelector('#view-intervene').textContent.includes('needs a causal language model')"
+    )

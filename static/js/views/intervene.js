@@ -37,6 +37,11 @@ function rolesRequest(state) {
   return { event: "heads", fields: { key: state.analysis.key } };
 }
 
+/** Patching compares next-token predictions: only a causal language model makes them. */
+function isCausal(state) {
+  return Boolean(state.analysis.tokens.info.causal);
+}
+
 function isAblatedRun(state) {
   return Boolean(state.analysis?.tokens?.info?.ablation);
 }
@@ -56,7 +61,7 @@ export function need(state) {
     const answer = detailFor(state, ablate);
     if (answer?.status === "ready") needs.push({ event: "compare", fields: { key: state.analysis.key, other: answer.payload.ablated } });
   }
-  if (state.corrupt && state.analysis.overview.causal !== false) needs.push({ event: "patch", fields: { key: state.analysis.key, corrupt: state.corrupt } });
+  if (state.corrupt && isCausal(state)) needs.push({ event: "patch", fields: { key: state.analysis.key, corrupt: state.corrupt } });
   return needs;
 }
 
@@ -256,6 +261,10 @@ function showPatch(state, entry, width, look) {
   }
   ui.patchBody.hidden = false;
   ui.patchGrid.hidden = true;
+  if (!isCausal(state)) {
+    ui.patchInfo.textContent = "";
+    return notice(ui.patchBody, "Patching compares next-token predictions, so it needs a causal language model such as smollm2.");
+  }
   if (entry?.status === "error") return notice(ui.patchBody, `Patching failed: ${entry.error.message}`, "error");
   ui.patchProgress.hidden = entry?.status !== "pending";
   ui.patchBar.style.width = `${Math.round(100 * (entry?.progress?.fraction ?? 0))}%`;

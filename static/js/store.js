@@ -296,6 +296,12 @@ export function sinkSet(source) {
   return sinkSets.get(sinks);
 }
 
+/** Heads a grid strikes out (flat indices): those switched off in the run shown (an ablated
+ * run), else those chosen for switching off (the `ablate` field). */
+export function switchedOffHeads(source) {
+  return new Set(source.analysis?.tokens?.info?.ablation?.ablate ?? source.ablate ?? []);
+}
+
 /** The detail request waiting for answer `rid`, if any. */
 export function detailByRid(rid) {
   for (const [id, entry] of state.details) if (entry.status === "pending" && entry.rid === rid) return [id, entry];

@@ -168,6 +168,29 @@ export function decoderNotice(el, text) {
   }
 }
 
+/**
+ * A form for one more prompt that a view field holds (compare's prompt B, patching's corrupted
+ * prompt): a textarea, a submit button (Ctrl/Cmd+Enter too) that sets the field (null when
+ * blank), and an example button; the textarea's data-control is the field's name.
+ */
+export function promptForm({ field, label, placeholder, submit, example, testid }) {
+  const input = h("textarea", { name: field, rows: 2, spellcheck: "false", "data-control": field, placeholder });
+  const root = h("form", { className: "compare-form", "data-testid": testid }, [
+    h("label", { className: "field compare-field" }, [h("span", { text: label }), input]),
+    h("button", { type: "submit", className: "primary", text: submit.text, "data-control": submit.control }),
+    h("button", { type: "button", className: "quiet", text: example.text, "data-control": example.control,
+      title: example.title, onClick: example.onClick }),
+  ]);
+  root.addEventListener("submit", (event) => {
+    event.preventDefault();
+    setView({ [field]: input.value.trim() ? input.value : null });
+  });
+  input.addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) root.requestSubmit();
+  });
+  return { root, input };
+}
+
 /** Placeholder shown while a view waits for data, or when it failed. */
 export function notice(el, text, kind = "info") {
   let box = el.querySelector(":scope > .notice");

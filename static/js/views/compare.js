@@ -8,7 +8,7 @@ import { binOf, contentWidth, displayToken, drawLegend, formatNumber, prepareCan
 import { drawGrid, gridKeyMove, gridLayout, gridPointer, publishGrid, rankedList } from "../headgrid.js";
 import { SEQUENTIAL, lutColour, unitIndex } from "../palette.js";
 import { detailFor, setView, sinkSet } from "../store.js";
-import { changed, h, notice, statusLine, tokenStrip } from "../ui.js";
+import { changed, h, notice, promptForm, statusLine, tokenStrip } from "../ui.js";
 import { overviewImage } from "./model.js";
 
 // The gender-bias minimal pair from the BertViz examples.
@@ -34,20 +34,12 @@ export function need(state) {
 }
 
 function mount(el) {
-  const text2 = h("textarea", { name: "text2", rows: 2, spellcheck: "false", "data-control": "text2",
-    placeholder: "A second prompt, e.g. the same sentence with one word changed" });
-  const form = h("form", { className: "compare-form", "data-testid": "compare-form" }, [
-    h("label", { className: "field compare-field" }, [h("span", { text: "Prompt B (prompt A is the one above)" }), text2]),
-    h("button", { type: "submit", className: "primary", text: "Compare", "data-control": "compare" }),
-    h("button", { type: "button", className: "quiet", text: "Example: “She” vs “He” (replaces prompt A)", "data-control": "preset",
-      title: `Prompt A becomes “${PRESET.text}” and prompt B “${PRESET.text2}” (Back restores them)`, onClick: () => setView(PRESET) }),
-  ]);
-  form.addEventListener("submit", (event) => {
-    event.preventDefault();
-    setView({ text2: text2.value.trim() ? text2.value : null });
-  });
-  text2.addEventListener("keydown", (event) => {
-    if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) form.requestSubmit();
+  const { root: form, input: text2 } = promptForm({
+    field: "text2", label: "Prompt B (prompt A is the one above)", testid: "compare-form",
+    placeholder: "A second prompt, e.g. the same sentence with one word changed",
+    submit: { text: "Compare", control: "compare" },
+    example: { text: "Example: “She” vs “He” (replaces prompt A)", control: "preset", onClick: () => setView(PRESET),
+      title: `Prompt A becomes “${PRESET.text}” and prompt B “${PRESET.text2}” (Back restores them)` },
   });
   const pick = (index) => setView({ token: index });
   const stripA = tokenStrip("Tokens of prompt A", pick);

@@ -8,7 +8,7 @@
 import { contentWidth, displayToken, drawLegend, formatNumber, hideTooltip, pointerIn, prepareCanvas, showTooltip, theme } from "../draw.js";
 import { drawGrid, gridCellAt, gridKeyMove, gridLayout, publishGrid, rankedList, setOrder, strikeCell, toggledHead } from "../headgrid.js";
 import { HEAD_COLOURS, ROLE_ORDER, SEQUENTIAL, inkOn, lutColour, roleColour, unitIndex } from "../palette.js";
-import { detailFor, setView } from "../store.js";
+import { detailFor, setView, switchedOffHeads } from "../store.js";
 import { openQuery } from "../url.js";
 import { arrived, changed, h, segmented, statusLine } from "../ui.js";
 
@@ -240,7 +240,7 @@ function draw() {
   ui.canvas.dataset.measure = measure;
   const ctx = prepareCanvas(ui.canvas, g.width, g.height + legendH + 4);
   const filter = state.filter;
-  const ablate = new Set(state.analysis.tokens.info.ablation?.ablate ?? state.ablate ?? []); // switched off in this run, or chosen to be
+  const ablate = switchedOffHeads(state);
   drawGrid(ctx, g, look, {
     paint: (layer, head, x, y, cell) => {
       const fill = numeric ? lutColour(SEQUENTIAL, unitIndex(values[layer * heads + head] / top))

@@ -13,7 +13,7 @@ import { drawGrid, gridLayout, gridPointer, publishGrid, strikeCell, toggledHead
 import { DIVERGING, ROLE_ORDER, SEQUENTIAL, lutColour, roleColour, signedIndex, unitIndex } from "../palette.js";
 import { limits } from "../settings.js";
 import { detailFor, setView } from "../store.js";
-import { changed, h, notice, segmented, statusLine } from "../ui.js";
+import { changed, h, notice, promptForm, segmented, statusLine } from "../ui.js";
 
 // The indirect-object pair of Wang et al. (2022): the name to predict changes with one word.
 const EXAMPLE = { text: "When Mary and John went to the store, John gave a drink to", corrupt: "When Mary and John went to the store, Paul gave a drink to" };
@@ -42,6 +42,11 @@ function isCausal(state) {
   return Boolean(state.analysis.tokens.info.causal);
 }
 
+function patchRequest(state) {
+  if (!state.corrupt || !isCausal(state)) return null;
+  return { event: "patch", fields: { key: state.analysis.key, corrupt: state.corrupt } };
+}
+
 function isAblatedRun(state) {
   return Boolean(state.analysis?.tokens?.info?.ablation);
 }
@@ -61,7 +66,8 @@ export function need(state) {
     const answer = detailFor(state, ablate);
     if (answer?.status === "ready") needs.push({ event: "compare", fields: { key: state.analysis.key, other: answer.payload.ablated } });
   }
-  if (state.corrupt && isCausal(state)) needs.push({ event: "patch", fields: { key: state.analysis.key, corrupt: state.corrupt } });
+  const patch = patchRequest(state);
+  if (patch) needs.push(patch);
   return needs;
 }
 
@@ -91,17 +97,12 @@ function mount(el) {
       h("section", {}, [h("h3", { text: "Next token, before → after" }), table]),
       h("section", {}, [h("h3", { text: "Attention moved downstream (layers × heads)" }), difference, openRun])]),
   ]);
-  const corrupt = h("textarea", { name: "corrupt", rows: 2, spellcheck: "false", "data-control": "corrupt",
-    placeholder: "The same prompt with one word changed (same number of tokens)" });
-  const patchForm = h("form", { className: "compare-form", "data-testid": "patch-form" }, [
-    h("label", { className: "field compare-field" }, [h("span", { text: "Corrupted prompt (the prompt above is the clean one)" }), corrupt]),
-    h("button", { type: "submit", className: "primary", text: "Patch every head", "data-control": "patch-run" }),
-    h("button", { type: "button", className: "quiet", text: "Example: Mary and John", "data-control": "patch-example",
-      title: EXAMPLE.corrupt, onClick: () => setView({ text: EXAMPLE.text, corrupt: EXAMPLE.corrupt }) }),
-  ]);
-  patchForm.addEventListener("submit", (event) => {
-    event.preventDefault();
-    setView({ corrupt: corrupt.value.trim() ? corrupt.value : null });
+  const { root: patchForm, input: corrupt } = promptForm({
+    field: "corrupt", label: "Corrupted prompt (the prompt above is the clean one)", testid: "patch-form",
+    placeholder: "The same prompt with one word changed (same number of tokens)",
+    submit: { text: "Patch every head", control: "patch-run" },
+    example: { text: "Example: Mary and John", control: "patch-example", title: EXAMPLE.corrupt,
+      onClick: () => setView({ text: EXAMPLE.text, corrupt: EXAMPLE.corrupt }) },
   });
   const patchInfo = h("p", { className: "view-info", "data-testid": "patch-summary" });
   const patchGrid = h("canvas", { "data-testid": "patch-grid", tabindex: 0,
@@ -325,5 +326,5 @@ export function render(state, el, picking = false) {
     showEffect(state, answer.payload, moved?.status === "ready" ? moved.payload : null, width, look);
     ui.effect.dataset.ready = String(moved?.status === "ready");
   }
-  showPatch(state, detailFor(state, need(state)?.find?.((n) => n.event === "patch")), width, look);
+  showPatch(state, detailFor(state, patchRequest(state)), width, look);
 }

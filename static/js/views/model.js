@@ -11,7 +11,7 @@ import { drawGrid, gridCellAt, gridKeyMove, gridLayout, publishGrid, strikeCell,
 import { SEQUENTIAL } from "../palette.js";
 import { layerKinds, layerName } from "../layers.js";
 import { NORM_MODES } from "../protocol.js";
-import { detailFor, scaleSkip, setView } from "../store.js";
+import { detailFor, scaleSkip, setView, switchedOffHeads } from "../store.js";
 import { arrived, changed, h, notice, segmented, sinkScaleToggle, statusLine } from "../ui.js";
 
 const GAP = 5; // px between thumbnails
@@ -182,7 +182,7 @@ function draw() {
   const skip = scaleSkip(state);
   const image = overviewImage(picture, skip);
   const side = overview.side;
-  const ablate = new Set(ui.info?.ablation?.ablate ?? state.ablate ?? []); // switched off in this run, or chosen to be
+  const ablate = switchedOffHeads(state);
   ctx.imageSmoothingEnabled = false;
   const hover = canvas.dataset.hover ? canvas.dataset.hover.split(",").map(Number) : null;
   drawGrid(ctx, g, look, {

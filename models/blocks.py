@@ -1,27 +1,146 @@
 """One layer's attention read in row blocks: everything the first views need, never all N x N.
 
-The recorder hands :func:`summarize_layer` a way to produce any block of attention probabilities
-(from q, k and each row's log-sum-exp after the fused kernel, or a slice of the weights an eager
-layer returned) and the layer's mask. One pass over row blocks, each only as wide as the keys its
-rows may see (half of a causal matrix is never computed), gathers the thumbnails, the attention
-each key receives, the head statistics of the analysed prefix and, only when asked, the full
-attention. A block holds at most ``BLOCK_BYTES`` of float32, so memory stays bounded at any
-length. Torch, on the model's device: on a GPU none of it leaves the device until the end.
+The recorder hands :func:`summarize_layer` a :class:`LayerSource`: the fused kernel's q, k and
+each row's log-sum-exp (:class:`FusedSource`), or the weights an eager layer returned
+(:class:`EagerSource`), and the pass's :class:`MaskSpans`. One pass over row blocks, each only as
+wide as the keys its rows may see (most of the masked half of a causal matrix is never computed),
+gathers the thumbnails, the attention each key receives, the head statistics of the analysed
+prefix and, only when asked, the full attention. Torch, on the model's device: on a GPU none of it
+leaves the device until the end.
+
+The pass is what a capture costs beyond the model's own forward pass (issue 12), so each block
+is read as few times as possible: scores are masked only where a row of the block may not look
+(the diagonal square of a causal block), each row's entropy comes from the scores the block came
+from (-sum p log p = -sum p (s - lse): a product and a sum, no logarithm), the key shares from the
+column sums that the received attention needs anyway, and the thumbnails pool the block's rows in
+place instead of a copy padded to the full width.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch.nn import functional as F
 
 from models.record import HEAD_STATS, STAT_OFFSETS
 
-BLOCK_BYTES = 32 * 1024 * 1024  # bytes of float32 probabilities in one row block, all heads
+BLOCK_BYTES = 32 * 1024 * 1024  # most bytes of float32 probabilities in one row block, all heads
+BLOCK_CELLS = 128 * 1024  # query x key cells per head a block aims at: a few MB, warm in the cache
+EXP_FLOOR = -87.0  # log p below this is read as this: exp stays a normal float32 (1.6e-38, not 0), and
+#                   torch's CPU exp of arguments whose result underflows is 10-30x slower than of the rest
 
-Probabilities = Callable[[int, int, int, int], torch.Tensor]  # (r0, r1, c0, c1) -> [H, r1 - r0, c1 - c0] float32
+
+@dataclass(frozen=True)
+class MaskSpans:
+    """One mask of a pass, read once for all the layers that share it: which key columns each
+    query row may see, so a block computes only those and masks only where a row may not look."""
+
+    allowed: torch.Tensor  # [N, N] bool, True = may attend
+    first: np.ndarray  # [N] first key each row may see (0 for a row that sees none)
+    last: np.ndarray  # [N] one past the last key each row may see (0 for a row that sees none)
+    contiguous: bool  # every row sees exactly the keys [first, last)
+    readable: torch.Tensor  # [N] bool: rows that see any key
+    visible: torch.Tensor  # [N] float32 queries that may see each key (at least 1)
+
+    @classmethod
+    def of(cls, allowed: torch.Tensor) -> MaskSpans:
+        n_keys = allowed.shape[-1]
+        readable = allowed.any(dim=-1)
+        first = allowed.to(torch.uint8).argmax(dim=-1)
+        last = n_keys - allowed.flip(-1).to(torch.uint8).argmax(dim=-1)
+        first, last = torch.where(readable, first, 0), torch.where(readable, last, 0)
+        contiguous = bool((allowed.sum(dim=-1) == last - first).all())
+        visible = allowed.sum(dim=0).clamp(min=1).float()
+        return cls(allowed, first.cpu().numpy(), last.cpu().numpy(), contiguous, readable, visible)
+
+    def columns(self, r0: int, r1: int) -> tuple[int, int, int, int]:
+        """(c0, c1): the keys any row of rows r0..r1 may see; (lo, hi): those every row may see
+        (an empty span when the rows' keys are not contiguous runs)."""
+        first, last = self.first[r0:r1], self.last[r0:r1]
+        c0, c1 = int(first.min()), int(last.max())
+        lo, hi = (int(first.max()), int(last.min())) if self.contiguous else (c0, c0)
+        return c0, c1, lo, max(lo, hi)
+
+
+@dataclass
+class Block:
+    """Attention of rows r0.. over keys c0.. of every head: ``p`` [H, r, c] float32, 0 where the
+    mask forbids, and where the source has scores ``log_p`` [H, r, c] = score - row log-sum-exp
+    (0 where the mask forbids, so that p log p is 0 there)."""
+
+    p: torch.Tensor
+    log_p: torch.Tensor | None = None
+
+    def prefix(self, rows: int, width: int) -> Block:
+        """The block's first ``rows`` rows and ``width`` keys."""
+        log_p = None if self.log_p is None else self.log_p[:, :rows, :width]
+        return Block(self.p[:, :rows, :width], log_p)
+
+    def entropy(self) -> torch.Tensor:
+        """[H, r] -sum p log p over the block's keys: from the scores where there are some (a
+        product and a sum, 10x cheaper than the logarithms), else from p."""
+        if self.log_p is None:
+            return -torch.xlogy(self.p, self.p).sum(-1)
+        return -(self.p * self.log_p).sum(-1)
+
+
+class LayerSource:
+    """Where a layer's attention blocks come from."""
+
+    def block(self, r0: int, r1: int, c0: int, c1: int) -> Block:
+        """Rows r0..r1 over keys c0..c1 of every head."""
+        raise NotImplementedError
+
+
+class FusedSource(LayerSource):
+    """Blocks of softmax(q.k * scaling + mask) as exp(score - row log-sum-exp): each block costs
+    its own r x c x d product, never the rest of its rows. ``queries`` and ``keys`` are [H, N, d]
+    float32 (grouped keys already repeated), ``lse`` [H, N] float32."""
+
+    def __init__(self, queries, keys, lse, scaling: float, spans: MaskSpans):
+        self.queries = queries * scaling  # [H, N, d]: the scaling applied once, not per block
+        self.keys, self.lse, self.spans = keys, lse, spans
+        self._buffers = (queries.new_empty(0), queries.new_empty(0))  # scores, probabilities
+
+    def _views(self, shape: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Two [H, r, c] views of buffers kept across blocks: a fresh multi-MB tensor per block
+        costs the kernel's page faults each time (about as long as the exp that fills it). A
+        block is read before the next one is made, so one pair serves them all."""
+        cells = shape[0] * shape[1] * shape[2]
+        if self._buffers[0].numel() < cells:
+            self._buffers = (self.queries.new_empty(cells), self.queries.new_empty(cells))
+        return self._buffers[0][:cells].view(shape), self._buffers[1][:cells].view(shape)
+
+    def block(self, r0: int, r1: int, c0: int, c1: int) -> Block:
+        log_p, p = self._views((self.queries.shape[0], r1 - r0, c1 - c0))  # [H, r, c] each
+        torch.matmul(self.queries[:, r0:r1], self.keys[:, c0:c1].transpose(1, 2), out=log_p)
+        log_p.sub_(self.lse[:, r0:r1, None]).clamp_(min=EXP_FLOOR)
+        forbidden = self._forbidden(r0, r1, c0, c1)
+        for start, stop, where in forbidden:
+            log_p[..., start:stop].masked_fill_(where, float("-inf"))
+        torch.exp(log_p, out=p)
+        for start, stop, where in forbidden:  # p log p is 0 there, not 0 x -inf
+            log_p[..., start:stop].masked_fill_(where, 0.0)
+        return Block(p, log_p)
+
+    def _forbidden(self, r0: int, r1: int, c0: int, c1: int) -> list[tuple[int, int, torch.Tensor]]:
+        """(start, stop, [r, stop - start] bool) of the block's columns where some row may not
+        look: a causal block's diagonal square, not the whole block."""
+        _, _, lo, hi = self.spans.columns(r0, r1)
+        spans = ((c0, max(c0, min(lo, c1))), (max(c0, hi), c1)) if lo < hi else ((c0, c1),)
+        return [(a - c0, b - c0, ~self.spans.allowed[r0:r1, a:b]) for a, b in spans if b > a]
+
+
+class EagerSource(LayerSource):
+    """Slices of the [H, N, N] weights an eager layer returned (not softmax(q.k): no scores)."""
+
+    def __init__(self, weights: torch.Tensor):
+        self.weights = weights
+
+    def block(self, r0, r1, c0, c1):
+        return Block(self.weights[:, r0:r1, c0:c1].float())
 
 
 @dataclass
@@ -36,38 +155,36 @@ class LayerSummary:
 
 
 def block_rows(heads: int, n_tokens: int) -> int:
-    """Query rows per block so one block of float32 probabilities fits ``BLOCK_BYTES``."""
-    return max(1, min(n_tokens, BLOCK_BYTES // (4 * heads * n_tokens)))
+    """Query rows per block: about ``BLOCK_CELLS`` cells per head (small blocks skip more of a
+    causal mask and stay in the cache), never more than ``BLOCK_BYTES`` of float32."""
+    cap = BLOCK_BYTES // (4 * heads * n_tokens)
+    return max(1, min(n_tokens, cap, max(16, BLOCK_CELLS // n_tokens)))
 
 
-def visible_span(allowed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """([N] first, [N] one past the last) key each query row may see; (0, 0) for a row that
-    sees none. Lets a block skip the keys no row of it may read."""
-    n_keys = allowed.shape[-1]
-    seen = allowed.any(dim=-1)
-    first = allowed.to(torch.uint8).argmax(dim=-1)
-    last = n_keys - allowed.flip(-1).to(torch.uint8).argmax(dim=-1)
-    return torch.where(seen, first, 0), torch.where(seen, last, 0)
+class _Bins:
+    """The bins of PyTorch's adaptive max pooling over N positions into t: bin i covers
+    [floor(i N / t), ceil((i + 1) N / t)), so neighbours may share a position. The thumbnails
+    pool each block's rows into their bins (one read of the block, no copy), then the columns of
+    the small [H, t, N] result."""
 
+    def __init__(self, n: int, t: int):
+        index = np.arange(t)
+        self.starts, self.ends = (index * n) // t, -((-(index + 1) * n) // t)
+        self.t = t
 
-def fused_probabilities(
-    queries: torch.Tensor, keys: torch.Tensor, lse: torch.Tensor, scaling: float, allowed: torch.Tensor
-) -> Probabilities:
-    """Blocks of softmax(q.k * scaling + mask) as exp(score - row log-sum-exp): each block costs
-    its own r x c x d product, never the rest of its rows. ``queries`` and ``keys`` are [H, N, d]
-    float32 (grouped keys already repeated), ``lse`` [H, N] float32, ``allowed`` [N, N] bool."""
-
-    def block(r0: int, r1: int, c0: int, c1: int) -> torch.Tensor:
-        scores = torch.matmul(queries[:, r0:r1], keys[:, c0:c1].transpose(1, 2))  # [H, r, c]
-        scores.mul_(scaling).sub_(lse[:, r0:r1, None])
-        return scores.masked_fill_(~allowed[r0:r1, c0:c1], float("-inf")).exp_()
-
-    return block
+    def pool_rows(self, block: torch.Tensor, r0: int, c0: int, into: torch.Tensor) -> None:
+        """Max each row bin's share of a block (rows r0.., columns c0..) into ``into`` [H, t, N]:
+        a bin the block cuts gets the rest of its rows from the blocks beside it."""
+        r1, c1 = r0 + block.shape[1], c0 + block.shape[2]
+        for i in np.flatnonzero((self.starts < r1) & (self.ends > r0)):
+            lo, hi = max(int(self.starts[i]), r0) - r0, min(int(self.ends[i]), r1) - r0
+            target = into[:, i, c0:c1]
+            torch.maximum(target, block[:, lo:hi].amax(dim=1), out=target)
 
 
 def summarize_layer(
-    probabilities: Probabilities,
-    allowed: torch.Tensor,
+    source: LayerSource,
+    spans: MaskSpans,
     *,
     heads: int,
     thumb: int,
@@ -75,35 +192,35 @@ def summarize_layer(
     causal: bool,
     keep: torch.dtype | None = None,
 ) -> LayerSummary:
-    """Read one layer's attention block by block. ``allowed`` is its [N, N] bool mask;
-    ``stats_tokens`` the analysed prefix P; ``causal`` as the head statistics define it (see
-    app.analysis.head_roles.choice_rows); ``keep`` the dtype to keep the full attention in, or
-    None to keep none."""
-    n = allowed.shape[-1]
-    device = allowed.device
-    first, last = visible_span(allowed)
-    pooled = torch.zeros((heads, n, thumb), device=device)  # [H, N, t] each row max-pooled over key bins
+    """Read one layer's attention block by block. ``stats_tokens`` is the analysed prefix P;
+    ``causal`` as the head statistics define it (see app.analysis.head_roles.choice_rows);
+    ``keep`` the dtype to keep the full attention in, or None to keep none."""
+    n = spans.allowed.shape[-1]
+    device = spans.allowed.device
+    bins = _Bins(n, thumb)
+    pooled = torch.zeros((heads, thumb, n), device=device)  # [H, t, N] each column max-pooled over row bins
     received = torch.zeros(n, device=device)
     stats = _PrefixStats(heads, stats_tokens, causal, device)
     attention = torch.zeros((heads, n, n), dtype=keep, device=device) if keep is not None else None
     step = block_rows(heads, n)
     for r0 in range(0, n, step):
         r1 = min(n, r0 + step)
-        c0, c1 = int(first[r0:r1].min()), int(last[r0:r1].max())
+        c0, c1, _, _ = spans.columns(r0, r1)
         if c1 <= c0:
             continue  # no row of this block may attend anywhere (another segment's rows)
-        block = probabilities(r0, r1, c0, c1)  # [H, r, c]
-        received[c0:c1] += block.sum(dim=(0, 1))
-        wide = block if (c0, c1) == (0, n) else F.pad(block, (c0, n - c1))  # [H, r, N]
-        pooled[:, r0:r1] = F.adaptive_max_pool1d(wide.reshape(-1, n), thumb).view(heads, r1 - r0, thumb)
+        block = source.block(r0, r1, c0, c1)
+        columns = block.p.sum(dim=1)  # [H, c]
+        received[c0:c1] += columns.sum(dim=0)
+        bins.pool_rows(block.p, r0, c0, pooled)
         if r0 < stats_tokens and c0 < stats_tokens:
-            stats.add(block[:, : stats_tokens - r0, : stats_tokens - c0], r0, c0)
+            whole = r1 <= stats_tokens and c1 <= stats_tokens
+            stats.add(block.prefix(stats_tokens - r0, stats_tokens - c0), r0, c0, columns if whole else None)
         if attention is not None:
-            attention[:, r0:r1, c0:c1] = block
-    # max over row bins of the row-pooled maps: separable, so equal to a 2-D adaptive max pool
-    thumbnails = F.adaptive_max_pool1d(pooled.transpose(1, 2).reshape(-1, n), thumb).view(heads, thumb, thumb)
+            attention[:, r0:r1, c0:c1] = block.p
+    # max over column bins of the row-pooled maps: separable, so equal to a 2-D adaptive max pool
+    thumbnails = F.adaptive_max_pool1d(pooled.reshape(-1, n), thumb).view(heads, thumb, thumb)
     head_stats, key_shares = stats.result()
-    return LayerSummary(thumbnails.transpose(1, 2), received, head_stats, key_shares, attention)
+    return LayerSummary(thumbnails, received, head_stats, key_shares, attention)
 
 
 class _PrefixStats:
@@ -118,9 +235,11 @@ class _PrefixStats:
         self.key_sums = torch.zeros((heads, prefix), dtype=torch.float64, device=device)
         self.rows = torch.zeros(heads, dtype=torch.float64, device=device)
 
-    def add(self, block: torch.Tensor, r0: int, c0: int) -> None:
-        """``block``: [H, r, w] probabilities of prefix rows r0.. over prefix keys c0.. (the keys
-        left of c0 and right of c0 + w are masked for these rows: they hold zeros)."""
+    def add(self, attention: Block, r0: int, c0: int, columns=None) -> None:
+        """``attention``: [H, r, w] of prefix rows r0.. over prefix keys c0.. (the keys left of c0
+        and right of c0 + w are masked for these rows: they hold zeros); ``columns`` its column
+        sums [H, w] when the caller has them."""
+        block = attention.p
         rows, width, p = block.shape[1], block.shape[2], self.prefix
         device = block.device
         query = torch.arange(r0, r0 + rows, device=device)  # [r]
@@ -128,10 +247,10 @@ class _PrefixStats:
         allowed_keys = query + 1 if self.causal else torch.full_like(query, p)  # [r]
         row_sums = block.sum(-1)  # [H, r]
         weight = ((row_sums > 0) & (allowed_keys > 1)).float()  # [H, r] the rows head_metrics averages
-        entropy = -torch.xlogy(block, block).sum(-1)  # [H, r] nats
+        entropy = attention.entropy()  # [H, r] nats
         # sum_k p |q - k| = q sum_k p - sum_k p k, plus twice the part where k > q (none if causal)
         distance = query * row_sums - block @ keys.float()  # [H, r]
-        if c0 + width - 1 > r0:
+        if not self.causal and c0 + width - 1 > r0:
             ahead = (keys[None, :] - query[:, None]).clamp(min=0).float()  # [r, w]
             distance += 2 * (block * ahead).sum(-1)
         log_allowed = torch.log(allowed_keys.clamp(min=2).float())  # [r]
@@ -146,8 +265,21 @@ class _PrefixStats:
         counted = weight[..., None] * torch.stack(valid, dim=-1)[None]  # [H, r, S]
         self.sums += (torch.stack(per_row, dim=-1) * counted).sum(1).double()
         self.counts += counted.sum(1).double()
-        self.key_sums[:, c0 : c0 + width] += torch.bmm(weight[:, None, :], block)[:, 0].double()
+        self.key_sums[:, c0 : c0 + width] += self._weighted_columns(block, weight, row_sums, columns).double()
         self.rows += weight.sum(1).double()
+
+    @staticmethod
+    def _weighted_columns(block, weight, row_sums, columns) -> torch.Tensor:
+        """[H, w] sum over the rows head_metrics averages of each key's attention: the block's
+        column sums less the few rows it leaves out (a causal prompt's first row sees only
+        itself; rows that see nothing add nothing)."""
+        if columns is None:
+            columns = block.sum(dim=1)
+        left_out = (weight == 0) & (row_sums > 0)  # [H, r]
+        rows = torch.nonzero(left_out.any(dim=0))[:, 0]
+        if not len(rows):
+            return columns
+        return columns - (block[:, rows] * left_out[:, rows, None]).sum(dim=1)
 
     def result(self) -> tuple[torch.Tensor, torch.Tensor]:
         """([H, S] means over the choice rows, 0 where no row counts; [H, P] mean key shares)."""

@@ -35,7 +35,7 @@ from transformers import AttentionInterface
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface, eager_mask
 
 from models import budget, contributions, editing, kernels
-from models.blocks import BLOCK_BYTES, fused_probabilities, summarize_layer
+from models.blocks import BLOCK_BYTES, EagerSource, FusedSource, MaskSpans, summarize_layer
 from models.errors import TooManyTokensError, UnsupportedModelError
 from models.record import STATS_TOKENS, Capture
 
@@ -56,7 +56,7 @@ _ACTIVE: contextvars.ContextVar[Recorder | None] = contextvars.ContextVar("atlas
 def forward_bytes(n_heads: int, n_tokens: int) -> int:
     """Memory one recorded pass needs beyond the weights, its activations and the record: the
     model's additive N x N mask and its boolean copies (~6 N^2 bytes), two row blocks
-    (:data:`models.blocks.BLOCK_BYTES` each: probabilities, and padded to full width) and the
+    (:data:`models.blocks.BLOCK_BYTES` each at most: scores and probabilities) and the
     row-pooled thumbnails (H x N x t floats). Nothing H x N x N exists at once on the fused path."""
     return 6 * n_tokens * n_tokens + 2 * BLOCK_BYTES + 4 * n_heads * n_tokens * THUMBNAIL_MAX_SIDE
 
@@ -111,10 +111,10 @@ def register_capture_attention() -> None:
 
 @dataclass
 class _Mask:
-    """One distinct mask of the pass: its place in the record and its booleans on the device."""
+    """One distinct mask of the pass: its place in the record and what its booleans say, on the device."""
 
     index: int
-    allowed: torch.Tensor  # [N, N] bool, True = may attend
+    spans: MaskSpans
 
 
 @dataclass
@@ -133,6 +133,7 @@ class Recorder:
     layers: list[dict] = field(default_factory=list)
     masks: list[np.ndarray] = field(default_factory=list)
     _known_masks: dict[int, tuple[torch.Tensor | None, _Mask]] = field(default_factory=dict)
+    _spans: list[MaskSpans] = field(default_factory=list)  # MaskSpans of each distinct mask, by index
     _kernel_masks: dict[int, tuple[torch.Tensor | None, kernels.KernelMask]] = field(default_factory=dict)
     _verdicts: dict[tuple, str] = field(default_factory=dict)  # layer signature -> "" (fused) or why eager
     parents: dict[int, torch.nn.Module] = field(default_factory=dict)  # id(module) -> the module holding it
@@ -215,32 +216,28 @@ class Recorder:
         queries = query[0].float()  # [H, N, d]
         keys = key[0].float().repeat_interleave(groups, 0)  # [H, N, d]
         if lse is None:
-            attention = weights[0]  # [H, N, N]
-            row_lse = _row_logsumexp(queries, keys, attention.float(), scaling)
-
-            def probabilities(r0: int, r1: int, c0: int, c1: int) -> torch.Tensor:
-                return attention[:, r0:r1, c0:c1].float()
+            source = EagerSource(weights[0])  # [H, N, N]
+            row_lse = _row_logsumexp(queries, keys, weights[0].float(), scaling)
         else:
             # a row that reads nothing (another segment's rows in an encoder-decoder record) stores 0
-            row_lse = torch.where(mask.allowed.any(-1), lse[0].float(), 0.0)  # [H, N]
-            probabilities = fused_probabilities(queries, keys, row_lse, scaling, mask.allowed)
+            row_lse = torch.where(mask.spans.readable, lse[0].float(), 0.0)  # [H, N]
+            source = FusedSource(queries, keys, row_lse, scaling, mask.spans)
         summary = summarize_layer(
-            probabilities,
-            mask.allowed,
+            source,
+            mask.spans,
             heads=query.shape[1],
             thumb=self.thumb,
             stats_tokens=min(self.n_tokens, STATS_TOKENS),
             causal=self.causal,
             keep=TORCH_DTYPES[self.dtype.name] if self.keep_attention else None,
         )
-        visible = mask.allowed.sum(dim=0).clamp(min=1)  # [N] queries per key
         self.layers.append(
             {
                 "name": self.names.get(id(module), type(module).__name__),
                 "queries": _stored(query[0]),  # [H, N, d]
                 "keys": _stored(key[0]),  # [KV, N, d]
                 "row_lse": row_lse.cpu().numpy(),  # [H, N]
-                "received": (summary.received / (query.shape[1] * visible)).cpu().numpy(),  # [N]
+                "received": (summary.received / (query.shape[1] * mask.spans.visible)).cpu().numpy(),  # [N]
                 "output_norms": self._output_norms(module, value, groups).cpu().numpy(),  # [H, N]
                 "thumbnails": summary.thumbnails.to(torch.float16).cpu().numpy(),
                 "head_stats": summary.head_stats.cpu().numpy(),  # [H, S]
@@ -269,7 +266,9 @@ class Recorder:
         index = next((i for i, seen in enumerate(self.masks) if np.array_equal(seen, host)), len(self.masks))
         if index == len(self.masks):
             self.masks.append(host)
-        mask = _Mask(index, allowed)
+        if index == len(self._spans):  # each distinct mask read once, however many tensors carry it
+            self._spans.append(MaskSpans.of(allowed))
+        mask = _Mask(index, self._spans[index])
         self._known_masks[id(attention_mask)] = (attention_mask, mask)
         return mask
 

@@ -1,5 +1,6 @@
 """Capture -> analysis payloads: head summary (metrics, roles, clusters), attention sinks,
-rollout, flow and prompt comparison. Pure numpy over a :class:`Capture`, like app.shaping.
+rollout, flow and prompt comparison, over a :class:`Capture`, like app.shaping: numpy, and torch
+(imported on first use) for the [n, n] products of rollout, which are most of its cost.
 
 Whole-model analyses cost O(L x N^2) or more, so on long prompts they read the leading
 ``ANALYSIS_MAX_TOKENS`` tokens. For a causal model that block is exactly the attention of that
@@ -26,14 +27,6 @@ CLUSTERS = 8  # head clusters in the head summary
 
 def analysed_tokens(capture: Capture) -> int:
     return min(capture.n_tokens, ANALYSIS_MAX_TOKENS)
-
-
-def prefix_layers(capture: Capture, layers: range | None = None, n: int | None = None) -> Iterator[np.ndarray]:
-    """Each layer's [H, n, n] attention over the analysed prefix, one layer at a time."""
-    n = analysed_tokens(capture) if n is None else n
-    block = slice(0, n)
-    for layer in range(capture.n_layers) if layers is None else layers:
-        yield np.stack([capture.attention_block(layer, head, block, block) for head in range(capture.n_heads)])
 
 
 def rollout_scope(capture: Capture) -> tuple[range, int]:
@@ -101,9 +94,49 @@ def heads_payload(key: str, capture: Capture, result: dict[str, np.ndarray]) -> 
     }
 
 
+FUSED_ROWS = 128  # query rows per block of a head-fused prefix map
+
+
 def _fused_layers(capture: Capture, fusion: str) -> Iterator[np.ndarray]:
+    """Each rollout layer's [n, n] float32 map, its heads fused (rollout.fuse_heads), computed in
+    torch a block of rows at a time through the capture's own blocks (models.blocks: only the keys
+    a block's rows may see, all heads in one product, the mask applied only where a row may not
+    look), so nothing [H, n, n] is held and a 1024-token prefix of 30 layers takes well under a
+    second where numpy, head by head, took several."""
+    import torch  # here, not at start-up: serving cached results never waits for it
+
+    from models.blocks import MaskSpans
+
+    if fusion not in rollout.FUSERS:
+        raise ValueError(f"how must be one of {sorted(rollout.FUSERS)}, got {fusion!r}")
     layers, n = rollout_scope(capture)
-    return (rollout.fuse_heads(attention, fusion) for attention in prefix_layers(capture, layers, n))
+    fuse = {"mean": torch.mean, "max": torch.amax, "min": torch.amin}[fusion]
+    spans: dict[int, MaskSpans] = {}  # the layers of a record share a few masks
+    for layer in layers:
+        index = int(capture.mask_index[layer])
+        if index not in spans:
+            spans[index] = MaskSpans.of(torch.from_numpy(capture.masks[index][:n, :n]))
+        source = _prefix_source(torch, capture, layer, n, spans[index])
+        fused = torch.zeros((n, n))
+        for r0 in range(0, n, FUSED_ROWS):
+            r1 = min(n, r0 + FUSED_ROWS)
+            c0, c1, _, _ = spans[index].columns(r0, r1)
+            if c1 > c0:
+                fused[r0:r1, c0:c1] = fuse(source.block(r0, r1, c0, c1).p, dim=0)
+        yield fused.numpy()
+
+
+def _prefix_source(torch, capture: Capture, layer: int, n: int, spans):
+    """Where one layer's prefix attention comes from (a models.blocks.LayerSource): the weights
+    a record kept, else q, k and each row's log-sum-exp."""
+    from models.blocks import EagerSource, FusedSource
+
+    if capture.attention is not None:
+        return EagerSource(torch.from_numpy(capture.attention[layer, :, :n, :n]))
+    queries = torch.from_numpy(capture.queries[layer, :, :n].astype(np.float32))  # [H, n, d]
+    keys = torch.from_numpy(capture.keys[layer][capture.kv_map, :n].astype(np.float32))  # [H, n, d]
+    lse = torch.from_numpy(capture.row_lse[layer, :, :n].astype(np.float32))  # [H, n]
+    return FusedSource(queries, keys, lse, float(capture.scaling[layer]), spans)
 
 
 def rollout_payload(key: str, capture: Capture, fusion: str, position: int) -> dict:
@@ -113,7 +146,7 @@ def rollout_payload(key: str, capture: Capture, fusion: str, position: int) -> d
     if not 0 <= position < n:
         raise AtlasError("bad_request", f"'position' must be between 0 and {n - 1}")
     rows, final = [], None
-    for cumulative in rollout.iter_rollout(_fused_layers(capture, fusion)):
+    for cumulative in rollout.iter_rollout(_fused_layers(capture, fusion), lower=_lower(capture, n)):
         rows.append(cumulative[position])
         final = cumulative
     # float16, not uint8: a sink often holds ~all of the rollout, and every other cell would round to 0
@@ -125,6 +158,12 @@ def rollout_payload(key: str, capture: Capture, fusion: str, position: int) -> d
         "matrix": encode_array(max_pool(final, ROLLOUT_MATRIX_MAX), "float16"),
         "rows": encode_array(np.stack(rows), "float16"),
     }
+
+
+def _lower(capture: Capture, n: int) -> bool:
+    """Whether every rollout layer's [n, n] map is lower triangular (a causal model's)."""
+    masks = {int(capture.mask_index[layer]) for layer in rollout_scope(capture)[0]}
+    return all(not np.triu(capture.masks[index][:n, :n], 1).any() for index in masks)
 
 
 def flow_payload(key: str, capture: Capture, fusion: str, position: int) -> dict:

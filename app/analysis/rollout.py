@@ -55,17 +55,40 @@ def residual_adjust(attention: np.ndarray, residual: bool = True) -> np.ndarray:
     return normalise_rows(fused)
 
 
-def iter_rollout(layers: Iterable[np.ndarray], residual: bool = True) -> Iterator[np.ndarray]:
+def iter_rollout(layers: Iterable[np.ndarray], residual: bool = True, lower: bool = False) -> Iterator[np.ndarray]:
     """Yield each layer's cumulative rollout [N, N] float32: R_1 = A_hat_1, R_l = A_hat_l @ R_{l-1}.
 
     A generator, so a caller can stream a long prompt's layers and keep one [N, N] at a time.
-    Row q of R_l: how much of layer l's token q is made of each input token.
+    Row q of R_l: how much of layer l's token q is made of each input token. ``lower``: every map
+    is lower triangular (a causal model), so each product skips the zero blocks (about a quarter
+    of the work of 1024 x 1024 products, which are most of a long prompt's rollout).
     """
+    import torch  # here, not at start-up: serving cached results never waits for it
+
     rollout = None
     for fused in layers:
-        adjusted = residual_adjust(fused, residual)  # [N, N]
-        rollout = adjusted if rollout is None else adjusted @ rollout
-        yield rollout
+        adjusted = torch.from_numpy(residual_adjust(fused, residual))  # [N, N]
+        rollout = adjusted if rollout is None else _product(adjusted, rollout, lower)
+        yield rollout.numpy()
+
+
+PRODUCT_BLOCK = 128  # rows and columns per block of a lower-triangular product
+
+
+def _product(a, b, lower: bool):
+    """a @ b of two [N, N] torch matrices; blockwise over the non-zero blocks when both are lower
+    triangular: block (i, j) of the product is the sum over k in j..i of a_ik b_kj."""
+    n = a.shape[0]
+    if not lower or n <= 2 * PRODUCT_BLOCK:
+        return a @ b
+    out = a.new_zeros((n, n))
+    edges = list(range(0, n, PRODUCT_BLOCK)) + [n]
+    for i in range(len(edges) - 1):
+        rows = slice(edges[i], edges[i + 1])
+        for j in range(i + 1):
+            inner = slice(edges[j], edges[i + 1])  # k from block j to block i
+            out[rows, edges[j] : edges[j + 1]] = a[rows, inner] @ b[inner, edges[j] : edges[j + 1]]
+    return out
 
 
 def flow_work(n_layers: int, n_tokens: int) -> int:

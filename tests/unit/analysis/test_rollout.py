@@ -114,6 +114,16 @@ def test_rollout_matches_the_papers_definition(residual):
     np.testing.assert_allclose(rollout_of(layers, residual), reference_rollout(layers, residual), atol=1e-6)
 
 
+@pytest.mark.parametrize("n_tokens", [300, 517])
+def test_lower_triangular_rollout_of_a_long_prompt_matches_the_definition(n_tokens):
+    """Past two product blocks a causal model's rollout multiplies only the non-zero blocks: the
+    same numbers as the full products (517: a last block of 5 rows)."""
+    layers = random_causal_layers(3, n_tokens, seed=n_tokens)
+    lower = np.stack(list(iter_rollout(layers, lower=True)))
+    np.testing.assert_allclose(lower, reference_rollout(layers), atol=1e-5)
+    assert np.all(np.triu(lower, k=1) == 0)
+
+
 def test_iter_rollout_streams_from_a_generator():
     layers = random_causal_layers(3, 5, seed=1)
     streamed = list(iter_rollout(layer for layer in layers))

@@ -24,7 +24,10 @@ if not __package__:  # run as a file: python benchmarks/capture.py
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     __package__ = "benchmarks"
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+from app.wsgi import MODEL_ENVIRONMENT  # noqa: E402  (the server's environment, before torch loads)
+
+for _name, _value in MODEL_ENVIRONMENT.items():
+    os.environ.setdefault(_name, _value)
 
 DEFAULT_SIZES = "128,1024,4096"
 MARK = "capture-benchmark"  # the docs block this script owns, between <!-- MARK:label --> lines

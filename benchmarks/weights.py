@@ -11,10 +11,13 @@ import os
 import time
 from pathlib import Path
 
+from app.wsgi import MODEL_ENVIRONMENT  # noqa: E402
+
 # Only benchmark processes import this module (run.py and bertviz_html.py's worker); like the
-# server's entry points (app.wsgi.prepare_process) they read local weights only.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+# server's entry points (app.wsgi.prepare_process) they read local weights only, and torch runs
+# as it does in the server, so the bare forward pass and the server's capture compare fairly.
+for _name, _value in MODEL_ENVIRONMENT.items():
+    os.environ.setdefault(_name, _value)
 
 import torch  # noqa: E402
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer  # noqa: E402

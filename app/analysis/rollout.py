@@ -48,10 +48,11 @@ def residual_adjust(attention: np.ndarray, residual: bool = True) -> np.ndarray:
     The residual connection carries each token's own state past the layer, so the paper adds the
     identity: A_hat = 0.5 A + 0.5 I, then renormalises rows.
     """
-    fused = attention.astype(np.float32)
-    if residual:
-        eye = np.eye(fused.shape[-1], dtype=np.float32)
-        fused = (1 - RESIDUAL_WEIGHT) * fused + RESIDUAL_WEIGHT * eye
+    if not residual:
+        return normalise_rows(attention)
+    fused = np.array(attention, dtype=np.float32)  # a copy to scale in place (a long prompt's map is MBs)
+    fused *= 1 - RESIDUAL_WEIGHT
+    fused.flat[:: fused.shape[-1] + 1] += RESIDUAL_WEIGHT  # the diagonal
     return normalise_rows(fused)
 
 

@@ -105,7 +105,7 @@ def _fused_layers(capture: Capture, fusion: str) -> Iterator[np.ndarray]:
     second where numpy, head by head, took several."""
     import torch  # here, not at start-up: serving cached results never waits for it
 
-    from models.blocks import MaskSpans
+    from models.blocks import MaskSpans, record_source
 
     if fusion not in rollout.FUSERS:
         raise ValueError(f"how must be one of {sorted(rollout.FUSERS)}, got {fusion!r}")
@@ -116,7 +116,7 @@ def _fused_layers(capture: Capture, fusion: str) -> Iterator[np.ndarray]:
         index = int(capture.mask_index[layer])
         if index not in spans:
             spans[index] = MaskSpans.of(torch.from_numpy(capture.masks[index][:n, :n]))
-        source = _prefix_source(torch, capture, layer, n, spans[index])
+        source = record_source(capture, layer, spans[index], n)
         fused = torch.zeros((n, n))
         for r0 in range(0, n, FUSED_ROWS):
             r1 = min(n, r0 + FUSED_ROWS)
@@ -124,19 +124,6 @@ def _fused_layers(capture: Capture, fusion: str) -> Iterator[np.ndarray]:
             if c1 > c0:
                 fused[r0:r1, c0:c1] = fuse(source.block(r0, r1, c0, c1).p, dim=0)
         yield fused.numpy()
-
-
-def _prefix_source(torch, capture: Capture, layer: int, n: int, spans):
-    """Where one layer's prefix attention comes from (a models.blocks.LayerSource): the weights
-    a record kept, else q, k and each row's log-sum-exp."""
-    from models.blocks import EagerSource, FusedSource
-
-    if capture.attention is not None:
-        return EagerSource(torch.from_numpy(capture.attention[layer, :, :n, :n]))
-    queries = torch.from_numpy(capture.queries[layer, :, :n].astype(np.float32))  # [H, n, d]
-    keys = torch.from_numpy(capture.keys[layer][capture.kv_map, :n].astype(np.float32))  # [H, n, d]
-    lse = torch.from_numpy(capture.row_lse[layer, :, :n].astype(np.float32))  # [H, n]
-    return FusedSource(queries, keys, lse, float(capture.scaling[layer]), spans)
 
 
 def rollout_payload(key: str, capture: Capture, fusion: str, position: int) -> dict:

@@ -12,8 +12,14 @@ import numpy as np
 
 NAMESPACE = "/atlas"
 MAX_RID_CHARS = 64
-ATTENTION_MODES = ("attention", "scores", "value", "norm")  # value/norm: Kobayashi 2020 shares/raw
-NORM_MODES = ("value", "norm")  # Kobayashi et al. 2020's ||alpha_ij f_h(x_j)||: row shares, raw (norm units)
+# Weight modes of the views. Kobayashi et al. 2020 (docs/analyses.md): per head ||alpha_ij f_h(x_j)||
+# as row shares ("value") or raw in norm units ("norm"); per layer ||sum_h alpha^h_ij f_h(x_j)|| as
+# row shares ("layer_share") or raw ("layer"), one map for the whole layer.
+ATTENTION_MODES = ("attention", "scores", "value", "norm", "layer_share", "layer")
+HEAD_NORM_MODES = ("value", "norm")
+LAYER_NORM_MODES = ("layer_share", "layer")
+NORM_MODES = HEAD_NORM_MODES + LAYER_NORM_MODES  # the model view's norm-based thumbnails
+RAW_MODES = ("norm", "layer")  # in the model's norm units, unbounded: payloads carry their peak as the scale
 FUSIONS = ("mean", "max", "min")
 
 

@@ -5,13 +5,23 @@ from __future__ import annotations
 
 import numpy as np
 
-from app.analysis import sinks
-from app.protocol import NORM_MODES, AtlasError, encode_array, encode_strings, quantize_unit
+from app.analysis import norms, sinks
+from app.protocol import (
+    HEAD_NORM_MODES,
+    LAYER_NORM_MODES,
+    NORM_MODES,
+    RAW_MODES,
+    AtlasError,
+    encode_array,
+    encode_strings,
+    quantize_unit,
+)
 from models.record import Capture
 
 TOPK_ROW_CHUNK = 512  # query rows per block when picking top-k links; bounds memory at long N
 NEURON_MAX_KEYS = 4096  # keys shown in the neuron view; all of them up to the longest prompt
-TOKEN_MODES = ("attention", "norm")  # the token view's columns; "value" would need every row's total
+TOKEN_MODES = ("attention", "norm", "layer")  # the token view's columns; shares would need every row's total
+LAYER_BLOCK_BYTES = 64 * 2**20  # bytes of the [H, r, c] float32 weights a layer-level map holds at a time
 
 
 def _check_index(name: str, value: int, limit: int) -> int:
@@ -85,53 +95,138 @@ def overview_layer_payload(layer: int, layers: int, thumbnails: np.ndarray) -> d
 
 def norm_thumbnails_payload(key: str, capture: Capture, mode: str) -> dict:
     """The model view's thumbnails in a Kobayashi et al. (2020) mode: each head's
-    ||alpha_ij f_h(x_j)|| (``norm``) or its row shares (``value``), max-pooled to the side of
-    the capture's attention thumbnails over the same bins, then scaled like them (uint8 [L, H,
-    t, t], each head to its own maximum, with those maxima). Recomputed from the record, one
-    head at a time, so nothing [H, N, N] is held; the dispatcher memoises the answer."""
+    ||alpha_ij f_h(x_j)|| (``norm``) or its row shares (``value``), or one map per layer of
+    ||sum_h alpha^h_ij f_h(x_j)|| (``layer``, ``layer_share``: ``heads`` is then 1), max-pooled to
+    the side of the capture's attention thumbnails over the same bins, then scaled like them
+    (uint8 [L, H or 1, t, t], each map to its own maximum, with those maxima). Recomputed from the
+    record a head (or a block of rows) at a time, so nothing [H, N, N] is held; the dispatcher
+    memoises the answer."""
     if mode not in NORM_MODES:
-        raise AtlasError("bad_request", f"norm-based thumbnails are {' or '.join(NORM_MODES)}")
+        raise AtlasError("bad_request", f"norm-based thumbnails are {', '.join(NORM_MODES)}")
+    if mode in LAYER_NORM_MODES and capture.output_grams is None:
+        layer_map(capture, 0, slice(0, 1), slice(0, 1))  # raises the record's "analyse again" error
     side = int(capture.thumbnails.shape[-1])
-    pooled = np.stack(
-        [
-            np.stack([max_pool(_mode_matrix(capture, layer, head, mode), side) for head in range(capture.n_heads)])
-            for layer in range(capture.n_layers)
-        ]
-    )  # [L, H, t, t]
+    maps = _maps_per_layer(capture, mode)
+    pooled = _pooled_norm_maps(capture, mode, side)  # [L, maps, t, t]
     thumbnails, peaks = scaled_thumbnails(pooled)
     return {
         "key": key,
         "mode": mode,
         "layers": capture.n_layers,
-        "heads": capture.n_heads,
+        "heads": maps,
         "side": side,
         "tokens": capture.n_tokens,
-        "thumbnails": thumbnails,  # [L, H, t, t] uint8, each head / its peak
-        "peaks": peaks,  # [L, H] float16: norm units (``norm``) or shares (``value``)
+        "thumbnails": thumbnails,  # [L, H or 1, t, t] uint8, each map / its peak
+        "peaks": peaks,  # [L, H or 1] float16: norm units (``norm``, ``layer``) or shares
     }
 
 
+def _pooled_norm_maps(capture: Capture, mode: str, side: int) -> np.ndarray:
+    """[L, H or 1, t, t] float32 maps of a norm mode max-pooled over the attention thumbnails'
+    bins, in torch through the capture's own row blocks (models.blocks): all heads at once, only
+    the keys each block's rows may see. Numpy, head by head over whole matrices, took minutes at
+    4096 tokens."""
+    import torch  # here, not at start-up: serving cached results never waits for it
+
+    from models.blocks import MaskSpans, pooled_maps, record_source
+
+    spans: dict[int, MaskSpans] = {}
+    pooled = []
+    for layer in range(capture.n_layers):
+        index = int(capture.mask_index[layer])
+        if index not in spans:
+            spans[index] = MaskSpans.of(torch.from_numpy(capture.masks[index]))
+        weigh = _norm_weigher(torch, capture, layer, mode)
+        source = record_source(capture, layer, spans[index])
+        pooled.append(pooled_maps(source, spans[index], heads=capture.n_heads, thumb=side, weigh=weigh).numpy())
+    return np.stack(pooled)
+
+
+def _norm_weigher(torch, capture: Capture, layer: int, mode: str):
+    """block, c0, c1 -> [H or 1, r, c] the block's attention in a Kobayashi et al. (2020) mode:
+    ||alpha_ij f_h(x_j)|| per head, or ||sum_h alpha^h_ij f_h(x_j)|| = sqrt(alpha^T G_j alpha)
+    for the layer, raw or as shares of each row (a block holds every key its rows may see)."""
+    if mode in LAYER_NORM_MODES:
+        grams = torch.from_numpy(capture.output_grams[layer].astype(np.float32))  # [N, H, H]
+
+        def weigh(block, c0: int, c1: int):
+            weights = block.p.permute(2, 1, 0).contiguous()  # [c, r, H]
+            quadratic = (torch.bmm(weights, grams[c0:c1]) * weights).sum(-1).T  # [r, c] alpha^T G alpha
+            return _shares(torch, quadratic.clamp_(min=0).sqrt_()[None], mode == "layer_share")
+    else:
+        norms = torch.from_numpy(capture.output_norms[layer].astype(np.float32))  # [H, N]
+
+        def weigh(block, c0: int, c1: int):
+            return _shares(torch, block.p * norms[:, None, c0:c1], mode == "value")
+
+    return weigh
+
+
+def _shares(torch, maps, shares: bool):
+    """[M, r, c] maps, or each row divided by its sum (rows of zeros stay zeros)."""
+    if not shares:
+        return maps
+    total = maps.sum(dim=-1, keepdim=True)
+    return torch.where(total > 0, maps / total.clamp(min=torch.finfo(maps.dtype).tiny), 0.0)
+
+
+def _maps_per_layer(capture: Capture, mode: str) -> int:
+    """Maps a layer has in ``mode``: one per head, or one for the whole layer."""
+    return 1 if mode in LAYER_NORM_MODES else capture.n_heads
+
+
 def _mode_matrix(capture: Capture, layer: int, head: int, mode: str, rows=slice(None), cols=slice(None)):
-    """[r, c] float32 of one head in the requested colouring."""
+    """[r, c] float32 of one head (or, in a layer mode, the whole layer: ``head`` is ignored) in
+    the requested colouring. Shares are of the whole row, also when the block is a zoomed part."""
     if mode == "scores":
         return capture.scores_block(layer, head, rows, cols)
+    whole = cols == slice(None)
+    if mode in LAYER_NORM_MODES:
+        block = layer_map(capture, layer, rows, cols)  # ||sum_h alpha^h_ij f_h(x_j)||
+        if mode == "layer":
+            return block
+        return _row_shares(block, block.sum(axis=1) if whole else layer_map(capture, layer, rows).sum(axis=1))
     block = capture.attention_block(layer, head, rows, cols)
-    if mode in NORM_MODES:
-        norms = capture.output_norms[layer, head]  # [N]
-        weighted = block * norms[cols][None, :]  # ||alpha_ij f_h(x_j)||
+    if mode in HEAD_NORM_MODES:
+        output_norms = capture.output_norms[layer, head]  # [N]
+        weighted = block * output_norms[cols][None, :]  # ||alpha_ij f_h(x_j)||
         if mode == "norm":
             return weighted
-        # shares of the whole row, also when the block is a zoomed part of it
-        whole = cols == slice(None)
-        total = weighted.sum(axis=1) if whole else capture.attention_block(layer, head, rows) @ norms  # [r]
-        return np.divide(weighted, total[:, None], out=np.zeros_like(weighted), where=total[:, None] > 0)
+        total = weighted.sum(axis=1) if whole else capture.attention_block(layer, head, rows) @ output_norms  # [r]
+        return _row_shares(weighted, total)
     return block
 
 
+def _row_shares(block: np.ndarray, total: np.ndarray) -> np.ndarray:
+    """[r, c] block divided by its rows' [r] totals (rows of zeros stay zeros)."""
+    return np.divide(block, total[:, None], out=np.zeros_like(block), where=total[:, None] > 0)
+
+
+def layer_map(capture: Capture, layer: int, rows: slice = slice(None), cols: slice = slice(None)) -> np.ndarray:
+    """[r, c] float32 ||sum_h alpha^h_ij f_h(x_j)|| (Kobayashi et al. 2020, section 5) from the
+    recomputed attention of every head and the stored Grams, in blocks of rows within
+    LAYER_BLOCK_BYTES (whole up to ~1800 x 1024: numpy's q.k of 256-row blocks took 3x as long).
+    Raises AtlasError for a record made before the capture stored the Grams."""
+    if capture.output_grams is None:
+        raise AtlasError(
+            "not_computed",
+            "this record predates the per-layer norms (format 5): analyse the prompt again to see the layer modes",
+        )
+    grams = capture.output_grams[layer, cols]  # [c, H, H]
+    start, stop, _ = rows.indices(capture.n_tokens)
+    step = max(1, LAYER_BLOCK_BYTES // (4 * capture.n_heads * max(1, grams.shape[0])))
+    blocks = [np.zeros((0, grams.shape[0]), np.float32)]
+    for first in range(start, stop, step):
+        chunk = slice(first, min(stop, first + step))
+        weights = np.stack([capture.attention_block(layer, head, chunk, cols) for head in range(capture.n_heads)])
+        blocks.append(norms.layer_norms(weights, grams))  # [r', c]
+    return np.concatenate(blocks)
+
+
 def quantize_mode(values: np.ndarray, mode: str) -> dict:
-    """uint8 colours of one mode's values: shares as they are; raw norms (``norm``, unbounded)
-    divided by their peak, which the ``scale`` carries back (value = byte * scale)."""
-    if mode != "norm":
+    """uint8 colours of one mode's values: shares as they are; raw norms (``norm``, ``layer``:
+    unbounded) divided by their peak, which the ``scale`` carries back (value = byte * scale)."""
+    if mode not in RAW_MODES:
         return quantize_unit(values)
     peak = float(values.max()) if values.size else 0.0
     peak = peak if peak > 0 else 1.0
@@ -141,14 +236,15 @@ def quantize_mode(values: np.ndarray, mode: str) -> dict:
 
 def layer_payload(key: str, capture: Capture, layer: int, mode: str, dense_max: int, top_k: int) -> dict:
     """All heads of one layer for the head view: dense up to ``dense_max`` tokens, else the
-    ``top_k`` strongest keys per query (what the head view draws anyway)."""
+    ``top_k`` strongest keys per query (what the head view draws anyway). In a layer mode the
+    layer's one map stands in for the heads (``heads`` 1)."""
     _check_index("layer", layer, capture.n_layers)
     if mode == "scores":
         raise AtlasError("bad_request", "the head view shows attention or norm-based attention, not scores")
-    n, heads = capture.n_tokens, range(capture.n_heads)
-    base = {"key": key, "layer": layer, "mode": mode, "tokens": n, "heads": capture.n_heads}
+    n, heads = capture.n_tokens, range(_maps_per_layer(capture, mode))
+    base = {"key": key, "layer": layer, "mode": mode, "tokens": n, "heads": len(heads)}
     if n <= dense_max:
-        matrices = np.stack([_mode_matrix(capture, layer, head, mode) for head in heads])  # [H, N, N]
+        matrices = np.stack([_mode_matrix(capture, layer, head, mode) for head in heads])  # [H or 1, N, N]
         return {**base, "format": "dense", "attention": quantize_mode(matrices, mode)}
     k = min(top_k, n)
     indices, values = _top_links(capture, layer, mode, k)  # [H, N, k] each
@@ -164,7 +260,8 @@ def layer_payload(key: str, capture: Capture, layer: int, mode: str, dense_max: 
 
 def _top_links(capture: Capture, layer: int, mode: str, k: int) -> tuple[np.ndarray, np.ndarray]:
     """[H, N, k] key indices and [H, N, k] float32 weights of the ``k`` strongest keys of every
-    query in every head of one layer, in no particular order within a row.
+    query in every head of one layer ([1, N, k]: the layer's one map, in a layer mode), in no
+    particular order within a row.
 
     Done in torch (imported here, not at start-up, so serving cached results never waits for
     it): at 4096 tokens numpy's argpartition of rows that are mostly zeros took 0.6 s per
@@ -174,7 +271,7 @@ def _top_links(capture: Capture, layer: int, mode: str, k: int) -> tuple[np.ndar
     """
     import torch
 
-    heads, n = capture.n_heads, capture.n_tokens
+    heads, n = _maps_per_layer(capture, mode), capture.n_tokens
     indices = np.empty((heads, n, k), dtype=np.int64)
     values = np.empty((heads, n, k), dtype=np.float32)
     mask = capture.masks[capture.mask_index[layer]]  # [N, N] bool
@@ -194,6 +291,13 @@ def _top_in_rows(torch, capture: Capture, layer: int, head: int, mode: str, rows
     among the first ``forbidden.shape[1]`` keys: torch's version of :func:`_mode_matrix`
     (the same softmax(q.k * scaling + mask) through each row's log-sum-exp)."""
     width = forbidden.shape[1]
+    if mode in LAYER_NORM_MODES:  # the layer's one map; masked keys are 0 in it
+        block = torch.from_numpy(layer_map(capture, layer, rows, slice(0, width)))  # [r, width]
+        top = torch.topk(block, k, dim=1, sorted=False)
+        if mode == "layer":
+            return top.indices, top.values
+        total = block.sum(dim=1, keepdim=True)  # every key a row may see lies within width
+        return top.indices, torch.where(total > 0, top.values / total, torch.zeros_like(top.values))
 
     def tensor(array: np.ndarray):
         return torch.from_numpy(np.array(array, dtype=np.float32))  # a writable float32 copy
@@ -208,7 +312,7 @@ def _top_in_rows(torch, capture: Capture, layer: int, head: int, mode: str, rows
             top = torch.topk(scores, k, dim=1, sorted=False)
             return top.indices, torch.exp(top.values - lse)
         weights = scores.sub_(lse).exp_()
-    if mode in NORM_MODES:
+    if mode in HEAD_NORM_MODES:
         weights.mul_(tensor(capture.output_norms[layer, head, :width])[None, :])
         total = weights.sum(dim=1, keepdim=True)  # [r, 1]
         top = torch.topk(weights, k, dim=1, sorted=False)
@@ -267,21 +371,23 @@ def max_pool(matrix: np.ndarray, side: int) -> np.ndarray:
 
 def token_payload(key: str, capture: Capture, index: int, mode: str = "attention") -> dict:
     """Where one token looks (its row) and what looks at it (its column), in every head, as
-    attention or as raw ``norm`` ||alpha f(x)|| (row shares would need every row's total)."""
+    attention or as raw ``norm`` ||alpha f(x)|| (row shares would need every row's total); in
+    ``layer`` mode one row per layer, ||sum_h alpha^h f_h(x)||."""
     _check_index("index", index, capture.n_tokens)
     if mode not in TOKEN_MODES:
-        raise AtlasError("bad_request", f"the token view shows {' or '.join(TOKEN_MODES)}")
+        raise AtlasError("bad_request", f"the token view shows {', '.join(TOKEN_MODES)}")
     row, col = slice(index, index + 1), slice(index, index + 1)
-    heads = [(layer, head) for layer in range(capture.n_layers) for head in range(capture.n_heads)]
-    shape = (capture.n_layers, capture.n_heads, capture.n_tokens)
+    maps = _maps_per_layer(capture, mode)
+    heads = [(layer, head) for layer in range(capture.n_layers) for head in range(maps)]
+    shape = (capture.n_layers, maps, capture.n_tokens)
     outgoing = np.stack([_mode_matrix(capture, layer, head, mode, rows=row)[0] for layer, head in heads])
     incoming = np.stack([_mode_matrix(capture, layer, head, mode, cols=col)[:, 0] for layer, head in heads])
     return {
         "key": key,
         "index": index,
         "mode": mode,
-        "outgoing": quantize_mode(outgoing.reshape(shape), mode),  # [L, H, N]
-        "incoming": quantize_mode(incoming.reshape(shape), mode),  # [L, H, N]
+        "outgoing": quantize_mode(outgoing.reshape(shape), mode),  # [L, H or 1, N]
+        "incoming": quantize_mode(incoming.reshape(shape), mode),  # [L, H or 1, N]
     }
 
 

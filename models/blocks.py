@@ -18,13 +18,14 @@ place instead of a copy padded to the full width.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch.nn import functional as F
 
-from models.record import HEAD_STATS, STAT_OFFSETS
+from models.record import HEAD_STATS, STAT_OFFSETS, Capture
 
 BLOCK_BYTES = 32 * 1024 * 1024  # most bytes of float32 probabilities in one row block, all heads
 BLOCK_CELLS = 128 * 1024  # query x key cells per head a block aims at: a few MB, warm in the cache
@@ -221,6 +222,41 @@ def summarize_layer(
     thumbnails = F.adaptive_max_pool1d(pooled.reshape(-1, n), thumb).view(heads, thumb, thumb)
     head_stats, key_shares = stats.result()
     return LayerSummary(thumbnails, received, head_stats, key_shares, attention)
+
+
+def pooled_maps(
+    source: LayerSource, spans: MaskSpans, *, heads: int, thumb: int, weigh: Callable[[Block, int, int], torch.Tensor]
+) -> torch.Tensor:
+    """[M, t, t] max-pooled pictures of one layer's attention seen through ``weigh(block, c0, c1)``,
+    which turns each block into M maps [M, r, c] (a view's colouring: norms, shares, the layer's
+    summed map). The same blocks and bins as the capture's thumbnails, so nothing N x N is held."""
+    n = spans.allowed.shape[-1]
+    bins = _Bins(n, thumb)
+    pooled: torch.Tensor | None = None  # [M, t, N]
+    for r0 in range(0, n, block_rows(heads, n)):
+        r1 = min(n, r0 + block_rows(heads, n))
+        c0, c1, _, _ = spans.columns(r0, r1)
+        if c1 <= c0:
+            continue
+        maps = weigh(source.block(r0, r1, c0, c1), c0, c1)  # [M, r, c]
+        if pooled is None:
+            pooled = maps.new_zeros((maps.shape[0], thumb, n))
+        bins.pool_rows(maps, r0, c0, pooled)
+    if pooled is None:
+        return torch.zeros((heads, thumb, thumb), device=spans.allowed.device)
+    return F.adaptive_max_pool1d(pooled.reshape(-1, n), thumb).view(-1, thumb, thumb)
+
+
+def record_source(capture: Capture, layer: int, spans: MaskSpans, n: int | None = None) -> LayerSource:
+    """Where one layer of a stored record's attention comes from (its first ``n`` tokens): the
+    weights it kept, else its q, k and each row's log-sum-exp, on the CPU."""
+    n = capture.n_tokens if n is None else n
+    if capture.attention is not None:
+        return EagerSource(torch.from_numpy(capture.attention[layer, :, :n, :n]))
+    queries = torch.from_numpy(capture.queries[layer, :, :n].astype(np.float32))  # [H, n, d]
+    keys = torch.from_numpy(capture.keys[layer][capture.kv_map, :n].astype(np.float32))  # [H, n, d]
+    lse = torch.from_numpy(capture.row_lse[layer, :, :n].astype(np.float32))  # [H, n]
+    return FusedSource(queries, keys, lse, float(capture.scaling[layer]), spans)
 
 
 class _PrefixStats:

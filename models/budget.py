@@ -77,7 +77,8 @@ def plan_capture(geometry: Geometry, tokens: int, itemsize: int) -> CapturePlan:
     per_layer_rows = g.heads * n * 4 * 2 + n * 4 * 2  # row lse, value norms; received, hidden norms
     stats = g.heads * (len(HEAD_STATS) + prefix) * 4
     thumbnails = g.heads * min(n, THUMBNAIL_MAX_SIDE) ** 2 * 2  # float16, at most this side
-    per_layer = (g.heads + g.kv_heads) * n * g.head_dim * itemsize + per_layer_rows + stats + thumbnails
+    grams = n * g.heads * g.heads * 4  # float32 output grams, f_h(x_j) . f_g(x_j) per token
+    per_layer = (g.heads + g.kv_heads) * n * g.head_dim * itemsize + per_layer_rows + stats + thumbnails + grams
     record = g.layers * per_layer + n * n  # and one boolean mask
     hidden_states = (g.layers + 1) * n * g.hidden * itemsize
     layer = n * (3 * g.intermediate + 4 * g.hidden) * itemsize + 2 * g.heads * n * g.head_dim * itemsize

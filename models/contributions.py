@@ -3,8 +3,9 @@
 f_h(x_j) = (x_j W_V^h + b_V^h) W_O^h, the value vector through that head's slice of the output
 projection (its bias b_O is added after the heads are summed, so it is no token's contribution).
 
-||f_h(x_j)||^2 = v_j G_h v_j^T with G_h = W_O^h (W_O^h)^T [d, d], so a layer costs N d^2 per head,
-not N d D. The output projection is found by the names transformers' architectures give it.
+The capture keeps, per layer and token, the heads' Gram matrix G_j[h, g] = f_h(x_j) . f_g(x_j)
+([H, H]: the per-head norms are its diagonal, the layer-level norm of section 5 a quadratic form in
+it). The output projection is found by the names transformers' architectures give it.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import torch
 from torch import nn
 
 OUTPUT_PROJECTIONS = ("o_proj", "out_proj", "c_proj", "o")  # Llama-likes, BART/OPT, GPT-2, T5
+GRAM_BLOCK_BYTES = 64 * 2**20  # bytes of the [n, H, D] float32 vectors f_h(x_j) alive at once
 
 
 def output_projection(module: nn.Module, parent: nn.Module | None) -> nn.Module | None:
@@ -39,13 +41,25 @@ def output_weight(module: nn.Module, parent: nn.Module | None) -> torch.Tensor |
     return None if layer is None else projection_weight(layer)
 
 
-def head_grams(weight: torch.Tensor, heads: int) -> torch.Tensor:
-    """[H, d, d] G_h = W_O^h (W_O^h)^T from the [H * d, D] output projection."""
-    per_head = weight.float().reshape(heads, -1, weight.shape[-1])  # [H, d, D]
-    return per_head @ per_head.transpose(1, 2)
+def head_projections(weight: torch.Tensor, heads: int) -> torch.Tensor:
+    """[H, d, D] W_O^h, each head's rows of the [H * d, D] output projection."""
+    return weight.float().reshape(heads, -1, weight.shape[-1])
 
 
-def output_norms(values: torch.Tensor, grams: torch.Tensor) -> torch.Tensor:
-    """[H, N] ||f_h(x_j)|| from value vectors [H, N, d] (already per query head) and [H, d, d]."""
-    squared = torch.einsum("hnd,hde,hne->hn", values, grams, values)
-    return squared.clamp(min=0).sqrt()
+def output_grams(values: torch.Tensor, projections: torch.Tensor | None) -> torch.Tensor:
+    """[N, H, H] G_j[h, g] = f_h(x_j) . f_g(x_j), the heads' transformed value vectors' inner
+    products per token, from value vectors [H, N, d] and W_O^h [H, d, D] (as many tokens at a
+    time as GRAM_BLOCK_BYTES allows, so no [H, N, D] array is whole). With them the layer's
+    contribution of token j to token i, ||sum_h alpha^h_ij f_h(x_j)||, is sqrt(alpha_ij G_j
+    alpha_ij) for the [H] weights alpha_ij (Kobayashi et al. 2020, section 5). Without a
+    projection (``None``) the heads' outputs are taken side by side (W_O = identity), so G_j is
+    diagonal with ||v_j||^2."""
+    if projections is None:
+        return torch.diag_embed(values.square().sum(-1).T)
+    heads, width = projections.shape[0], projections.shape[-1]
+    rows = max(1, GRAM_BLOCK_BYTES // (4 * heads * width))
+    grams = []
+    for start in range(0, values.shape[1], rows):
+        transformed = torch.einsum("hnd,hde->nhe", values[:, start : start + rows], projections)  # [n, H, D]
+        grams.append(transformed @ transformed.transpose(1, 2))
+    return torch.cat(grams)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-FORMAT_VERSION = 4  # bump when the arrays or their meaning change; part of every cache key
+FORMAT_VERSION = 5  # bump when the arrays or their meaning change; part of every cache key
 STATS_TOKENS = 1024  # tokens of the prefix whose head statistics the capture computes (app.insights)
 STAT_OFFSETS = (-1, 0, 1, -4, -3, -2, 2, 3, 4)  # key - query of the positional shares in HEAD_STATS
 HEAD_STATS = (  # the last axis of Capture.head_stats: means over the prefix's query rows
@@ -41,6 +41,7 @@ ARRAY_FIELDS = (
     "mask_index",
     "row_lse",
     "output_norms",
+    "output_grams",
     "hidden_norms",
     "received",
     "thumbnails",
@@ -80,6 +81,9 @@ class Capture:
     key_shares: np.ndarray  # [L, H, P] float32, mean attention each of the first P keys gets from
     #                         the first P queries (P = min(N, STATS_TOKENS))
     attention: np.ndarray | None = None  # [L, H, N, N], kept only when asked (tests, small exports)
+    output_grams: np.ndarray | None = None  # [L, N, H, H] float32, f_h(x_j) . f_g(x_j) per token (the
+    #                                         layer-level norms of Kobayashi et al. 2020); None in
+    #                                         records made before format 5
 
     @property
     def n_layers(self) -> int:
@@ -201,6 +205,8 @@ class Capture:
             raise ValueError("'kv_map' points outside the key heads, or there are more key heads than query heads")
         if self.attention is not None and self.attention.shape != (layers, heads, n, n):
             raise ValueError(f"'attention' must be [{layers}, {heads}, {n}, {n}]")
+        if self.output_grams is not None and self.output_grams.shape != (layers, n, heads, heads):
+            raise ValueError(f"'output_grams' must be [{layers}, {n}, {heads}, {heads}]")
         _check_info(self.info, layers, n)
         return self
 
@@ -239,7 +245,8 @@ class Capture:
 
 META_FIELDS = ("model", "text", "tokens", "pieces", "layer_names", "info")  # what to_arrays puts in 'meta'
 READABLE_ARRAYS = ("tokens",)  # copies of meta fields an export adds for readers; from_arrays drops them
-OPTIONAL_ARRAYS = ("attention",)  # kept only within the byte budget; every other array is required
+OPTIONAL_ARRAYS = ("attention", "output_grams")  # attention: kept within the byte budget; grams: absent
+#                                                  before format 5; every other array is required
 ARRAY_KINDS = {  # numpy dtype kinds each array may have: f float, i/u integer, b bool
     "spans": "iu",
     "special": "b",
@@ -251,6 +258,7 @@ ARRAY_KINDS = {  # numpy dtype kinds each array may have: f float, i/u integer, 
     "mask_index": "iu",
     "row_lse": "f",
     "output_norms": "f",
+    "output_grams": "f",
     "hidden_norms": "f",
     "received": "f",
     "thumbnails": "f",

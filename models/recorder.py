@@ -137,22 +137,22 @@ class Recorder:
     _kernel_masks: dict[int, tuple[torch.Tensor | None, kernels.KernelMask]] = field(default_factory=dict)
     _verdicts: dict[tuple, str] = field(default_factory=dict)  # layer signature -> "" (fused) or why eager
     parents: dict[int, torch.nn.Module] = field(default_factory=dict)  # id(module) -> the module holding it
-    norms_exact: bool = True  # False when a layer's output projection was not found (||v|| is kept then)
-    _grams: dict[int, torch.Tensor | None] = field(default_factory=dict)  # id(module) -> [H, d, d] or None
+    norms_exact: bool = True  # False when a layer's output projection was not found (||v||, W_O = I then)
+    _projections: dict[int, torch.Tensor | None] = field(default_factory=dict)  # id(module) -> [H, d, D] or None
 
-    def _output_norms(self, module, value: torch.Tensor, groups: int) -> torch.Tensor:
-        """[H, N] ||f_h(x_j)|| (models.contributions) of every value vector for every query head;
-        ||v_j|| where the architecture hides its output projection (info says so)."""
+    def _outputs(self, module, value: torch.Tensor, groups: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """[H, N] ||f_h(x_j)|| and [N, H, H] f_h(x_j) . f_g(x_j) (models.contributions) of every
+        value vector for every query head; ||v_j|| and a diagonal Gram where the architecture
+        hides its output projection (info says so)."""
         values = value[0].float().repeat_interleave(groups, 0)  # [H, N, d]
-        if id(module) not in self._grams:
+        if id(module) not in self._projections:
             weight = contributions.output_weight(module, self.parents.get(id(module)))
             fits = weight is not None and weight.shape[0] == values.shape[0] * values.shape[-1]
-            self._grams[id(module)] = contributions.head_grams(weight, values.shape[0]) if fits else None
-        grams = self._grams[id(module)]
-        if grams is None:
-            self.norms_exact = False
-            return values.norm(dim=-1)
-        return contributions.output_norms(values, grams.to(values.device))
+            self._projections[id(module)] = contributions.head_projections(weight, values.shape[0]) if fits else None
+        projections = self._projections[id(module)]
+        self.norms_exact &= projections is not None
+        grams = contributions.output_grams(values, None if projections is None else projections.to(values.device))
+        return grams.diagonal(dim1=1, dim2=2).clamp(min=0).sqrt().T, grams
 
     def fused_is_exact(self, module, query, key, value, attention_mask, scaling, kwargs) -> bool:
         """Whether the fused kernel computes this layer's attention: never when its arguments name
@@ -231,6 +231,7 @@ class Recorder:
             causal=self.causal,
             keep=TORCH_DTYPES[self.dtype.name] if self.keep_attention else None,
         )
+        output_norms, output_grams = self._outputs(module, value, groups)  # [H, N], [N, H, H]
         self.layers.append(
             {
                 "name": self.names.get(id(module), type(module).__name__),
@@ -238,7 +239,8 @@ class Recorder:
                 "keys": _stored(key[0]),  # [KV, N, d]
                 "row_lse": row_lse.cpu().numpy(),  # [H, N]
                 "received": (summary.received / (query.shape[1] * mask.spans.visible)).cpu().numpy(),  # [N]
-                "output_norms": self._output_norms(module, value, groups).cpu().numpy(),  # [H, N]
+                "output_norms": output_norms.cpu().numpy(),  # [H, N]
+                "output_grams": output_grams.cpu().numpy(),  # [N, H, H]
                 "thumbnails": summary.thumbnails.to(torch.float16).cpu().numpy(),
                 "head_stats": summary.head_stats.cpu().numpy(),  # [H, S]
                 "key_shares": summary.key_shares.cpu().numpy(),  # [H, P]
@@ -424,6 +426,7 @@ def assemble(
         row_lse=np.stack([layer["row_lse"] for layer in layers]).astype(np.float32),
         received=np.stack([layer["received"] for layer in layers]).astype(np.float32),
         output_norms=np.stack([layer["output_norms"] for layer in layers]).astype(np.float32),
+        output_grams=np.stack([layer["output_grams"] for layer in layers]).astype(np.float32),
         hidden_norms=hidden_norms.astype(np.float32),
         thumbnails=np.stack([layer["thumbnails"] for layer in layers]),
         head_stats=np.stack([layer["head_stats"] for layer in layers]),

@@ -10,6 +10,7 @@ import { allHeads, analysisMatches, getState, selectedHeads, subscribe, tokenInd
 import { h } from "./ui.js";
 import { toQuery } from "./url.js";
 import { canvasToSvg, isTraced, xmlText } from "./vector.js";
+import { isLayerMode } from "./weights.js";
 
 export { xmlText }; // the SVG export's text filter, for tests
 
@@ -131,13 +132,20 @@ async function makeShortLink() {
 
 // ---- pictures ----
 
+/** Whether the view draws its layer's one map, the heads summed (a layer mode), not chosen heads. */
+function headsSummed(state) {
+  return isLayerMode(state.mode) && ["head", "matrix"].includes(state.view);
+}
+
 /** What a view draws, for file names: its layer, heads and token where it draws one, e.g.
- * ["l2", "h3"], ["l2", "all-heads"], ["l2", "h0+h4"], ["t5"]; nothing for whole-model views. */
+ * ["l2", "h3"], ["l2", "all-heads"], ["l2", "h0+h4"], ["l2", "heads-summed"], ["t5"]; nothing for
+ * whole-model views. */
 function drawn(state) {
   const parts = [];
   if (LAYER_VIEWS.includes(state.view)) parts.push(`l${state.layer}`);
-  if (HEAD_VIEWS.includes(state.view)) parts.push(`h${state.head}`);
-  if (state.view === "head") {
+  if (headsSummed(state)) parts.push("heads-summed");
+  else if (HEAD_VIEWS.includes(state.view)) parts.push(`h${state.head}`);
+  if (state.view === "head" && !headsSummed(state)) {
     const heads = selectedHeads(state);
     parts.push(heads.length === allHeads(state).length ? "all-heads" : heads.length ? heads.map((head) => `h${head}`).join("+") : "no-heads");
   }
@@ -155,8 +163,9 @@ function fileName(state, extension) {
 function describe(state) {
   const parts = [`${viewLabel(state.view)} view`, state.analysis.tokens.info?.title || state.analysis.model];
   if (["head", "matrix", "neuron"].includes(state.view)) parts.push(`layer ${state.layer}`);
-  if (state.view === "head" && state.heads) parts.push(`heads ${state.heads.join(", ") || "none"}`);
-  if (["matrix", "neuron"].includes(state.view)) parts.push(`head ${state.head}`);
+  if (headsSummed(state)) parts.push("all heads summed (‖Σ_h α_h f_h‖)");
+  else if (state.view === "head" && state.heads) parts.push(`heads ${state.heads.join(", ") || "none"}`);
+  if (["matrix", "neuron"].includes(state.view) && !headsSummed(state)) parts.push(`head ${state.head}`);
   if (["token", "neuron"].includes(state.view)) {
     const index = tokenIndex(state);
     parts.push(`token ${index} «${displayToken(state.analysis.tokens.tokens[index] ?? "")}»`);

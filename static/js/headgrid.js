@@ -62,18 +62,19 @@ export function gridCellAt(g, point) {
 /**
  * Draw the grid at the context's origin: axis labels, `paint(layer, head, x, y, cell)` per head,
  * a veil over heads where `dim(layer, head)` is true, and outlines for `selected` and `hover`
- * ({layer, head} or null). `layerName(layer)` labels the rows when they are layers.
+ * ({layer, head} or null). `layerName(layer)` labels the rows when they are layers; `columns`
+ * ({name, label(column)}) the columns when they are not heads.
  */
-export function drawGrid(ctx, g, look, { paint, dim = () => false, selected = null, hover = null, layerName = null }) {
+export function drawGrid(ctx, g, look, { paint, dim = () => false, selected = null, hover = null, layerName = null, columns = null }) {
   const along = g.order ? "rank" : "head";
-  const [rowName, colName] = g.headsAcross ? ["layer", along] : [along, "layer"];
+  const [rowName, colName] = g.headsAcross ? ["layer", columns?.name ?? along] : [along, "layer"];
   const rowLabel = layerName && g.headsAcross ? layerName : (r) => `${rowName} ${r}`;
   ctx.fillStyle = look.muted;
   ctx.font = look.font(0.85);
   ctx.textBaseline = "middle";
   ctx.textAlign = "center";
   const every = Math.ceil((look.size * 2) / g.pitch); // column numbers that fit
-  for (let c = 0; c < g.cols; c += every) ctx.fillText(String(c), g.label + c * g.pitch + g.cell / 2, g.header * 0.6);
+  for (let c = 0; c < g.cols; c += every) ctx.fillText(columns ? columns.label(c) : String(c), g.label + c * g.pitch + g.cell / 2, g.header * 0.6);
   ctx.textAlign = "left";
   ctx.fillText(`${colName} →`, 0, g.header * 0.6);
   ctx.textAlign = "right";

@@ -19,10 +19,14 @@ export const EVENTS = ["progress", "overview_layer", "tokens", "overview", "laye
   "heads", "rollout", "flow", "mixing", "feedforward", "routes", "compare", "ablate", "patch", "lens", "generated_token", "generated", "atlas", "atlas_head", "cancel"];
 export const FUSIONS = ["mean", "max", "min"]; // how rollout and flow fuse the heads of a layer
 
-export const ATTENTION_MODES = ["attention", "scores", "value", "norm"]; // value/norm: Kobayashi 2020 shares/raw
-export const LAYER_MODES = ["attention", "value", "norm"]; // the head view has no pre-softmax scores
-export const NORM_MODES = ["value", "norm"]; // the model view's norm-based thumbnails (`thumbnails` request)
-export const TOKEN_MODES = ["attention", "norm"]; // the token view's columns: row shares would need every row's total
+// Weight modes (app/protocol.py): Kobayashi et al. 2020 per head ‖αf‖ as row shares ("value") or raw
+// ("norm"); per layer ‖Σ_h α_h f_h‖ as row shares ("layer_share") or raw ("layer"), one map per layer.
+export const ATTENTION_MODES = ["attention", "scores", "value", "norm", "layer_share", "layer"];
+export const LAYER_MODES = ["attention", "value", "norm", "layer_share", "layer"]; // the head view has no pre-softmax scores
+export const LAYER_NORM_MODES = ["layer_share", "layer"]; // one map for the whole layer, whichever head is chosen
+export const NORM_MODES = ["value", "norm", ...LAYER_NORM_MODES]; // the model view's norm-based thumbnails (`thumbnails` request)
+export const RAW_MODES = ["norm", "layer"]; // in the model's norm units: a payload's scale carries its peak
+export const TOKEN_MODES = ["attention", "norm", "layer"]; // the token view's columns: row shares would need every row's total
 
 // Error codes the page raises itself, never the server (whose codes and titles are published:
 // settings.js errorTitle), with their titles.

@@ -40,6 +40,8 @@ def tags(svg) -> dict[str, int]:
         ({"view": "head", "layer": 2, "heads": "0,1,2,3,4,5,6,7,8,9,10,11"}, "minilm-head-l2-all-heads.svg", "path"),
         ({"view": "head", "layer": 1, "heads": "3", "head": 3}, "minilm-head-l1-h3.svg", "path"),
         ({"view": "matrix", "layer": 1, "head": 4}, "minilm-matrix-l1-h4.svg", "rect"),
+        ({"view": "head", "layer": 2, "heads": "3", "mode": "layer"}, "minilm-head-l2-heads-summed.svg", "path"),
+        ({"view": "matrix", "layer": 1, "head": 4, "mode": "layer_share"}, "minilm-matrix-l1-heads-summed.svg", "rect"),
         ({"view": "model"}, "minilm-model.svg", "rect"),
     ],
 )

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from app import protocol, published, security
+from app import protocol, published, security, shaping
 
 ROOT = Path(__file__).resolve().parents[2]
 STATIC_JS = ROOT / "static" / "js"
@@ -86,6 +86,9 @@ def test_every_event_the_server_sends_is_listed():
 def test_modes_match(js_protocol):
     assert js_protocol["ATTENTION_MODES"] == list(protocol.ATTENTION_MODES)
     assert js_protocol["NORM_MODES"] == list(protocol.NORM_MODES)
+    assert js_protocol["LAYER_NORM_MODES"] == list(protocol.LAYER_NORM_MODES)
+    assert js_protocol["RAW_MODES"] == list(protocol.RAW_MODES)
+    assert js_protocol["TOKEN_MODES"] == list(shaping.TOKEN_MODES)
     assert js_protocol["FUSIONS"] == list(protocol.FUSIONS)
     assert js_protocol["NAMESPACE"] == protocol.NAMESPACE
 

@@ -22,11 +22,14 @@ SIDE = 5  # thumbnail pixels per side, fewer than the prompt's tokens so that bi
 
 
 def pooled_by_hand(matrix: np.ndarray, side: int) -> np.ndarray:
-    """[side, side] maximum of each bin [floor(i n / side), floor((i + 1) n / side))."""
+    """[side, side] maximum of each bin of the attention thumbnails (PyTorch's adaptive max
+    pooling): bin i covers [floor(i n / side), ceil((i + 1) n / side)), so neighbours may share
+    a token."""
     n = matrix.shape[0]
-    edges = [i * n // side for i in range(side + 1)]
+    starts = [i * n // side for i in range(side)]
+    ends = [-(-(i + 1) * n // side) for i in range(side)]
     return np.array(
-        [[matrix[edges[r] : edges[r + 1], edges[c] : edges[c + 1]].max() for c in range(side)] for r in range(side)]
+        [[matrix[starts[r] : ends[r], starts[c] : ends[c]].max() for c in range(side)] for r in range(side)]
     )
 
 
@@ -46,7 +49,7 @@ def test_thumbnails_follow_kobayashi_et_al(tiny_models, name, mode):
     handle = tiny_models[name]
     capture, seen = captured_with_inputs(handle, PROMPT)
     with torch.inference_mode():
-        norms, _ = reference_norms(name, handle.model, seen)  # [L, H, N] ||f_h(x_j)||
+        norms, _ = reference_norms(handle.model, seen)  # [L, H, N] ||f_h(x_j)||
     capture = dataclasses.replace(capture, thumbnails=capture.thumbnails[..., :SIDE, :SIDE])
     assert capture.n_tokens > 2 * SIDE
 
@@ -66,5 +69,5 @@ def test_thumbnails_follow_kobayashi_et_al(tiny_models, name, mode):
 
 def test_thumbnails_refuse_other_modes(tiny_models):
     capture = run_capture(tiny_models["tiny-bert"], PROMPT)
-    with pytest.raises(AtlasError, match="value or norm"):
+    with pytest.raises(AtlasError, match="value, norm, layer_share, layer"):
         shaping.norm_thumbnails_payload("k" * 64, capture, "attention")

@@ -8,14 +8,16 @@
 // hides weak links. Rows are virtualised: only the rows in the scroll window are drawn, lines
 // are batched into one path per head and weight step, and links to rows outside the window are
 // counted at its edges, so prompts of thousands of tokens stay responsive and nothing leaves
-// unseen. Data: the `layer` event, dense [H, N, N] or top-k.
+// unseen. Data: the `layer` event, dense [H, N, N] or top-k. In a layer mode (Kobayashi et al.'s
+// ||sum_h alpha_h f_h||) the payload holds the layer's one map, drawn in ink whichever heads are chosen.
 import { displayToken, drawSinkBadge, fitText, formatNumber, pointerIn, prepareCanvas, sinkBadgeWidth, theme, tokenLabels } from "../draw.js";
 import { layerName } from "../layers.js";
 import { headColour } from "../palette.js";
-import { LAYER_MODES } from "../protocol.js";
+import { LAYER_MODES, RAW_MODES } from "../protocol.js";
 import { allHeads, detailFor, selectedHeads, setView, sinkSet } from "../store.js";
 import { arrived, changed, frameScheduler, h, numberSelect, segmented, statusLine, virtualScroller } from "../ui.js";
 import { TracedPath } from "../vector.js";
+import { isLayerMode, weightOptions } from "../weights.js";
 
 const ROW_EMS = 1.75; // row height, in label font sizes
 const PAD = 10; // px above the first and below the last row
@@ -31,6 +33,11 @@ const BLOCK_W = 9; // px of a head's weight block beside a token, at most...
 const MIN_BLOCK_W = 3; // ...and at least
 const TOP_LINKS = 4; // strongest links named in the status line
 
+const LEGEND = (what) => "Line width and opacity: a link's weight relative to the strongest link of its query token (each "
+  + `token's strongest link is drawn full, so weak ${what.weak} stay visible; hover a token for the exact weights). Blocks beside `
+  + `a hovered token's partners: ${what.blocks}. ▲ ▼ count links to rows scrolled out of view.`;
+const HEAD_LEGEND = LEGEND({ weak: "heads", blocks: "every head's weight, in its colour" });
+const LAYER_LEGEND = LEGEND({ weak: "links", blocks: "the layer's weight (its heads summed before the norm, Kobayashi et al. 2020)" });
 let ui = null;
 
 function layerMode(mode) {
@@ -67,34 +74,29 @@ function weight(payload, head, query, key) {
 
 function mount(el) {
   const layer = numberSelect("Layer", "layer", (value) => setView({ layer: value }));
-  const mode = segmented("Weights", "mode", [
-    { value: "attention", text: "Attention", title: "softmax attention weights" },
-    { value: "value", text: "‖αf‖ share", title: "Kobayashi et al. 2020: ‖α f(x)‖, as shares of each query's row" },
-    { value: "norm", text: "‖αf‖", title: "Kobayashi et al. 2020: raw ‖α f(x)‖, scaled to the strongest shown" },
-  ], (value) => setView({ mode: value }));
+  const mode = segmented("Weights", "mode", weightOptions(LAYER_MODES), (value) => setView({ mode: value }));
   const threshold = h("input", { type: "range", min: 0, max: 1, step: 0.01, name: "threshold", "data-control": "threshold" });
   const thresholdValue = h("output", { className: "threshold-value" });
   const swatches = h("div", { className: "swatches", role: "group", "aria-label": "Heads shown" });
   const all = h("button", { type: "button", className: "quiet", text: "All", "data-control": "heads-all",
     onClick: () => setView({ heads: allHeads(ui.state) }) });
   const none = h("button", { type: "button", className: "quiet", text: "None", onClick: () => setView({ heads: [] }) });
+  const summedNote = h("span", { className: "control-label", "data-testid": "heads-summed", hidden: true,
+    text: "Layer mode: all heads summed into one map (in ink)" });
   const canvas = h("canvas", { className: "head-canvas", "data-testid": "head-canvas", tabindex: 0,
     "aria-label": "Attention lines between query tokens (left) and key tokens (right)" });
   const schedule = frameScheduler(draw);
   const scroller = virtualScroller(canvas, schedule);
   const status = statusLine("Hover a token to isolate its links; click (or use ↑ ↓) to lock it. Left: queries (attending), right: keys (attended to).");
-  const legend = h("p", { className: "view-info head-legend", "data-testid": "head-legend",
-    text: "Line width and opacity: a link's weight relative to the strongest link of its query token (each token's strongest "
-      + "link is drawn full, so weak heads stay visible; hover a token for the exact weights). Blocks beside a hovered "
-      + "token's partners: every head's weight, in its colour. ▲ ▼ count links to rows scrolled out of view." });
+  const legend = h("p", { className: "view-info head-legend", "data-testid": "head-legend" });
   el.append(
     h("div", { className: "toolbar" }, [layer.root, mode.root,
       h("label", { className: "control" }, [h("span", { text: "Hide links below" }), threshold, thresholdValue])]),
-    h("div", { className: "toolbar heads-bar" }, [h("span", { className: "control-label", text: "Heads" }), swatches, all, none]),
+    h("div", { className: "toolbar heads-bar" }, [h("span", { className: "control-label", text: "Heads" }), swatches, all, none, summedNote]),
     h("div", { className: "view-body" }, [scroller.root]),
     status.root, legend,
   );
-  ui = { el, layer, mode, threshold, thresholdValue, swatches, canvas, scroller, status, schedule,
+  ui = { el, layer, mode, threshold, thresholdValue, swatches, all, none, summedNote, legend, canvas, scroller, status, schedule,
     preview: null, lock: null, hover: null, scrollTo: null };
 
   threshold.addEventListener("input", () => { // preview while dragging; one history entry on release
@@ -236,11 +238,11 @@ function linkPaths(payload, heads, g, focus, first, last, threshold, scrollTop) 
   return { paths, outside };
 }
 
-/** Stroke the batched links: width and opacity grow with the weight step. */
-function strokeLinks(ctx, paths, heads, look) {
+/** Stroke the batched links in each head's `colour(head)`: width and opacity grow with the weight step. */
+function strokeLinks(ctx, paths, heads, look, colour) {
   ctx.lineCap = "round";
   heads.forEach((head, slot) => {
-    ctx.strokeStyle = headColour(head);
+    ctx.strokeStyle = colour(head);
     paths[slot].forEach((path, step) => {
       if (!path) return;
       const level = (step + 0.5) / ALPHA_STEPS;
@@ -256,8 +258,8 @@ function strokeLinks(ctx, paths, heads, look) {
  * Every head's weight between the focus token and each visible token of the other column, as
  * colour blocks (opacity = the weight) outside that column's labels, as BertViz draws them.
  */
-function drawWeightBlocks(ctx, payload, g, focus, first, last, y, look) {
-  const heads = ui.state.analysis.overview.heads;
+function drawWeightBlocks(ctx, payload, g, focus, first, last, y, look, colour) {
+  const heads = payload.heads;
   const other = focus.side === "q" ? "k" : "q";
   for (let i = first; i <= last; i++) {
     for (let head = 0; head < heads; head++) {
@@ -269,7 +271,7 @@ function drawWeightBlocks(ctx, payload, g, focus, first, last, y, look) {
       ctx.strokeRect(x + 0.5, y(i) - g.rowH / 2 + 3.5, g.blockW - 1, g.rowH - 7);
       if (w <= 0) continue;
       ctx.globalAlpha = Math.min(1, w);
-      ctx.fillStyle = headColour(head);
+      ctx.fillStyle = colour(head);
       ctx.fillRect(x, y(i) - g.rowH / 2 + 3, g.blockW, g.rowH - 6);
     }
   }
@@ -300,9 +302,9 @@ function describeFocus(payload, heads, tokens, focus) {
     else for (let q = 0; q < tokens.length; q++) links.push([weight(payload, head, q, focus.index), q, head]);
   }
   links.sort((a, b) => b[0] - a[0]);
-  const unit = payload.mode === "norm" ? 255 * (payload.attention ?? payload.values).scale : 1; // norm mode: back to norm units
+  const unit = RAW_MODES.includes(payload.mode) ? 255 * (payload.attention ?? payload.values).scale : 1; // back to norm units
   const named = links.slice(0, TOP_LINKS).filter(([w]) => w > 0)
-    .map(([w, other, head]) => `«${displayToken(tokens[other])}» ${formatNumber(w * unit)} (head ${head})`);
+    .map(([w, other, head]) => `«${displayToken(tokens[other])}» ${formatNumber(w * unit)} (${isLayerMode(payload.mode) ? "layer" : `head ${head}`})`);
   const who = `«${displayToken(tokens[focus.index])}» (token ${focus.index})`;
   return focus.side === "q" ? `${who} attends most to ${named.join(", ") || "nothing above the threshold"}`
     : `${who} is attended most by ${named.join(", ") || "nothing above the threshold"}`;
@@ -330,16 +332,18 @@ function draw() {
   const [first, last] = ui.scroller.rows(PAD, g.rowH, g.n, g.height);
   const y = (i) => PAD + i * g.rowH + g.rowH / 2 - scrollTop;
   const focus = ui.hover ?? ui.lock;
-  const heads = selectedHeads(state);
   const payload = ui.payload;
+  const summed = isLayerMode(payload?.mode); // the layer's one map stands in for its heads
+  const heads = summed ? [0] : selectedHeads(state);
+  const colour = summed ? () => look.ink : headColour;
   const threshold = ui.preview ?? state.threshold;
 
   let outside = { above: 0, below: 0 };
   if (payload && payload.tokens === g.n) {
     const links = linkPaths(payload, heads, g, focus, first, last, threshold, scrollTop);
-    strokeLinks(ctx, links.paths, heads, look);
+    strokeLinks(ctx, links.paths, heads, look, colour);
     outside = links.outside;
-    if (focus) drawWeightBlocks(ctx, payload, g, focus, first, last, y, look);
+    if (focus) drawWeightBlocks(ctx, payload, g, focus, first, last, y, look, colour);
   }
   ui.canvas.dataset.outside = `${outside.above},${outside.below}`;
 
@@ -410,7 +414,15 @@ function syncSwatches(state) {
     }));
   }
   const shown = new Set(selectedHeads(state));
-  for (const button of ui.swatches.children) button.setAttribute("aria-pressed", String(shown.has(Number(button.dataset.head))));
+  const summed = isLayerMode(layerMode(state.mode));
+  for (const button of ui.swatches.children) {
+    button.setAttribute("aria-pressed", String(shown.has(Number(button.dataset.head)) && !summed));
+    button.disabled = summed;
+  }
+  ui.all.disabled = summed;
+  ui.none.disabled = summed;
+  ui.summedNote.hidden = !summed;
+  ui.legend.textContent = summed ? LAYER_LEGEND : HEAD_LEGEND;
 }
 
 export function render(state, el) {

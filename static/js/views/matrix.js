@@ -1,6 +1,7 @@
-// Matrix view: one head as a heatmap, queries down, keys across, with token labels. Three
-// colourings: attention, pre-softmax scores (blue/orange around 0, masked cells hatched) and
-// value-weighted attention. Drag a rectangle or turn the wheel to zoom: the view asks the
+// Matrix view: one head as a heatmap, queries down, keys across, with token labels. Colourings:
+// attention, pre-softmax scores (blue/orange around 0, masked cells hatched), Kobayashi et al.'s
+// ||alpha f|| of the head, and the layer's ||sum_h alpha_h f_h|| (one map for the whole layer, so
+// the chosen head does not apply and the view says so). Drag a rectangle or turn the wheel to zoom: the view asks the
 // server for just that block (`matrix` with row0..row1, col0..col1), max-pooled to at most
 // 256 x 256, so the largest prompts stay sharp. Click a cell to choose its query token.
 import {
@@ -10,6 +11,8 @@ import {
 import { DIVERGING, SEQUENTIAL, signedIndex, unitIndex } from "../palette.js";
 import { detailFor, getState, scaleSkip, setView, sinkSet, tokenIndex } from "../store.js";
 import { arrived, changed, h, layerHeadSelects, segmented, sinkScaleToggle, statusLine } from "../ui.js";
+import { ATTENTION_MODES } from "../protocol.js";
+import { isLayerMode, WEIGHT_LABELS, weightOptions } from "../weights.js";
 
 const MAX_LABEL = 130; // px of a token label before it ends in …
 const LABEL_SHARE = 0.2; // of the view's width a label may take at most (a phone keeps room for cells)
@@ -29,17 +32,13 @@ export function need(state) {
   if (!state.analysis) return null;
   const [row0, row1, col0, col1] = state.zoom ?? [];
   const zoom = state.zoom ? { row0, row1, col0, col1 } : {};
-  return { event: "matrix", fields: { key: state.analysis.key, layer: state.layer, head: state.head, mode: state.mode, ...zoom } };
+  const head = isLayerMode(state.mode) ? 0 : state.head; // a layer map is the same for every head
+  return { event: "matrix", fields: { key: state.analysis.key, layer: state.layer, head, mode: state.mode, ...zoom } };
 }
 
 function mount(el) {
   const selects = layerHeadSelects(setView);
-  const mode = segmented("Colour by", "mode", [
-    { value: "attention", text: "Attention", title: "softmax attention weights" },
-    { value: "scores", text: "Scores", title: "pre-softmax q·k × scaling; masked cells hatched" },
-    { value: "value", text: "‖αf‖ share", title: "Kobayashi et al. 2020: ‖α f(x)‖, as shares of each query's row" },
-    { value: "norm", text: "‖αf‖", title: "Kobayashi et al. 2020: raw ‖α f(x)‖, scaled to the strongest shown" },
-  ], (value) => setView({ mode: value }));
+  const mode = segmented("Colour by", "mode", weightOptions(ATTENTION_MODES), (value) => setView({ mode: value }));
   const reset = h("button", { type: "button", className: "quiet", text: "Reset zoom", "data-control": "reset-zoom",
     onClick: () => setView({ zoom: null }) });
   const block = h("span", { className: "zoom-info" });
@@ -169,7 +168,7 @@ function colouring(payload, skip) {
       legend: [`−${formatNumber(limit)}`, `score (pre-softmax${note})`, `+${formatNumber(limit)}`] };
   }
   const top = peak((v) => v);
-  const label = { value: "‖αf‖ share of the row", norm: "‖αf‖ (norm units)" }[payload.mode] ?? "attention";
+  const label = WEIGHT_LABELS[payload.mode];
   return { lut: SEQUENTIAL, index: (v) => unitIndex(top ? Math.min(1, v / top) : 0),
     legend: ["0", `${label}${note}`, formatNumber(top * payload.matrix.scale)] };
 }
@@ -313,6 +312,7 @@ export function render(state, el) {
   const analysis = state.analysis;
   if (!analysis) return;
   ui.selects.sync(analysis.overview, state);
+  ui.selects.roots[1].querySelector("select").disabled = isLayerMode(state.mode);
   ui.mode.sync(state.mode);
   const payload = arrived(ui.el.querySelector(".view-body"), detailFor(state, need(state)));
   ui.reset.disabled = !state.zoom;
@@ -322,7 +322,8 @@ export function render(state, el) {
   ui.colours = colouring(payload, scaleSkip(state));
   ui.image = null;
   const n = analysis.overview.tokens;
-  ui.block.textContent = `rows: queries, columns: keys · ${state.zoom
+  const summed = isLayerMode(payload.mode) ? ` · layer ${payload.layer}, all heads summed (the head chosen does not apply)` : "";
+  ui.block.textContent = `rows: queries, columns: keys${summed} · ${state.zoom
     ? `queries ${payload.row0}–${payload.row1 - 1} × keys ${payload.col0}–${payload.col1 - 1} of ${n}`
     : `all ${n} × ${n} tokens${n > payload.matrix.shape[0] ? ` (pooled to ${payload.matrix.shape[0]} × ${payload.matrix.shape[1]}; zoom for detail)` : ""}`}`;
   ui.canvas.dataset.mode = payload.mode;

@@ -1,7 +1,8 @@
 // Token view: one token through the whole model. Two heatmaps, each with one row per head
 // (grouped by layer) and one column per token of the prompt: "outgoing" is where the chosen
 // token looks (its attention row in every head), "incoming" is who looks at it (its column).
-// Data: the `token` event, uint8 [L, H, N] each. Click a cell to open that head.
+// Data: the `token` event, uint8 [L, H, N] each ([L, 1, N] in the layer mode: one row per layer,
+// Kobayashi et al.'s ||sum_h alpha_h f_h||). Click a cell to open that head (or layer).
 import {
   binOf, binStart, contentWidth, displayToken, drawLegend, fitText, formatNumber, hatchPattern, heatmapImage,
   hideTooltip, labelWidth, pointerIn, poolColumns, prepareCanvas, showTooltip, theme, tokenLabels, drawSinkBadge, sinkBadgeWidth,
@@ -11,11 +12,13 @@ import { SEQUENTIAL } from "../palette.js";
 import { TOKEN_MODES } from "../protocol.js";
 import { detailFor, setView, sinkSet, tokenIndex } from "../store.js";
 import { arrived, changed, h, segmented, statusLine, tokenStrip } from "../ui.js";
+import { isLayerMode, WEIGHT_LABELS, weightOptions } from "../weights.js";
 
 const LAYER_GAP = 3; // px between layer groups
 const PANEL_HEIGHT = 560; // px the rows of one heatmap aim for
 const MIN_ROW = 2; // px per head row, at least...
 const MAX_ROW = 7; // ...and at most
+const MAX_LAYER_ROW = 18; // px per row when a row is a whole layer (the layer mode)
 const MIN_COL = 3; // px per token column; longer prompts are max-pooled to fit
 const MAX_COL = 44; // px per token column
 const LABEL_ANGLE = Math.PI / 3; // column labels rise at 60 degrees
@@ -27,7 +30,6 @@ const PANELS = {
   outgoing: { title: (word) => `Outgoing: where ${word} looks (columns: keys)` },
   incoming: { title: (word) => `Incoming: who looks at ${word} (columns: queries)` },
 };
-const LEGENDS = { attention: "attention", norm: "‖αf‖ (norm units)" };
 let ui = null;
 
 /** The view's weights: attention or raw ‖αf‖; another view's mode (scores, shares) shows attention. */
@@ -44,10 +46,7 @@ function mount(el) {
   const strip = tokenStrip("Choose a token", (index) => setView({ token: index }));
   const status = statusLine("Rows: heads, grouped by layer. Columns: the prompt's tokens (hatched where a causal mask hides them). "
     + "Hover for values; click a cell to open that head.");
-  const mode = segmented("Weights", "mode", [
-    { value: "attention", text: "Attention", title: "softmax attention weights" },
-    { value: "norm", text: "‖αf‖", title: "Kobayashi et al. 2020: raw ‖α f(x)‖, scaled to the strongest shown" },
-  ], (value) => setView({ mode: value }));
+  const mode = segmented("Weights", "mode", weightOptions(TOKEN_MODES), (value) => setView({ mode: value }));
   const panels = {};
   const grid = h("div", { className: "token-panels" });
   for (const [name, spec] of Object.entries(PANELS)) {
@@ -61,7 +60,8 @@ function mount(el) {
       const cell = cellAt(panels[name].geometry, pointerIn(canvas, event));
       if (cell) {
         hideTooltip();
-        setView({ view: "head", layer: cell.layer, head: cell.head, heads: [cell.head] });
+        setView(isLayerMode(ui.payload.mode) ? { view: "head", layer: cell.layer }
+          : { view: "head", layer: cell.layer, head: cell.head, heads: [cell.head] });
       }
     });
   }
@@ -95,13 +95,14 @@ function hover(name, event) {
   const other = cell.end - cell.first === 1 ? `«${displayToken(tokens[cell.first])}»` : `tokens ${cell.first}–${cell.end - 1}`;
   const pair = name === "outgoing" ? `${me} → ${other}` : `${other} → ${me}`;
   const pooled = cell.end - cell.first > 1 ? " (largest)" : "";
-  showTooltip(`${layerName(ui.state.analysis.tokens.info, cell.layer, true)}, head ${cell.head}\n${pair}: ${formatNumber(value)}${pooled}`, event.clientX, event.clientY);
+  const which = isLayerMode(ui.payload.mode) ? "all heads summed" : `head ${cell.head}`;
+  showTooltip(`${layerName(ui.state.analysis.tokens.info, cell.layer, true)}, ${which}\n${pair}: ${formatNumber(value)}${pooled}`, event.clientX, event.clientY);
 }
 
 function drawPanel(name, values, tokens, width, look) {
   const panel = ui.panels[name];
   const [layers, heads, n] = values.shape;
-  const row = Math.max(MIN_ROW, Math.min(MAX_ROW, Math.floor(PANEL_HEIGHT / (layers * heads))));
+  const row = Math.max(MIN_ROW, Math.min(heads === 1 ? MAX_LAYER_ROW : MAX_ROW, Math.floor(PANEL_HEIGHT / (layers * heads))));
   const layerH = row * heads + LAYER_GAP;
   const ctx = panel.canvas.getContext("2d");
   ctx.font = look.font(0.9);
@@ -168,7 +169,7 @@ function drawPanel(name, values, tokens, width, look) {
   draw.lineWidth = 2 * look.line;
   draw.strokeRect(left + chosen * col - 1, top - 2, col + 2, layers * layerH - LAYER_GAP + 4);
   drawLegend(draw, left, top + layers * layerH + 6, Math.min(220, Math.max(120, bins * col)), LEGEND_HEIGHT, SEQUENTIAL,
-    ["0", LEGENDS[ui.payload.mode] ?? "attention", formatNumber(255 * g.scale)], look);
+    ["0", WEIGHT_LABELS[ui.payload.mode], formatNumber(255 * g.scale)], look);
 }
 
 export function render(state, el) {
@@ -182,6 +183,8 @@ export function render(state, el) {
   const payload = arrived(ui.el.querySelector(".view-body"), detailFor(state, need(state)));
   if (!payload || !changed(ui, [payload, sinkSet(state), state.projector, el.clientWidth])) return;
   ui.payload = payload;
+  ui.status.say(isLayerMode(payload.mode) ? "Rows: layers, each its heads summed before the norm (‖Σ_h α_h f_h‖). Columns: the prompt's tokens "
+    + "(hatched where a causal mask hides them). Hover for values; click a row to open that layer." : "");
   const look = theme();
   const available = contentWidth(el);
   const sideBySide = available >= SIDE_BY_SIDE;

@@ -14,6 +14,7 @@ import os
 from flask import Flask
 
 from app import create_app
+from app.cache import map_large_blocks
 
 # Served models load from local files only (a hub id loads when its weights are already cached),
 # and transformers' advice to developers is noise in a server's log. Torch's OpenMP threads sleep
@@ -27,9 +28,11 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def prepare_process() -> None:
-    """Set the model environment (values already in the environment win) and log INFO to stderr."""
+    """Set the model environment (values already in the environment win), large allocations
+    that go back to the kernel when freed (app.cache.map_large_blocks), and log INFO to stderr."""
     for name, value in MODEL_ENVIRONMENT.items():
         os.environ.setdefault(name, value)
+    map_large_blocks()
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
 
 

@@ -29,7 +29,8 @@ class Config:
     PRELOAD_MODELS: list[str] = []  # loaded at start-up instead of on first use
     PRECOMPUTE_GALLERY = False  # analyse the demo gallery into the cache at start-up (in the background)
     PRECOMPUTE_ATLAS: list[str] = []  # models whose global view of the built-in corpus is computed at start-up
-    ANALYSED_TEXTS = 500  # prompts per model in the global view's "analysed here" corpus (all users see them; 0 = off)
+    ANALYSED_TEXTS = 0  # prompts per model in the global view's "Analysed here" corpus: every user sees them, so off
+    # (0) unless the operator turns it on (a class pooling its prompts, a server of your own: e.g. 500)
     MAX_CHARS = 60_000  # characters per prompt
     MAX_TOKENS = 4096  # tokens per prompt, on top of each model's own limit
     MODEL_MAX_TOKENS: dict[str, int] = {}  # tokens per prompt for named models, e.g. {"smollm2": 1024}

@@ -24,6 +24,11 @@ from app.protocol import AtlasError
 
 QUEUE_POLL_SECONDS = 0.25  # how often a waiting job checks whether its client is still there
 IDLE_CLIENT_SECONDS = 600  # buckets untouched this long are forgotten (they are full again anyway)
+# The global view's "My analyses" corpus, built by the server for any page that asks: analyses one
+# request may name (the page keeps as many per model), and tokens in all (a build holds each
+# token's queries and keys of every layer until it stores them: ~50 KB a token on smollm2).
+MY_ANALYSES_MAX_KEYS = 100
+MY_ANALYSES_MAX_TOKENS = 12_000
 
 _CANCELLED: contextvars.ContextVar[Callable[[], bool]] = contextvars.ContextVar(
     "atlas_cancelled", default=lambda: False

@@ -12,6 +12,7 @@ import numpy as np
 
 NAMESPACE = "/atlas"
 MAX_RID_CHARS = 64
+MAX_ITEM_CHARS = 256  # characters of one string in a list field (an analysis key has 64)
 # Weight modes of the views. Kobayashi et al. 2020 (docs/analyses.md): per head ||alpha_ij f_h(x_j)||
 # as row shares ("value") or raw in norm units ("norm"); per layer ||sum_h alpha^h_ij f_h(x_j)|| as
 # row shares ("layer_share") or raw ("layer"), one map for the whole layer.
@@ -69,6 +70,7 @@ SERVER_EVENTS = (
     "patch",
     "lens",
     "atlas",
+    "atlas_corpus",
     "atlas_head",
     "cancel",
     "present_started",
@@ -124,6 +126,7 @@ class Field:
     minimum: float | None = None  # of a number, or of a list's integers
     maximum: float | None = None
     max_items: int | None = None  # a list field: at most this many integers (never booleans)
+    item: type = int  # a list field's items: integer indices, or strings (of at most MAX_ITEM_CHARS)
 
 
 def request_id(data: Any) -> str | int | None:
@@ -155,7 +158,7 @@ def parse_request(event: str, specs: dict[str, Field], data: Any) -> tuple[Any, 
         if spec.choices and value not in spec.choices:
             raise AtlasError("bad_request", f"'{name}' must be one of {', '.join(spec.choices)}")
         if spec.kind is list:
-            _check_indices(name, value, spec)
+            (_check_strings if spec.item is str else _check_indices)(name, value, spec)
         elif spec.minimum is not None and value < spec.minimum:
             raise AtlasError("bad_request", f"'{name}' must be at least {spec.minimum}")
         elif spec.maximum is not None and value > spec.maximum:
@@ -171,6 +174,14 @@ def _check_indices(name: str, value: list, spec: Field) -> None:
         type(item) is int and (spec.minimum is None or item >= spec.minimum) for item in value
     ):
         raise AtlasError("bad_request", f"'{name}' must be a list of at most {spec.max_items} indices")
+
+
+def _check_strings(name: str, value: list, spec: Field) -> None:
+    """A list of at most ``max_items`` short strings (what each must spell is its handler's check)."""
+    if (spec.max_items is not None and len(value) > spec.max_items) or not all(
+        isinstance(item, str) and len(item) <= MAX_ITEM_CHARS for item in value
+    ):
+        raise AtlasError("bad_request", f"'{name}' must be a list of at most {spec.max_items} strings")
 
 
 def encode_strings(strings: list[str]) -> dict:

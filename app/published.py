@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from app import insights, language, presenter
+from app.limits import MY_ANALYSES_MAX_KEYS
 from app.protocol import ERRORS
 from models.ablation import PATCH_MAX_TOKENS
 
@@ -91,6 +92,8 @@ def limits(config: Mapping, service) -> dict:
         "lens_max_positions": language.LENS_MAX_POSITIONS,  # positions per logit-lens request
         "patch_max_tokens": PATCH_MAX_TOKENS,  # per prompt of an activation-patching request
         "json_export_max_tokens": config["JSON_EXPORT_MAX_TOKENS"],  # above: the NPZ export only
+        "my_analyses_max_keys": MY_ANALYSES_MAX_KEYS,  # analyses a page's "My analyses" global view may name
+        "analysed_texts": config["ANALYSED_TEXTS"],  # prompts in the "Analysed here" global view (0: off)
         "presenter_code_alphabet": presenter.CODE_ALPHABET,  # a presentation's join code: this many
         "presenter_code_length": presenter.CODE_LENGTH,  # characters of this alphabet
     }

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
+from collections.abc import Iterator
 
 import numpy as np
 import redis
@@ -117,3 +119,25 @@ def redact(url: str) -> str:
     scheme, sep, rest = url.partition("://")
     credentials, at, host = rest.rpartition("@")
     return f"{scheme}{sep}{'***@' if at else ''}{host}"
+
+
+@contextlib.contextmanager
+def renewing(renew, every: float) -> Iterator[None]:
+    """Call ``renew`` every ``every`` seconds in a thread while the block runs (a lease, a
+    claim): a Redis error is logged and the next call tries again."""
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.wait(every):
+            try:
+                renew()
+            except (redis.RedisError, redis.exceptions.LockError) as error:
+                log.warning("could not renew a lease: %s", error)
+
+    thread = threading.Thread(target=loop, name="lease", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()

@@ -213,6 +213,14 @@ TABLE: tuple[Request, ...] = (
     ),
     Request("atlas", globalview.FIELDS, globalview.on_atlas, Cost.CACHED, http=("GET", "/atlas/<model>"), memo=False),
     Request(
+        "atlas_corpus",
+        globalview.CORPUS_FIELDS,
+        globalview.on_atlas_corpus,
+        Cost.CPU,  # reads each named analysis from the cache
+        http=("POST", "/atlas/<model>/corpus"),
+        memo=False,  # starts a build: its answer changes as the build goes
+    ),
+    Request(
         "atlas_head",
         globalview.HEAD_FIELDS,
         globalview.on_atlas_head,

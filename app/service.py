@@ -23,7 +23,7 @@ from pathlib import Path
 from app import limits
 from app.cache import CaptureCache, DiskStore, cache_key, is_key
 from app.globalview.analysed import AnalysedIndex
-from app.globalview.background import Builds
+from app.globalview.background import Builds, SharedBuilds
 from app.links import LinkStore, SharedLinks, link_bytes
 from app.memo import Memo
 from app.protocol import AtlasError
@@ -80,7 +80,7 @@ class AtlasService:
         self.cache = CaptureCache(result_store(config), config["CACHE_MEMORY_BYTES"], upload_store(config))
         self.memo = Memo(self.cache, config["MEMO_MEMORY_BYTES"])  # results derived from stored analyses
         self.analysed = AnalysedIndex(cache_dir / "analysed", config["ANALYSED_TEXTS"])  # the global view's corpus
-        self.atlas_builds = Builds()  # global views computed in the background
+        self.atlas_builds = Builds(shared_builds(config))  # global views computed in the background
         self._links: LinkStore | SharedLinks | None = None
         self.converted_dir = cache_dir / "converted"
         self._loader = None
@@ -355,6 +355,15 @@ def result_store(config):
         return store
     disk_bytes = config["CACHE_DISK_BYTES"]
     return DiskStore(Path(config["CACHE_DIR"]) / "results", disk_bytes - link_bytes(disk_bytes))
+
+
+def shared_builds(config) -> SharedBuilds | None:
+    """With REDIS_URL, the global view's background builds are shared by every process."""
+    if not config.get("REDIS_URL"):
+        return None
+    from app.redis_store import connect
+
+    return SharedBuilds(connect(config["REDIS_URL"]))
 
 
 def upload_store(config) -> DiskStore | None:

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -39,6 +38,7 @@ from rq.job import JobStatus
 
 from app import limits
 from app.protocol import NAMESPACE, AtlasError
+from app.redis_store import renewing
 
 log = logging.getLogger(__name__)
 
@@ -182,34 +182,13 @@ class SharedFlight:
             return
         lock = self.client.lock(FLIGHT_KEY + key, timeout=LEASE_SECONDS, sleep=0.05, thread_local=False)
         lock.acquire()
-        with renewing(lock.reacquire):
+        with renewing(lock.reacquire, RENEW_SECONDS):
             try:
                 yield
                 cache.flush()
             finally:
                 with contextlib.suppress(redis.exceptions.LockError):
                     lock.release()
-
-
-@contextlib.contextmanager
-def renewing(renew) -> Iterator[None]:
-    """Call ``renew`` every RENEW_SECONDS in a thread while the block runs."""
-    stop = threading.Event()
-
-    def loop() -> None:
-        while not stop.wait(RENEW_SECONDS):
-            try:
-                renew()
-            except (redis.RedisError, redis.exceptions.LockError) as error:
-                log.warning("could not renew a lease: %s", error)
-
-    thread = threading.Thread(target=loop, name="lease", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join()
 
 
 class Worker:
@@ -246,7 +225,10 @@ class Worker:
         lease = LEASE_KEY + job_id
         self.client.set(lease, 1, ex=LEASE_SECONDS)
         try:
-            with renewing(lambda: self.client.set(lease, 1, ex=LEASE_SECONDS)), limits.cancel_scope(silenced):
+            with (
+                renewing(lambda: self.client.set(lease, 1, ex=LEASE_SECONDS), RENEW_SECONDS),
+                limits.cancel_scope(silenced),
+            ):
                 result = call.request.handler(call, order.fields)
             self.service.cache.flush()
             return {"result": result, "events": events}

@@ -4,19 +4,24 @@ of its PCA points), or, while the server computes the atlas in the background, h
 come (the page asks again); ``atlas_head`` one head's points, one head at a time, as float16.
 
 ``corpus`` is ``builtin``, ``analysed`` (the prompts analysed on this server with the model, as
-they are now) or the 16-hex id of either (a share link's) or of a file given to the command."""
+they are now) or the 16-hex id of either (a share link's), of a page's own analyses or of a file
+given to the command. ``atlas_corpus`` turns the keys of a page's own analyses into such an id,
+starting the atlas's build."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from app.globalview.atlas import CATEGORIES, TOP_KEYS, Atlas, open_atlas
-from app.globalview.background import known_corpus, open_or_build
+from app.globalview.analysed import SKIPPED, corpus_of_keys
+from app.globalview.atlas import CATEGORIES, TOP_KEYS, open_atlas
+from app.globalview.background import Build, known_corpus, open_or_build
 from app.globalview.corpus import BUILTIN
 from app.globalview.embedding import METHODS
+from app.limits import MY_ANALYSES_MAX_KEYS
 from app.protocol import AtlasError, Field, encode_array, encode_strings, quantize_unit
 
 FIELDS = {"model": Field(str, required=False), "corpus": Field(str, False, BUILTIN)}
+CORPUS_FIELDS = {"model": Field(str, required=False), "keys": Field(list, max_items=MY_ANALYSES_MAX_KEYS, item=str)}
 HEAD_FIELDS = {
     **FIELDS,
     "layer": Field(int, minimum=0),
@@ -29,14 +34,10 @@ def on_atlas(call, fields: dict) -> dict:
     """The corpus (texts, tokens, each token's text, position and category) and every head's tile:
     ``points`` float16 [L, H, 2S, 2], the PCA positions of the S ``sample`` tokens' queries, then
     their keys. While the atlas is being computed: ``computing`` {state, done, total} instead."""
-    found = open_or_build(call.service, fields["model"], fields["corpus"])
-    if not isinstance(found, Atlas):
-        return {
-            "model": found.model,
-            "corpus": found.corpus.id,
-            "corpus_name": found.corpus.name,
-            "computing": found.payload(),
-        }
+    name = call.service.model_name(fields["model"])
+    found = open_or_build(call.service, name, known_corpus(call.service, name, fields["corpus"]) or fields["corpus"])
+    if isinstance(found, Build):
+        return computing(found)
     atlas = found
     meta, index, matrix = atlas.meta, atlas.entry("atlas:index"), atlas.entry("atlas:matrix")
     return {
@@ -58,6 +59,30 @@ def on_atlas(call, fields: dict) -> dict:
         "sample": encode_array(matrix["sample"], "int32"),  # [S]
         "points": encode_array(matrix["points"]),  # [L, H, 2S, 2] float16
     }
+
+
+def naming(model: str, corpus_id: str, corpus_name: str) -> dict:
+    return {"model": model, "corpus": corpus_id, "corpus_name": corpus_name}
+
+
+def computing(build: Build) -> dict:
+    """The answer while the server computes an atlas: how far its build has come."""
+    return {**naming(build.model, build.corpus_id, build.corpus_name), "computing": build.payload()}
+
+
+def on_atlas_corpus(call, fields: dict) -> dict:
+    """The corpus of the analyses a page ran itself (``keys``, at most MY_ANALYSES_MAX_KEYS): its id,
+    ``texts`` (how many of the analyses it holds) and ``skipped`` {reason: count} (SKIPPED: not
+    in the cache, another model's, too long), with its atlas's build started when it is not
+    there yet (``computing``, as ``atlas`` answers it). The page then asks ``atlas`` by the id,
+    which anyone with a link to it may open too."""
+    name = call.service.model_name(fields["model"])
+    chosen = corpus_of_keys(call.service, name, fields["keys"])
+    found = open_or_build(call.service, name, chosen.corpus)
+    corpus = chosen.corpus
+    answer = computing(found) if isinstance(found, Build) else naming(name, corpus.id, corpus.name)
+    skipped = {why: chosen.skipped.get(why, 0) for why in SKIPPED}
+    return {**answer, "texts": len(corpus.texts), "skipped": skipped}
 
 
 def on_atlas_head(call, fields: dict) -> dict:

@@ -11,6 +11,7 @@ import {
 import { startClassroom } from "./classroom.js";
 import { captionNeed } from "./gallery.js";
 import { assembledOverview, partialOverview } from "./layerstream.js";
+import { remember } from "./myanalyses.js";
 import { bindHistory, fromQuery, shareUrl } from "./url.js";
 import { VIEW_NAMES, loadViews } from "./views/index.js";
 import { overviewImage } from "./views/model.js";
@@ -97,6 +98,7 @@ function onAnalysisEvent(event, payload) {
     const target = pending.key ? null : pending.target;
     setData({ analysis: { rid: payload.rid, key: payload.key, model, text, target, tokens: pending.tokens, opened: Boolean(pending.key),
       overview: payload, sinks: payload.sinks, done: null }, error: null, failed: null });
+    if (!pending.key && !target) remember(model, payload.key); // for the global view's "My analyses"
     setView({ ...viewOf(state), model, text }, { history: "replace" }); // clamp indices, name the model
   } else if (event === "layer") {
     const fields = { key: payload.key, layer: payload.layer, mode: payload.mode };

@@ -11,12 +11,12 @@ export const PRESENTER_REQUESTS = ["present_start", "present_join", "present_lea
 export const PRESENTER_EVENTS = ["present_started", "present_state", "present_followers", "present_ended"];
 // Client -> server requests, as Socket.IO events; `open` streams a cached analysis by its key.
 export const REQUESTS = ["analyze", "layer", "matrix", "token", "thumbnails", "neuron", "stats", "heads", "rollout", "flow", "mixing", "feedforward", "routes", "compare",
-  "ablate", "patch", "lens", "generate", "cancel", "open", "atlas", "atlas_head", ...PRESENTER_REQUESTS];
+  "ablate", "patch", "lens", "generate", "cancel", "open", "atlas", "atlas_corpus", "atlas_head", ...PRESENTER_REQUESTS];
 // Requests answered by a stream of events (progress, tokens, overview, ..., done) rather than one.
 export const STREAMS = ["analyze", "generate", "open"];
 // Server -> client events, besides presenter mode's.
 export const EVENTS = ["progress", "overview_layer", "tokens", "overview", "layer", "matrix", "token", "thumbnails", "neuron", "stats", "done", "error",
-  "heads", "rollout", "flow", "mixing", "feedforward", "routes", "compare", "ablate", "patch", "lens", "generated_token", "generated", "atlas", "atlas_head", "cancel"];
+  "heads", "rollout", "flow", "mixing", "feedforward", "routes", "compare", "ablate", "patch", "lens", "generated_token", "generated", "atlas", "atlas_corpus", "atlas_head", "cancel"];
 export const FUSIONS = ["mean", "max", "min"]; // how rollout and flow fuse the heads of a layer
 
 // Weight modes (app/protocol.py): Kobayashi et al. 2020 per head ‖αf‖ as row shares ("value") or raw

@@ -40,7 +40,7 @@ export const DEFAULT_VIEW = {
   sinks: null, // model, matrix and rollout colour scales: "keep" = include the first token and sinks; null = leave them out
   order: null, // logit lens: "top" = embeddings at the top; null = at the bottom
   // global view (AttentionViz): null is each one's default and is left out of share links
-  corpus: null, // "analysed" (the prompts analysed here), a corpus's 16-hex id (python -m app atlas prints it); null = built-in
+  corpus: null, // "mine" (this browser's analyses), "analysed" (the prompts analysed here), a corpus's 16-hex id; null = built-in
   projection: null, // a head's detail: "tsne" or "umap"; null = PCA (the tiles are always PCA)
   colour: null, // points coloured by "position" (in their text) or token "category"; null = query / key
   focus: null, // "head" = the chosen layer and head in detail; null = every head as a tile
@@ -140,7 +140,7 @@ const ANALYSIS_FIELDS = {
   scale: (value) => (value === "log" ? value : null),
   sinks: (value) => (value === "keep" ? value : null),
   order: (value) => (value === "top" ? value : null),
-  corpus: (value) => (value === "analysed" ? value : matching(/^[0-9a-f]{16}$/)(value)),
+  corpus: (value) => (value === "analysed" || value === "mine" ? value : matching(/^[0-9a-f]{16}$/)(value)),
   projection: (value) => (value === "tsne" || value === "umap" ? value : null),
   colour: (value) => (value === "position" || value === "category" ? value : null),
   focus: (value) => (value === "head" ? value : null),

@@ -1,6 +1,7 @@
 """The global view in Chromium: every head's tile drawn, a head opened in detail, hover naming a
 token in its text, a search, and a click through to that text and token in the head view. The
-atlas is computed first by the command line into the server's cache (a small corpus on minilm)."""
+atlas is computed first by the command line into the server's cache (a small corpus on minilm).
+Then the corpora the server builds while the page waits: "My analyses" and "Analysed here"."""
 
 from __future__ import annotations
 
@@ -56,7 +57,7 @@ def atlas_server(tmp_path_factory):
     )
     assert done.returncode == 0, done.stderr
     corpus_id = done.stdout.split("(corpus ")[1][:16]
-    with running_server(cache, folder / "server.log") as url:
+    with running_server(cache, folder / "server.log", {"ATLAS_ANALYSED_TEXTS": "500"}) as url:  # "Analysed here" on
         yield url, corpus_id
 
 
@@ -151,3 +152,54 @@ def test_the_prompts_analysed_here_are_computed_while_the_page_waits(page, atlas
     page.wait_for_function("() => /^[0-9a-f]{16}$/.test(new URLSearchParams(location.search).get('corpus'))")
     corpus = parse_qs(urlparse(page.url).query)["corpus"][0]
     assert text in decode_strings(fetch_json(f"{url}/api/atlas/minilm?corpus={corpus}")["texts"])
+
+
+MINE = (
+    "Three owls watched the farmer plough the field.",
+    "The river froze early that winter, so the boats stayed home.",
+    "Tom lent Sara his bicycle because hers was broken.",
+)
+
+
+def test_my_analyses_are_computed_while_the_page_waits_and_the_link_opens_them_anywhere(page, atlas_server, browser):
+    """ "My analyses": the page remembers the prompts it analysed; choosing the corpus sends their
+    keys, the server builds their atlas in the background while the page shows its progress, then
+    the tiles, with what it left out (a key it no longer has); the link names the corpus by its id
+    and opens the same picture in a fresh browser that analysed nothing."""
+    url, _ = atlas_server
+    page.goto(f"{url}/?{urlencode({'model': 'minilm', 'text': MINE[0]})}")
+    wait_ready(page)
+    for text in MINE[1:]:
+        page.fill("#prompt", text)
+        page.click("#analyze")
+        page.wait_for_function("(text) => new URLSearchParams(location.search).get('text') === text", arg=text)
+        wait_ready(page)
+    page.evaluate(  # an analysis this browser ran that the server has since dropped
+        """() => {
+          const all = JSON.parse(localStorage.getItem("attention-atlas.my-analyses"));
+          all.minilm.unshift("0".repeat(64));
+          localStorage.setItem("attention-atlas.my-analyses", JSON.stringify(all));
+        }"""
+    )
+    page.click("[role=tab][data-view=global]")
+    page.click("[data-control=corpus] [data-value=mine]")
+    page.wait_for_selector("[data-testid=global-computing]:not([hidden]) progress")
+    computing = page.inner_text("[data-testid=global-computing]")
+    assert "global view of minilm on your analyses (1 left out: 1 no longer on the server)" in computing, computing
+    page.wait_for_selector("[data-testid=global-tiles][data-tiles]", timeout=120_000)
+    assert min(page.evaluate(TILE_INK)) > 5
+    assert page.get_attribute("[data-control=corpus] [data-value=mine]", "aria-pressed") == "true"
+    legend = page.inner_text("[data-testid=global-legend]")
+    assert legend.startswith("minilm on your analyses (1 left out: 1 no longer on the server): 3 texts"), legend
+    corpus = parse_qs(urlparse(page.url).query)["corpus"][0]
+    assert decode_strings(fetch_json(f"{url}/api/atlas/minilm?corpus={corpus}")["texts"]) == sorted(MINE)
+
+    fresh = browser.new_context(viewport=VIEWPORT).new_page()
+    try:
+        fresh.goto(page.url)
+        wait_ready(fresh)
+        fresh.wait_for_selector("[data-testid=global-tiles][data-tiles]")
+        assert min(fresh.evaluate(TILE_INK)) > 5
+        assert fresh.inner_text("[data-testid=global-legend]").startswith("minilm on your analyses: 3 texts")
+    finally:
+        fresh.context.close()

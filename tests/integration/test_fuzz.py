@@ -142,8 +142,8 @@ def valid_values(name: str, spec: Field, key: str):
         return st.sampled_from(spec.choices)
     if spec.kind is bool:
         return st.booleans()
-    if spec.kind is list:
-        return st.lists(st.integers(-2, 8), max_size=3)
+    if spec.kind is list:  # indices, or analysis keys (the global view's own analyses)
+        return st.lists(st.sampled_from([key, "f" * 64]) if spec.item is str else st.integers(-2, 8), max_size=3)
     if spec.kind in (int, float):
         low = int(spec.minimum or 0)
         high = int(spec.maximum) if spec.maximum is not None else low + 40

@@ -1,12 +1,15 @@
 """The global view through its transports: ``python -m app atlas`` (progress, then a second run
 that computes nothing), and the ``atlas`` / ``atlas_head`` requests over Socket.IO and HTTP,
-which carry binary float16 points one head at a time; the prompts analysed here as a corpus,
-computed in the background; UMAP by its properties."""
+which carry binary float16 points one head at a time; a page's own analyses (``atlas_corpus``)
+and the prompts analysed here as corpora, computed in the background; UMAP by its properties."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -19,7 +22,7 @@ import pytest
 from app.globalview import atlas, embedding
 from app.globalview.corpus import Corpus, builtin_corpus, read_corpus
 from app.protocol import NAMESPACE, AtlasError
-from tests.integration.conftest import collect, live_server
+from tests.integration.conftest import collect, live_server, release_port
 from tests.wire import decode_array, decode_strings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -41,8 +44,11 @@ def write_corpus(folder: Path) -> Path:
     return path
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "app", *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    environment = {**os.environ, **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "app", *args], cwd=ROOT, capture_output=True, text=True, timeout=300, env=environment
+    )
 
 
 @pytest.mark.real_model
@@ -140,8 +146,12 @@ def test_bad_requests_get_clear_errors(client, built):
     assert client.get("/api/atlas/nope").get_json()["code"] == "unknown_model"
 
 
-def test_a_server_that_lists_no_analysed_prompts_says_so(client, service, monkeypatch):
-    monkeypatch.setattr(service.analysed, "max_texts", 0)  # as ATLAS_ANALYSED_TEXTS=0 sets it
+def test_a_server_lists_no_analysed_prompts_unless_its_operator_says_so(client, service):
+    """Every user would see every other's prompts: off by default (ATLAS_ANALYSED_TEXTS=0)."""
+    assert (
+        service.config["ANALYSED_TEXTS"] == 0
+        and client.get("/api/settings").get_json()["limits"]["analysed_texts"] == 0
+    )
     answer = client.get("/api/atlas/minilm?corpus=analysed")
     assert answer.status_code == 403 and "ATLAS_ANALYSED_TEXTS=0" in answer.get_json()["message"]
 
@@ -187,6 +197,7 @@ def test_the_server_computes_the_prompts_analysed_here_in_the_background(client,
     """The page asks for the atlas of the prompts analysed here: the server builds it in the
     background from their cached analyses (model work only for one no longer cached) and
     answers how far it has come until it is there; its id (a share link's) opens the same."""
+    monkeypatch.setattr(service.analysed, "max_texts", 500)  # as ATLAS_ANALYSED_TEXTS=500 sets it
     mine = ("The orchestra tuned up before the concert.", "A heron stood still in the shallow river.")
     for text in mine:
         assert client.post("/api/analyze", json={"model": "minilm", "text": text}).status_code == 200
@@ -212,13 +223,16 @@ def test_the_server_computes_the_prompts_analysed_here_in_the_background(client,
 
 @pytest.mark.real_model
 def test_atlas_command_builds_the_prompts_analysed_here(tmp_path):
-    cache = ("--cache-dir", str(tmp_path / "cache"))
-    nothing = run_cli(*cache, "atlas", "--model", "minilm", "--analysed")
+    cache, listed = ("--cache-dir", str(tmp_path / "cache")), {"ATLAS_ANALYSED_TEXTS": "500"}
+    off = run_cli(*cache, "atlas", "--model", "minilm", "--analysed")
+    assert off.returncode == 2 and "ATLAS_ANALYSED_TEXTS=0" in off.stderr
+    nothing = run_cli(*cache, "atlas", "--model", "minilm", "--analysed", env=listed)
     assert nothing.returncode == 2 and "no prompt has been analysed with minilm" in nothing.stderr
     text = "Bees dance to tell each other where the flowers are."
-    captured = run_cli(*cache, "capture", "--model", "minilm", "--text", text, "--out", str(tmp_path / "a.npz"))
+    out = str(tmp_path / "a.npz")
+    captured = run_cli(*cache, "capture", "--model", "minilm", "--text", text, "--out", out, env=listed)
     assert captured.returncode == 0, captured.stderr
-    built = run_cli(*cache, "atlas", "--model", "minilm", "--analysed")
+    built = run_cli(*cache, "atlas", "--model", "minilm", "--analysed", env=listed)
     assert built.returncode == 0, built.stderr
     assert "1/1" in built.stderr and f"(corpus {Corpus('analysed', (text,)).id}): 1 texts" in built.stdout
     assert "loaded minilm" not in built.stderr  # its one text came from the cache
@@ -262,3 +276,113 @@ def test_a_failed_background_build_is_told_once_then_tried_again(service):
             time.sleep(0.1)
     assert failed.value.code == "bad_request" and "could read none" in failed.value.message
     assert service.atlas_builds.ask(service, "minilm", corpus).corpus == corpus  # asked again: built again
+
+
+MY_TEXTS = (
+    "The lighthouse keeper counted the ships.",
+    "Rain fell on the tin roof all night.",
+    "She said that she would call him tomorrow.",
+)
+
+
+def analyse(client, text: str, model: str = "minilm") -> str:
+    answer = client.post("/api/analyze", json={"model": model, "text": text})
+    assert answer.status_code == 200, answer.get_json()
+    return answer.get_json()["key"]
+
+
+@pytest.mark.real_model
+def test_my_analyses_are_an_atlas_of_exactly_those_records(client, service, test_model, monkeypatch):
+    """ "My analyses": the page names the analyses it ran by their keys; the server builds, in the
+    background, the atlas of exactly those cached records (no forward pass), names it by the set
+    (order and repeats do not matter) and counts what it left out: a key not cached, another
+    model's analysis, a text longer than a corpus line. The id then opens it for anyone."""
+    keys = [analyse(client, text) for text in MY_TEXTS]
+    test_model("other-bert")
+    other = analyse(client, "A prompt analysed with another model.", "other-bert")
+    long = analyse(client, "Many words " * 200)  # 2,200 characters: not a corpus line
+    model_work = []
+    real = service.model_work
+    monkeypatch.setattr(service, "model_work", lambda *args, **kw: model_work.append(1) or real(*args, **kw))
+
+    named = [*keys[::-1], other, long, "0" * 64, keys[0]]
+    first = client.post("/api/atlas/minilm/corpus", json={"keys": named}).get_json()
+    corpus = Corpus("mine", tuple(sorted(MY_TEXTS)))
+    assert (first["corpus"], first["corpus_name"], first["texts"]) == (corpus.id, "mine", 3), first
+    assert first["skipped"] == {"not_cached": 1, "other_model": 1, "too_long": 1}
+    assert first["computing"]["total"] == 3  # its build has started
+    again = client.post("/api/atlas/minilm/corpus", json={"keys": keys}).get_json()
+    assert again["corpus"] == corpus.id and again["skipped"] == {"not_cached": 0, "other_model": 0, "too_long": 0}
+
+    done = ask_until_computed(client, f"/api/atlas/minilm?corpus={corpus.id}")[-1]
+    assert "computing" not in done and done["corpus_name"] == "mine"
+    assert decode_strings(done["texts"]) == sorted(MY_TEXTS)
+    records = [service.cache.get(keys[MY_TEXTS.index(text)]) for text in sorted(MY_TEXTS)]
+    assert decode_strings(done["tokens"]) == [token for record in records for token in record.tokens]
+    stored = atlas.open_atlas(service, "minilm", corpus.id).entry("atlas:layer:4")
+    expected = np.concatenate([record.queries[4] for record in records], axis=1).astype(np.float16)  # [H, T, d]
+    np.testing.assert_array_equal(stored["queries"], expected)
+    assert not model_work  # read from the cache, not the model
+    head = client.get(f"/api/atlas/minilm/4/3?corpus={corpus.id}").get_json()
+    assert decode_array(head["points"]).shape == (2 * expected.shape[1], 2)
+
+
+@pytest.mark.parametrize(
+    ("keys", "status", "says"),
+    [
+        ("0" * 64, 400, "'keys' must be of type list"),
+        (["not-a-key"], 400, "'keys' item 0 is not the 64-character key of an analysis"),
+        (["0" * 64, "F" * 64], 400, "'keys' item 1 is not"),
+        ([7], 400, "'keys' must be a list of at most 100 strings"),
+        (["0" * 64] * 101, 400, "'keys' must be a list of at most 100 strings"),
+        (["0" * 64], 404, "none of these analyses of minilm is in the server's cache"),
+    ],
+)
+def test_my_analyses_refuse_bad_keys_clearly(client, keys, status, says):
+    answer = client.post("/api/atlas/minilm/corpus", json={"keys": keys})
+    assert answer.status_code == status and says in answer.get_json()["message"], answer.get_json()
+
+
+def test_my_analyses_over_the_socket_and_the_published_limit(socket_client, client):
+    assert client.get("/api/settings").get_json()["limits"]["my_analyses_max_keys"] == 100
+    socket_client.emit("atlas_corpus", {"rid": 7, "model": "minilm", "keys": ["nope"]}, namespace=NAMESPACE)
+    (error,) = [e for e in collect(socket_client, until=("error",), rid=7) if e["name"] == "error"]
+    assert error["code"] == "bad_request" and "item 0" in error["message"]
+
+
+@pytest.mark.real_model
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed")
+def test_web_processes_sharing_redis_build_an_atlas_once_and_show_its_progress(tmp_path):
+    """Scale-out: two web processes over one Redis. The built-in corpus asked on A is built there;
+    B, asked for it meanwhile by name or by its id (a share link), answers A's progress and builds
+    nothing (it never even loads the model); once there, B serves it from the shared store."""
+    from tests.integration.test_scaleout import RedisServer, web
+
+    redis = RedisServer(tmp_path)
+    redis.start()
+    try:
+        with contextlib.ExitStack() as stack:
+            a, b = web(stack, tmp_path / "a", redis.url), web(stack, tmp_path / "b", redis.url)
+            started = fetch_json(f"{a}/api/atlas/minilm")
+            total = len(builtin_corpus().texts)
+            assert started["computing"]["total"] == total, started
+            answers = [
+                fetch_json(f"{b}/api/atlas/minilm"),
+                fetch_json(f"{b}/api/atlas/minilm?corpus={started['corpus']}"),
+            ]
+            assert all(answer["computing"]["total"] == total for answer in answers), answers
+            deadline = time.monotonic() + 300
+            while "computing" in answers[-1] and time.monotonic() < deadline:
+                time.sleep(0.5)
+                answers.append(fetch_json(f"{b}/api/atlas/minilm?corpus={started['corpus']}"))
+            done = [answer["computing"]["done"] for answer in answers[:-1]]
+            assert done == sorted(done) and done[-1] > 0, done  # A's progress, heard on B
+            assert len(decode_strings(answers[-1]["texts"])) == total
+            head = fetch_json(f"{b}/api/atlas/minilm/3/4?corpus={started['corpus']}")
+            assert decode_array(head["points"]).shape[1] == 2
+        (log_a,), (log_b,) = tmp_path.glob("a.*.log"), tmp_path.glob("b.*.log")
+        assert log_a.read_text().count("atlas of minilm on builtin: computed") == 1
+        assert "atlas of minilm" not in log_b.read_text() and "loaded minilm" not in log_b.read_text()
+    finally:
+        redis.stop()
+        release_port(redis.port)

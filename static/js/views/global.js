@@ -5,16 +5,21 @@
 // pan (drag), hover for the token in its text, a search that highlights a token's points, a click
 // that draws lines from that token's query to the keys it attends to most in its own text, and a
 // button that opens that text at that token in the head view.
-// The corpus is the built-in one or the prompts analysed on this server with the model; an atlas
+// The corpus is the built-in one, the prompts this browser analysed with the model ("My
+// analyses": the page sends their keys, `atlas_corpus`, and goes on by the corpus id the server
+// answers), or, where the operator turns it on, every prompt analysed on this server; an atlas
 // not computed yet is computed by the server in the background, and the view shows how far it has
 // come, asking again every POLL_MS until it is there.
-// Data: the `atlas` answer (the corpus's tokens and every tile) and `atlas_head` (one head).
+// Data: `atlas_corpus` (a corpus of my analyses), the `atlas` answer (the corpus's tokens and
+// every tile) and `atlas_head` (one head).
 import { contentWidth, displayToken, hideTooltip, pointerIn, prepareCanvas, showTooltip, theme } from "../draw.js";
 import { drawGrid, gridCellAt, gridLayout } from "../headgrid.js";
 import { SEQUENTIAL, lutColour, unitIndex } from "../palette.js";
+import { myAnalyses } from "../myanalyses.js";
 import { decodeStrings } from "../protocol.js";
+import { limits } from "../settings.js";
 import { detailFor, detailId, dropDetail, putDetail, setView } from "../store.js";
-import { arrived, h, layerHeadSelects, segmented, statusLine } from "../ui.js";
+import { arrived, h, layerHeadSelects, notice, segmented, statusLine } from "../ui.js";
 
 const QUERY_COLOUR = "#0072B2"; // Okabe-Ito blue
 const KEY_COLOUR = "#D55E00"; // Okabe-Ito vermilion
@@ -35,14 +40,20 @@ const LINE_WIDTH = 6; // px of a line to a key with all of the attention
 const DRAG_PX = 4; // a press that moves less than this is a click
 const POLL_MS = 1500; // ms between two asks while the server computes the atlas
 const PROGRESS_WIDTH = "min(100%, 32rem)"; // of the bar while it does
-const CORPUS_NAMES = { builtin: "the built-in corpus", analysed: "the prompts analysed on this server" };
+const CORPUS_NAMES = { builtin: "the built-in corpus", analysed: "the prompts analysed on this server", mine: "your analyses" };
+const SKIPPED = { not_cached: "no longer on the server", other_model: "of another model or run", too_long: "too long for a corpus" };
 
 let ui = null;
 const corpora = new WeakMap(); // atlas payload -> its corpus, decoded once
 const polled = new WeakSet(); // `computing` answers whose next ask is scheduled
+const named = new Map(); // corpus id -> the `atlas_corpus` answer that named it (what it left out)
 
 export function need(state) {
   if (!state.analysis) return null;
+  if (state.corpus === "mine") {
+    const keys = myAnalyses(state.analysis.model);
+    return keys.length ? [{ event: "atlas_corpus", fields: { model: state.analysis.model, keys } }] : [];
+  }
   const fields = { model: state.analysis.model, corpus: state.corpus ?? "builtin" };
   const atlas = { event: "atlas", fields };
   if (state.focus !== "head") return [atlas];
@@ -104,7 +115,9 @@ function inContext(corpus, token) {
 function mount(el) {
   const corpusChoice = segmented("Corpus", "corpus", [
     { value: "builtin", text: "Built-in", title: "varied English sentences and short passages shipped with the app" },
-    { value: "analysed", text: "Analysed here", title: "the prompts analysed with this model on this server (the most recent ones), as they are now" },
+    { value: "mine", text: "My analyses", title: `the prompts you analysed with this model in this browser (the latest ${limits.my_analyses_max_keys}), as they are now` },
+    ...(limits.analysed_texts ? [{ value: "analysed", text: "Analysed here",
+      title: "every user's prompts analysed with this model on this server (the most recent ones), as they are now" }] : []),
   ], (value) => setView({ corpus: value === "builtin" ? null : value, focus: null }));
   const computing = h("div", { className: "global-computing", "data-testid": "global-computing", hidden: true }, [
     h("p", { className: "view-info" }), h("progress", { max: 1, value: 0 })]);
@@ -364,7 +377,7 @@ function showHead(state, atlas, corpus, entry) {
 /** The server is computing this atlas: how far it has come, and the next ask in POLL_MS. */
 function showComputing(payload, request) {
   const { state, done, total } = payload.computing;
-  const where = CORPUS_NAMES[payload.corpus_name] ?? `corpus ${payload.corpus_name}`;
+  const where = (CORPUS_NAMES[payload.corpus_name] ?? `corpus ${payload.corpus_name}`) + leftOut(payload.corpus);
   ui.computing.hidden = false;
   ui.computing.firstChild.textContent = state === "waiting"
     ? `The server will compute the global view of ${payload.model} on ${where} after the one it is computing now…`
@@ -383,11 +396,41 @@ function showComputing(payload, request) {
  * picture however many prompts follow. */
 function syncCorpus(state, atlas, request) {
   const name = atlas?.corpus_name ?? state.corpus ?? "builtin";
-  ui.corpusChoice.sync(name === "builtin" || name === "analysed" ? name : null);
+  ui.corpusChoice.sync(name in CORPUS_NAMES ? name : null);
   if (atlas && !atlas.computing && state.corpus === "analysed") {
     putDetail(detailId({ ...request, fields: { ...request.fields, corpus: atlas.corpus } }), detailFor(state, request));
     queueMicrotask(() => setView({ corpus: atlas.corpus }, { history: "replace" }));
   }
+}
+
+/** "My analyses": none yet, or waiting for the server to name their corpus (then the view goes
+ * on by that id, and the link with it). True while there is no atlas to ask for. */
+function choosingMine(state) {
+  if (state.corpus !== "mine") return false;
+  ui.corpusChoice.sync("mine");
+  ui.computing.hidden = true;
+  ui.matrixPart.hidden = ui.headPart.hidden = true;
+  ui.legend.textContent = "";
+  const [request] = need(state);
+  if (!request) {
+    notice(ui.body, `No prompt analysed with ${state.analysis.model} in this browser yet: analyse one or two, then choose My analyses again.`);
+    return true;
+  }
+  const answer = arrived(ui.body, detailFor(state, request), "Finding your analyses on the server…");
+  if (answer) {
+    named.set(answer.corpus, answer);
+    const byId = { ...state, corpus: answer.corpus };
+    if (answer.computing) putDetail(detailId(need(byId)[0]), { status: "ready", payload: answer }); // its progress, asked again in POLL_MS
+    queueMicrotask(() => setView({ corpus: answer.corpus }, { history: "replace" }));
+  }
+  return true;
+}
+
+/** " (2 left out: 1 no longer on the server, 1 too long for a corpus)" for a corpus of my analyses. */
+function leftOut(corpusId) {
+  const skipped = Object.entries(named.get(corpusId)?.skipped ?? {}).filter(([, count]) => count);
+  const total = skipped.reduce((sum, [, count]) => sum + count, 0);
+  return total ? ` (${total} left out: ${skipped.map(([why, count]) => `${count} ${SKIPPED[why]}`).join(", ")})` : "";
 }
 
 export function render(state, el) {
@@ -395,6 +438,7 @@ export function render(state, el) {
   ui.state = state;
   ui.colour.sync(state.colour ?? "qk");
   if (document.activeElement !== ui.search) ui.search.value = state.search ?? "";
+  if (choosingMine(state)) return;
   const [atlasRequest, headRequest] = need(state) ?? [];
   const answer = arrived(ui.body, detailFor(state, atlasRequest), "Loading the global view of this model…");
   syncCorpus(state, answer, atlasRequest);
@@ -411,7 +455,7 @@ export function render(state, el) {
   ui.atlas = atlas;
   ui.corpus = corpus;
   const found = matches(corpus, state.search);
-  ui.legend.textContent = `${atlas.model} on ${CORPUS_NAMES[atlas.corpus_name] ?? `corpus ${atlas.corpus_name}`}: `
+  ui.legend.textContent = `${atlas.model} on ${CORPUS_NAMES[atlas.corpus_name] ?? `corpus ${atlas.corpus_name}`}${leftOut(atlas.corpus)}: `
     + `${corpus.texts.length} texts, ${corpus.count} tokens. Each head's queries and keys, scaled to comparable norms and `
     + `centred together (AttentionViz), then projected to 2-D`
     + (state.focus === "head" ? "." : `; each tile shows ${atlas.sample.data.length} tokens by PCA. Click a head to open it.`)

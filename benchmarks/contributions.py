@@ -9,12 +9,10 @@ in the same run, with the machine's load (these run on shared 2-core machines); 
 
 from __future__ import annotations
 
-import argparse
 import os
-import tempfile
 import time
 
-from benchmarks.machine import describe_machine
+from benchmarks.machine import describe_machine, loaded_model, model_arguments
 from benchmarks.prompts import exact_prompt
 
 
@@ -30,23 +28,17 @@ def cell(limit: int, size: int, work, *args) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="smollm2")
-    parser.add_argument("--sizes", default="32,64,96,128")
+    parser = model_arguments(__doc__.splitlines()[0], "32,64,96,128", "atlas-bench-contributions")
     parser.add_argument("--layer", type=int, default=2, help="the layer of the feed-forward maps")
-    parser.add_argument("--cache-dir", default=os.path.join(tempfile.gettempdir(), "atlas-bench-contributions"))
     args = parser.parse_args()
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    service, handle = loaded_model(args)
 
     import torch
 
-    from app import create_app
     from models.feedforward import FF_MAX_TOKENS, feed_forward_mixing
     from models.information_flow import ROUTES_MAX_TOKENS, route_importances
     from models.mixing import MIXING_MAX_TOKENS, context_mixing
 
-    service = create_app({"CACHE_DIR": args.cache_dir}).extensions["atlas"]
-    handle = service.loader.get(args.model)
     print(f"{args.model}; {describe_machine().get('cpu')}; load {os.getloadavg()[0]:.1f}")
     print("tokens  bare pass    mixing  FF layer    routes  (seconds; '-' above the limit)")
     for size in (int(part) for part in args.sizes.split(",")):

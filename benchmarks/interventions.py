@@ -8,12 +8,10 @@ limit. Prints seconds and ratios to the bare pass measured in the same run; a sc
 
 from __future__ import annotations
 
-import argparse
 import os
-import tempfile
 import time
 
-from benchmarks.machine import describe_machine
+from benchmarks.machine import describe_machine, loaded_model, model_arguments
 from benchmarks.prompts import exact_prompt
 
 
@@ -24,20 +22,13 @@ def timed(work, *args) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="smollm2")
-    parser.add_argument("--sizes", default="16,32,64")
-    parser.add_argument("--cache-dir", default=os.path.join(tempfile.gettempdir(), "atlas-bench-interventions"))
-    args = parser.parse_args()
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    args = model_arguments(__doc__.splitlines()[0], "16,32,64", "atlas-bench-interventions").parse_args()
+    service, handle = loaded_model(args)
 
-    from app import create_app
     from models.ablation import Ablation
     from models.interventions import ablation_effect, capture_ablated, next_token_logits, patch_heads
     from models.recorder import tokenize
 
-    service = create_app({"CACHE_DIR": args.cache_dir}).extensions["atlas"]
-    handle = service.loader.get(args.model)
     layers, heads = handle.describe()["layers"], handle.describe()["heads"]
     ablation = Ablation.of([layer * heads for layer in range(0, layers, 3)], "zero", layers, heads)
     machine = describe_machine()

@@ -9,12 +9,10 @@ matrix view's whole matrix, the token view). A script, not a test: prints second
 
 from __future__ import annotations
 
-import argparse
 import os
-import tempfile
 import time
 
-from benchmarks.machine import describe_machine
+from benchmarks.machine import describe_machine, loaded_model, model_arguments
 from benchmarks.prompts import exact_prompt
 
 
@@ -62,17 +60,8 @@ def measure(handle, config: dict, size: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="smollm2")
-    parser.add_argument("--sizes", default="1024,4096")
-    parser.add_argument("--cache-dir", default=os.path.join(tempfile.gettempdir(), "atlas-bench-layer-norms"))
-    args = parser.parse_args()
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-    from app import create_app
-
-    service = create_app({"CACHE_DIR": args.cache_dir}).extensions["atlas"]
-    handle = service.loader.get(args.model)
+    args = model_arguments(__doc__.splitlines()[0], "1024,4096", "atlas-bench-layer-norms").parse_args()
+    service, handle = loaded_model(args)
     print(f"{args.model}; {describe_machine().get('cpu')}; load {os.getloadavg()[0]:.1f}")
     for size in (int(part) for part in args.sizes.split(",")):
         measure(handle, service.config, size)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import subprocess
+import tempfile
 import time
 from importlib import metadata
 from pathlib import Path
@@ -113,3 +115,24 @@ def wait_for_quiet(max_wait: float) -> float:
         share = meter.other_share()
         if share < QUIET_SHARE or time.perf_counter() >= deadline:
             return share
+
+
+def model_arguments(description: str, sizes: str, cache_name: str) -> argparse.ArgumentParser:
+    """The options every in-process model benchmark takes: --model, --sizes (prompt lengths in
+    tokens) and --cache-dir (a results cache of its own, under the system's temporary folder)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--model", default="smollm2")
+    parser.add_argument("--sizes", default=sizes)
+    parser.add_argument("--cache-dir", default=os.path.join(tempfile.gettempdir(), cache_name))
+    return parser
+
+
+def loaded_model(args: argparse.Namespace):
+    """(service, handle): the app's service over ``args.cache_dir`` and ``args.model`` loaded by
+    it from local files only, as the server loads it."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+    from app import create_app
+
+    service = create_app({"CACHE_DIR": args.cache_dir}).extensions["atlas"]
+    return service, service.loader.get(args.model)

@@ -356,13 +356,13 @@ class HostileProcess:
     process its thread would hold the GIL while its sockets decode thousands of answers, and the
     honest clients' latencies would measure the load generator, not the server."""
 
-    def __init__(self, url: str, seconds: float, honest_key: str):
+    def __init__(self, url: str, seconds: float, honest_key: str, niceness: int = 0):
         import multiprocessing
 
         context = multiprocessing.get_context("spawn")  # this process already runs threads
         self.answers = context.Queue()
         self.process = context.Process(
-            target=run_hostile, args=(url, seconds, honest_key, self.answers), name="hostile", daemon=True
+            target=run_hostile, args=(url, seconds, honest_key, self.answers, niceness), name="hostile", daemon=True
         )
 
     def start(self) -> None:
@@ -377,8 +377,11 @@ class HostileProcess:
             self.process.join(5)
 
 
-def run_hostile(url: str, seconds: float, honest_key: str, answers) -> None:
-    """The attacker process: attack for ``seconds``, then report what it was answered."""
+def run_hostile(url: str, seconds: float, honest_key: str, answers, niceness: int = 0) -> None:
+    """The attacker process: attack for ``seconds``, then report what it was answered.
+    ``niceness`` lowers its CPU priority, standing in for an attacker on a machine of its own
+    (on one small machine its client work otherwise takes the cores the server needs)."""
+    os.nice(niceness)
     hostile = Hostile(url, time.monotonic() + seconds, honest_key)
     hostile.run()
     answers.put(dict(hostile.answers))
@@ -674,6 +677,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--idle", type=int, default=0, help="idle sockets held open besides the clients")
     parser.add_argument("--hostile", action="store_true", help="add one attacker mixing the abuse patterns")
+    parser.add_argument(
+        "--hostile-nice", type=int, default=0, help="the attacker's niceness (19: as if its CPU were another machine's)"
+    )
     parser.add_argument("--web", type=int, default=1, help="web processes sharing one redis-server (scale-out)")
     parser.add_argument("--workers", type=int, default=0, help="model workers; the web processes then load no model")
     parser.add_argument("--followers", type=int, default=0, help="lecture hall: followers of one presenter instead")
@@ -707,7 +713,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     deadline = started + args.duration
     students = [Student(i, url, deadline, args, fingerprint) for i in range(args.clients)]
-    hostile = HostileProcess(url, args.duration, analysed_key(url, SHARED_PROMPTS[0])) if args.hostile else None
+    key = analysed_key(url, SHARED_PROMPTS[0]) if args.hostile else ""
+    hostile = HostileProcess(url, args.duration, key, args.hostile_nice) if args.hostile else None
     hostile_answers = None
     try:
         for student in students:

@@ -105,24 +105,16 @@ def _fused_layers(capture: Capture, fusion: str) -> Iterator[np.ndarray]:
     second where numpy, head by head, took several."""
     import torch  # here, not at start-up: serving cached results never waits for it
 
-    from models.blocks import MaskSpans, record_source
+    from models.blocks import record_sources, row_blocks
 
     if fusion not in rollout.FUSERS:
         raise ValueError(f"how must be one of {sorted(rollout.FUSERS)}, got {fusion!r}")
     layers, n = rollout_scope(capture)
     fuse = {"mean": torch.mean, "max": torch.amax, "min": torch.amin}[fusion]
-    spans: dict[int, MaskSpans] = {}  # the layers of a record share a few masks
-    for layer in layers:
-        index = int(capture.mask_index[layer])
-        if index not in spans:
-            spans[index] = MaskSpans.of(torch.from_numpy(capture.masks[index][:n, :n]))
-        source = record_source(capture, layer, spans[index], n)
+    for source, spans in record_sources(capture, layers, n):
         fused = torch.zeros((n, n))
-        for r0 in range(0, n, FUSED_ROWS):
-            r1 = min(n, r0 + FUSED_ROWS)
-            c0, c1, _, _ = spans[index].columns(r0, r1)
-            if c1 > c0:
-                fused[r0:r1, c0:c1] = fuse(source.block(r0, r1, c0, c1).p, dim=0)
+        for r0, r1, c0, c1 in row_blocks(spans, FUSED_ROWS):
+            fused[r0:r1, c0:c1] = fuse(source.block(r0, r1, c0, c1).p, dim=0)
         yield fused.numpy()
 
 

@@ -128,17 +128,12 @@ def _pooled_norm_maps(capture: Capture, mode: str, side: int) -> np.ndarray:
     4096 tokens."""
     import torch  # here, not at start-up: serving cached results never waits for it
 
-    from models.blocks import MaskSpans, pooled_maps, record_source
+    from models.blocks import pooled_maps, record_sources
 
-    spans: dict[int, MaskSpans] = {}
     pooled = []
-    for layer in range(capture.n_layers):
-        index = int(capture.mask_index[layer])
-        if index not in spans:
-            spans[index] = MaskSpans.of(torch.from_numpy(capture.masks[index]))
+    for layer, (source, spans) in enumerate(record_sources(capture, range(capture.n_layers))):
         weigh = _norm_weigher(torch, capture, layer, mode)
-        source = record_source(capture, layer, spans[index])
-        pooled.append(pooled_maps(source, spans[index], heads=capture.n_heads, thumb=side, weigh=weigh).numpy())
+        pooled.append(pooled_maps(source, spans, heads=capture.n_heads, thumb=side, weigh=weigh).numpy())
     return np.stack(pooled)
 
 

@@ -27,12 +27,19 @@ MODEL_ENVIRONMENT = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_NO_ADVISORY_WARNINGS":
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
-def prepare_process() -> None:
-    """Set the model environment (values already in the environment win), large allocations
-    that go back to the kernel when freed (app.cache.map_large_blocks), and log INFO to stderr."""
+def prepare_models() -> None:
+    """Set the model environment (values already in the environment win) and large allocations
+    that go back to the kernel when freed (app.cache.map_large_blocks): what a process that runs
+    models needs before it imports them (the entry points, and the benchmarks, which must
+    measure what the server does)."""
     for name, value in MODEL_ENVIRONMENT.items():
         os.environ.setdefault(name, value)
     map_large_blocks()
+
+
+def prepare_process() -> None:
+    """:func:`prepare_models`, and log INFO to stderr."""
+    prepare_models()
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
 
 

@@ -24,12 +24,9 @@ if not __package__:  # run as a file: python benchmarks/capture.py
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     __package__ = "benchmarks"
 
-from app.cache import map_large_blocks  # noqa: E402
-from app.wsgi import MODEL_ENVIRONMENT  # noqa: E402  (the server's environment, before torch loads)
+from app.wsgi import prepare_models  # noqa: E402
 
-for _name, _value in MODEL_ENVIRONMENT.items():
-    os.environ.setdefault(_name, _value)
-map_large_blocks()  # as the server's entry points do
+prepare_models()  # as the server's entry points do, before torch loads
 
 DEFAULT_SIZES = "128,1024,4096"
 MARK = "capture-benchmark"  # the docs block this script owns, between <!-- MARK:label --> lines

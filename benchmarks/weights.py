@@ -7,19 +7,15 @@ Like models/, this module imports torch and transformers; the benchmark's other 
 from __future__ import annotations
 
 import gc
-import os
 import time
 from pathlib import Path
 
-from app.cache import map_large_blocks  # noqa: E402
-from app.wsgi import MODEL_ENVIRONMENT  # noqa: E402
+from app.wsgi import prepare_models  # noqa: E402
 
 # Only benchmark processes import this module (run.py and bertviz_html.py's worker); like the
 # server's entry points (app.wsgi.prepare_process) they read local weights only, and torch runs
 # as it does in the server, so the bare forward pass and the server's capture compare fairly.
-for _name, _value in MODEL_ENVIRONMENT.items():
-    os.environ.setdefault(_name, _value)
-map_large_blocks()  # as the server's entry points do
+prepare_models()  # as the server's entry points do, before torch loads
 
 import torch  # noqa: E402
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer  # noqa: E402

@@ -18,7 +18,7 @@ place instead of a copy padded to the full width.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -155,6 +155,17 @@ class LayerSummary:
     attention: torch.Tensor | None  # [H, N, N] only when the record keeps it
 
 
+def row_blocks(spans: MaskSpans, rows: int) -> Iterator[tuple[int, int, int, int]]:
+    """(r0, r1, c0, c1) of each block of ``rows`` query rows and the keys they may see; blocks
+    whose rows may see nothing (another segment's rows) are left out."""
+    n = spans.allowed.shape[-2]
+    for r0 in range(0, n, rows):
+        r1 = min(n, r0 + rows)
+        c0, c1, _, _ = spans.columns(r0, r1)
+        if c1 > c0:
+            yield r0, r1, c0, c1
+
+
 def block_rows(heads: int, n_tokens: int) -> int:
     """Query rows per block: about ``BLOCK_CELLS`` cells per head (small blocks skip more of a
     causal mask and stay in the cache), never more than ``BLOCK_BYTES`` of float32."""
@@ -203,12 +214,7 @@ def summarize_layer(
     received = torch.zeros(n, device=device)
     stats = _PrefixStats(heads, stats_tokens, causal, device)
     attention = torch.zeros((heads, n, n), dtype=keep, device=device) if keep is not None else None
-    step = block_rows(heads, n)
-    for r0 in range(0, n, step):
-        r1 = min(n, r0 + step)
-        c0, c1, _, _ = spans.columns(r0, r1)
-        if c1 <= c0:
-            continue  # no row of this block may attend anywhere (another segment's rows)
+    for r0, r1, c0, c1 in row_blocks(spans, block_rows(heads, n)):
         block = source.block(r0, r1, c0, c1)
         columns = block.p.sum(dim=1)  # [H, c]
         received[c0:c1] += columns.sum(dim=0)
@@ -233,11 +239,7 @@ def pooled_maps(
     n = spans.allowed.shape[-1]
     bins = _Bins(n, thumb)
     pooled: torch.Tensor | None = None  # [M, t, N]
-    for r0 in range(0, n, block_rows(heads, n)):
-        r1 = min(n, r0 + block_rows(heads, n))
-        c0, c1, _, _ = spans.columns(r0, r1)
-        if c1 <= c0:
-            continue
+    for r0, r1, c0, c1 in row_blocks(spans, block_rows(heads, n)):
         maps = weigh(source.block(r0, r1, c0, c1), c0, c1)  # [M, r, c]
         if pooled is None:
             pooled = maps.new_zeros((maps.shape[0], thumb, n))
@@ -245,6 +247,20 @@ def pooled_maps(
     if pooled is None:
         return torch.zeros((heads, thumb, thumb), device=spans.allowed.device)
     return F.adaptive_max_pool1d(pooled.reshape(-1, n), thumb).view(-1, thumb, thumb)
+
+
+def record_sources(
+    capture: Capture, layers: Iterable[int], n: int | None = None
+) -> Iterator[tuple[LayerSource, MaskSpans]]:
+    """(source, spans) of each of ``layers`` of a stored record, over its first ``n`` tokens;
+    each distinct mask is read once, however many layers share it."""
+    n = capture.n_tokens if n is None else n
+    spans: dict[int, MaskSpans] = {}
+    for layer in layers:
+        index = int(capture.mask_index[layer])
+        if index not in spans:
+            spans[index] = MaskSpans.of(torch.from_numpy(capture.masks[index][:n, :n]))
+        yield record_source(capture, layer, spans[index], n), spans[index]
 
 
 def record_source(capture: Capture, layer: int, spans: MaskSpans, n: int | None = None) -> LayerSource:

@@ -61,17 +61,22 @@ def create_app(test_config: dict | None = None) -> Flask:
     app.register_blueprint(pages)
     app.register_blueprint(api)
     # The client manager is always passed: Flask-SocketIO keeps options between init_app calls,
-    # and a Redis manager left by an earlier app must not leak into this one.
+    # and a Redis manager left by an earlier app must not leak into this one. A connection's
+    # events are handled in order on its own reader thread (``async_handlers=False``): with a
+    # thread per event, one client flooding a few sockets made tens of thousands of threads
+    # that queued on the send lock and stopped the server for everyone. Work longer than a
+    # cached answer still leaves that thread (app/events.py), so a cancel is read at once.
     socketio.init_app(
         app,
         async_mode="threading",
+        async_handlers=False,
         max_http_buffer_size=app.config["MAX_MESSAGE_BYTES"],
         cors_allowed_origins=app.config["CORS_ALLOWED_ORIGINS"],
         message_queue=None,
         client_manager=client_manager(app.config["REDIS_URL"], SOCKETIO_CHANNEL),
     )
-    socketio.on_namespace(AtlasNamespace(dispatcher))
     sockets = app.extensions["atlas_sockets"] = Sockets(app.config)
+    socketio.on_namespace(AtlasNamespace(dispatcher, sockets))
     sockets.install(socketio.server)
     if app.config["PROXY_FIX_X_FOR"]:  # outside Socket.IO's middleware: sockets are counted per user address too
         from werkzeug.middleware.proxy_fix import ProxyFix

@@ -9,6 +9,8 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from typing import Generic, TypeVar
 
+from app.limits import turn_given_back
+
 Value = TypeVar("Value")
 
 
@@ -32,7 +34,8 @@ class SingleFlight(Generic[Value]):
             if leader:
                 future = self._calls[key] = Future()
         if not leader:
-            return future.result(), False
+            with turn_given_back():  # the leader may take seconds (a forward pass)
+                return future.result(), False
         try:
             value = compute()
             future.set_result(value)

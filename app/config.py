@@ -48,11 +48,17 @@ class Config:
     RATE_ANALYZE_BURST = 10  # analyze/generate requests a client may send back to back
     RATE_EVENTS_PER_SECOND = 40  # requests of any kind per client per second, burst of 2 s (0 = no limit)
     RATE_LINKS_PER_MINUTE = 20  # short links per client per minute, burst of 10 (0 = no limit)
+    RATE_CONNECTS_PER_MINUTE = 6  # new sockets per person per minute, burst of 2; per address times
+    # CLIENTS_PER_ADDRESS (0 = no limit)
+    ADDRESS_EVENTS_PER_PERSON = 2.0  # an address's requests per second refill at this times CLIENTS_PER_ADDRESS
     CLIENTS_PER_ADDRESS = 60  # people one address may stand for (a class behind one NAT): per-address limits
     # on sockets are the per-connection ones times this (docs/reliability.md)
     MAX_SOCKETS = 1100  # Socket.IO connections one process holds: each holds a thread, so the Procfile gives
     # gunicorn 150 threads more than this for pages and API calls
     MAX_SOCKETS_PER_ADDRESS = 120  # of those from one address (a class of 60 with two tabs each)
+    REFUSALS_BEFORE_CLOSING = 20  # refused requests (rate limits, busy) a connection may have in a row...
+    REFUSALS_PER_SECOND = 1.0  # ...plus this many a second; one more and the server closes it (0 = never)
+    TURNS_PER_ADDRESS = 2  # requests of one address handled at once; the rest wait (0 = no limit)
     MAX_LAYERS = 128  # attention layers of an uploaded record
     MAX_HEADS = 128  # query heads per layer of an uploaded record
     MAX_MODEL_HEADS = 4096  # layers x heads of an uploaded record (the head summary grows with its square)
@@ -96,6 +102,7 @@ POSITIVE = (
     "CLIENTS_PER_ADDRESS",
     "MAX_SOCKETS",
     "MAX_SOCKETS_PER_ADDRESS",
+    "REFUSALS_BEFORE_CLOSING",
     "MAX_LAYERS",
     "MAX_HEADS",
     "MAX_MODEL_HEADS",
@@ -112,7 +119,11 @@ NON_NEGATIVE = (
     "RATE_ANALYZE_BURST",
     "RATE_EVENTS_PER_SECOND",
     "RATE_LINKS_PER_MINUTE",
+    "RATE_CONNECTS_PER_MINUTE",
     "PROXY_FIX_X_FOR",
+    "TURNS_PER_ADDRESS",
+    "REFUSALS_PER_SECOND",
+    "ADDRESS_EVENTS_PER_PERSON",
 )
 
 

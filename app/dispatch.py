@@ -92,9 +92,16 @@ def rate_limits(config) -> dict[str, tuple[float, float]]:
 def address_limits(config) -> dict[str, tuple[float, float]]:
     """The limits of one address: a connection's times ``CLIENTS_PER_ADDRESS``, the people one
     address may stand for (a class behind one NAT), so many sockets from one machine get no more
-    than a class would, and a class is never limited as if it were one person."""
+    than a class would, and a class is never limited as if it were one person. Requests of any
+    kind refill at ``ADDRESS_EVENTS_PER_PERSON`` a person, not a connection's 40 a second: a
+    class may all open a page at once (the burst), but 60 people do not each click 40 times a
+    second for minutes, and a client whose sockets did was answered 400 times a second."""
     people = config["CLIENTS_PER_ADDRESS"]
-    return {kind: (rate * people, burst * people) for kind, (rate, burst) in rate_limits(config).items()}
+    limits_ = {kind: (rate * people, burst * people) for kind, (rate, burst) in rate_limits(config).items()}
+    events = config["ADDRESS_EVENTS_PER_PERSON"]
+    if events > 0 and limits_["event"][0] > 0:
+        limits_["event"] = (events * people, limits_["event"][1])
+    return limits_
 
 
 class Dispatcher:
@@ -105,6 +112,15 @@ class Dispatcher:
         self.address_limiter = limits.RateLimiter(lambda: address_limits(service.config))
         self.jobs = JobCount()
         self._cpu_queue = limits.JobQueue(1)
+        self._turns = limits.Turns(1, 1)
+
+    @property
+    def turns(self) -> limits.Turns:
+        """Requests one address has handled at once (:class:`app.limits.Turns`), from the
+        configuration on each use; as many may wait as the address may open sockets."""
+        config = self.service.config
+        self._turns.per_key, self._turns.max_waiting = config["TURNS_PER_ADDRESS"], config["MAX_SOCKETS_PER_ADDRESS"]
+        return self._turns
 
     @property
     def cpu_queue(self) -> limits.JobQueue:

@@ -9,6 +9,7 @@ import contextlib
 import logging
 import socket
 import threading
+import time
 from collections.abc import Callable
 
 import socketio as python_socketio
@@ -29,6 +30,10 @@ SOCKETIO_CHANNEL = "attention-atlas"  # the Redis pub/sub channel of Socket.IO m
 # from the pieces of another. Every send of this process takes this lock (encoding and queueing
 # only; nothing here waits on the network).
 _SENDING = threading.Lock()
+FLOODS_BEFORE_SUSPENSION = 5  # sockets of one address closed for flooding before it is suspended...
+SUSPENSION_SECONDS = 60  # ...from opening new ones for this long
+REFUSALS = ("rate_limited", "busy")  # answers that tell a client to wait: counted per connection
+CLOSED_FOR_REFUSALS = "this connection kept sending after being told to wait, so the server closed it; reload the page"
 
 
 class OrderedManager(python_socketio.Manager):
@@ -77,6 +82,10 @@ class Sockets:
 
     def __init__(self, config):
         self.config = config
+        self.connects = limits.RateLimiter(
+            lambda: {"connect": connect_limit(config), "closed": (1 / 60, FLOODS_BEFORE_SUSPENSION - 1)}
+        )
+        self._suspended: dict[str, float] = {}  # address -> until when it may not open sockets
         self._address: dict[str, str] = {}  # engine.io sid -> client address
         self._per_address: dict[str, int] = {}
         self._lock = threading.Lock()
@@ -113,12 +122,39 @@ class Sockets:
                 refusal = "the server holds as many connections as it can; try again in a minute"
             elif here >= self.config["MAX_SOCKETS_PER_ADDRESS"]:
                 refusal = f"too many connections ({here}) from this address; close some tabs and reload"
+            elif self._suspended.get(address, 0.0) > time.monotonic():
+                refusal = "connections from this address kept flooding the server; wait a minute and reload"
+            elif not self._may_connect(address):
+                refusal = "too many new connections from this address; wait a minute and reload"
             else:
                 self._address[eio_sid] = address
                 self._per_address[address] = here + 1
                 return None
         log.warning("refused a Socket.IO connection from %s: %s", address, refusal)
         return refusal
+
+    def closed_for_flooding(self, address: str) -> None:
+        """One of ``address``'s sockets was closed for flooding. After
+        :data:`FLOODS_BEFORE_SUSPENSION` in a row (one a minute is forgiven), the address may open
+        no new socket for :data:`SUSPENSION_SECONDS`: a client that reconnects to flood again
+        cost the server a handshake and a burst of refusals each time. Sockets already open stay
+        open, so the rest of a class behind that address keeps working."""
+        try:
+            self.connects.check(address, "closed")
+        except AtlasError:
+            with self._lock:
+                now = time.monotonic()
+                self._suspended = {key: until for key, until in self._suspended.items() if until > now}
+                if address not in self._suspended:
+                    log.warning("suspended new Socket.IO connections from %s for %d s", address, SUSPENSION_SECONDS)
+                self._suspended[address] = now + SUSPENSION_SECONDS
+
+    def _may_connect(self, address: str) -> bool:
+        try:
+            self.connects.check(address, "connect")
+        except AtlasError:
+            return False
+        return True
 
     def release(self, eio_sid: str) -> None:
         with self._lock:
@@ -133,20 +169,32 @@ class Sockets:
         return len(self._address)
 
 
+def connect_limit(config) -> tuple[float, float]:
+    """(new connections per second, burst) of one address: a person's reloads times the people
+    it may stand for, so a class may all connect at once but a client that is closed for
+    flooding cannot come straight back with new sockets."""
+    people, per_minute = config["CLIENTS_PER_ADDRESS"], config["RATE_CONNECTS_PER_MINUTE"]
+    return people * per_minute / 60.0, people * max(1.0, per_minute / 3)
+
+
 def client_manager(redis_url: str | None, channel: str):
     return OrderedRedisManager(redis_url, channel=channel) if redis_url else OrderedManager()
 
 
 class AtlasNamespace(Namespace):
-    def __init__(self, dispatcher: Dispatcher):
+    def __init__(self, dispatcher: Dispatcher, sockets: Sockets):
         super().__init__(NAMESPACE)
-        self.dispatcher = dispatcher
+        self.dispatcher, self.sockets = dispatcher, sockets
         self.rooms = presenter.RoomEvents(
             presenter.rooms_for(dispatcher.service.config), lambda: socketio.server, NAMESPACE
         )
         self._gone: dict[str, threading.Event] = {}  # sid -> set when that client disconnects
         self._stops: dict[tuple[str, object], threading.Event] = {}  # (sid, rid) -> set when cancelled
         self._lock = threading.Lock()
+        config = dispatcher.service.config
+        self.refusals = limits.RateLimiter(
+            lambda: {"refusal": (config["REFUSALS_PER_SECOND"], config["REFUSALS_BEFORE_CLOSING"])}
+        )
 
     def trigger_event(self, event: str, *args):
         """Route every client event through the table; unknown or malformed ones get an error."""
@@ -161,20 +209,23 @@ class AtlasNamespace(Namespace):
             return super().trigger_event(event, *args)
         rid = request_id(data)
         try:
-            request, fields = self.dispatcher.parse(sid, SOCKET_EVENTS.get(event), event, data)
-            stop = threading.Event()
-            call = self._call(sid, request, rid, stop)
-            if request.cost in (Cost.CACHED, Cost.ROOM):
-                self._answer(call, self.dispatcher.run(call, fields))
-            else:
+            with self.dispatcher.turns.take(self._address(sid)):
+                request, fields = self.dispatcher.parse(sid, SOCKET_EVENTS.get(event), event, data)
+                stop = threading.Event()
+                call = self._call(sid, request, rid, stop)
+                if request.cost in (Cost.CACHED, Cost.ROOM):
+                    self._answer(call, self.dispatcher.run(call, fields))
+                    return
                 admission = contextlib.ExitStack()  # limits are checked now, the job held until the task ends
                 admission.enter_context(self.dispatcher.admit(call))
                 if rid is not None:
                     with self._lock:
                         self._stops[(sid, rid)] = stop
-                socketio.start_background_task(self._work, call, fields, admission)
+            socketio.start_background_task(self._work, call, fields, admission)
         except AtlasError as error:
             self._emit(sid, "error", error.payload(rid))
+            if error.code in REFUSALS:
+                self._struck(sid)
         except Exception:
             log.exception("event %s failed", event)
             self._emit(sid, "error", AtlasError("internal", "the server failed on this request").payload(rid))
@@ -182,7 +233,8 @@ class AtlasNamespace(Namespace):
     def _work(self, call: Call, fields: dict, admission: contextlib.ExitStack) -> None:
         """A background task: run an admitted call; every failure becomes one ``error`` event."""
         try:
-            self._answer(call, self.dispatcher.execute(call, fields))
+            with self.dispatcher.turns.take(call.address):
+                self._answer(call, self.dispatcher.execute(call, fields))
         except AtlasError as error:
             call.emit("error", error.payload(call.rid))
         except Exception:
@@ -208,7 +260,6 @@ class AtlasNamespace(Namespace):
         def ended() -> bool:
             return gone.is_set() or stop.is_set()
 
-        environ = self.server.get_environ(sid, NAMESPACE) or {}
         return Call(
             self.dispatcher.service,
             request,
@@ -218,9 +269,28 @@ class AtlasNamespace(Namespace):
             ended,
             live=True,
             rooms=self.rooms,
-            address=environ.get("REMOTE_ADDR") or "unknown",
+            address=self._address(sid),
             cancel=lambda target: self._cancel(sid, target),
         )
+
+    def _address(self, sid: str) -> str:
+        environ = self.server.get_environ(sid, NAMESPACE) or {}
+        return environ.get("REMOTE_ADDR") or "unknown"
+
+    def _struck(self, sid: str) -> None:
+        """A refused request: a connection refused more often than the ``refusal`` limit allows
+        (it kept sending after being told to wait) is told so and closed. Each refusal is an
+        answer, and a flood of them cost the server as much as answering the requests would."""
+        try:
+            self.refusals.check(sid, "refusal")
+        except AtlasError:
+            log.warning("closed Socket.IO connection %s: it kept sending after being refused", sid)
+            self._emit(sid, "error", AtlasError("rate_limited", CLOSED_FOR_REFUSALS, 429).payload(None))
+            self.refusals.forget(sid)
+            self.sockets.closed_for_flooding(self._address(sid))
+            eio_sid = self.server.manager.eio_sid_from_sid(sid, NAMESPACE)
+            if eio_sid is not None:
+                self.server.eio.disconnect(eio_sid)
 
     def _cancel(self, sid: str, rid) -> bool:
         """Stop ``sid``'s request ``rid`` if it is still running: it leaves the queue, or stops at
@@ -242,6 +312,7 @@ class AtlasNamespace(Namespace):
         if gone:
             gone.set()  # its queued jobs leave the queue; its streams stop sending
         self.dispatcher.limiter.forget(sid)
+        self.refusals.forget(sid)
 
     def _emitter(self, sid: str, ended: Callable[[], bool]):
         def emit(event: str, payload: dict) -> None:

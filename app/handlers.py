@@ -172,7 +172,8 @@ def on_upload(call, fields: dict) -> dict:
         raise AtlasError("too_long", f"an uploaded capture must be under {MAX_UPLOAD_BYTES // 2**20} MB", 413)
     body = request.get_data(cache=False)
     try:
-        capture = Capture.from_arrays(_npz_arrays(body, MAX_UPLOAD_BYTES)).validate(record_limits(call.service.config))
+        limits = record_limits(call.service.config)
+        capture = Capture.from_arrays(_npz_arrays(body, MAX_UPLOAD_BYTES, limits)).validate(limits)
     except (ValueError, KeyError, TypeError, OSError, EOFError, RecursionError, zipfile.BadZipFile) as error:
         raise AtlasError("bad_request", f"not a valid Attention Atlas capture: {error}") from None
     key = cache_key(capture.model, "upload", capture.text, {"sha256": hashlib.sha256(body).hexdigest()})
@@ -195,10 +196,12 @@ def record_limits(config) -> RecordLimits:
     )
 
 
-def _npz_arrays(body: bytes, most: int) -> dict[str, np.ndarray]:
+def _npz_arrays(body: bytes, most: int, limits: RecordLimits) -> dict[str, np.ndarray]:
     """The arrays of an ``.npz`` body, refusing one whose arrays unpack to more than ``most``
-    bytes in all: each array's header (its dtype and shape) is read first, so a small zip that
-    claims huge arrays is refused before anything is unpacked. Pickled objects are refused."""
+    bytes in all, or whose queries are larger than ``limits`` allow: each array's header (its
+    dtype and shape) is read first, so a small zip that claims huge arrays, or a record no model
+    of this server's size has, is refused before anything is unpacked (unpacking 200 MB of zeros
+    to find out took a second of the server's CPU). Pickled objects are refused."""
     with zipfile.ZipFile(io.BytesIO(body)) as archive:
         headers = {}
         for member in archive.infolist():
@@ -207,6 +210,10 @@ def _npz_arrays(body: bytes, most: int) -> dict[str, np.ndarray]:
         total = sum(int(np.prod(shape)) * dtype.itemsize for shape, dtype in headers.values())
         if total > most:
             raise ValueError(f"its arrays unpack to {total:,} bytes, more than the {most:,} an upload may hold")
+        queries = headers.get("queries.npy", ((),))[0]
+        if len(queries) == 4:
+            layers, heads, tokens, head_size = queries
+            limits.check(layers, heads, tokens, head_size, side=0, chars=0)
         arrays = {}
         for member in headers:
             with archive.open(member) as stream:

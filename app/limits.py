@@ -2,10 +2,12 @@
 
 - :class:`RateLimiter`: token buckets per client (a socket connection or an HTTP address), so
   one tab that loops on ``analyze`` cannot crowd out a lecture hall.
-- :class:`JobQueue`: one bounded FIFO per device. Model work (loading, forward passes,
-  generation) runs ``workers`` jobs at a time; at most ``capacity`` wait, later ones are told
-  ``busy`` at once; waiting jobs hear their position; a job whose client left is dropped.
+- :class:`JobQueue`: one bounded queue per device (and one for CPU work), served in turn by
+  address. Model work (loading, forward passes, generation) runs ``workers`` jobs at a time; at
+  most ``capacity`` wait, later ones are told ``busy`` at once; waiting jobs hear their
+  position; a job whose client left is dropped.
 - :func:`cancel_scope`: marks the work of one request as abandoned when its client disconnects.
+- :class:`Turns`: how many of an address's requests are handled at once; the others wait.
 
 Everything here answers with :class:`AtlasError` (``rate_limited``, ``busy``), before any model
 work starts. Cached answers never pass through a queue, so a slow job cannot delay them.
@@ -17,8 +19,8 @@ import contextlib
 import contextvars
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 from app.protocol import AtlasError
 
@@ -29,7 +31,6 @@ IDLE_CLIENT_SECONDS = 600  # buckets untouched this long are forgotten (they are
 # token's queries and keys of every layer until it stores them: ~50 KB a token on smollm2).
 MY_ANALYSES_MAX_KEYS = 100
 MY_ANALYSES_MAX_TOKENS = 12_000
-
 _CANCELLED: contextvars.ContextVar[Callable[[], bool]] = contextvars.ContextVar(
     "atlas_cancelled", default=lambda: False
 )
@@ -55,6 +56,103 @@ def cancel_scope(is_cancelled: Callable[[], bool]) -> Iterator[None]:
 def cancelled() -> bool:
     """Whether the client of the current request has gone away."""
     return _CANCELLED.get()()
+
+
+class Turns:
+    """At most ``per_key`` threads of one address handle requests at once; the others wait.
+
+    Python runs one thread at a time, so an address with 100 requests in progress took 100 times
+    the CPU of one with a single request, whatever its rates: a client with a few flooding
+    sockets made everyone's cached answers 20x slower. With a turn per request, an address gets
+    no more than ``per_key`` threads however many sockets it opens, and a class behind one NAT
+    loses nothing: its requests take milliseconds each, and two threads already use the one
+    interpreter fully. A thread waiting here reads nothing more from its socket, so a flood
+    slows itself down. Waiting for the model or the CPU queue, or for another request's
+    computation, gives the turn back (:func:`turn_given_back`): a long job never holds one.
+    More than ``max_waiting`` waiting threads of one address are answered ``busy``.
+    """
+
+    def __init__(self, per_key: int, max_waiting: int):
+        self.per_key, self.max_waiting = per_key, max_waiting
+        self._lock = threading.Lock()
+        self._keys: dict[str, _KeyTurns] = {}
+
+    @contextlib.contextmanager
+    def take(self, key: str) -> Iterator[None]:
+        """Hold one of address ``key``'s turns for the body of the ``with`` block."""
+        if self.per_key <= 0:
+            yield  # no limit
+            return
+        self._acquire(key, refuse=True)
+        token = _TURN.set(_Held(self, key))
+        try:
+            yield
+        finally:
+            _TURN.reset(token)
+            self._release(key)
+
+    def held(self, key: str) -> int:
+        """Turns of ``key`` held now."""
+        with self._lock:
+            entry = self._keys.get(key)
+            return entry.held if entry else 0
+
+    def _acquire(self, key: str, refuse: bool) -> None:
+        with self._lock:
+            entry = self._keys.get(key)
+            if entry is None:
+                entry = self._keys[key] = _KeyTurns(threading.Condition(self._lock))
+            if refuse and entry.held >= self.per_key and entry.waiting >= self.max_waiting:
+                raise AtlasError(
+                    "busy", f"too many requests from this address are in progress ({entry.waiting} waiting)", 429
+                )
+            entry.waiting += 1
+            while entry.held >= self.per_key:
+                entry.ready.wait()
+            entry.waiting -= 1
+            entry.held += 1
+
+    def _release(self, key: str) -> None:
+        with self._lock:
+            entry = self._keys[key]
+            entry.held -= 1
+            if entry.waiting:
+                entry.ready.notify()
+            elif not entry.held:
+                del self._keys[key]
+
+
+@dataclass
+class _KeyTurns:
+    ready: threading.Condition
+    held: int = 0
+    waiting: int = 0
+
+
+@dataclass
+class _Held:
+    turns: Turns
+    key: str  # the address
+
+
+_TURN: contextvars.ContextVar[_Held | None] = contextvars.ContextVar("atlas_turn", default=None)
+
+
+@contextlib.contextmanager
+def turn_given_back() -> Iterator[None]:
+    """Give the current thread's turn (:class:`Turns`) back for the body of the ``with`` block,
+    and wait for one again after it: for waiting on a queue or on another thread's work."""
+    held = _TURN.get()
+    if held is None:
+        yield
+        return
+    held.turns._release(held.key)
+    token = _TURN.set(None)
+    try:
+        yield
+    finally:
+        _TURN.reset(token)
+        held.turns._acquire(held.key, refuse=False)
 
 
 class QueueStage(str):
@@ -85,18 +183,23 @@ def wire_progress(event: str, payload: dict) -> dict:
 
 
 class JobQueue:
-    """A bounded FIFO of model work for one device.
+    """A bounded queue of work for one device (the model's) or for the CPU.
 
     The caller's own thread waits for its turn and runs the job, so errors, progress and
-    cancellation stay with the request that caused them.
+    cancellation stay with the request that caused them. Waiting jobs are served in turn by
+    owner (the client address holding the caller's :class:`Turns`): round ``k`` runs each
+    owner's ``k``-th job, owners served longest ago first, so one address with many jobs waiting
+    delays another's next job by at most one of its own. One owner holds at most half the places.
     """
 
     def __init__(self, capacity: int, workers: int = 1, max_wait_seconds: float = 300.0):
         self.capacity = capacity  # jobs allowed to wait (running ones not counted)
         self.workers = workers  # jobs running at once
         self.max_wait_seconds = max_wait_seconds
-        self._waiting: deque[object] = deque()
+        self._waiting: list[_Ticket] = []
         self._running = 0
+        self._arrivals = 0
+        self._served: dict[str, int] = {}  # owner -> arrival number of its last job to start
         self._changed = threading.Condition()
 
     def configure(self, capacity: int, workers: int, max_wait_seconds: float) -> JobQueue:
@@ -116,42 +219,71 @@ class JobQueue:
     def slot(self, report: Callable[[QueueStage], None] | None = None) -> Iterator[None]:
         """Hold one worker slot for the body of the ``with`` block.
 
-        Raises AtlasError('busy') when ``capacity`` jobs already wait or the wait exceeds
-        ``max_wait_seconds``, and :class:`JobCancelled` when the client leaves while waiting.
-        ``report(stage)`` hears each change of position (not called under the queue's lock).
+        Raises AtlasError('busy') when ``capacity`` jobs already wait (or half of them are the
+        owner's) or the wait exceeds ``max_wait_seconds``, and :class:`JobCancelled` when the
+        client leaves while waiting. ``report(stage)`` hears each change of position (not
+        called under the queue's lock). The caller's turn (:class:`Turns`) is given back while
+        it waits and works here.
         """
-        ticket = object()
-        with self._changed:
-            if self._running < self.workers and not self._waiting:
-                self._running += 1
-                ticket = None
-            elif len(self._waiting) >= self.capacity:
-                raise AtlasError(
-                    "busy",
-                    f"the server is busy ({len(self._waiting)} requests are waiting for the "
-                    "model); try again in a minute",
-                    503,
-                )
-            else:
-                self._waiting.append(ticket)
-        if ticket is not None:
-            self._wait_for_turn(ticket, report or (lambda stage: None))
-        try:
-            yield
-        finally:
+        held = _TURN.get()
+        owner = held.key if held else ""
+        with turn_given_back():
             with self._changed:
-                self._running -= 1
-                self._changed.notify_all()
+                self._arrivals += 1
+                ticket = _Ticket(owner, self._arrivals)
+                queued = self._running >= self.workers or bool(self._waiting)
+                if queued:
+                    self._enqueue(ticket)
+                else:
+                    self._start(ticket)
+            if queued:
+                self._wait_for_turn(ticket, report or (lambda stage: None))
+            try:
+                yield
+            finally:
+                with self._changed:
+                    self._running -= 1
+                    self._changed.notify_all()
 
-    def _wait_for_turn(self, ticket: object, report: Callable[[QueueStage], None]) -> None:
+    def _enqueue(self, ticket: _Ticket) -> None:
+        mine = sum(waiting.owner == ticket.owner for waiting in self._waiting)
+        if len(self._waiting) >= self.capacity:
+            raise AtlasError(
+                "busy",
+                f"the server is busy ({len(self._waiting)} requests are waiting for the model); try again in a minute",
+                503,
+            )
+        if ticket.owner and mine >= max(1, self.capacity // 2):
+            raise AtlasError(
+                "busy", f"{mine} requests from this address are already waiting; try again when they are done", 429
+            )
+        self._waiting.append(ticket)
+
+    def _start(self, ticket: _Ticket) -> None:
+        self._running += 1
+        self._served[ticket.owner] = ticket.arrival
+        if len(self._served) > 4 * max(1, self.capacity):  # forget owners served long ago
+            for owner in sorted(self._served, key=self._served.get)[: len(self._served) // 2]:
+                del self._served[owner]
+
+    def _order(self) -> list[_Ticket]:
+        """The waiting jobs in the order they will run (round robin by owner)."""
+        rounds: dict[str, int] = {}
+        keyed = []
+        for ticket in self._waiting:  # in arrival order
+            rank = rounds[ticket.owner] = rounds.get(ticket.owner, -1) + 1
+            keyed.append(((rank, self._served.get(ticket.owner, 0), ticket.arrival), ticket))
+        return [ticket for _, ticket in sorted(keyed, key=lambda pair: pair[0])]
+
+    def _wait_for_turn(self, ticket: _Ticket, report: Callable[[QueueStage], None]) -> None:
         deadline = time.monotonic() + self.max_wait_seconds
         reported = None
         while True:
             with self._changed:
-                position = self._waiting.index(ticket) + 1
+                position = self._order().index(ticket) + 1
                 if position == 1 and self._running < self.workers:
-                    self._waiting.popleft()
-                    self._running += 1
+                    self._waiting.remove(ticket)
+                    self._start(ticket)
                     self._changed.notify_all()  # everyone behind moves up one
                     return
                 gone, late = cancelled(), time.monotonic() > deadline
@@ -173,6 +305,12 @@ class JobQueue:
                     self._changed.wait(QUEUE_POLL_SECONDS)
             if stage is not None:
                 report(stage)
+
+
+@dataclass(eq=False)
+class _Ticket:
+    owner: str
+    arrival: int
 
 
 class RateLimiter:

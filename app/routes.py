@@ -5,6 +5,7 @@ notebooks can use everything the browser can."""
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import bokeh
@@ -81,10 +82,11 @@ def answer(name: str, **url_values) -> Response:
         data = body if isinstance(body, dict) else None
     if data is not None:
         data.update(url_values)
-    spec, fields = dispatcher().parse(client, request_spec, request_spec.name, data)
-    collected: dict = {}
-    call = Call(service(), spec, client, None, lambda event, payload: _collect(collected, event, payload), live=False)
-    result = dispatcher().run(call, fields)
+    with dispatcher().turns.take(client):
+        spec, fields = dispatcher().parse(client, request_spec, request_spec.name, data)
+        collected: dict = {}
+        call = Call(service(), spec, client, None, functools.partial(_collect, collected), live=False)
+        result = dispatcher().run(call, fields)
     if isinstance(result, Response):
         return result
     return jsonify(jsonable(result if result is not None else collected))

@@ -88,7 +88,8 @@ class RemoteWork:
         order = Order(call.request.name, fields, call.client, call.rid, call.live, call.address)
         try:
             for attempt in range(ATTEMPTS):
-                outcome = self._wait(call, self._enqueue(order))
+                with limits.turn_given_back():  # the worker's job may take seconds
+                    outcome = self._wait(call, self._enqueue(order))
                 if outcome is not None:
                     return self._answer(call, outcome)
                 log.warning("a model worker died running %s %r (attempt %d)", order.name, order.rid, attempt + 1)

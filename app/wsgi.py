@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 
 from flask import Flask
 
@@ -37,9 +38,18 @@ def prepare_models() -> None:
     map_large_blocks()
 
 
+# How long a thread runs before another that waits for the interpreter gets it (Python's default
+# is 5 ms). A request gives the interpreter up at each socket write and lock, and took it back
+# only after the switch interval whenever another thread was busy: a cached answer behind a
+# flooding client waited 5 ms several times over (p50 29 ms at 5 ms, 14 ms at 0.5 ms).
+SWITCH_INTERVAL_SECONDS = 0.0005
+
+
 def prepare_process() -> None:
-    """:func:`prepare_models`, and log INFO to stderr."""
+    """:func:`prepare_models`, a short switch interval for a server's threads, and log INFO to
+    stderr."""
     prepare_models()
+    sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
 
 

@@ -229,6 +229,18 @@ def test_a_small_upload_claiming_huge_arrays_is_refused_before_unpacking(client)
     assert response.status_code == 400 and "unpack to" in response.get_json()["message"]
 
 
+def test_an_upload_larger_than_any_model_here_is_refused_before_unpacking(client, monkeypatch):
+    """The hostile mode's upload: 200 MB of zeros, a few hundred KB zipped, claiming 1,000
+    layers. Its headers alone refuse it; nothing is unpacked."""
+    body = io.BytesIO()
+    np.savez_compressed(body, queries=np.zeros((1000, 100, 64, 8), np.float32))
+    unpacked = []
+    monkeypatch.setattr(np.lib.format, "read_array", lambda *args, **kwargs: unpacked.append(1))
+    response = upload(client, body.getvalue())
+    assert response.status_code == 400 and "larger than this server accepts" in response.get_json()["message"]
+    assert unpacked == []
+
+
 def mutate(arrays: dict, name: str, value) -> dict:
     return {**arrays, name: value}
 
@@ -376,6 +388,54 @@ def test_sockets_per_address_are_capped_with_a_clear_refusal(tmp_path):
         first.close(), third.close()
 
 
+def flood_until_closed(url: str, events: int = 12) -> object:
+    """A client that sends ``events`` requests at once, past its rate limit; returns it once the
+    server has closed it (or after 10 s)."""
+    client = socket_client(url)
+    for index in range(events):
+        client.emit("cancel", {"rid": f"c{index}", "request": 0}, namespace=NAMESPACE)
+    deadline = time.monotonic() + 10
+    while client.connected and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return client
+
+
+def test_a_connection_that_keeps_sending_after_refusals_is_closed_and_a_flooding_address_suspended(tmp_path):
+    """Point 8, the hostile mode: each refusal is an answer the server pays for, so a socket that
+    goes on sending after ``REFUSALS_BEFORE_CLOSING`` refusals is told why and closed; an address
+    whose sockets are closed for this time after time may open no new one for a minute, while
+    its sockets already open keep working (the rest of a class behind that address)."""
+    from app.events import CLOSED_FOR_REFUSALS, FLOODS_BEFORE_SUSPENSION
+
+    with live_server(
+        tmp_path / "cache", PRELOAD_MODELS="[]", RATE_EVENTS_PER_SECOND="1", REFUSALS_BEFORE_CLOSING="3"
+    ) as url:
+        bystander = socket_client(url)
+        flooder = flood_until_closed(url)
+        assert not flooder.connected
+        refused = [a for a in flooder.answers if a["name"] == "error" and a["code"] == "rate_limited"]
+        assert 3 <= len(refused) <= 5 and refused[-1]["message"] == CLOSED_FOR_REFUSALS
+        flooder.close()
+        for _ in range(FLOODS_BEFORE_SUSPENSION - 1):
+            flood_until_closed(url).close()
+        with pytest.raises(Exception, match="401"):
+            socket_client(url, transport="polling")
+        bystander.emit("cancel", {"rid": "still here", "request": 0}, namespace=NAMESPACE)
+        assert bystander.wait("still here", until=("cancel",))[-1]["cancelled"] is False
+        bystander.close()
+    log = next(tmp_path.glob("cache.*.log")).read_text()
+    assert "kept sending after being refused" in log and "suspended new Socket.IO connections" in log
+
+
+def test_new_connections_per_address_are_rate_limited(tmp_path):
+    with live_server(
+        tmp_path / "cache", PRELOAD_MODELS="[]", CLIENTS_PER_ADDRESS="1", RATE_CONNECTS_PER_MINUTE="1"
+    ) as url:
+        socket_client(url).close()
+        with pytest.raises(Exception, match="401"):
+            socket_client(url, transport="polling")
+
+
 def test_socket_io_answers_carry_the_security_headers(client):
     response = client.get("/socket.io/?EIO=4&transport=polling")
     assert response.status_code == 200
@@ -400,4 +460,11 @@ def test_socket_limits_apply_per_address_with_a_classroom_allowance(app):
 
     people = app.config["CLIENTS_PER_ADDRESS"]
     for kind, (rate, burst) in rate_limits(app.config).items():
-        assert address_limits(app.config)[kind] == (rate * people, burst * people)
+        sustained = app.config["ADDRESS_EVENTS_PER_PERSON"] if kind == "event" else rate
+        assert address_limits(app.config)[kind] == (sustained * people, burst * people)
+
+
+def test_a_query_value_spelled_with_a_superscript_digit_is_refused_not_a_crash(client, key):
+    """The long fuzzing mode's finding: ``str.isdigit()`` is true for "¹", and ``int()`` failed."""
+    response = client.get(f"/api/analysis/{key}/compare?other={key}&layer=¹")
+    assert response.status_code < 500

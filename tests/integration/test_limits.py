@@ -1,7 +1,8 @@
 """Every limit answers with a clear error before any model work: prompt size, tokens per model,
 generation length, allowed models, message size, queue length, per-client streams and rate.
-The device queue is FIFO, reports positions, shares identical work, and never delays cached
-answers."""
+The device queue is FIFO within an address and serves addresses in turn, reports positions,
+shares identical work, and never delays cached answers. An address handles at most its turns at
+once."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import warnings
 import pytest
 
 from app.config import Config
-from app.limits import JobQueue, QueueStage, RateLimiter
+from app.limits import JobQueue, QueueStage, RateLimiter, Turns, turn_given_back
 from app.protocol import NAMESPACE, AtlasError
 from app.service import AtlasService
 from tests.integration.conftest import collect, socket_client
@@ -153,6 +154,125 @@ def test_the_queue_is_fifo_and_reports_positions():
     for name, arrival in (("a", 1), ("b", 2), ("c", 3)):  # positions count down from arrival
         assert reports[name][0] == arrival and reports[name] == sorted(set(reports[name]), reverse=True)
     assert queue.running == 0 and queue.waiting == 0
+
+
+def test_the_queue_serves_owners_in_turn():
+    """Round robin by owner (the address holding the caller's turn): one address with three jobs
+    waiting delays another's single job by at most one of its own."""
+    queue, turns, order = JobQueue(capacity=10), Turns(per_key=10, max_waiting=10), []
+    gate = threading.Event()
+
+    def job(owner: str, name: str) -> None:
+        with turns.take(owner), queue.slot():
+            order.append(name)
+            if name == "first":
+                gate.wait()
+
+    arrivals = [("x", "first"), ("flood", "f1"), ("flood", "f2"), ("flood", "f3"), ("class", "c1")]
+    threads = [threading.Thread(target=job, args=arrival) for arrival in arrivals]
+    for thread in threads:
+        thread.start()
+        time.sleep(0.05)  # arrive in this order
+    gate.set()
+    for thread in threads:
+        thread.join(5)
+    assert order == ["first", "f1", "c1", "f2", "f3"]
+
+
+def test_one_owner_holds_at_most_half_the_queue():
+    queue, turns, errors = JobQueue(capacity=4), Turns(per_key=10, max_waiting=10), []
+    gate = threading.Event()
+
+    def job(owner: str) -> None:
+        try:
+            with turns.take(owner), queue.slot():
+                gate.wait()
+        except AtlasError as error:
+            errors.append((owner, error.code, error.status))
+
+    threads = [threading.Thread(target=job, args=(owner,)) for owner in ("x", "flood", "flood", "flood", "class")]
+    for thread in threads:
+        thread.start()
+        time.sleep(0.05)
+    assert errors == [("flood", "busy", 429)]  # its third place; the class still got one
+    assert queue.waiting == 3
+    gate.set()
+    for thread in threads:
+        thread.join(5)
+
+
+# --- turns: the share of handler threads of one address ------------------------------------------
+
+
+def hold_turns(turns: Turns, keys: list[str], release: threading.Event) -> tuple[list[threading.Thread], dict]:
+    """Threads taking a turn of each of ``keys`` and holding it until ``release``; ``seen`` counts
+    how many of each key held one at once, at most."""
+    seen, now, lock = {}, {}, threading.Lock()
+
+    def hold(key: str) -> None:
+        with turns.take(key):
+            with lock:
+                now[key] = now.get(key, 0) + 1
+                seen[key] = max(seen.get(key, 0), now[key])
+            release.wait(5)
+            with lock:
+                now[key] -= 1
+
+    threads = [threading.Thread(target=hold, args=(key,)) for key in keys]
+    for thread in threads:
+        thread.start()
+    return threads, seen
+
+
+def test_an_address_handles_at_most_its_turns_at_once_and_others_are_not_held_up():
+    turns, release = Turns(per_key=2, max_waiting=10), threading.Event()
+    threads, seen = hold_turns(turns, ["flood"] * 6, release)
+    time.sleep(0.2)
+    assert turns.held("flood") == 2
+    started = time.monotonic()
+    with turns.take("class"):  # another address is not held up by the flood's waiting threads
+        assert time.monotonic() - started < 0.5
+    release.set()
+    for thread in threads:
+        thread.join(5)
+    assert seen == {"flood": 2} and turns.held("flood") == 0
+
+
+def test_too_many_waiting_requests_of_one_address_are_told_busy():
+    turns, release = Turns(per_key=1, max_waiting=2), threading.Event()
+    threads, _ = hold_turns(turns, ["flood"] * 3, release)  # one holds, two wait
+    time.sleep(0.2)
+    with pytest.raises(AtlasError) as refused, turns.take("flood"):
+        pass
+    assert refused.value.code == "busy" and refused.value.status == 429
+    release.set()
+    for thread in threads:
+        thread.join(5)
+
+
+def test_waiting_on_other_work_gives_the_turn_back():
+    """A request waiting for the model (or another request's computation) holds no turn, and
+    takes one again before it goes on."""
+    turns, waiting, done, order = Turns(per_key=1, max_waiting=10), threading.Event(), threading.Event(), []
+
+    def long_job() -> None:
+        with turns.take("class"):
+            with turn_given_back():
+                waiting.set()
+                done.wait(5)
+            order.append("long job goes on")
+
+    thread = threading.Thread(target=long_job)
+    thread.start()
+    waiting.wait(5)
+    with turns.take("class"):  # the class's other request runs meanwhile
+        order.append("click")
+        done.set()
+        time.sleep(0.1)
+        order.append("click done")
+    thread.join(5)
+    assert order == ["click", "click done", "long job goes on"]
+    assert turns.held("class") == 0
 
 
 def test_queue_stages_read_as_text_and_carry_the_position():

@@ -69,11 +69,13 @@ PORTS = range(5081, 5090)
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 RSS_SAMPLE_SECONDS = 1.0
 PROBE_SECONDS = 0.1  # how often the page probe fetches a page
+BROWSER_CONNECT_TIMEOUT_SECONDS = 20  # how long the page's Socket.IO client waits for a connection
 PAGES = ("/", "/api/models")  # what the probe fetches, in turn
 IDLE_OPENERS = 16  # threads opening the idle sockets
 CLASS_ADDRESS = "10.0.0.1"  # with --hostile: the honest class, all behind one NAT
 HOSTILE_ADDRESS = "10.66.6.6"  # with --hostile: the attacker (the server trusts one proxy's X-Forwarded-For)
 HOSTILE_SOCKETS = 200  # sockets the attacker tries to hold
+PACED_SECONDS, PACED_RATE = 10.0, 30.0  # the attacker's paced flood: how long, requests per socket per second
 SHARED_PROMPTS = [  # what a class pastes from the slide: mostly cached after the first request
     "The cat sat on the mat because it was tired.",
     "Attention is all you need.",
@@ -235,7 +237,7 @@ class Student(threading.Thread):
         return "shared", self.random.choice(SHARED_PROMPTS)
 
     def run(self) -> None:
-        self.client = in_order_client(reconnection=False)
+        self.client = in_order_client(reconnection=False, request_timeout=BROWSER_CONNECT_TIMEOUT_SECONDS)
         self.client.on("*", self.on_event, namespace=NAMESPACE)
         try:
             time.sleep(self.random.uniform(0, self.args.ramp))  # the class does not click in the same millisecond
@@ -389,8 +391,9 @@ def run_hostile(url: str, seconds: float, honest_key: str, answers, niceness: in
 
 class Hostile:
     """One attacker behind ``HOSTILE_ADDRESS`` mixing the abuse patterns of issue 15 in turn: as
-    many sockets as it may open, floods of model (lens), CPU (head summary) and room requests,
-    short links of the longest query, uploads that claim huge records, malformed packets."""
+    many sockets as it may open (again, as the server closes them), floods of model (lens), CPU
+    (head summary) and room requests, a flood paced just under the rate limits, short links of
+    the longest query, uploads that claim huge records, malformed packets."""
 
     def __init__(self, url: str, deadline: float, honest_key: str):
         self.url, self.deadline, self.key = url, deadline, honest_key
@@ -399,7 +402,7 @@ class Hostile:
         self.sockets: list = []
 
     def run(self) -> None:
-        patterns = [self.sockets_flood, self.request_flood, self.links, self.uploads]
+        patterns = [self.sockets_flood, self.request_flood, self.paced_flood, self.links, self.uploads]
         turn = 0
         while time.monotonic() < self.deadline:
             try:
@@ -412,6 +415,7 @@ class Hostile:
                 client.disconnect()
 
     def sockets_flood(self) -> None:
+        self.sockets = [client for client in self.sockets if client.connected]  # the server closes floods
         while len(self.sockets) < HOSTILE_SOCKETS and time.monotonic() < self.deadline:
             client = in_order_client(reconnection=False)
             client.on("*", lambda event, payload: self.answers.update([event]), namespace=NAMESPACE)
@@ -430,6 +434,17 @@ class Hostile:
                 client.emit("present_start", {"rid": f"p{i}-{j}"}, namespace=NAMESPACE)
             with contextlib.suppress(Exception):
                 client.eio.send("2/atlas,{broken")  # a malformed Socket.IO packet
+
+    def paced_flood(self) -> None:
+        """Every socket asks for the head summary just under a connection's rate limit, for
+        ``PACED_SECONDS``: never refused, so only fairness between addresses can stop it."""
+        started, rounds = time.monotonic(), 0
+        while time.monotonic() < min(self.deadline, started + PACED_SECONDS):
+            for client in self.sockets:
+                with contextlib.suppress(Exception):
+                    client.emit("heads", {"rid": f"paced-{rounds}", "key": self.key}, namespace=NAMESPACE)
+            rounds += 1
+            time.sleep(max(0.0, started + rounds / PACED_RATE - time.monotonic()))
 
     def links(self) -> None:
         query = "text=" + "%E6%9D%B1" * 30_000
@@ -700,7 +715,8 @@ def main(argv: list[str] | None = None) -> int:
         url, pid = args.url.rstrip("/"), args.server_pid
     else:
         cache = tempfile.TemporaryDirectory(prefix="atlas-loadtest-")
-        env = {"ATLAS_MAX_SOCKETS_PER_ADDRESS": str(args.idle + args.clients + 10)} if args.idle else {}
+        sockets = str(args.idle + args.clients + 10)  # the idle sockets stand for many people on one address
+        env = {"ATLAS_MAX_SOCKETS_PER_ADDRESS": sockets, "ATLAS_RATE_CONNECTS_PER_MINUTE": "0"} if args.idle else {}
         server, url = start_server(
             cache.name, {**env, **({"ATLAS_PROXY_FIX_X_FOR": "1"} if args.hostile else {})}, args.server
         )

@@ -76,8 +76,10 @@ class Sockets:
 
     Every connection holds a thread for its life (the threading server of the Procfile), so the
     process caps them below its thread count and pages always find a free thread; one address
-    gets at most ``MAX_SOCKETS_PER_ADDRESS`` (a class behind one NAT, two tabs each). A refused
-    connection is answered 401 with a message saying why, before it holds anything.
+    gets at most ``MAX_SOCKETS_PER_ADDRESS`` (a class behind one NAT, two tabs each), opens new
+    ones at :func:`connect_limit`'s rate, and none for a while after its sockets were closed for
+    flooding (:meth:`closed_for_flooding`). A refused connection is answered 401 with a message
+    saying why, before it holds anything.
     """
 
     def __init__(self, config):

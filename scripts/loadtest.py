@@ -19,8 +19,11 @@ Long modes (not in CI; figures in docs/reliability.md):
 
     # 1,000 idle sockets + 50 active clients on the Procfile's gunicorn server: pages p99 <= 200 ms
     .venv/bin/python scripts/loadtest.py --server procfile --idle 1000 --clients 50 --duration 120
-    # a hostile client mixing every abuse pattern while 30 honest clients analyse
+    # a hostile client mixing every abuse pattern while 30 honest clients analyse (compare with a
+    # quiet run; --hostile-nice 19 leaves the two cores to the server, as if the attacker's CPU
+    # were another machine's)
     .venv/bin/python scripts/loadtest.py --server procfile --clients 30 --hostile --duration 120
+    .venv/bin/python scripts/loadtest.py --server procfile --clients 30 --hostile --hostile-nice 19 --duration 120
     # scale-out (scripts/scaleout.py, needs redis-server): 500 followers of a presenter over two
     # web processes (delivery p99 <= 500 ms, none missed); 50 clients over 2 web + 2 model workers
     .venv/bin/python scripts/loadtest.py --web 2 --followers 500 --duration 60

@@ -51,6 +51,7 @@ class Config:
     RATE_CONNECTS_PER_MINUTE = 6  # new sockets per person per minute, burst of 2; per address times
     # CLIENTS_PER_ADDRESS (0 = no limit)
     ADDRESS_EVENTS_PER_PERSON = 2.0  # an address's requests per second refill at this times CLIENTS_PER_ADDRESS
+    # (0 = at a connection's RATE_EVENTS_PER_SECOND times CLIENTS_PER_ADDRESS)
     CLIENTS_PER_ADDRESS = 60  # people one address may stand for (a class behind one NAT): per-address limits
     # on sockets are the per-connection ones times this (docs/reliability.md)
     MAX_SOCKETS = 1100  # Socket.IO connections one process holds: each holds a thread, so the Procfile gives

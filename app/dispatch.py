@@ -3,7 +3,9 @@ Socket.IO event and an HTTP call: per-client rate limits, the per-client job cap
 scope, the queue of its kind, and the memo of derived results.
 
 A transport (app/events.py, app/routes.py) parses nothing and limits nothing itself: it builds
-a :class:`Call` (who asks, where answers go) and hands it to :meth:`Dispatcher.run`.
+a :class:`Call` (who asks, where answers go) and hands it to :meth:`Dispatcher.run`, within
+its address's turn (:attr:`Dispatcher.turns`), which it takes because sending the answer is its
+part of the work.
 """
 
 from __future__ import annotations
@@ -119,8 +121,7 @@ class Dispatcher:
         """Requests one address has handled at once (:class:`app.limits.Turns`), from the
         configuration on each use; as many may wait as the address may open sockets."""
         config = self.service.config
-        self._turns.per_key, self._turns.max_waiting = config["TURNS_PER_ADDRESS"], config["MAX_SOCKETS_PER_ADDRESS"]
-        return self._turns
+        return self._turns.configure(config["TURNS_PER_ADDRESS"], config["MAX_SOCKETS_PER_ADDRESS"])
 
     @property
     def cpu_queue(self) -> limits.JobQueue:

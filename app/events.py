@@ -211,10 +211,11 @@ class AtlasNamespace(Namespace):
             return super().trigger_event(event, *args)
         rid = request_id(data)
         try:
-            with self.dispatcher.turns.take(self._address(sid)):
+            address = self._address(sid)
+            with self.dispatcher.turns.take(address):
                 request, fields = self.dispatcher.parse(sid, SOCKET_EVENTS.get(event), event, data)
                 stop = threading.Event()
-                call = self._call(sid, request, rid, stop)
+                call = self._call(sid, address, request, rid, stop)
                 if request.cost in (Cost.CACHED, Cost.ROOM):
                     self._answer(call, self.dispatcher.run(call, fields))
                     return
@@ -254,7 +255,7 @@ class AtlasNamespace(Namespace):
         if payload is not None:  # None: the handler streamed its answer, or a room answered itself
             call.emit(call.request.name, {"rid": call.rid, **payload})
 
-    def _call(self, sid: str, request, rid, stop: threading.Event) -> Call:
+    def _call(self, sid: str, address: str, request, rid, stop: threading.Event) -> Call:
         """A call that ends when its client leaves or cancels it (``stop``)."""
         with self._lock:
             gone = self._gone.setdefault(sid, threading.Event())
@@ -271,7 +272,7 @@ class AtlasNamespace(Namespace):
             ended,
             live=True,
             rooms=self.rooms,
-            address=self._address(sid),
+            address=address,
             cancel=lambda target: self._cancel(sid, target),
         )
 
@@ -288,7 +289,6 @@ class AtlasNamespace(Namespace):
         except AtlasError:
             log.warning("closed Socket.IO connection %s: it kept sending after being refused", sid)
             self._emit(sid, "error", AtlasError("rate_limited", CLOSED_FOR_REFUSALS, 429).payload(None))
-            self.refusals.forget(sid)
             self.sockets.closed_for_flooding(self._address(sid))
             eio_sid = self.server.manager.eio_sid_from_sid(sid, NAMESPACE)
             if eio_sid is not None:

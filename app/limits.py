@@ -31,6 +31,7 @@ IDLE_CLIENT_SECONDS = 600  # buckets untouched this long are forgotten (they are
 # token's queries and keys of every layer until it stores them: ~50 KB a token on smollm2).
 MY_ANALYSES_MAX_KEYS = 100
 MY_ANALYSES_MAX_TOKENS = 12_000
+
 _CANCELLED: contextvars.ContextVar[Callable[[], bool]] = contextvars.ContextVar(
     "atlas_cancelled", default=lambda: False
 )
@@ -76,6 +77,11 @@ class Turns:
         self.per_key, self.max_waiting = per_key, max_waiting
         self._lock = threading.Lock()
         self._keys: dict[str, _KeyTurns] = {}
+
+    def configure(self, per_key: int, max_waiting: int) -> Turns:
+        """Apply limits read from the configuration (on each use, so a change applies at once)."""
+        self.per_key, self.max_waiting = per_key, max_waiting
+        return self
 
     @contextlib.contextmanager
     def take(self, key: str) -> Iterator[None]:
@@ -246,13 +252,13 @@ class JobQueue:
                     self._changed.notify_all()
 
     def _enqueue(self, ticket: _Ticket) -> None:
-        mine = sum(waiting.owner == ticket.owner for waiting in self._waiting)
         if len(self._waiting) >= self.capacity:
             raise AtlasError(
                 "busy",
                 f"the server is busy ({len(self._waiting)} requests are waiting for the model); try again in a minute",
                 503,
             )
+        mine = sum(waiting.owner == ticket.owner for waiting in self._waiting)
         if ticket.owner and mine >= max(1, self.capacity // 2):
             raise AtlasError(
                 "busy", f"{mine} requests from this address are already waiting; try again when they are done", 429

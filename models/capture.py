@@ -22,6 +22,7 @@ from models.recorder import (
     assemble,
     new_recorder,
     recorded_forward,
+    state_norms,
     tokenize,
 )
 from models.seq2seq import run_seq2seq_capture
@@ -88,7 +89,7 @@ def run_capture(
             "AttentionInterface, so its attention cannot be captured"
         )
     hidden = output.hidden_states
-    hidden_norms = torch.stack([h[0].float().norm(dim=-1) for h in hidden]).cpu().numpy()  # [L+1, N]
+    hidden_norms = torch.stack([state_norms(h) for h in hidden]).cpu().numpy()  # [L+1, N]
     del output, hidden
     return assemble(
         handle.name,

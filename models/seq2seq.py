@@ -34,6 +34,7 @@ from models.recorder import (
     assemble,
     new_recorder,
     recorded_forward,
+    state_norms,
     tokenize,
 )
 
@@ -215,8 +216,8 @@ def _hidden_norms(output, kinds: list[str]) -> np.ndarray:
     (transformers returns one hidden state per block); encoder tokens keep the encoder's output
     through the decoder layers, decoder tokens their embeddings through the encoder layers.
     """
-    encoder = [h[0].float().norm(dim=-1) for h in output.encoder_hidden_states]  # Le + 1 of [Ne]
-    decoder = [h[0].float().norm(dim=-1) for h in output.decoder_hidden_states]  # Ld + 1 of [Nd]
+    encoder = [state_norms(h) for h in output.encoder_hidden_states]  # Le + 1 of [Ne]
+    decoder = [state_norms(h) for h in output.decoder_hidden_states]  # Ld + 1 of [Nd]
     rows, enc, dec = [torch.cat([encoder[0], decoder[0]])], 0, 0
     for kind in kinds:
         if kind == "encoder":

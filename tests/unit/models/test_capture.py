@@ -9,7 +9,7 @@ import torch
 
 from models.capture import run_capture
 from models.errors import TooManyTokensError
-from models.recorder import ATTENTION_IMPLEMENTATION, thumbnail_side
+from models.recorder import ATTENTION_IMPLEMENTATION, Recorder, new_recorder, recorded_forward, thumbnail_side
 from tests.conftest import causal_from_config
 
 PROMPT = "The doctor asked the nurse a question. She said: it's fine, isn't it?"
@@ -128,6 +128,31 @@ def test_value_and_hidden_norms_have_the_documented_shapes(tiny_models):
     assert capture.hidden_norms.shape == (layers + 1, n)
     side = thumbnail_side(layers, heads, n)
     assert capture.thumbnails.shape == (layers, heads, side, side)
+
+
+def test_hidden_norms_are_the_norms_of_the_models_own_hidden_states(tiny):
+    """The recorded pass keeps only the residual stream's norms; they equal the norms of the
+    hidden states a plain forward pass returns."""
+    capture = run_capture(tiny, PROMPT, precision="float32")
+    ids = tiny.tokenizer(PROMPT, return_tensors="pt")["input_ids"].to(tiny.device)
+    tiny.model.set_attn_implementation("eager")
+    try:
+        with torch.inference_mode():
+            states = tiny.model(input_ids=ids, output_hidden_states=True, use_cache=False).hidden_states
+    finally:
+        tiny.model.set_attn_implementation(ATTENTION_IMPLEMENTATION)
+    expected = np.stack([np.linalg.norm(state[0].float().cpu().numpy(), axis=-1) for state in states])
+    np.testing.assert_allclose(capture.hidden_norms, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_a_recorded_pass_holds_norms_not_hidden_states(tiny_models):
+    """Each layer shrinks the hidden states collected before it: only the last stays whole."""
+    handle = tiny_models["tiny-llama"]
+    layers, heads = handle.describe()["layers"], handle.describe()["heads"]
+    recorder = new_recorder(Recorder, 5, layers, heads, "float32", 0, None)
+    output, _ = recorded_forward(handle, recorder, heads, None, input_ids=torch.tensor([[1, 2, 3, 4, 5]]))
+    kinds = [type(state).__name__ for state in output.hidden_states]
+    assert kinds[:-1] == ["HiddenNorms"] * (len(kinds) - 1) and kinds[-1] == "Tensor"
 
 
 def test_too_many_tokens_is_refused_before_the_model_runs(tiny_models):

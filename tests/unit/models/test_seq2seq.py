@@ -29,7 +29,13 @@ def reference(handle, capture):
     handle.model.set_attn_implementation("eager")
     try:
         with torch.inference_mode():
-            return handle.model(input_ids=source, decoder_input_ids=decoder, output_attentions=True, use_cache=False)
+            return handle.model(
+                input_ids=source,
+                decoder_input_ids=decoder,
+                output_attentions=True,
+                output_hidden_states=True,
+                use_cache=False,
+            )
     finally:
         from models.recorder import ATTENTION_IMPLEMENTATION
 
@@ -77,6 +83,21 @@ def test_record_layout_names_segments_layer_kinds_and_target(tiny_models):
     assert TARGET[start:end] == capture.tokens[first_word] == "Das"  # decoder spans index the target text
     assert capture.hidden_norms.shape == (capture.n_layers + 1, capture.n_tokens)
     assert np.isfinite(capture.row_lse).all()
+
+
+def test_hidden_norms_start_at_the_embeddings_and_end_at_each_stacks_output(seq2seq):
+    """The recorded pass keeps only norms; its first row is both stacks' embeddings and its last
+    the encoder's and the decoder's final states, as a plain forward pass returns them."""
+    capture = run_capture(seq2seq, SOURCE, target=TARGET, precision="float32")
+    output = reference(seq2seq, capture)
+
+    def norms(states, index):
+        return np.linalg.norm(states[index][0].float().numpy(), axis=-1)
+
+    for row, index in ((0, 0), (-1, -1)):
+        encoder, decoder = norms(output.encoder_hidden_states, index), norms(output.decoder_hidden_states, index)
+        expected = np.concatenate([encoder, decoder])
+        np.testing.assert_allclose(capture.hidden_norms[row], expected, rtol=1e-4, atol=1e-4)
 
 
 def test_decoder_self_attention_is_causal_and_cross_reads_every_source_token(tiny_models):

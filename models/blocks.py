@@ -69,7 +69,8 @@ class MaskSpans:
 class Block:
     """Attention of rows r0.. over keys c0.. of every head: ``p`` [H, r, c] float32, 0 where the
     mask forbids, and where the source has scores ``log_p`` [H, r, c] = score - row log-sum-exp
-    (0 where the mask forbids, so that p log p is 0 there)."""
+    (finite where the mask forbids, so that p log p is 0 there). The buffers are the source's,
+    reused by its next block: :meth:`entropy` consumes ``log_p``."""
 
     p: torch.Tensor
     log_p: torch.Tensor | None = None
@@ -81,10 +82,11 @@ class Block:
 
     def entropy(self) -> torch.Tensor:
         """[H, r] -sum p log p over the block's keys: from the scores where there are some (a
-        product and a sum, 10x cheaper than the logarithms), else from p."""
+        product in place and a sum, 10x cheaper than the logarithms; a fresh product tensor per
+        block cost its page faults), else from p. Overwrites ``log_p``."""
         if self.log_p is None:
             return -torch.xlogy(self.p, self.p).sum(-1)
-        return -(self.p * self.log_p).sum(-1)
+        return -self.log_p.mul_(self.p).sum(-1)
 
 
 class LayerSource:
@@ -110,20 +112,18 @@ class FusedSource(LayerSource):
         costs the kernel's page faults each time (about as long as the exp that fills it). A
         block is read before the next one is made, so one pair serves them all."""
         cells = shape[0] * shape[1] * shape[2]
-        if self._buffers[0].numel() < cells:
-            self._buffers = (self.queries.new_empty(cells), self.queries.new_empty(cells))
+        if self._buffers[0].numel() < cells:  # as wide as any block of as many rows: a causal
+            size = shape[0] * shape[1] * self.keys.shape[1]  # pass's blocks widen row by row
+            self._buffers = (self.queries.new_empty(size), self.queries.new_empty(size))
         return self._buffers[0][:cells].view(shape), self._buffers[1][:cells].view(shape)
 
     def block(self, r0: int, r1: int, c0: int, c1: int) -> Block:
         log_p, p = self._views((self.queries.shape[0], r1 - r0, c1 - c0))  # [H, r, c] each
         torch.matmul(self.queries[:, r0:r1], self.keys[:, c0:c1].transpose(1, 2), out=log_p)
         log_p.sub_(self.lse[:, r0:r1, None]).clamp_(min=EXP_FLOOR)
-        forbidden = self._forbidden(r0, r1, c0, c1)
-        for start, stop, where in forbidden:
-            log_p[..., start:stop].masked_fill_(where, float("-inf"))
-        torch.exp(log_p, out=p)
-        for start, stop, where in forbidden:  # p log p is 0 there, not 0 x -inf
-            log_p[..., start:stop].masked_fill_(where, 0.0)
+        torch.exp(log_p, out=p)  # masked after: exp(-inf) takes the CPU's slow path too
+        for start, stop, where in self._forbidden(r0, r1, c0, c1):
+            p[..., start:stop].masked_fill_(where, 0.0)
         return Block(p, log_p)
 
     def _forbidden(self, r0: int, r1: int, c0: int, c1: int) -> list[tuple[int, int, torch.Tensor]]:

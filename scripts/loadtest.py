@@ -28,6 +28,8 @@ Long modes (not in CI; figures in docs/reliability.md):
     # web processes (delivery p99 <= 500 ms, none missed); 50 clients over 2 web + 2 model workers
     .venv/bin/python scripts/loadtest.py --web 2 --followers 500 --duration 60
     .venv/bin/python scripts/loadtest.py --web 2 --workers 2 --clients 50 --duration 60
+    # the hostile client against a web process whose model work runs on a worker process
+    .venv/bin/python scripts/loadtest.py --web 1 --workers 1 --clients 30 --hostile --duration 120
 
 ``--idle`` opens raw WebSockets that connect the namespace and answer pings, nothing else; a
 probe fetches ``/`` and ``/api/models`` every ``PROBE_SECONDS`` throughout and reports their
@@ -649,7 +651,9 @@ def scaled_out(args) -> int:
 
     cache = tempfile.TemporaryDirectory(prefix="atlas-scaleout-")
     env = {"ATLAS_MAX_SOCKETS_PER_ADDRESS": str(args.followers + args.clients + 10)}
+    env.update({"ATLAS_PROXY_FIX_X_FOR": "1"} if args.hostile else {})
     cluster = scaleout.Cluster(cache.name, args.web, args.workers, env, PORTS)
+    hostile = None
     try:
         if args.followers:
             result = scaleout.follow(cluster, args.followers, args.duration, args.every)
@@ -660,14 +664,22 @@ def scaled_out(args) -> int:
         deadline = time.monotonic() + args.duration
         urls = cluster.urls
         students = [Student(i, urls[i % len(urls)], deadline, args, fingerprint) for i in range(args.clients)]
+        if args.hostile:  # the attacker on the first web process, as on a single server
+            key = analysed_key(urls[0], SHARED_PROMPTS[0])
+            hostile = HostileProcess(urls[0], args.duration, key, args.hostile_nice)
         started = time.monotonic()
         for student in students:
             student.start()
+        if hostile is not None:
+            hostile.start()
         for student in students:
             student.join(args.duration + GRACE_SECONDS)
         for student in students:
             student.close()
-        result = report(students, args, time.monotonic() - started, [], {"web": args.web, "workers": args.workers})
+        extras = {"web": args.web, "workers": args.workers}
+        if hostile is not None:
+            extras["hostile_answers"] = hostile.result()
+        result = report(students, args, time.monotonic() - started, [], extras)
     finally:
         cluster.stop()
         cache.cleanup()

@@ -597,7 +597,27 @@ def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else round(1000 * seconds, 1)
 
 
-def report(students: list[Student], args, seconds: float, rss: list[int], extras: dict) -> dict:
+def analysis_latencies(done: list[Sent], stored_before: set[str]) -> dict:
+    """Latency of the analyses the server answered from its store, of those that waited for
+    another request's computation of the same text, and of those that ran the model. The server
+    says ``cached`` for both of the first two (neither ran the model); a request sent before any
+    request of its text had been answered found nothing stored, so it waited for a computation."""
+    first_answer = {text: float("-inf") for text in stored_before}
+    for r in done:
+        first_answer[r.text] = min(first_answer.get(r.text, float("inf")), r.answered)
+    stored = [r for r in done if r.cached and r.at >= first_answer[r.text]]
+    shared = [r for r in done if r.cached and r.at < first_answer[r.text]]
+    return {
+        "analyze_cached": latency_line([r.answered - r.at for r in stored]),
+        "analyze_shared": latency_line([r.answered - r.at for r in shared]),
+        "analyze_computed": latency_line([r.answered - r.at for r in done if not r.cached]),
+    }
+
+
+def report(
+    students: list[Student], args, seconds: float, rss: list[int], extras: dict, stored_before: set[str]
+) -> dict:
+    """``stored_before``: texts analysed before the students started (answered from the store)."""
     requests = [sent for student in students for sent in student.stats.sent.values()]
     analyses = [r for r in requests if r.event == "analyze"]
     details = [r for r in requests if r.event != "analyze"]
@@ -620,8 +640,7 @@ def report(students: list[Student], args, seconds: float, rss: list[int], extras
         "outcomes": dict(outcome),
         "analyses_by_kind": {k: dict(v) for k, v in by_kind.items()},
         "latency": {
-            "analyze_cached": latency_line([r.answered - r.at for r in done if r.cached]),
-            "analyze_computed": latency_line([r.answered - r.at for r in done if not r.cached]),
+            **analysis_latencies(done, stored_before),
             "too_long_answer": latency_line([r.answered - r.at for r in analyses if r.outcome == "too_long"]),
             "detail": latency_line([r.answered - r.at for r in details if r.answered]),
         },
@@ -679,7 +698,7 @@ def scaled_out(args) -> int:
         extras = {"web": args.web, "workers": args.workers}
         if hostile is not None:
             extras["hostile_answers"] = hostile.result()
-        result = report(students, args, time.monotonic() - started, [], extras)
+        result = report(students, args, time.monotonic() - started, [], extras, {SHARED_PROMPTS[0]})
     finally:
         cluster.stop()
         cache.cleanup()
@@ -788,7 +807,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "hostile_answers": hostile_answers,
     }
-    result = report(students, args, seconds, sampler.samples, extras)
+    result = report(students, args, seconds, sampler.samples, extras, {SHARED_PROMPTS[0]} if args.hostile else set())
     print(json.dumps(result, indent=2, ensure_ascii=False))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2, ensure_ascii=False))

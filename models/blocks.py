@@ -107,6 +107,13 @@ class FusedSource(LayerSource):
         self.keys, self.lse, self.spans = keys, lse, spans
         self._buffers = (queries.new_empty(0), queries.new_empty(0))  # scores, probabilities
 
+    @classmethod
+    def side_by_side(cls, sources: list[FusedSource], spans: MaskSpans) -> FusedSource:
+        """One source whose heads are those of ``sources`` (layers sharing ``spans``) in order."""
+        queries = torch.cat([source.queries for source in sources])  # each already scaled
+        keys = torch.cat([source.keys for source in sources])
+        return cls(queries, keys, torch.cat([source.lse for source in sources]), 1.0, spans)
+
     def _views(self, shape: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         """Two [H, r, c] views of buffers kept across blocks: a fresh multi-MB tensor per block
         costs the kernel's page faults each time (about as long as the exp that fills it). A
@@ -149,7 +156,7 @@ class LayerSummary:
     """What one layer leaves in the record, still as tensors on the model's device."""
 
     thumbnails: torch.Tensor  # [H, t, t] max-pooled attention
-    received: torch.Tensor  # [N] attention each key receives, summed over heads and queries
+    received: torch.Tensor  # [layers, N] attention each key receives, summed over a layer's heads and queries
     head_stats: torch.Tensor  # [H, S] the HEAD_STATS of the analysed prefix
     key_shares: torch.Tensor  # [H, P] mean attention each prefix key gets from the prefix's rows
     attention: torch.Tensor | None  # [H, N, N] only when the record keeps it
@@ -203,21 +210,24 @@ def summarize_layer(
     stats_tokens: int,
     causal: bool,
     keep: torch.dtype | None = None,
+    layers: int = 1,
 ) -> LayerSummary:
     """Read one layer's attention block by block. ``stats_tokens`` is the analysed prefix P;
     ``causal`` as the head statistics define it (see app.analysis.head_roles.choice_rows);
-    ``keep`` the dtype to keep the full attention in, or None to keep none."""
+    ``keep`` the dtype to keep the full attention in, or None to keep none. ``layers`` > 1: the
+    source's heads are that many layers' heads side by side (one pass for all of them), and
+    ``received`` is summed per layer."""
     n = spans.allowed.shape[-1]
     device = spans.allowed.device
     bins = _Bins(n, thumb)
     pooled = torch.zeros((heads, thumb, n), device=device)  # [H, t, N] each column max-pooled over row bins
-    received = torch.zeros(n, device=device)
+    received = torch.zeros((layers, n), device=device)
     stats = _PrefixStats(heads, stats_tokens, causal, device)
     attention = torch.zeros((heads, n, n), dtype=keep, device=device) if keep is not None else None
     for r0, r1, c0, c1 in row_blocks(spans, block_rows(heads, n)):
         block = source.block(r0, r1, c0, c1)
         columns = block.p.sum(dim=1)  # [H, c]
-        received[c0:c1] += columns.sum(dim=0)
+        received[:, c0:c1] += columns.view(layers, -1, c1 - c0).sum(dim=1)
         bins.pool_rows(block.p, r0, c0, pooled)
         if r0 < stats_tokens and c0 < stats_tokens:
             whole = r1 <= stats_tokens and c1 <= stats_tokens

@@ -45,6 +45,7 @@ OVERVIEW_BUDGET_BYTES = 192 * 1024  # bytes of uint8 thumbnails for the whole mo
 THUMBNAIL_MAX_SIDE = budget.THUMBNAIL_MAX_SIDE  # pixels; the model view never needs more per head
 THUMBNAIL_MIN_SIDE = 8
 ATTENTION_KEEP_BYTES = 0  # bytes of full attention a record keeps; none: any block is recomputed
+BATCH_TOKENS = 128  # prompts up to this long are summarised once for all layers, after the pass (Recorder.finish)
 SCORE_CHECK_ROWS = 128  # query rows sampled by the score check
 SCORE_CHECK_TOLERANCE = 1e-3  # max |softmax(scores) - weights| before a layer must run eager
 EAGER_ARGUMENTS = ("position_bias", "softcap", "sinks", "s_aux", "alibi")  # attention that is not softmax(q.k)
@@ -188,6 +189,7 @@ class Recorder:
     norms_exact: bool = True  # False when a layer's output projection was not found (||v||, W_O = I then)
     _projections: dict[int, torch.Tensor | None] = field(default_factory=dict)  # id(module) -> [H, d, D] or None
     stack: LayerStack = field(default_factory=lambda: LayerStack(0))  # new_recorder sizes it
+    _waiting: list[tuple] = field(default_factory=list)  # (index, FusedSource, _Mask) of layers left for finish()
 
     def _outputs(self, module, value: torch.Tensor, groups: int) -> tuple[torch.Tensor, torch.Tensor]:
         """[H, N] ||f_h(x_j)|| and [N, H, H] f_h(x_j) . f_g(x_j) (models.contributions) of every
@@ -272,36 +274,64 @@ class Recorder:
             # a row that reads nothing (another segment's rows in an encoder-decoder record) stores 0
             row_lse = torch.where(mask.spans.readable, lse[0].float(), 0.0)  # [H, N]
             source = FusedSource(queries, keys, row_lse, scaling, mask.spans)
-        summary = summarize_layer(
-            source,
-            mask.spans,
-            heads=query.shape[1],
-            thumb=self.thumb,
-            stats_tokens=min(self.n_tokens, STATS_TOKENS),
-            causal=self.causal,
-            keep=TORCH_DTYPES[self.dtype.name] if self.keep_attention else None,
-        )
         output_norms, output_grams = self._outputs(module, value, groups)  # [H, N], [N, H, H]
         layer = {
             "name": self.names.get(id(module), type(module).__name__),
             "queries": _stored(query[0]),  # [H, N, d]
             "keys": _stored(key[0]),  # [KV, N, d]
             "row_lse": row_lse.cpu().numpy(),  # [H, N]
-            "received": (summary.received / (query.shape[1] * mask.spans.visible)).cpu().numpy(),  # [N]
             "output_norms": output_norms.cpu().numpy(),  # [H, N]
             "output_grams": output_grams.cpu().numpy(),  # [N, H, H]
-            "thumbnails": summary.thumbnails.to(torch.float16).cpu().numpy(),
-            "head_stats": summary.head_stats.cpu().numpy(),  # [H, S]
-            "key_shares": summary.key_shares.cpu().numpy(),  # [H, P]
-            "attention": summary.attention.cpu().numpy() if summary.attention is not None else None,
             "scaling": scaling,
             "mask": mask.index,
             "groups": groups,
         }
         index = len(self.layers)
         self.layers.append({name: self._kept(name, index, array) for name, array in layer.items()})
-        if self.on_layer:
-            self.on_layer(len(self.layers) - 1, self.layers[-1]["thumbnails"])
+        if isinstance(source, FusedSource) and not self.keep_attention and self.n_tokens <= BATCH_TOKENS:
+            self._waiting.append((index, source, mask))
+        else:
+            self._summarize([index], source, mask)
+
+    def finish(self) -> None:
+        """Summarise the layers a short prompt's pass left waiting: all of a mask's layers in one
+        blocked pass, their heads side by side. Below BATCH_TOKENS a layer's pass is mostly the
+        interpreter's time per torch operation (SmolLM2 at 128 tokens: 70 ms layer by layer, 35 ms in one pass),
+        and the view streams no layer of a pass that short anyway (app.stream.LIVE_AFTER_SECONDS)."""
+        waiting, self._waiting = self._waiting, []
+        by_mask: dict[tuple, list] = {}
+        for index, source, mask in waiting:
+            by_mask.setdefault((mask.index, tuple(source.queries.shape)), []).append((index, source, mask))
+        for group in by_mask.values():
+            indices, sources, masks = zip(*group)
+            self._summarize(list(indices), FusedSource.side_by_side(sources, masks[0].spans), masks[0])
+
+    def _summarize(self, indices: list[int], source, mask: _Mask) -> None:
+        """Read the attention of layers ``indices`` (their heads side by side in ``source``) and
+        record what the first views need of each."""
+        heads = self.layers[indices[0]]["queries"].shape[0]
+        summary = summarize_layer(
+            source,
+            mask.spans,
+            heads=heads * len(indices),
+            thumb=self.thumb,
+            stats_tokens=min(self.n_tokens, STATS_TOKENS),
+            causal=self.causal,
+            keep=TORCH_DTYPES[self.dtype.name] if self.keep_attention else None,
+            layers=len(indices),
+        )
+        for place, index in enumerate(indices):
+            own = slice(place * heads, (place + 1) * heads)
+            fields = {
+                "received": (summary.received[place] / (heads * mask.spans.visible)).cpu().numpy(),  # [N]
+                "thumbnails": summary.thumbnails[own].to(torch.float16).cpu().numpy(),  # [H, t, t]
+                "head_stats": summary.head_stats[own].cpu().numpy(),  # [H, S]
+                "key_shares": summary.key_shares[own].cpu().numpy(),  # [H, P]
+                "attention": summary.attention[own].cpu().numpy() if summary.attention is not None else None,
+            }
+            self.layers[index].update({name: self._kept(name, index, array) for name, array in fields.items()})
+            if self.on_layer:
+                self.on_layer(index, self.layers[index]["thumbnails"])
 
     def _kept(self, name: str, index: int, array):
         """A layer's array as the record keeps it: written into the stack (the per-layer copy,
@@ -484,6 +514,7 @@ def assemble(
     encoder-decoder models return two stacks of hidden states. Both drivers end here, so every
     record has the same layout whichever model produced it.
     """
+    recorder.finish()
     layers, stack, count = recorder.layers, recorder.stack, len(recorder.layers)
     groups = layers[0]["groups"]
     heads = layers[0]["queries"].shape[0]

@@ -93,13 +93,16 @@ def prefix_metrics(attention: np.ndarray, capture, causal: bool, n: int) -> dict
 
 @pytest.mark.parametrize("name", ["tiny-bert", "tiny-gpt2", "tiny-llama"])
 @pytest.mark.parametrize("stats_tokens", [1024, 9])
-def test_blocked_pass_matches_the_definitions(tiny_models, monkeypatch, name, stats_tokens):
+@pytest.mark.parametrize("batch_tokens", [recorder.BATCH_TOKENS, 0], ids=["all-layers-at-once", "layer-by-layer"])
+def test_blocked_pass_matches_the_definitions(tiny_models, monkeypatch, name, stats_tokens, batch_tokens):
     """Row blocks of a few rows each (and a prefix shorter than the prompt, where a bidirectional
     model's prefix rows do not sum to 1) give the same thumbnails, received attention and head
-    statistics as the definitions applied to transformers' own attention."""
+    statistics as the definitions applied to transformers' own attention, whether the layers
+    are read as the model finishes each or all at once after the pass (a short prompt)."""
     handle = tiny_models[name]
     monkeypatch.setattr(blocks, "BLOCK_BYTES", 3 * 4 * handle.config.num_attention_heads * 32)  # 3 rows a block
     monkeypatch.setattr(recorder, "STATS_TOKENS", stats_tokens)
+    monkeypatch.setattr(recorder, "BATCH_TOKENS", batch_tokens)
     capture = run_capture(handle, PROMPT)
     expected = reference_attention(handle, PROMPT)  # [L, H, N, N]
     side = capture.thumbnails.shape[-1]

@@ -295,9 +295,10 @@ class Recorder:
 
     def finish(self) -> None:
         """Summarise the layers a short prompt's pass left waiting: all of a mask's layers in one
-        blocked pass, their heads side by side. Below BATCH_TOKENS a layer's pass is mostly the
-        interpreter's time per torch operation (SmolLM2 at 128 tokens: 70 ms layer by layer, 35 ms in one pass),
-        and the view streams no layer of a pass that short anyway (app.stream.LIVE_AFTER_SECONDS)."""
+        blocked pass, their heads side by side. Up to BATCH_TOKENS, reading layer by layer costs
+        mostly the interpreter's time per torch operation (SmolLM2 at 128 tokens: 70 ms layer by
+        layer, 35 ms in one pass), and the view streams no layer of a pass that short anyway
+        (app.stream.LIVE_AFTER_SECONDS). Called by :func:`assemble`; a second call does nothing."""
         waiting, self._waiting = self._waiting, []
         by_mask: dict[tuple, list] = {}
         for index, source, mask in waiting:
@@ -374,7 +375,9 @@ def shrink_hidden_states() -> None:
     layer's [N, D] state to the end of the pass: 271 MiB of a 4096-token SmolLM2 capture's
     peak. Each recorded layer shrinks the states collected before it (the last one stays whole,
     transformers swaps it for the final normed state). Models that collect hidden states their
-    own way keep them whole; :func:`state_norms` reads both.
+    own way keep them whole; :func:`state_norms` reads both. The collector is an internal of
+    transformers 5 (the version requirements.txt pins): if a release renames it, states stay
+    whole (more memory, the same record), and test_capture's check of what a pass holds fails.
     """
     collector = getattr(output_capturing, "_active_collector", None)
     collected = collector.get() if collector is not None else None

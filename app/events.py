@@ -126,7 +126,7 @@ class Sockets:
                 refusal = f"too many connections ({here}) from this address; close some tabs and reload"
             elif self._suspended.get(address, 0.0) > time.monotonic():
                 refusal = "connections from this address kept flooding the server; wait a minute and reload"
-            elif not self._may_connect(address):
+            elif not self.connects.spend(address, "connect"):
                 refusal = "too many new connections from this address; wait a minute and reload"
             else:
                 self._address[eio_sid] = address
@@ -141,22 +141,14 @@ class Sockets:
         no new socket for :data:`SUSPENSION_SECONDS`: a client that reconnects to flood again
         cost the server a handshake and a burst of refusals each time. Sockets already open stay
         open, so the rest of a class behind that address keeps working."""
-        try:
-            self.connects.check(address, "closed")
-        except AtlasError:
-            with self._lock:
-                now = time.monotonic()
-                self._suspended = {key: until for key, until in self._suspended.items() if until > now}
-                if address not in self._suspended:
-                    log.warning("suspended new Socket.IO connections from %s for %d s", address, SUSPENSION_SECONDS)
-                self._suspended[address] = now + SUSPENSION_SECONDS
-
-    def _may_connect(self, address: str) -> bool:
-        try:
-            self.connects.check(address, "connect")
-        except AtlasError:
-            return False
-        return True
+        if self.connects.spend(address, "closed"):
+            return
+        with self._lock:
+            now = time.monotonic()
+            self._suspended = {key: until for key, until in self._suspended.items() if until > now}
+            if address not in self._suspended:
+                log.warning("suspended new Socket.IO connections from %s for %d s", address, SUSPENSION_SECONDS)
+            self._suspended[address] = now + SUSPENSION_SECONDS
 
     def release(self, eio_sid: str) -> None:
         with self._lock:
@@ -284,15 +276,14 @@ class AtlasNamespace(Namespace):
         """A refused request: a connection refused more often than the ``refusal`` limit allows
         (it kept sending after being told to wait) is told so and closed. Each refusal is an
         answer, and a flood of them cost the server as much as answering the requests would."""
-        try:
-            self.refusals.check(sid, "refusal")
-        except AtlasError:
-            log.warning("closed Socket.IO connection %s: it kept sending after being refused", sid)
-            self._emit(sid, "error", AtlasError("rate_limited", CLOSED_FOR_REFUSALS, 429).payload(None))
-            self.sockets.closed_for_flooding(self._address(sid))
-            eio_sid = self.server.manager.eio_sid_from_sid(sid, NAMESPACE)
-            if eio_sid is not None:
-                self.server.eio.disconnect(eio_sid)
+        if self.refusals.spend(sid, "refusal"):
+            return
+        log.warning("closed Socket.IO connection %s: it kept sending after being refused", sid)
+        self._emit(sid, "error", AtlasError("rate_limited", CLOSED_FOR_REFUSALS, 429).payload(None))
+        self.sockets.closed_for_flooding(self._address(sid))
+        eio_sid = self.server.manager.eio_sid_from_sid(sid, NAMESPACE)
+        if eio_sid is not None:
+            self.server.eio.disconnect(eio_sid)
 
     def _cancel(self, sid: str, rid) -> bool:
         """Stop ``sid``'s request ``rid`` if it is still running: it leaves the queue, or stops at

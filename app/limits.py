@@ -334,22 +334,32 @@ class RateLimiter:
 
     def check(self, client: str, kind: str) -> None:
         """Spend one request of ``kind`` for ``client`` or raise AtlasError('rate_limited')."""
+        wait = self._take(client, kind)
+        if wait > 0:
+            raise AtlasError(
+                "rate_limited", f"too many {kind} requests from this client; wait {wait:.1f} s and try again", 429
+            )
+
+    def spend(self, client: str, kind: str) -> bool:
+        """Spend one request of ``kind`` for ``client``; False (nothing spent) when over the limit."""
+        return self._take(client, kind) == 0
+
+    def _take(self, client: str, kind: str) -> float:
+        """Spend one token and return 0, or return the seconds until one is there."""
         rate, burst = self._limits()[kind]
         if rate <= 0:
-            return  # no limit
+            return 0.0  # no limit
         now = time.monotonic()
         with self._lock:
             tokens, last = self._buckets.get((client, kind), (burst, now))
             tokens = min(burst, tokens + (now - last) * rate)
             if tokens < 1:
                 self._buckets[(client, kind)] = [tokens, now]
-                wait = (1 - tokens) / rate
-                raise AtlasError(
-                    "rate_limited", f"too many {kind} requests from this client; wait {wait:.1f} s and try again", 429
-                )
+                return (1 - tokens) / rate
             self._buckets[(client, kind)] = [tokens - 1, now]
             if now - self._last_sweep > IDLE_CLIENT_SECONDS:
                 self._sweep(now)
+            return 0.0
 
     def forget(self, client: str) -> None:
         with self._lock:

@@ -678,13 +678,12 @@ def scaled_out(args) -> int:
             result = scaleout.follow(cluster, args.followers, args.duration, args.every)
             scaleout.print_report(result, args.json)
             return 1 if result["missed"] or result["joined"] < args.followers else 0
-        analysed_key(cluster.urls[0], SHARED_PROMPTS[0])  # the workers' models are loaded
+        key = analysed_key(cluster.urls[0], SHARED_PROMPTS[0])  # and so the workers' models are loaded
         fingerprint = load_registry().fingerprint(MODEL)
         deadline = time.monotonic() + args.duration
         urls = cluster.urls
         students = [Student(i, urls[i % len(urls)], deadline, args, fingerprint) for i in range(args.clients)]
         if args.hostile:  # the attacker on the first web process, as on a single server
-            key = analysed_key(urls[0], SHARED_PROMPTS[0])
             hostile = HostileProcess(urls[0], args.duration, key, args.hostile_nice)
         started = time.monotonic()
         for student in students:

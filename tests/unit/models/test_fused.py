@@ -11,7 +11,7 @@ from torch.nn import functional as F
 
 from app.analysis import head_roles
 from app.analysis.sinks import received_attention
-from models import blocks, recorder
+from models import blocks, cpu_blocks, recorder
 from models.capture import run_capture
 from models.record import HEAD_STATS
 from models.recorder import ATTENTION_IMPLEMENTATION, HiddenNorms, Recorder, new_recorder, recorded_forward
@@ -94,12 +94,15 @@ def prefix_metrics(attention: np.ndarray, capture, causal: bool, n: int) -> dict
 @pytest.mark.parametrize("name", ["tiny-bert", "tiny-gpt2", "tiny-llama"])
 @pytest.mark.parametrize("stats_tokens", [1024, 9])
 @pytest.mark.parametrize("batch_tokens", [recorder.BATCH_TOKENS, 0], ids=["all-layers-at-once", "layer-by-layer"])
-def test_blocked_pass_matches_the_definitions(tiny_models, monkeypatch, name, stats_tokens, batch_tokens):
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "torch"])
+def test_blocked_pass_matches_the_definitions(tiny_models, monkeypatch, name, stats_tokens, batch_tokens, compiled):
     """Row blocks of a few rows each (and a prefix shorter than the prompt, where a bidirectional
     model's prefix rows do not sum to 1) give the same thumbnails, received attention and head
     statistics as the definitions applied to transformers' own attention, whether the layers
-    are read as the model finishes each or all at once after the pass (a short prompt)."""
+    are read as the model finishes each or all at once after the pass (a short prompt), and
+    whether each block's cells are read by the compiled loop or by torch operations."""
     handle = tiny_models[name]
+    monkeypatch.setattr(cpu_blocks, "ENABLED", compiled)
     monkeypatch.setattr(blocks, "BLOCK_BYTES", 3 * 4 * handle.config.num_attention_heads * 32)  # 3 rows a block
     monkeypatch.setattr(recorder, "STATS_TOKENS", stats_tokens)
     monkeypatch.setattr(recorder, "BATCH_TOKENS", batch_tokens)

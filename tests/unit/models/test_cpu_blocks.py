@@ -1,0 +1,115 @@
+"""The blocked pass, by its compiled row loop (models.cpu_blocks) and by torch operations,
+against the definitions, written here on the dense
+softmax: masks of every shape the blocked pass meets (causal, windows, runs with holes, rows that
+see nothing), a prefix shorter than the prompt, several layers side by side, blocks of a few rows."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch.nn import functional as F
+
+from models import blocks, cpu_blocks
+from models.blocks import FusedSource, MaskSpans, summarize_layer
+from models.record import STAT_OFFSETS
+
+HEADS, N, D, THUMB = 4, 37, 8, 6
+
+
+def dense_attention(queries, keys, allowed, scaling) -> np.ndarray:
+    """[H, N, N] softmax(q.k * scaling) over allowed keys; a row that may see nothing is 0."""
+    scores = (queries @ keys.transpose(1, 2) * scaling).masked_fill(~allowed, float("-inf")).double()
+    return torch.nan_to_num(torch.softmax(scores, dim=-1), nan=0.0).numpy()
+
+
+def definition_stats(attention: np.ndarray, prefix: int, causal: bool) -> tuple[np.ndarray, np.ndarray]:
+    """([H, S] means of the head statistics over the prefix rows that count, [H, P] key shares):
+    entropy, entropy / log(keys the row may see), sum_k a |q - k|, then a[q, q + offset]."""
+    heads = attention.shape[0]
+    stats = np.zeros((heads, 3 + len(STAT_OFFSETS)))
+    shares = np.zeros((heads, prefix))
+    for h in range(heads):
+        totals, counts, rows = np.zeros(stats.shape[1]), np.zeros(stats.shape[1]), 0
+        for q in range(prefix):
+            row = attention[h, q, :prefix]
+            keys = q + 1 if causal else prefix
+            if row.sum() <= 0 or keys <= 1:
+                continue
+            entropy = -sum(a * np.log(a) for a in row if a > 0)
+            distance = sum(a * (q - k if causal else abs(q - k)) for k, a in enumerate(row))
+            totals[:3] += entropy, entropy / np.log(max(keys, 2)), distance
+            counts[:3] += 1
+            for s, offset in enumerate(STAT_OFFSETS):
+                if 0 <= q + offset < prefix:
+                    totals[3 + s] += row[q + offset]
+                    counts[3 + s] += 1
+            shares[h] += row
+            rows += 1
+        stats[h] = np.where(counts > 0, totals / np.maximum(counts, 1), 0.0)
+        shares[h] /= max(rows, 1)
+    return stats, shares
+
+
+def masks() -> dict[str, tuple[torch.Tensor, bool]]:
+    """name -> ([N, N] allowed, whether the statistics read it as causal)."""
+    behind = torch.arange(N)[:, None] - torch.arange(N)[None, :]
+    holes = torch.rand(N, N, generator=torch.Generator().manual_seed(3)) > 0.4
+    holes[5] = False  # a row that sees nothing
+    segments = torch.zeros(N, N, dtype=torch.bool)
+    segments[:20, :20] = True
+    segments[25:, 20:] = behind[25:, 20:] >= 0  # rows 20..24 see nothing
+    return {
+        "causal": (behind >= 0, True),
+        "full": (torch.ones(N, N, dtype=torch.bool), False),
+        "window": ((behind >= 0) & (behind < 6), True),
+        "holes": (holes, False),
+        "segments": (segments, False),
+    }
+
+
+@pytest.mark.parametrize("mask", list(masks()))
+@pytest.mark.parametrize("prefix", [N, 11])
+@pytest.mark.parametrize("layers", [1, 2])
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "torch"])
+def test_the_blocked_pass_gives_the_definitions(monkeypatch, mask, prefix, layers, compiled):
+    monkeypatch.setattr(cpu_blocks, "ENABLED", compiled)
+    monkeypatch.setattr(blocks, "BLOCK_BYTES", 5 * 4 * HEADS * layers * N)  # 5 rows a block
+    allowed, causal = masks()[mask]
+    spans = MaskSpans.of(allowed)
+    generator = torch.Generator().manual_seed(0)
+    queries, keys = (torch.randn(HEADS * layers, N, D, generator=generator) * 2 for _ in range(2))
+    scaling = D**-0.5
+    attention = dense_attention(queries, keys, allowed, scaling)  # [H, N, N]
+    lse = torch.logsumexp((queries @ keys.transpose(1, 2) * scaling).masked_fill(~allowed, float("-inf")), dim=-1)
+    lse = torch.where(spans.readable, lse, 0.0)
+
+    ran = []
+    original = cpu_blocks.LayerFold.add
+    monkeypatch.setattr(cpu_blocks.LayerFold, "add", lambda *args: ran.append(1) or original(*args))
+    source = FusedSource(queries, keys, lse, scaling, spans)
+    summary = summarize_layer(
+        source, spans, heads=HEADS * layers, thumb=THUMB, stats_tokens=prefix, causal=causal, layers=layers
+    )
+    assert bool(ran) == compiled, "the compiled loop ran where it should not, or did not where it should"
+
+    thumbnails = F.adaptive_max_pool2d(torch.from_numpy(attention).float(), THUMB).numpy()
+    np.testing.assert_allclose(summary.thumbnails.numpy(), thumbnails, atol=1e-5)  # float32 scores and lse
+    received = attention.sum(axis=1).reshape(layers, HEADS, N).sum(axis=1)  # [layers, N]
+    np.testing.assert_allclose(summary.received.numpy(), received, atol=1e-5)
+    stats, shares = definition_stats(attention, prefix, causal)
+    np.testing.assert_allclose(summary.head_stats.numpy(), stats, atol=1e-5)
+    np.testing.assert_allclose(summary.key_shares.numpy(), shares, atol=1e-6)
+
+
+def test_the_exponential_is_float32_exact_over_the_range_it_reads():
+    """The inline exp (range reduction and a degree-6 polynomial) on every log-probability the
+    loop meets, -87 (models.blocks.EXP_FLOOR) to 0: within a few float32 roundings of exp."""
+    values = torch.linspace(-87.0, 0.0, 100_003)
+    spans = MaskSpans.of(torch.ones(1, values.numel(), dtype=torch.bool))
+    columns, pooled = torch.zeros(1, values.numel()), torch.zeros(1, 1, values.numel())
+    stats = blocks._PrefixStats(1, 0, False, "cpu")
+    fold = cpu_blocks.LayerFold(torch.zeros(1, 1), spans, np.array([0]), np.array([1]), stats, columns, pooled)
+    fold.add(values.view(1, 1, -1).contiguous(), 0, 0)
+    exact = torch.exp(values.double())
+    assert ((columns[0].double() - exact).abs() / exact).max() < 1e-6

@@ -26,6 +26,7 @@ import torch
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
 from models import seq2seq
+from models.blocks import prepare_blocked_pass
 from models.errors import ModelLoadError
 from models.recorder import ATTENTION_IMPLEMENTATION, register_capture_attention
 from models.registry import ModelSpec, Registry
@@ -155,6 +156,7 @@ class ModelLoader:
         if gguf_file and self.converted_dir:
             self._save_converted(spec, fingerprint, model, tokenizer)
         model.to(device).eval()
+        prepare_blocked_pass(device)  # compiled with the model, not in its first user's request
         seconds = time.perf_counter() - started
         log.info("loaded %s on %s in %.1f s", spec.name, device, seconds)
         progress(f"loaded {spec.name}", 1.0)

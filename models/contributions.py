@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 OUTPUT_PROJECTIONS = ("o_proj", "out_proj", "c_proj", "o")  # Llama-likes, BART/OPT, GPT-2, T5
-GRAM_BLOCK_BYTES = 64 * 2**20  # bytes of the [n, H, D] float32 vectors f_h(x_j) alive at once
+GRAM_BLOCK_BYTES = 16 * 2**20  # bytes of the [H, n, D] float32 vectors f_h(x_j) alive at once
 
 
 def output_projection(module: nn.Module, parent: nn.Module | None) -> nn.Module | None:
@@ -60,6 +60,6 @@ def output_grams(values: torch.Tensor, projections: torch.Tensor | None) -> torc
     rows = max(1, GRAM_BLOCK_BYTES // (4 * heads * width))
     grams = []
     for start in range(0, values.shape[1], rows):
-        transformed = torch.einsum("hnd,hde->nhe", values[:, start : start + rows], projections)  # [n, H, D]
-        grams.append(transformed @ transformed.transpose(1, 2))
+        transformed = torch.bmm(values[:, start : start + rows], projections)  # [H, n, D]
+        grams.append(torch.einsum("hne,gne->nhg", transformed, transformed))  # [n, H, H]
     return torch.cat(grams)

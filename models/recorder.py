@@ -305,11 +305,11 @@ class Recorder:
             by_mask.setdefault((mask.index, tuple(source.queries.shape)), []).append((index, source, mask))
         for group in by_mask.values():
             indices, sources, masks = zip(*group)
-            self._summarize(list(indices), FusedSource.side_by_side(sources, masks[0].spans), masks[0])
+            self._summarize(list(indices), FusedSource.side_by_side(sources, masks[0].spans), masks[0], False)
 
-    def _summarize(self, indices: list[int], source, mask: _Mask) -> None:
+    def _summarize(self, indices: list[int], source, mask: _Mask, announce: bool = True) -> None:
         """Read the attention of layers ``indices`` (their heads side by side in ``source``) and
-        record what the first views need of each."""
+        record what the first views need of each; ``announce``: tell ``on_layer`` of each."""
         heads = self.layers[indices[0]]["queries"].shape[0]
         summary = summarize_layer(
             source,
@@ -331,7 +331,7 @@ class Recorder:
                 "attention": summary.attention[own].cpu().numpy() if summary.attention is not None else None,
             }
             self.layers[index].update({name: self._kept(name, index, array) for name, array in fields.items()})
-            if self.on_layer:
+            if self.on_layer and announce:
                 self.on_layer(index, self.layers[index]["thumbnails"])
 
     def _kept(self, name: str, index: int, array):

@@ -9,6 +9,7 @@ import pytest
 
 from app import stream
 from app.protocol import NAMESPACE
+from models import recorder
 from tests.wire import decode_array, decode_strings
 
 PROMPT = "The cat sat on the mat because it was tired."
@@ -56,6 +57,7 @@ def test_events_arrive_overview_first(analysis):
 
 def test_layers_stream_while_the_model_runs_and_do_not_travel_twice(socket_client, monkeypatch):
     monkeypatch.setattr(stream, "LIVE_AFTER_SECONDS", 0.0)  # however quick the pass, stream every layer
+    monkeypatch.setattr(recorder, "BATCH_TOKENS", 0)  # each layer read as the model finishes it (a long prompt)
     text = "A prompt no other test sends, so that the model runs for it."
     socket_client.emit("analyze", {"rid": "s", "model": "minilm", "text": text}, namespace=NAMESPACE)
     events = [e for e in collect(socket_client) if e["name"] != "progress"]
@@ -74,15 +76,19 @@ def test_layers_stream_while_the_model_runs_and_do_not_travel_twice(socket_clien
     np.testing.assert_array_equal(np.stack([decode(e["peaks"]) for e in layers]), decode(full["peaks"]))
 
 
-def test_a_short_forward_pass_sends_no_layer_events(socket_client, monkeypatch):
-    monkeypatch.setattr(stream, "LIVE_AFTER_SECONDS", 60.0)  # every pass here is shorter than this
+@pytest.mark.parametrize("live_after", [60.0, 0.0], ids=["quicker-than-live", "slower-than-live"])
+def test_a_short_forward_pass_sends_no_layer_events(socket_client, monkeypatch, live_after):
+    """A pass quicker than LIVE_AFTER_SECONDS holds its layers back; a short prompt's layers
+    (read all at once after the pass) are never announced, however long the pass took: the
+    overview that carries them comes next."""
+    monkeypatch.setattr(stream, "LIVE_AFTER_SECONDS", live_after)
     socket_client.emit(
         "analyze",
-        {"rid": "q", "model": "minilm", "text": "A quick pass, not streamed layer by layer."},
+        {"rid": "q", "model": "minilm", "text": f"A quick pass, not streamed layer by layer ({live_after})."},
         namespace=NAMESPACE,
     )
-    events = collect(socket_client)
-    assert [e["name"] for e in events] == ["tokens", "overview", "done"]  # no progress, no overview_layer
+    events = [e for e in collect(socket_client) if not (live_after == 0.0 and e["name"] == "progress")]
+    assert [e["name"] for e in events] == ["tokens", "overview", "done"]  # no overview_layer (nor progress when quick)
     overview = events[1]
     assert not overview["streamed"] and decode(overview["thumbnails"]).shape[0] == 6
 

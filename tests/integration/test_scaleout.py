@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+from app import config
 from app.protocol import NAMESPACE
 from app.tasks import NO_WORKER
 from tests.browser.server import REPO_ROOT
@@ -284,8 +285,10 @@ def running_jobs(redis_url: str) -> int:
 def test_two_web_processes_and_two_workers_serve_one_forward_pass(redis_server, tmp_path):
     """Both workers take one of the two identical jobs; the Redis lock lets one compute."""
     with contextlib.ExitStack() as stack:
-        for name in ("w1", "w2"):
+        workers = [
             stack.enter_context(model_worker(tmp_path / name, redis_server.url, "--preload", "minilm"))
+            for name in ("w1", "w2")
+        ]
         url_a = stack.enter_context(live_server(tmp_path / "a", REDIS_URL=redis_server.url, **WORKERS))
         url_b = stack.enter_context(live_server(tmp_path / "b", REDIS_URL=redis_server.url, **WORKERS))
         client_a, client_b = connected(stack, url_a), connected(stack, url_b)
@@ -293,6 +296,7 @@ def test_two_web_processes_and_two_workers_serve_one_forward_pass(redis_server, 
         for client, rid in ((client_a, "a"), (client_b, "b")):
             client.emit("analyze", {"rid": rid, "text": PROMPT, "layers": [0]}, namespace=NAMESPACE)
         answers = [{a["name"]: a for a in client.wait(rid)} for client, rid in ((client_a, "a"), (client_b, "b"))]
+        niceness = [os.getpriority(os.PRIO_PROCESS, worker.pid) for worker in workers]  # both serving by now
         assert [a["done"]["key"] for a in answers] == [answers[0]["done"]["key"]] * 2, answers
         assert sorted(a["done"]["cached"] for a in answers) == [False, True]  # one forward pass
         for name in ("tokens", "layer"):
@@ -313,6 +317,8 @@ def test_two_web_processes_and_two_workers_serve_one_forward_pass(redis_server, 
         assert answer["cached"] is False and answer["tokens"]["text"] == PROMPT + " Again."
         with urllib.request.urlopen(f"{url_a}/api/models") as response:
             assert not any(model["loaded"] for model in json.load(response)["models"])  # the web loads none
+    own = os.getpriority(os.PRIO_PROCESS, 0)
+    assert niceness == [min(19, own + config.Config.WORKER_NICE)] * 2  # the web processes answer first
 
 
 def test_a_job_whose_worker_is_killed_is_answered_once_by_another(redis_server, tmp_path):

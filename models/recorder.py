@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import mmap
 import sys
 import time
 from collections.abc import Callable
@@ -125,7 +126,7 @@ class LayerStack:
         """Store ``value`` as layer ``index`` of ``name``; returns the stored view."""
         array = self.arrays.get(name)
         if array is None:
-            array = np.empty((max(self.expected, index + 1), *value.shape), value.dtype)
+            array = populated_empty((max(self.expected, index + 1), *value.shape), value.dtype)
         elif index >= len(array):
             array = np.concatenate([array, np.empty((index + 1 - len(array), *value.shape), array.dtype)])
         self.arrays[name] = array
@@ -142,6 +143,22 @@ class LayerStack:
         if count < len(self.arrays[name]):
             array = array.copy()  # not a view that keeps the unused layers' memory alive
         return array if dtype is None else array.astype(dtype, copy=False)
+
+
+POPULATE_MIN_BYTES = 8 * 1024 * 1024  # from here up, glibc maps fresh memory anyway (app.cache.map_large_blocks)
+
+
+def populated_empty(shape: tuple[int, ...], dtype) -> np.ndarray:
+    """``np.empty`` whose pages the kernel maps in one call (Linux ``MAP_POPULATE``), for the
+    record's large arrays. Each capture's arrays are fresh memory, and faulting it in page by
+    page as the layers were written cost 0.6 s for the 283 MiB of a 4096-token SmolLM2 record's
+    queries (1.0 s of the capture with the keys and the rest); populated at once, 0.09 s. The
+    array keeps its mapping alive; it is unmapped when the last view of it goes."""
+    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    if nbytes < POPULATE_MIN_BYTES or not hasattr(mmap, "MAP_POPULATE"):
+        return np.empty(shape, dtype)
+    flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | mmap.MAP_POPULATE
+    return np.frombuffer(mmap.mmap(-1, nbytes, flags=flags), dtype).reshape(shape)
 
 
 STACKED = (  # the per-layer arrays the record keeps, written into a LayerStack as layers finish

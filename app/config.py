@@ -68,10 +68,10 @@ class Config:
     PROXY_FIX_X_FOR = 0  # proxies in front that set X-Forwarded-For (rate limits need the user's address)
     REDIS_URL: str | None = None  # ATLAS_REDIS_URL or REDIS_URL: share sessions and results between processes
     MODEL_WORKERS = False  # model work runs on `python -m app worker` processes (needs REDIS_URL); this one loads none
-    # Niceness a model worker adds to itself: on a machine it shares with web processes, their
-    # short answers (cached analyses, details, pages) then take a core from a forward pass at once
-    # instead of queueing behind its threads (docs/reliability.md). 0 keeps the worker's priority.
-    WORKER_NICE = 10
+    # Niceness model work adds to its threads (app.limits.ModelThreads), in one process or on a
+    # model worker: short answers (cached analyses, details, pages) then take a core from a forward
+    # pass at once instead of queueing behind its threads (docs/reliability.md). 0: no change.
+    MODEL_NICE = 10
     REDIS_CACHE_TTL_SECONDS = 7 * 24 * 3600  # a shared result expires this long after its last use
     REDIS_MAX_ENTRY_BYTES = 256 * MIB  # larger results stay in the computing process's memory only
     CONTENT_SECURITY_POLICY = (
@@ -120,6 +120,7 @@ POSITIVE = (
 FRAME_SOURCE = re.compile(r"https?://[A-Za-z0-9.*\[\]:-]+(:(\d+|\*))?")  # a CSP host-source: no ';' or spaces
 NON_NEGATIVE = (
     "ANALYSED_TEXTS",
+    "MODEL_NICE",
     "RATE_ANALYZE_PER_MINUTE",
     "RATE_ANALYZE_BURST",
     "RATE_EVENTS_PER_SECOND",

@@ -7,6 +7,8 @@
   most ``capacity`` wait, later ones are told ``busy`` at once; waiting jobs hear their
   position; a job whose client left is dropped.
 - :func:`cancel_scope`: marks the work of one request as abandoned when its client disconnects.
+- :class:`ModelThreads`: the threads model work runs on, at a lower CPU priority than the
+  threads that answer (``MODEL_NICE``).
 - :class:`Turns`: how many of an address's requests are handled at once; the others wait.
 
 Everything here answers with :class:`AtlasError` (``rate_limited``, ``busy``), before any model
@@ -17,12 +19,18 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import logging
+import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from app.protocol import AtlasError
+
+log = logging.getLogger(__name__)
 
 QUEUE_POLL_SECONDS = 0.25  # how often a waiting job checks whether its client is still there
 IDLE_CLIENT_SECONDS = 600  # buckets untouched this long are forgotten (they are full again anyway)
@@ -381,3 +389,35 @@ def rate_limits(config) -> dict[str, tuple[float, float]]:
         "analyze": (analyses / 60.0, max(1.0, config["RATE_ANALYZE_BURST"])),
         "event": (events, max(1.0, 2.0 * events)),
     }
+
+
+class ModelThreads:
+    """The threads model work runs on (loading, forward passes, generation), niced by ``nice``.
+
+    A forward pass keeps both cores busy for seconds (its thread, torch's OpenMP team, the blocked
+    pass's threads), while the answers every other client waits for (cached analyses, details,
+    pages) take milliseconds. At a lower priority the pass gives those a core at once instead of
+    sharing it with them (docs/reliability.md). Niceness is a thread's on Linux and is inherited
+    by the threads it starts, so these threads are niced when they start, before torch makes
+    their OpenMP team; an unprivileged thread could not lower it again, so they only do model
+    work. Elsewhere (no per-thread niceness) they run at the process's priority.
+    """
+
+    def __init__(self, workers: int, nice: int):
+        self._pool = ThreadPoolExecutor(
+            max(1, workers), thread_name_prefix="atlas-model", initializer=_lower_priority, initargs=(nice,)
+        )
+
+    def run(self, work: Callable, *args):
+        """``work(*args)`` on a model thread, in the caller's context (its cancel scope); waits."""
+        return self._pool.submit(contextvars.copy_context().run, work, *args).result()
+
+
+def _lower_priority(nice: int) -> None:
+    if nice <= 0 or sys.platform != "linux":  # elsewhere PRIO_PROCESS with a thread id names a process
+        return
+    try:
+        target = min(19, os.getpriority(os.PRIO_PROCESS, 0) + nice)
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), target)
+    except OSError as error:  # a container without the right to change it: run at the usual priority
+        log.warning("model threads keep the process's priority: %s", error)

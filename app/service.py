@@ -88,6 +88,7 @@ class AtlasService:
         self.flight = None  # app.tasks.SharedFlight on a model worker: one forward pass across workers
         self._queues: dict[str, limits.JobQueue] = {}  # device -> its queue of model work
         self._queues_lock = threading.Lock()
+        self._model_threads: limits.ModelThreads | None = None  # created with the first model work
         self._counters: dict[str, tuple[object, threading.Lock]] = {}  # model -> (tokenizer copy, lock)
 
     @property
@@ -289,11 +290,21 @@ class AtlasService:
             raise ModelElsewhere()
         progress = progress or (lambda stage, fraction: None)
         with self._guard(name), self._queue().slot(lambda stage: progress(stage, 0.0)):
-            handle = self.loader.get(name, lambda stage, fraction: progress(stage, LOAD_SHARE * fraction))
-            if limits.cancelled():
-                raise limits.JobCancelled()
-            progress("running the model", LOAD_SHARE)
-            return work(handle)
+            return self._threads().run(self._on_model, name, work, progress)
+
+    def _on_model(self, name: str, work: Callable, progress: Progress):
+        """The body of :meth:`model_work`, on a model thread."""
+        handle = self.loader.get(name, lambda stage, fraction: progress(stage, LOAD_SHARE * fraction))
+        if limits.cancelled():
+            raise limits.JobCancelled()
+        progress("running the model", LOAD_SHARE)
+        return work(handle)
+
+    def _threads(self) -> limits.ModelThreads:
+        with self._queues_lock:
+            if self._model_threads is None:
+                self._model_threads = limits.ModelThreads(self.config["DEVICE_WORKERS"], self.config["MODEL_NICE"])
+            return self._model_threads
 
     @contextlib.contextmanager
     def _guard(self, name: str):

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -293,7 +292,6 @@ def serve(app, burst: bool = False) -> int:
     from app.redis_store import connect
 
     _WORKER = Worker(app)
-    os.nice(app.config["WORKER_NICE"])
     connection = connect(app.config["REDIS_URL"], None)  # RQ blocks on the queue for minutes
     worker = rq.SimpleWorker([rq.Queue(QUEUE_NAME, connection=connection)], connection=connection)
     worker.work(burst=burst, with_scheduler=False)

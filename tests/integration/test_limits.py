@@ -7,6 +7,8 @@ once."""
 from __future__ import annotations
 
 import gc
+import os
+import sys
 import threading
 import time
 import warnings
@@ -14,7 +16,16 @@ import warnings
 import pytest
 
 from app.config import Config
-from app.limits import JobQueue, QueueStage, RateLimiter, Turns, turn_given_back
+from app.limits import (
+    JobCancelled,
+    JobQueue,
+    QueueStage,
+    RateLimiter,
+    Turns,
+    cancel_scope,
+    cancelled,
+    turn_given_back,
+)
 from app.protocol import NAMESPACE, AtlasError
 from app.service import AtlasService
 from tests.integration.conftest import collect, socket_client
@@ -130,6 +141,21 @@ def test_the_prompt_limit_fits_in_a_message():
 
 
 # --- the device queue ---------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="threads have a niceness of their own on Linux only")
+def test_model_work_runs_at_a_lower_priority_than_the_answers(service):
+    """Model work runs on threads niced by MODEL_NICE, in the caller's context (its cancel
+    scope); the thread that asked keeps its priority."""
+    own = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    niced, gone = service.model_work(
+        "minilm", lambda handle: (os.getpriority(os.PRIO_PROCESS, threading.get_native_id()), cancelled())
+    )
+    assert niced == min(19, own + service.config["MODEL_NICE"]) and not gone
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == own
+    caller = threading.get_native_id()
+    with cancel_scope(lambda: threading.get_native_id() != caller), pytest.raises(JobCancelled):
+        service.model_work("minilm", lambda handle: None)  # gone as seen from the model thread: the scope reached it
 
 
 def test_the_queue_is_fifo_and_reports_positions():

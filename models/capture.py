@@ -47,8 +47,8 @@ def run_capture(
     ``on_layer(layer, total, thumbnails)`` is called as each attention layer finishes, with that
     layer's [H, t, t] float16 thumbnails: progress on long prompts, and a model view that fills
     in while the model runs. ``reserve(nbytes)`` is called before the forward pass with the memory
-    it will need (:func:`models.recorder.forward_bytes`), so the caller can free that much first
-    (cached results).
+    the capture will need, the record included (:func:`models.budget.plan_capture`), so the
+    caller can free that much first (cached results).
 
     ``precision`` is the dtype arrays are stored in: float16 for the app (half the memory and
     disk), float32 for exact comparisons in tests. Raises TooManyTokensError, ValueError for an
@@ -78,7 +78,6 @@ def run_capture(
     output, forward_seconds = recorded_forward(
         handle,
         recorder,
-        heads,
         reserve,
         input_ids=torch.tensor([tokenized.ids], device=handle.device),
         **({"logits_to_keep": 1} if handle.is_causal else {}),

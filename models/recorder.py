@@ -37,7 +37,7 @@ from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMa
 from transformers.utils import output_capturing
 
 from models import budget, contributions, editing, kernels
-from models.blocks import BLOCK_BYTES, EagerSource, FusedSource, MaskSpans, summarize_layer
+from models.blocks import EagerSource, FusedSource, MaskSpans, summarize_layer
 from models.errors import TooManyTokensError, UnsupportedModelError
 from models.record import STATS_TOKENS, Capture
 
@@ -54,14 +54,6 @@ EAGER_ARGUMENTS = ("position_bias", "softcap", "sinks", "s_aux", "alibi")  # att
 LayerDone = Callable[[int, int, np.ndarray], None]  # (layer index, layers in all, its [H, t, t] thumbnails)
 TORCH_DTYPES = {"float16": torch.float16, "float32": torch.float32}  # storage precision -> torch dtype
 _ACTIVE: contextvars.ContextVar[Recorder | None] = contextvars.ContextVar("atlas_recorder", default=None)
-
-
-def forward_bytes(n_heads: int, n_tokens: int) -> int:
-    """Memory one recorded pass needs beyond the weights, its activations and the record: the
-    model's additive N x N mask and its boolean copies (~6 N^2 bytes), two row blocks
-    (:data:`models.blocks.BLOCK_BYTES` each at most: scores and probabilities) and the
-    row-pooled thumbnails (H x N x t floats). Nothing H x N x N exists at once on the fused path."""
-    return 6 * n_tokens * n_tokens + 2 * BLOCK_BYTES + 4 * n_heads * n_tokens * THUMBNAIL_MAX_SIDE
 
 
 def thumbnail_side(n_layers: int, n_heads: int, n_tokens: int) -> int:
@@ -462,14 +454,16 @@ def new_recorder(
     return recorder
 
 
-def recorded_forward(handle, recorder: Recorder, heads: int, reserve: Callable[[int], None] | None, **inputs):
+def recorded_forward(handle, recorder: Recorder, reserve: Callable[[int], None] | None, **inputs):
     """(output, seconds) of one forward pass with ``recorder`` active; ``reserve`` hears first the
-    memory the pass will need. Raises TooManyTokensError, before the pass, when the capture
-    would not fit in the memory the device has free (:mod:`models.budget`)."""
-    if reserve:
-        reserve(forward_bytes(heads, recorder.n_tokens))
+    memory the capture will need beyond the weights, the record included (:mod:`models.budget`:
+    the results cache makes that much room, so cached records and this capture together stay
+    within its budget; a 4096-token SmolLM2 capture plans 1.0 GiB). Raises TooManyTokensError,
+    before the pass, when the capture would not fit in the memory the device has free."""
     geometry = budget.Geometry.of(handle.config, handle.describe()["layers"], handle.is_causal)
     itemsize = next(handle.model.parameters()).element_size()
+    if reserve:
+        reserve(budget.plan_capture(geometry, recorder.n_tokens, itemsize).total)
     where = f"this machine's {handle.device.type.upper()}"
     budget.check_fits(geometry, recorder.n_tokens, itemsize, budget.available_bytes(handle.device), where)
     with handle.lock, torch.inference_mode(), recording(handle.model, recorder):

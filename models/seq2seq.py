@@ -268,7 +268,6 @@ def run_seq2seq_capture(
     output, forward_seconds = recorded_forward(
         handle,
         recorder,
-        heads,
         reserve,
         input_ids=torch.tensor([source.ids], device=handle.device),
         decoder_input_ids=torch.tensor([decoder.ids], device=handle.device),

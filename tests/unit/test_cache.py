@@ -114,8 +114,7 @@ def test_making_room_keeps_entries_not_yet_stored(capture):
 
 
 def test_a_capture_reserves_memory_for_its_forward_pass_first(tiny_models, monkeypatch):
-    from models import recorder
-    from models.recorder import forward_bytes
+    from models import budget, recorder
 
     monkeypatch.setattr(recorder, "BATCH_TOKENS", 0)  # layers announced as they finish, as a long prompt's are
 
@@ -126,9 +125,11 @@ def test_a_capture_reserves_memory_for_its_forward_pass_first(tiny_models, monke
         reserve=lambda nbytes: asked.append(nbytes),
         on_layer=lambda *layer: asked.append("layer"),
     )
-    heads = tiny_models["tiny-gpt2"].config.n_head
-    n = len(tiny_models["tiny-gpt2"].tokenizer("Four score and seven years ago")["input_ids"])
-    assert asked[0] == forward_bytes(heads, n) and set(asked[1:]) == {"layer"}
+    handle = tiny_models["tiny-gpt2"]
+    n = len(handle.tokenizer("Four score and seven years ago")["input_ids"])
+    geometry = budget.Geometry.of(handle.config, handle.describe()["layers"], handle.is_causal)
+    planned = budget.plan_capture(geometry, n, 4)  # the record included: it joins the cached results
+    assert asked[0] == planned.total > planned.record > 0 and set(asked[1:]) == {"layer"}
 
 
 def test_disk_is_pruned_oldest_first(tmp_path, capture):

@@ -150,7 +150,7 @@ def test_a_recorded_pass_holds_norms_not_hidden_states(tiny_models):
     handle = tiny_models["tiny-llama"]
     layers, heads = handle.describe()["layers"], handle.describe()["heads"]
     recorder = new_recorder(Recorder, 5, layers, heads, "float32", 0, None)
-    output, _ = recorded_forward(handle, recorder, heads, None, input_ids=torch.tensor([[1, 2, 3, 4, 5]]))
+    output, _ = recorded_forward(handle, recorder, None, input_ids=torch.tensor([[1, 2, 3, 4, 5]]))
     kinds = [type(state).__name__ for state in output.hidden_states]
     assert kinds[:-1] == ["HiddenNorms"] * (len(kinds) - 1) and kinds[-1] == "Tensor"
 

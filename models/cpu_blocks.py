@@ -47,7 +47,7 @@ def _kernel():
 @lru_cache(maxsize=1)
 def _threads() -> tuple[ThreadPoolExecutor, int]:
     """As many threads as torch uses: the loop releases the GIL, and its heads are independent.
-    A forked child (a model worker's job) starts its own: the parent's threads are not in it."""
+    A forked child starts its own: the parent's threads are not in it."""
     workers = max(1, torch.get_num_threads())
     return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="atlas-blocks"), workers
 
@@ -90,7 +90,7 @@ class LayerFold:
         kernel, (threads, workers) = _kernel(), _threads()
         parts = min(self.heads, workers)
         bounds = [(self.heads * part) // parts for part in range(parts + 1)]
-        arguments = (scores.numpy(), *self.arguments[:4], r0, c0, *self.arguments[4:])
+        arguments = (scores.numpy(), *self.arguments, r0, c0)
         futures = [threads.submit(kernel, *arguments, bounds[i], bounds[i + 1]) for i in range(parts)]
         for future in futures:
             future.result()
@@ -102,8 +102,6 @@ def _summarize_rows(  # noqa: PLR0913, PLR0912, PLR0915 - one compiled loop, its
     allowed,  # [N, N] bool, or [0, 0] when every row's keys are the run first..last
     first,  # [N] int64
     last,  # [N] int64
-    r0,
-    c0,
     bins,  # [2, N] int64: the first and one past the last thumbnail bin holding each row
     prefix,  # P, the analysed prefix
     causal,
@@ -114,7 +112,9 @@ def _summarize_rows(  # noqa: PLR0913, PLR0912, PLR0915 - one compiled loop, its
     counts,  # [H, S] float64 (out)
     key_sums,  # [H, P] float64 (out)
     weighted_rows,  # [H] float64 (out)
-    h0,
+    r0,  # the block's first row and first key
+    c0,
+    h0,  # the heads this call reads: h0..h1
     h1,
 ):
     rows, width = scores.shape[1], scores.shape[2]

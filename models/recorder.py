@@ -306,15 +306,17 @@ class Recorder:
         """Summarise the layers a short prompt's pass left waiting: all of a mask's layers in one
         blocked pass, their heads side by side. Up to BATCH_TOKENS, reading layer by layer costs
         mostly the interpreter's time per torch operation (SmolLM2 at 128 tokens: 70 ms layer by
-        layer, 35 ms in one pass), and the view streams no layer of a pass that short anyway
-        (app.stream.LIVE_AFTER_SECONDS). Called by :func:`assemble`; a second call does nothing."""
+        layer, 35 ms in one pass). Their layers are not announced (``on_layer``): the overview
+        that carries them follows at once, and a pass that ran past app.stream.LIVE_AFTER_SECONDS
+        had sent all 30 just before it, which the page then drew one by one (0.3 s more to the
+        first view at 128 tokens). Called by :func:`assemble`; a second call does nothing."""
         waiting, self._waiting = self._waiting, []
         by_mask: dict[tuple, list] = {}
         for index, source, mask in waiting:
             by_mask.setdefault((mask.index, tuple(source.queries.shape)), []).append((index, source, mask))
         for group in by_mask.values():
             indices, sources, masks = zip(*group)
-            self._summarize(list(indices), FusedSource.side_by_side(sources, masks[0].spans), masks[0], False)
+            self._summarize(list(indices), FusedSource.side_by_side(sources, masks[0].spans), masks[0], announce=False)
 
     def _summarize(self, indices: list[int], source, mask: _Mask, announce: bool = True) -> None:
         """Read the attention of layers ``indices`` (their heads side by side in ``source``) and

@@ -118,24 +118,26 @@ class FusedSource(LayerSource):
         keys = torch.cat([source.keys for source in sources])
         return cls(queries, keys, torch.cat([source.lse for source in sources]), 1.0, spans)
 
-    def _views(self, shape: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Two [H, r, c] views of buffers kept across blocks: a fresh multi-MB tensor per block
-        costs the kernel's page faults each time (about as long as the exp that fills it). A
-        block is read before the next one is made, so one pair serves them all."""
+    def _view(self, slot: int, shape: tuple[int, int, int]) -> torch.Tensor:
+        """An [H, r, c] view of buffer ``slot`` (0 scores, 1 probabilities), kept across blocks:
+        a fresh multi-MB tensor per block costs the kernel's page faults each time (about as long
+        as the exp that fills it). A block is read before the next one is made, so one buffer of
+        each serves them all; the compiled pass (models.cpu_blocks) never asks for the second."""
         cells = shape[0] * shape[1] * shape[2]
-        if self._buffers[0].numel() < cells:  # as wide as any block of as many rows: a causal
+        if self._buffers[slot].numel() < cells:  # as wide as any block of as many rows: a causal
             size = shape[0] * shape[1] * self.keys.shape[1]  # pass's blocks widen row by row
-            self._buffers = (self.queries.new_empty(size), self.queries.new_empty(size))
-        return self._buffers[0][:cells].view(shape), self._buffers[1][:cells].view(shape)
+            self._buffers = tuple(self.queries.new_empty(size) if i == slot else b for i, b in enumerate(self._buffers))
+        return self._buffers[slot][:cells].view(shape)
 
     def scores(self, r0: int, r1: int, c0: int, c1: int) -> torch.Tensor:
         """[H, r, c] q.k * scaling of rows r0..r1 over keys c0..c1, in the buffer the block's
         log-probabilities take (valid until the next block)."""
-        log_p, _ = self._views((self.queries.shape[0], r1 - r0, c1 - c0))
+        log_p = self._view(0, (self.queries.shape[0], r1 - r0, c1 - c0))
         return torch.matmul(self.queries[:, r0:r1], self.keys[:, c0:c1].transpose(1, 2), out=log_p)
 
     def block(self, r0: int, r1: int, c0: int, c1: int) -> Block:
-        log_p, p = self.scores(r0, r1, c0, c1), self._views((self.queries.shape[0], r1 - r0, c1 - c0))[1]
+        log_p = self.scores(r0, r1, c0, c1)
+        p = self._view(1, log_p.shape)
         log_p.sub_(self.lse[:, r0:r1, None]).clamp_(min=EXP_FLOOR)
         torch.exp(log_p, out=p)  # masked after: exp(-inf) takes the CPU's slow path too
         for start, stop, where in self._forbidden(r0, r1, c0, c1):

@@ -26,6 +26,7 @@ from typing import Protocol
 
 import numpy as np
 
+from app import limits
 from app.bounded import SingleFlight, SizedLRU
 from models.record import FORMAT_VERSION, Capture
 
@@ -237,8 +238,16 @@ class CaptureCache:
     empty the writer hands the freed C heap back to the kernel (:func:`return_freed_memory`).
     """
 
-    def __init__(self, store: Store, max_bytes: int, uploads: Store | None = None, max_pending_bytes: int = 0):
+    def __init__(
+        self,
+        store: Store,
+        max_bytes: int,
+        uploads: Store | None = None,
+        max_pending_bytes: int = 0,
+        writer_nice: int = 0,
+    ):
         self.store = store
+        self.writer_nice = writer_nice  # the writer's priority below the process's (app.limits.lower_priority)
         self.uploads = uploads or store  # captures made elsewhere: their own budget, written before use
         self.max_bytes = max_bytes
         self.max_pending_bytes = max_pending_bytes or max(max_bytes, WRITE_QUEUE_MIN_BYTES)
@@ -328,7 +337,12 @@ class CaptureCache:
 
     def _write_pending(self) -> None:
         """The writer thread: store pending entries oldest first, then exit (a later put starts
-        another). A failed write is logged and costs the entry, never the thread."""
+        another). A failed write is logged and costs the entry, never the thread.
+
+        It runs niced like model work: besides packing and fsyncing it computes what a capture
+        deferred (models.record.Deferred: a CPU capture's output Grams) right after the answer,
+        while the page draws it and other clients' answers wait for the same cores."""
+        limits.lower_priority(self.writer_nice)
         while True:
             with self._lock:
                 if not self._pending:

@@ -405,7 +405,7 @@ class ModelThreads:
 
     def __init__(self, workers: int, nice: int):
         self._pool = ThreadPoolExecutor(
-            max(1, workers), thread_name_prefix="atlas-model", initializer=_lower_priority, initargs=(nice,)
+            max(1, workers), thread_name_prefix="atlas-model", initializer=lower_priority, initargs=(nice,)
         )
 
     def run(self, work: Callable, *args):
@@ -413,7 +413,9 @@ class ModelThreads:
         return self._pool.submit(contextvars.copy_context().run, work, *args).result()
 
 
-def _lower_priority(nice: int) -> None:
+def lower_priority(nice: int) -> None:
+    """Lower the calling thread's priority by ``nice`` (Linux; elsewhere nothing): for threads
+    that do background work only, since an unprivileged thread cannot raise it again."""
     if nice <= 0 or sys.platform != "linux":  # elsewhere PRIO_PROCESS with a thread id names a process
         return
     try:

@@ -77,7 +77,9 @@ class AtlasService:
         if not self.registry.specs:
             raise ValueError("no models left after ALLOWED_MODELS; check ATLAS_ALLOWED_MODELS")
         cache_dir = Path(config["CACHE_DIR"])
-        self.cache = CaptureCache(result_store(config), config["CACHE_MEMORY_BYTES"], upload_store(config))
+        self.cache = CaptureCache(
+            result_store(config), config["CACHE_MEMORY_BYTES"], upload_store(config), writer_nice=config["MODEL_NICE"]
+        )
         self.memo = Memo(self.cache, config["MEMO_MEMORY_BYTES"])  # results derived from stored analyses
         self.analysed = AnalysedIndex(cache_dir / "analysed", config["ANALYSED_TEXTS"])  # the global view's corpus
         self.atlas_builds = Builds(shared_builds(config))  # global views computed in the background

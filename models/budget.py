@@ -59,7 +59,7 @@ class CapturePlan:
 
     tokens: int
     record: int  # the arrays the capture returns (then held by the results cache)
-    activations: int  # hidden states kept for their norms, one layer's transients, the mask
+    activations: int  # hidden states kept for their norms, one layer's transients, value vectors, the mask
     workspace: int  # the blocked pass's blocks, pooled rows and float32 q, k
     forward_flops: float  # the model's own forward pass
     record_flops: float  # the blocked pass: q.k again, exp, reductions
@@ -82,7 +82,8 @@ def plan_capture(geometry: Geometry, tokens: int, itemsize: int) -> CapturePlan:
     record = g.layers * per_layer + n * n  # and one boolean mask
     hidden_states = (g.layers + 1) * n * g.hidden * itemsize
     layer = n * (3 * g.intermediate + 4 * g.hidden) * itemsize + 2 * g.heads * n * g.head_dim * itemsize
-    activations = hidden_states + layer + n * n * (itemsize + 2)  # the model's additive mask, bool copies
+    values = g.layers * g.kv_heads * n * g.head_dim * 4  # float32, kept on the CPU until the Grams are computed
+    activations = hidden_states + layer + values + n * n * (itemsize + 2)  # the model's additive mask, bool copies
     workspace = 2 * BLOCK_BYTES + g.heads * n * THUMBNAIL_MAX_SIDE * 4 + 2 * g.heads * n * g.head_dim * 4
     pairs = n * n * (0.5 if g.causal else 1.0)  # (query, key) pairs a causal kernel computes
     params = g.layers * (2 * g.hidden * g.heads * g.head_dim + 2 * g.hidden * g.kv_heads * g.head_dim)

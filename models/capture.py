@@ -73,7 +73,15 @@ def run_capture(
     n = len(tokenized.ids)
     layers, heads = description["layers"], description["heads"]
     recorder = new_recorder(
-        Recorder, n, layers, heads, precision, keep_attention_bytes, on_layer, causal=handle.is_causal
+        Recorder,
+        n,
+        layers,
+        heads,
+        precision,
+        keep_attention_bytes,
+        on_layer,
+        causal=handle.is_causal,
+        device=handle.device,
     )
     output, forward_seconds = recorded_forward(
         handle,

@@ -5,13 +5,18 @@ projection (its bias b_O is added after the heads are summed, so it is no token'
 
 The capture keeps, per layer and token, the heads' Gram matrix G_j[h, g] = f_h(x_j) . f_g(x_j)
 ([H, H]: the per-head norms are its diagonal, the layer-level norm of section 5 a quadratic form in
-it). The output projection is found by the names transformers' architectures give it.
+it). The output projection is found by the names transformers' architectures give it. On the CPU
+the capture keeps each layer's value vectors instead and the Grams are computed after the first
+view (:func:`deferred_outputs`): they cost as much as a fifth of a short prompt's forward pass.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
+
+from models.record import Deferred
 
 OUTPUT_PROJECTIONS = ("o_proj", "out_proj", "c_proj", "o")  # Llama-likes, BART/OPT, GPT-2, T5
 GRAM_BLOCK_BYTES = 16 * 2**20  # bytes of the [H, n, D] float32 vectors f_h(x_j) alive at once
@@ -63,3 +68,46 @@ def output_grams(values: torch.Tensor, projections: torch.Tensor | None) -> torc
         transformed = torch.bmm(values[:, start : start + rows], projections)  # [H, n, D]
         grams.append(torch.einsum("hne,gne->nhg", transformed, transformed))  # [n, H, H]
     return torch.cat(grams)
+
+
+LayerValues = tuple[torch.Tensor, torch.Tensor | None, int]  # [KV, N, d] values, W_O^h or None, heads per KV
+
+
+def head_outputs(
+    values: torch.Tensor, projections: torch.Tensor | None, groups: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """[H, N] ||f_h(x_j)|| and [N, H, H] Grams of one layer, from its [KV, N, d] value vectors
+    (each read by ``groups`` query heads) and W_O^h [H, d, D] (None: W_O = identity)."""
+    values = values.float().repeat_interleave(groups, 0)  # [H, N, d]
+    grams = output_grams(values, None if projections is None else projections.to(values.device))
+    return norms_of(grams), grams
+
+
+def norms_of(grams: torch.Tensor) -> torch.Tensor:
+    """[..., H, N] ||f_h(x_j)|| from Grams [..., N, H, H]: the square roots of their diagonals
+    (rounding can leave a vanishing one slightly negative; it counts as 0)."""
+    return grams.diagonal(dim1=-2, dim2=-1).clamp(min=0).sqrt().transpose(-1, -2)
+
+
+def deferred_outputs(layers: list[LayerValues]) -> tuple[Deferred, Deferred]:
+    """The record's [L, H, N] output norms and [L, N, H, H] Grams from each layer's value vectors,
+    computed once, when either is first used; the values are let go then."""
+    pending = list(layers)
+    first, _, groups = pending[0]
+    heads, n = first.shape[0] * groups, first.shape[1]
+
+    def compute_grams() -> np.ndarray:
+        grams = np.empty((len(pending), n, heads, heads), np.float32)
+        with torch.inference_mode():  # the values are inference tensors; W_O^h are parameters
+            for index, layer in enumerate(pending):
+                grams[index] = head_outputs(*layer)[1].numpy()
+        pending.clear()
+        return grams
+
+    grams = Deferred((len(pending), n, heads, heads), np.float32, compute_grams)
+
+    def compute_norms() -> np.ndarray:
+        return norms_of(torch.from_numpy(grams.resolve())).contiguous().numpy()
+
+    norms = Deferred((len(pending), heads, n), np.float32, compute_norms)
+    return norms, grams

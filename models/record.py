@@ -13,6 +13,8 @@ learned sinks) keep their attention, which the capture then cannot recompute.
 from __future__ import annotations
 
 import json
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -51,6 +53,58 @@ ARRAY_FIELDS = (
 )
 
 
+class Deferred(np.lib.mixins.NDArrayOperatorsMixin):
+    """An array of a record computed on first use, once, by whichever thread needs it first (then
+    kept): it reads like the ndarray it becomes (indexing, ``shape``, ``dtype``, ``nbytes``,
+    ``np.asarray``, operators and ufuncs, any ndarray attribute).
+
+    A capture on the CPU defers its output norms and Grams (models.contributions): a quarter of a
+    short prompt's forward pass that no first view needs. The cache's background writer, or the
+    first view of norms, computes them after the answer has gone out."""
+
+    def __init__(self, shape: tuple[int, ...], dtype, compute: Callable[[], np.ndarray]):
+        self.shape, self.dtype = tuple(shape), np.dtype(dtype)
+        self.ndim = len(self.shape)
+        self.nbytes = int(np.prod(self.shape)) * self.dtype.itemsize
+        self._compute: Callable[[], np.ndarray] | None = compute
+        self._value: np.ndarray | None = None
+        self._lock = threading.Lock()
+
+    def resolve(self) -> np.ndarray:
+        """The array, computed now if no thread has yet (a failure is raised, and tried again
+        at the next use)."""
+        with self._lock:
+            if self._value is None:
+                value = np.asarray(self._compute(), dtype=self.dtype)
+                if value.shape != self.shape:
+                    raise ValueError(f"a deferred array came out {value.shape}, expected {self.shape}")
+                self._value, self._compute = value, None  # what it was computed from can go
+            return self._value
+
+    @property
+    def resolved(self) -> bool:
+        return self._value is not None
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        value = self.resolve()
+        return value.astype(dtype or value.dtype, copy=bool(copy))
+
+    def __array_ufunc__(self, ufunc, method: str, *inputs, **kwargs):
+        inputs = tuple(item.resolve() if isinstance(item, Deferred) else item for item in inputs)
+        return getattr(ufunc, method)(*inputs, **kwargs)
+
+    def __getitem__(self, index) -> np.ndarray:
+        return self.resolve()[index]
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getattr__(self, name: str):
+        if name.startswith("_"):  # its own state before __init__ (copy, pickle), and dunder probes
+            raise AttributeError(name)
+        return getattr(self.resolve(), name)
+
+
 @dataclass
 class Capture:
     """One prompt through one model. Shapes: L layers, H query heads, KV key/value heads,
@@ -71,7 +125,8 @@ class Capture:
     masks: np.ndarray  # [M, N, N] bool, True where a query may attend to a key
     mask_index: np.ndarray  # [L] int32, which mask each layer used
     row_lse: np.ndarray  # [L, H, N] float32, log-sum-exp of each attention row's scores
-    output_norms: np.ndarray  # [L, H, N] float32, ||f_h(x_j)|| = ||(x_j W_V^h + b_V^h) W_O^h|| (Kobayashi et al. 2020)
+    output_norms: np.ndarray | Deferred  # [L, H, N] float32, ||f_h(x_j)|| = ||(x_j W_V^h + b_V^h) W_O^h||
+    #                                      (Kobayashi et al. 2020)
     hidden_norms: np.ndarray  # [L + 1, N] float32, norm of transformers' hidden_states: the embeddings,
     #                          the residual stream after each layer, and for the last entry after the
     #                          final norm (transformers applies it there), not the raw residual stream
@@ -81,7 +136,7 @@ class Capture:
     key_shares: np.ndarray  # [L, H, P] float32, mean attention each of the first P keys gets from
     #                         the first P queries (P = min(N, STATS_TOKENS))
     attention: np.ndarray | None = None  # [L, H, N, N], kept only when asked (tests, small exports)
-    output_grams: np.ndarray | None = None  # [L, N, H, H] float32, f_h(x_j) . f_g(x_j) per token (the
+    output_grams: np.ndarray | Deferred | None = None  # [L, N, H, H] float32, f_h(x_j) . f_g(x_j) per token (the
     #                                         layer-level norms of Kobayashi et al. 2020); None in
     #                                         records made before format 5
 

@@ -153,6 +153,11 @@ def populated_empty(shape: tuple[int, ...], dtype) -> np.ndarray:
     return np.frombuffer(mmap.mmap(-1, nbytes, flags=flags), dtype).reshape(shape)
 
 
+# Devices whose captures compute their output norms and Grams after the first view, from the kept
+# value vectors: on the CPU they cost a fifth of a short prompt's pass (SmolLM2 at 128 tokens: 1.57x
+# the bare pass with them, 1.35x without); a GPU computes them in the pass in microseconds.
+DEFERRED_OUTPUT_DEVICES = ("cpu",)
+
 STACKED = (  # the per-layer arrays the record keeps, written into a LayerStack as layers finish
     "queries",
     "keys",
@@ -197,22 +202,38 @@ class Recorder:
     parents: dict[int, torch.nn.Module] = field(default_factory=dict)  # id(module) -> the module holding it
     norms_exact: bool = True  # False when a layer's output projection was not found (||v||, W_O = I then)
     _projections: dict[int, torch.Tensor | None] = field(default_factory=dict)  # id(module) -> [H, d, D] or None
+    defer_outputs: bool = False  # output norms and Grams computed after the first view (a pass on the CPU)
+    _values: list[contributions.LayerValues] = field(default_factory=list)  # each layer's, when deferred
     stack: LayerStack = field(default_factory=lambda: LayerStack(0))  # new_recorder sizes it
     _waiting: list[tuple] = field(default_factory=list)  # (index, FusedSource, _Mask) of layers left for finish()
 
-    def _outputs(self, module, value: torch.Tensor, groups: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """[H, N] ||f_h(x_j)|| and [N, H, H] f_h(x_j) . f_g(x_j) (models.contributions) of every
-        value vector for every query head; ||v_j|| and a diagonal Gram where the architecture
-        hides its output projection (info says so)."""
-        values = value[0].float().repeat_interleave(groups, 0)  # [H, N, d]
+    def _outputs(self, module, value: torch.Tensor, groups: int) -> dict[str, np.ndarray]:
+        """The layer's ``output_norms`` [H, N] ||f_h(x_j)|| and ``output_grams`` [N, H, H]
+        f_h(x_j) . f_g(x_j) (models.contributions), or nothing when the record computes them
+        after the first view (``defer_outputs``: this layer's value vectors are kept for that).
+        ||v_j|| and diagonal Grams where the architecture hides its output projection (info says so)."""
+        heads = value.shape[1] * groups
         if id(module) not in self._projections:
             weight = contributions.output_weight(module, self.parents.get(id(module)))
-            fits = weight is not None and weight.shape[0] == values.shape[0] * values.shape[-1]
-            self._projections[id(module)] = contributions.head_projections(weight, values.shape[0]) if fits else None
+            fits = weight is not None and weight.shape[0] == heads * value.shape[-1]
+            self._projections[id(module)] = contributions.head_projections(weight, heads) if fits else None
         projections = self._projections[id(module)]
         self.norms_exact &= projections is not None
-        grams = contributions.output_grams(values, None if projections is None else projections.to(values.device))
-        return grams.diagonal(dim1=1, dim2=2).clamp(min=0).sqrt().T, grams
+        if self.defer_outputs:
+            self._values.append((value[0].float().contiguous(), projections, groups))  # [KV, N, d], its own copy
+            return {}
+        norms, grams = contributions.head_outputs(value[0], projections, groups)
+        return {"output_norms": norms.cpu().numpy(), "output_grams": grams.cpu().numpy()}
+
+    def output_arrays(self, count: int) -> dict:
+        """The record's ``output_norms`` and ``output_grams`` of its ``count`` layers: deferred
+        (computed from the kept value vectors when first used) or as the layers stored them."""
+        if not self.defer_outputs:
+            return {name: self.stack.take(name, count, np.float32) for name in ("output_norms", "output_grams")}
+        if len(self._values) != count:
+            raise ValueError(f"the pass kept value vectors for {len(self._values)} of its {count} layers")
+        norms, grams = contributions.deferred_outputs(self._values)
+        return {"output_norms": norms, "output_grams": grams}
 
     def fused_is_exact(self, module, query, key, value, attention_mask, scaling, kwargs) -> bool:
         """Whether the fused kernel computes this layer's attention: never when its arguments name
@@ -283,14 +304,12 @@ class Recorder:
             # a row that reads nothing (another segment's rows in an encoder-decoder record) stores 0
             row_lse = torch.where(mask.spans.readable, lse[0].float(), 0.0)  # [H, N]
             source = FusedSource(queries, keys, row_lse, scaling, mask.spans)
-        output_norms, output_grams = self._outputs(module, value, groups)  # [H, N], [N, H, H]
         layer = {
             "name": self.names.get(id(module), type(module).__name__),
             "queries": _stored(query[0]),  # [H, N, d]
             "keys": _stored(key[0]),  # [KV, N, d]
             "row_lse": row_lse.cpu().numpy(),  # [H, N]
-            "output_norms": output_norms.cpu().numpy(),  # [H, N]
-            "output_grams": output_grams.cpu().numpy(),  # [N, H, H]
+            **self._outputs(module, value, groups),  # output_norms [H, N], output_grams [N, H, H]
             "scaling": scaling,
             "mask": mask.index,
             "groups": groups,
@@ -444,14 +463,18 @@ def new_recorder(
     precision: str,
     keep_attention_bytes: int,
     on_layer: LayerDone | None,
+    device: torch.device,
     **fields,
 ) -> Recorder:
-    """A recorder for ``layers`` x ``heads`` over ``n`` tokens: attention kept when it fits
-    ``keep_attention_bytes``, ``on_layer`` told how many layers there are."""
+    """A recorder for ``layers`` x ``heads`` over ``n`` tokens on ``device``: attention kept when
+    it fits ``keep_attention_bytes``, ``on_layer`` told how many layers there are."""
     dtype = np.dtype(precision)
     keep = layers * heads * n * n * dtype.itemsize <= keep_attention_bytes
     callback = (lambda layer, thumbnails: on_layer(layer, layers, thumbnails)) if on_layer else None
-    recorder = recorder_class(n, thumbnail_side(layers, heads, n), keep, dtype, {}, on_layer=callback, **fields)
+    defer = device.type in DEFERRED_OUTPUT_DEVICES
+    recorder = recorder_class(
+        n, thumbnail_side(layers, heads, n), keep, dtype, {}, on_layer=callback, defer_outputs=defer, **fields
+    )
     recorder.stack = LayerStack(layers)
     return recorder
 
@@ -560,8 +583,7 @@ def assemble(
         mask_index=np.asarray([layer["mask"] for layer in layers], dtype=np.int32),
         row_lse=stack.take("row_lse", count, np.float32),
         received=stack.take("received", count, np.float32),
-        output_norms=stack.take("output_norms", count, np.float32),
-        output_grams=stack.take("output_grams", count, np.float32),
+        **recorder.output_arrays(count),
         hidden_norms=hidden_norms.astype(np.float32),
         thumbnails=stack.take("thumbnails", count),
         head_stats=stack.take("head_stats", count),

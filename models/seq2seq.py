@@ -263,6 +263,7 @@ def run_seq2seq_capture(
         keep_attention_bytes,
         on_layer,
         causal=handle.is_causal,
+        device=handle.device,
         encoder_tokens=len(source.ids),
     )
     output, forward_seconds = recorded_forward(

@@ -158,6 +158,35 @@ def test_model_work_runs_at_a_lower_priority_than_the_answers(service):
         service.model_work("minilm", lambda handle: None)  # gone as seen from the model thread: the scope reached it
 
 
+@pytest.mark.skipif(sys.platform != "linux", reason="threads have a niceness of their own on Linux only")
+def test_what_a_capture_deferred_is_computed_after_the_answer_at_the_lower_priority(service):
+    """A CPU capture's output Grams wait until after the answer: the cache's background writer
+    computes them (niced like model work) as it stores the record, and the stored record holds them."""
+    import dataclasses
+
+    import numpy as np
+
+    from models.record import Deferred
+
+    capture = service.analyze("minilm", "Deferred until the answer is out.").capture
+    assert isinstance(capture.output_grams, Deferred)
+    grams = np.asarray(capture.output_grams)
+    seen = []
+
+    def compute():
+        seen.append((threading.get_native_id(), os.getpriority(os.PRIO_PROCESS, threading.get_native_id())))
+        return grams
+
+    later = dataclasses.replace(capture, output_grams=Deferred(grams.shape, np.float32, compute))
+    key = "d" * 64
+    service.cache.put(key, later)
+    assert service.cache.flush(30)
+    own = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    assert len(seen) == 1 and seen[0][0] != threading.get_native_id()
+    assert seen[0][1] == min(19, own + service.config["MODEL_NICE"])
+    np.testing.assert_array_equal(service.cache.store.read(key)["output_grams"], grams)
+
+
 def test_the_queue_is_fifo_and_reports_positions():
     queue, order, reports = JobQueue(capacity=5), [], {}
     gate = threading.Event()

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from models.capture import run_capture
+from models.record import Deferred
 
 PROMPT = "The quick brown fox jumps over the lazy dog."
 
@@ -74,14 +75,25 @@ def captured_with_inputs(handle, text: str):
             hook.remove()
 
 
+@pytest.mark.parametrize("deferred", [True, False], ids=["after-the-pass", "in-the-pass"])
 @pytest.mark.parametrize("name", ["tiny-llama", "tiny-gpt2", "tiny-bert"])
-def test_output_norms_follow_kobayashi_et_al(tiny_models, name):
+def test_output_norms_follow_kobayashi_et_al(tiny_models, name, deferred, monkeypatch):
+    """On the CPU the norms and Grams are computed after the pass from the kept value vectors; a
+    GPU computes them during the pass (forced here on the CPU). Both follow the formula."""
+    from models import recorder
+
+    monkeypatch.setattr(recorder, "DEFERRED_OUTPUT_DEVICES", ("cpu",) if deferred else ())
     handle = tiny_models[name]
     capture, seen = captured_with_inputs(handle, PROMPT)
+    assert isinstance(capture.output_grams, Deferred) == deferred
     assert capture.info["output_norms_exact"]
     with torch.inference_mode():  # the captured inputs are inference tensors
         expected, value_norms = reference_norms(handle.model, seen)
+        vectors = [f.transpose(0, 1) for f, _ in head_outputs(handle.model, seen)]  # [N, H, D] per layer
+        expected_grams = torch.stack([f @ f.transpose(1, 2) for f in vectors]).numpy()  # [L, N, H, H]
     np.testing.assert_allclose(capture.output_norms, expected, rtol=1e-4, atol=1e-5)
+    scale = np.abs(expected_grams).max()
+    np.testing.assert_allclose(capture.output_grams, expected_grams, rtol=1e-4, atol=1e-5 * scale)
     # W_O matters: within a head, ||f_h(x_j)|| / ||v_j|| varies across tokens (Kobayashi's point)
     assert np.ptp(expected / value_norms, axis=-1).max() > 1e-3
 
@@ -101,3 +113,42 @@ def test_grams_in_blocks_equal_the_whole_and_fall_back_to_value_norms(monkeypatc
     fallback = contributions.output_grams(values, None)  # [N, H, H]
     np.testing.assert_allclose(torch.diagonal(fallback, dim1=1, dim2=2).T.sqrt(), values.norm(dim=-1), rtol=1e-6)
     assert torch.count_nonzero(fallback - torch.diag_embed(torch.diagonal(fallback, dim1=1, dim2=2))) == 0
+
+
+def test_a_deferred_array_is_computed_once_by_its_first_reader():
+    """Readers on several threads share one computation; the array then reads like an ndarray."""
+    import threading
+
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return np.arange(6, dtype=np.float64).reshape(2, 3)
+
+    deferred = Deferred((2, 3), np.float32, compute)
+    assert deferred.nbytes == 24 and deferred.shape == (2, 3) and not deferred.resolved
+    readers = [threading.Thread(target=deferred.resolve) for _ in range(4)]
+    for reader in readers:
+        reader.start()
+    for reader in readers:
+        reader.join()
+    assert calls == [1] and deferred.resolved
+    assert deferred.dtype == np.float32 and np.asarray(deferred).dtype == np.float32
+    np.testing.assert_array_equal(deferred[1], [3, 4, 5])
+    np.testing.assert_array_equal(deferred * 2 > 5, [[False, False, False], [True, True, True]])
+    assert deferred.max() == 5 and len(deferred) == 2
+
+
+def test_a_deferred_array_that_fails_is_tried_again():
+    attempts = []
+
+    def compute():
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise MemoryError("first try")
+        return np.ones(3)
+
+    deferred = Deferred((3,), np.float32, compute)
+    with pytest.raises(MemoryError):
+        deferred.resolve()
+    np.testing.assert_array_equal(deferred, np.ones(3))

@@ -56,7 +56,9 @@ def recorded_outputs(handle) -> tuple[list[torch.Tensor], Recorder]:
     description = handle.describe()
     extra = {"encoder_tokens": inputs["input_ids"].shape[1]} if handle.config.is_encoder_decoder else {}
     kind = _SegmentRecorder if extra else Recorder
-    listening = new_recorder(kind, n, description["layers"], description["heads"], "float32", 0, None, **extra)
+    listening = new_recorder(
+        kind, n, description["layers"], description["heads"], "float32", 0, None, device=handle.device, **extra
+    )
     output, _ = recorded_forward(handle, listening, None, **inputs)
     return _outputs(output), listening
 

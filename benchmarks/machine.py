@@ -117,6 +117,21 @@ def wait_for_quiet(max_wait: float) -> float:
             return share
 
 
+def wait_for_idle(pid: int, max_wait: float) -> float:
+    """Wait (at most ``max_wait`` s) until process ``pid`` uses under QUIET_SHARE of one core over
+    a QUIET_WINDOW: the server's background work after an analysis (storing its record: a
+    4096-token SmolLM2 record is 425 MB, packed, hashed and fsynced) is over. Returns the last share."""
+    process = psutil.Process(pid)
+    deadline = time.perf_counter() + max_wait
+    while True:
+        before, started = process.cpu_times(), time.perf_counter()
+        time.sleep(QUIET_WINDOW)
+        after = process.cpu_times()
+        share = (after.user + after.system - before.user - before.system) / (time.perf_counter() - started)
+        if share < QUIET_SHARE or time.perf_counter() >= deadline:
+            return share
+
+
 def model_arguments(description: str, sizes: str, cache_name: str) -> argparse.ArgumentParser:
     """The options every in-process model benchmark takes: --model, --sizes (prompt lengths in
     tokens) and --cache-dir (a results cache of its own, under the system's temporary folder)."""

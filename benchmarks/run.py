@@ -32,7 +32,7 @@ if not __package__:  # run as a file: python benchmarks/run.py
     __package__ = "benchmarks"
 
 from benchmarks import browser, prompts, report  # noqa: E402
-from benchmarks.machine import CpuMeter, describe_machine, wait_for_quiet  # noqa: E402
+from benchmarks.machine import CpuMeter, describe_machine, wait_for_idle, wait_for_quiet  # noqa: E402
 from benchmarks.server import AtlasClient, Server, cached_repeats  # noqa: E402
 
 DEFAULT_SIZES = "32,128,512,1024,2048,4096"
@@ -156,6 +156,7 @@ def measure_atlas(args, cache_dir: Path, run_dir: Path, variants: dict[int, list
                         f"(best of {len(texts)}; other processes' CPU load {entry['background_cpu']:.0%})"
                     )
                     wait_for_quiet(args.quiet_wait)  # before the views: their work would slow the server
+                    wait_for_idle(server.pid, args.quiet_wait)  # and the server has stored the record
                     entry["cached"] = cached_repeats(client, args.model, texts[-1], args.repeats)
                     entry["views"] = browser.atlas_views(page, frames)
                     entry["bytes_all_views"] = frames.received(0)

@@ -524,7 +524,9 @@ def start_server(cache_dir: str, env: dict, kind: str = "dev") -> tuple[subproce
     command = procfile_command(port) if kind == "procfile" else [*serve, "--preload", MODEL]
     if kind == "procfile":
         env = {**procfile_environment(), "ATLAS_CACHE_DIR": cache_dir, "ATLAS_PRELOAD_MODELS": f'["{MODEL}"]', **env}
-    process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **env})
+    process = subprocess.Popen(  # a session of its own: stopping it stops gunicorn's worker too
+        command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **env}, start_new_session=True
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while True:
@@ -537,9 +539,22 @@ def start_server(cache_dir: str, env: dict, kind: str = "dev") -> tuple[subproce
         except OSError:
             pass
         if time.monotonic() > deadline:
-            process.kill()
+            stop_server(process)
             raise SystemExit(f"the server did not start: see {log.name}")
         time.sleep(0.25)
+
+
+def stop_server(server: subprocess.Popen) -> None:
+    """SIGTERM to the server's whole session, SIGKILL after 15 s. Killing only gunicorn's master
+    left its worker running (seen: still serving minutes later), and the next run measured a
+    machine with two servers on it."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(server.pid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        server.wait(15)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(server.pid, signal.SIGKILL)
+    server.wait()
 
 
 def analysed_key(url: str, text: str) -> str:
@@ -787,12 +802,7 @@ def main(argv: list[str] | None = None) -> int:
         probe.stop.set()
         idle.close()
         if server is not None:
-            server.send_signal(signal.SIGTERM)
-            try:
-                server.wait(15)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait()
+            stop_server(server)
         if cache is not None:
             cache.cleanup()
     extras = {

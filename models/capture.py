@@ -71,18 +71,7 @@ def run_capture(
     description = handle.describe()
     tokenized = tokenize(handle.tokenizer, text, min(max_tokens or handle.max_tokens, handle.max_tokens))
     n = len(tokenized.ids)
-    layers, heads = description["layers"], description["heads"]
-    recorder = new_recorder(
-        Recorder,
-        n,
-        layers,
-        heads,
-        precision,
-        keep_attention_bytes,
-        on_layer,
-        causal=handle.is_causal,
-        device=handle.device,
-    )
+    recorder = new_recorder(Recorder, handle, n, precision, keep_attention_bytes, on_layer)
     output, forward_seconds = recorded_forward(
         handle,
         recorder,

@@ -457,23 +457,31 @@ def allowed_positions(mask: torch.Tensor) -> torch.Tensor:
 
 def new_recorder(
     recorder_class: type[Recorder],
+    handle,
     n: int,
-    layers: int,
-    heads: int,
     precision: str,
     keep_attention_bytes: int,
     on_layer: LayerDone | None,
-    device: torch.device,
     **fields,
 ) -> Recorder:
-    """A recorder for ``layers`` x ``heads`` over ``n`` tokens on ``device``: attention kept when
-    it fits ``keep_attention_bytes``, ``on_layer`` told how many layers there are."""
+    """A recorder for one pass of ``handle`` (a models.loading.ModelHandle) over ``n`` tokens:
+    attention kept when it fits ``keep_attention_bytes``, ``on_layer`` told how many layers
+    there are, output norms and Grams deferred on the devices that defer them."""
+    description = handle.describe()
+    layers, heads = description["layers"], description["heads"]
     dtype = np.dtype(precision)
     keep = layers * heads * n * n * dtype.itemsize <= keep_attention_bytes
     callback = (lambda layer, thumbnails: on_layer(layer, layers, thumbnails)) if on_layer else None
-    defer = device.type in DEFERRED_OUTPUT_DEVICES
     recorder = recorder_class(
-        n, thumbnail_side(layers, heads, n), keep, dtype, {}, on_layer=callback, defer_outputs=defer, **fields
+        n,
+        thumbnail_side(layers, heads, n),
+        keep,
+        dtype,
+        {},
+        on_layer=callback,
+        causal=handle.is_causal,
+        defer_outputs=handle.device.type in DEFERRED_OUTPUT_DEVICES,
+        **fields,
     )
     recorder.stack = LayerStack(layers)
     return recorder

@@ -253,18 +253,9 @@ def run_seq2seq_capture(
         decoder, target = generated_decoder(handle, source.ids, new_tokens)
     tokens = _joined(source, decoder)
     n, description = len(tokens.ids), handle.describe()  # its "layers" counts both stacks' attention
-    layers, heads = description["layers"], description["heads"]
+    layers = description["layers"]
     recorder = new_recorder(
-        _SegmentRecorder,
-        n,
-        layers,
-        heads,
-        precision,
-        keep_attention_bytes,
-        on_layer,
-        causal=handle.is_causal,
-        device=handle.device,
-        encoder_tokens=len(source.ids),
+        _SegmentRecorder, handle, n, precision, keep_attention_bytes, on_layer, encoder_tokens=len(source.ids)
     )
     output, forward_seconds = recorded_forward(
         handle,

@@ -148,8 +148,7 @@ def test_hidden_norms_are_the_norms_of_the_models_own_hidden_states(tiny):
 def test_a_recorded_pass_holds_norms_not_hidden_states(tiny_models):
     """Each layer shrinks the hidden states collected before it: only the last stays whole."""
     handle = tiny_models["tiny-llama"]
-    layers, heads = handle.describe()["layers"], handle.describe()["heads"]
-    recorder = new_recorder(Recorder, 5, layers, heads, "float32", 0, None, device=handle.device)
+    recorder = new_recorder(Recorder, handle, 5, "float32", 0, None)
     output, _ = recorded_forward(handle, recorder, None, input_ids=torch.tensor([[1, 2, 3, 4, 5]]))
     kinds = [type(state).__name__ for state in output.hidden_states]
     assert kinds[:-1] == ["HiddenNorms"] * (len(kinds) - 1) and kinds[-1] == "Tensor"

@@ -53,12 +53,9 @@ def plain_outputs(handle, implementation: str) -> list[torch.Tensor]:
 def recorded_outputs(handle) -> tuple[list[torch.Tensor], Recorder]:
     inputs = _inputs(handle)
     n = inputs["input_ids"].shape[1] + inputs.get("decoder_input_ids", inputs["input_ids"][:, :0]).shape[1]
-    description = handle.describe()
     extra = {"encoder_tokens": inputs["input_ids"].shape[1]} if handle.config.is_encoder_decoder else {}
     kind = _SegmentRecorder if extra else Recorder
-    listening = new_recorder(
-        kind, n, description["layers"], description["heads"], "float32", 0, None, device=handle.device, **extra
-    )
+    listening = new_recorder(kind, handle, n, "float32", 0, None, **extra)
     output, _ = recorded_forward(handle, listening, None, **inputs)
     return _outputs(output), listening
 

@@ -124,6 +124,8 @@ def test_model_requests_pay_the_job_cap(app, connect, limit, key, causal_key, se
     fields = {**fields_for(row.name, key, causal_key)}
     if row.name == "analyze":
         fields["text"] = f"Not cached yet: {uuid.uuid4()}"
+    if row.name == "generate":  # a continuation no other test generated (memoised) or is generating
+        fields["text"] = f"Once upon {uuid.uuid4().hex[:8]}"
     if row.name == "lens":
         fields["start"] = int(time.time_ns() % 4)  # a window not memoised by another test
     if row.name == "ablate":

@@ -91,6 +91,12 @@ def rate_limits(config) -> dict[str, tuple[float, float]]:
     return {**limits.rate_limits(config), "link": (links / 60.0, max(1.0, links / 2))}
 
 
+# An address's burst of requests of any kind, in seconds of its refill: a class of 60 opening the
+# page at once sends a few hundred requests, where a connection's 2 s burst times 60 people (4,800)
+# let a flooding machine past its refill for the first seconds of an attack (docs/reliability.md).
+ADDRESS_BURST_SECONDS = 5.0
+
+
 def address_limits(config) -> dict[str, tuple[float, float]]:
     """The limits of one address: a connection's times ``CLIENTS_PER_ADDRESS``, the people one
     address may stand for (a class behind one NAT), so many sockets from one machine get no more
@@ -102,7 +108,7 @@ def address_limits(config) -> dict[str, tuple[float, float]]:
     limits_ = {kind: (rate * people, burst * people) for kind, (rate, burst) in rate_limits(config).items()}
     events = config["ADDRESS_EVENTS_PER_PERSON"]
     if events > 0 and limits_["event"][0] > 0:
-        limits_["event"] = (events * people, limits_["event"][1])
+        limits_["event"] = (events * people, events * people * ADDRESS_BURST_SECONDS)
     return limits_
 
 

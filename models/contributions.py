@@ -73,14 +73,11 @@ def output_grams(values: torch.Tensor, projections: torch.Tensor | None) -> torc
 LayerValues = tuple[torch.Tensor, torch.Tensor | None, int]  # [KV, N, d] values, W_O^h or None, heads per KV
 
 
-def head_outputs(
-    values: torch.Tensor, projections: torch.Tensor | None, groups: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """[H, N] ||f_h(x_j)|| and [N, H, H] Grams of one layer, from its [KV, N, d] value vectors
-    (each read by ``groups`` query heads) and W_O^h [H, d, D] (None: W_O = identity)."""
+def layer_grams(values: torch.Tensor, projections: torch.Tensor | None, groups: int) -> torch.Tensor:
+    """[N, H, H] Grams of one layer, from its [KV, N, d] value vectors (each read by ``groups``
+    query heads) and W_O^h [H, d, D] (None: W_O = identity)."""
     values = values.float().repeat_interleave(groups, 0)  # [H, N, d]
-    grams = output_grams(values, None if projections is None else projections.to(values.device))
-    return norms_of(grams), grams
+    return output_grams(values, None if projections is None else projections.to(values.device))
 
 
 def norms_of(grams: torch.Tensor) -> torch.Tensor:
@@ -100,7 +97,7 @@ def deferred_outputs(layers: list[LayerValues]) -> tuple[Deferred, Deferred]:
         grams = np.empty((len(pending), n, heads, heads), np.float32)
         with torch.inference_mode():  # the values are inference tensors; W_O^h are parameters
             for index, layer in enumerate(pending):
-                grams[index] = head_outputs(*layer)[1].numpy()
+                grams[index] = layer_grams(*layer).numpy()
         pending.clear()
         return grams
 

@@ -58,8 +58,8 @@ class Deferred(np.lib.mixins.NDArrayOperatorsMixin):
     kept): it reads like the ndarray it becomes (indexing, ``shape``, ``dtype``, ``nbytes``,
     ``np.asarray``, operators and ufuncs, any ndarray attribute).
 
-    A capture on the CPU defers its output norms and Grams (models.contributions): a quarter of a
-    short prompt's forward pass that no first view needs. The cache's background writer, or the
+    A capture on the CPU defers its output norms and Grams (models.contributions): work that no
+    first view needs (models.recorder.DEFERRED_OUTPUT_DEVICES says what it costs). The cache's background writer, or the
     first view of norms, computes them after the answer has gone out."""
 
     def __init__(self, shape: tuple[int, ...], dtype, compute: Callable[[], np.ndarray]):

@@ -222,8 +222,8 @@ class Recorder:
         if self.defer_outputs:
             self._values.append((value[0].float().contiguous(), projections, groups))  # [KV, N, d], its own copy
             return {}
-        norms, grams = contributions.head_outputs(value[0], projections, groups)
-        return {"output_norms": norms.cpu().numpy(), "output_grams": grams.cpu().numpy()}
+        grams = contributions.layer_grams(value[0], projections, groups)
+        return {"output_norms": contributions.norms_of(grams).cpu().numpy(), "output_grams": grams.cpu().numpy()}
 
     def output_arrays(self, count: int) -> dict:
         """The record's ``output_norms`` and ``output_grams`` of its ``count`` layers: deferred

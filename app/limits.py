@@ -422,4 +422,4 @@ def lower_priority(nice: int) -> None:
         target = min(19, os.getpriority(os.PRIO_PROCESS, 0) + nice)
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), target)
     except OSError as error:  # a container without the right to change it: run at the usual priority
-        log.warning("model threads keep the process's priority: %s", error)
+        log.warning("a background thread keeps the process's priority: %s", error)

@@ -8,6 +8,7 @@ import platform
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 
@@ -108,13 +109,13 @@ def wait_for_quiet(max_wait: float) -> float:
     """Wait (at most ``max_wait`` s) until other processes use under QUIET_SHARE of the CPU
     over a QUIET_WINDOW, so a measurement does not start in the middle of someone's test run.
     Returns the share measured last."""
-    deadline = time.perf_counter() + max_wait
-    while True:
+
+    def others() -> float:
         meter = CpuMeter()
         time.sleep(QUIET_WINDOW)
-        share = meter.other_share()
-        if share < QUIET_SHARE or time.perf_counter() >= deadline:
-            return share
+        return meter.other_share()
+
+    return _wait_below(others, max_wait)
 
 
 def wait_for_idle(pid: int, max_wait: float) -> float:
@@ -122,12 +123,22 @@ def wait_for_idle(pid: int, max_wait: float) -> float:
     a QUIET_WINDOW: the server's background work after an analysis (storing its record: a
     4096-token SmolLM2 record is 425 MB, packed, hashed and fsynced) is over. Returns the last share."""
     process = psutil.Process(pid)
-    deadline = time.perf_counter() + max_wait
-    while True:
+
+    def its_own() -> float:
         before, started = process.cpu_times(), time.perf_counter()
         time.sleep(QUIET_WINDOW)
         after = process.cpu_times()
-        share = (after.user + after.system - before.user - before.system) / (time.perf_counter() - started)
+        return (after.user + after.system - before.user - before.system) / (time.perf_counter() - started)
+
+    return _wait_below(its_own, max_wait)
+
+
+def _wait_below(sample: Callable[[], float], max_wait: float) -> float:
+    """``sample()`` (a CPU share over one QUIET_WINDOW) until it is under QUIET_SHARE or
+    ``max_wait`` s have passed; the share measured last."""
+    deadline = time.perf_counter() + max_wait
+    while True:
+        share = sample()
         if share < QUIET_SHARE or time.perf_counter() >= deadline:
             return share
 

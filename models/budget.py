@@ -69,9 +69,12 @@ class CapturePlan:
         return self.record + self.activations + self.workspace
 
 
-def plan_capture(geometry: Geometry, tokens: int, itemsize: int) -> CapturePlan:
+def plan_capture(geometry: Geometry, tokens: int, itemsize: int, keeps_values: bool = True) -> CapturePlan:
     """The plan for ``tokens`` tokens with activations of ``itemsize`` bytes (4 on the CPU, 2 in
-    half precision on a GPU; q and k are stored at the same size)."""
+    half precision on a GPU; q and k are stored at the same size). ``keeps_values``: the capture
+    keeps every layer's value vectors until its output Grams are computed, after the answer (a
+    CPU capture, :data:`models.recorder.DEFERRED_OUTPUT_DEVICES`); a GPU capture computes them in
+    the pass and keeps none, and planning them there could refuse a capture that fits."""
     g, n = geometry, tokens
     prefix = min(n, STATS_TOKENS)
     per_layer_rows = g.heads * n * 4 * 2 + n * 4 * 2  # row lse, value norms; received, hidden norms
@@ -82,7 +85,7 @@ def plan_capture(geometry: Geometry, tokens: int, itemsize: int) -> CapturePlan:
     record = g.layers * per_layer + n * n  # and one boolean mask
     hidden_states = (g.layers + 1) * n * g.hidden * itemsize
     layer = n * (3 * g.intermediate + 4 * g.hidden) * itemsize + 2 * g.heads * n * g.head_dim * itemsize
-    values = g.layers * g.kv_heads * n * g.head_dim * 4  # float32, kept on the CPU until the Grams are computed
+    values = g.layers * g.kv_heads * n * g.head_dim * 4 if keeps_values else 0  # float32, until the Grams are computed
     activations = hidden_states + layer + values + n * n * (itemsize + 2)  # the model's additive mask, bool copies
     workspace = 2 * BLOCK_BYTES + g.heads * n * THUMBNAIL_MAX_SIDE * 4 + 2 * g.heads * n * g.head_dim * 4
     pairs = n * n * (0.5 if g.causal else 1.0)  # (query, key) pairs a causal kernel computes
@@ -107,17 +110,19 @@ def available_bytes(device: torch.device) -> int | None:
     return None
 
 
-def check_fits(geometry: Geometry, tokens: int, itemsize: int, available: int | None, where: str) -> None:
+def check_fits(
+    geometry: Geometry, tokens: int, itemsize: int, available: int | None, where: str, keeps_values: bool = True
+) -> None:
     """Raise TooManyTokensError, before any model work, when a capture of ``tokens`` would not
     fit in ``available`` bytes; the message says how much it needs and how long a prompt fits."""
-    needed = int(plan_capture(geometry, tokens, itemsize).total * HEADROOM)
+    needed = int(plan_capture(geometry, tokens, itemsize, keeps_values).total * HEADROOM)
     if available is None or needed <= available:
         return
     fits = 0
     low, high = 1, tokens
     while low <= high:  # the longest prompt that fits: the plan grows with the tokens
         middle = (low + high) // 2
-        if plan_capture(geometry, middle, itemsize).total * HEADROOM <= available:
+        if plan_capture(geometry, middle, itemsize, keeps_values).total * HEADROOM <= available:
             fits, low = middle, middle + 1
         else:
             high = middle - 1

@@ -495,10 +495,12 @@ def recorded_forward(handle, recorder: Recorder, reserve: Callable[[int], None] 
     before the pass, when the capture would not fit in the memory the device has free."""
     geometry = budget.Geometry.of(handle.config, handle.describe()["layers"], handle.is_causal)
     itemsize = next(handle.model.parameters()).element_size()
+    keeps = recorder.defer_outputs
     if reserve:
-        reserve(budget.plan_capture(geometry, recorder.n_tokens, itemsize).total)
+        reserve(budget.plan_capture(geometry, recorder.n_tokens, itemsize, keeps).total)
     where = f"this machine's {handle.device.type.upper()}"
-    budget.check_fits(geometry, recorder.n_tokens, itemsize, budget.available_bytes(handle.device), where)
+    available = budget.available_bytes(handle.device)
+    budget.check_fits(geometry, recorder.n_tokens, itemsize, available, where, keeps)
     with handle.lock, torch.inference_mode(), recording(handle.model, recorder):
         started = time.perf_counter()
         output = handle.model(**inputs, output_hidden_states=True, use_cache=False)

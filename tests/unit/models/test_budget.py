@@ -53,3 +53,12 @@ def test_a_capture_that_would_not_fit_is_refused_before_the_model_runs(tiny_mode
     with pytest.raises(TooManyTokensError, match=r"needs about .* GiB .* at most \d+ tokens fits"):
         run_capture(tiny_models["tiny-llama"], PROMPT, on_layer=lambda *layer: layers.append(layer))
     assert layers == []  # no layer ran
+
+
+def test_only_a_capture_that_keeps_its_values_plans_them():
+    """A CPU capture keeps every layer's float32 value vectors until its Grams are computed after
+    the answer; a GPU capture computes them in the pass, so its plan has none of them."""
+    large = budget.Geometry(32, 32, 8, 128, 4096, 14336, causal=True)  # Llama-3.1-8B
+    kept, not_kept = (budget.plan_capture(large, 4096, 2, keeps_values=keeps) for keeps in (True, False))
+    assert kept.activations - not_kept.activations == 32 * 8 * 4096 * 128 * 4  # 0.5 GiB
+    assert kept.record == not_kept.record

@@ -375,9 +375,13 @@ class HostileProcess:
     def start(self) -> None:
         self.process.start()
 
-    def result(self, timeout: float = 60.0) -> dict:
+    def result(self, started: float, timeout: float = 60.0) -> dict:
+        """What the attacker was answered, and when each of its patterns began, in seconds after
+        ``started`` (CLOCK_MONOTONIC, the same in both processes)."""
         try:
-            return self.answers.get(timeout=timeout)
+            answers = self.answers.get(timeout=timeout)
+            answers["phases"] = [f"{round(at - started, 1)} s {name}" for name, at in answers["phases"]]
+            return answers
         except Exception:  # noqa: BLE001 - a report without the attacker's tally beats none
             return {"hostile process": "no report"}
         finally:
@@ -391,7 +395,7 @@ def run_hostile(url: str, seconds: float, honest_key: str, answers, niceness: in
     os.nice(niceness)
     hostile = Hostile(url, time.monotonic() + seconds, honest_key)
     hostile.run()
-    answers.put(dict(hostile.answers))
+    answers.put({**hostile.answers, "phases": hostile.phases})
 
 
 class Hostile:
@@ -405,13 +409,16 @@ class Hostile:
         self.headers = {"X-Forwarded-For": HOSTILE_ADDRESS}
         self.answers: Counter = Counter()
         self.sockets: list = []
+        self.phases: list[tuple[str, float]] = []  # (pattern, when it began: CLOCK_MONOTONIC)
 
     def run(self) -> None:
         patterns = [self.sockets_flood, self.request_flood, self.paced_flood, self.links, self.uploads]
         turn = 0
         while time.monotonic() < self.deadline:
+            pattern = patterns[turn % len(patterns)]
+            self.phases.append((pattern.__name__, time.monotonic()))
             try:
-                patterns[turn % len(patterns)]()
+                pattern()
             except Exception as error:  # noqa: BLE001 - an attacker shrugs and goes on
                 self.answers[f"raised {type(error).__name__}"] += 1
             turn += 1
@@ -612,11 +619,19 @@ def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else round(1000 * seconds, 1)
 
 
-def analysis_latencies(done: list[Sent], stored_before: set[str]) -> dict:
-    """Latency of the analyses the server answered from its store, of those that waited for
-    another request's computation of the same text, and of those that ran the model. The server
-    says ``cached`` for both of the first two (neither ran the model); a request sent before any
-    request of its text had been answered found nothing stored, so it waited for a computation."""
+def slowest(requests: list[Sent], started: float, count: int = 5) -> list[list]:
+    """The ``count`` slowest requests as [seconds after the run started, event, kind, ms]: when in the run
+    the tail happened (the attacker's phases carry the same clock, CLOCK_MONOTONIC)."""
+    ordered = sorted(requests, key=lambda r: r.at - r.answered)[:count]
+    return [[round(r.at - started, 1), r.event, r.kind, _ms(r.answered - r.at)] for r in ordered]
+
+
+def analysis_latencies(done: list[Sent], stored_before: set[str]) -> tuple[dict, dict]:
+    """(latency lines, the requests of each line) of the analyses the server answered from its
+    store, of those that waited for another request's computation of the same text, and of those
+    that ran the model. The server says ``cached`` for both of the first two (neither ran the
+    model); a request sent before any request of its text had been answered found nothing stored,
+    so it waited for a computation."""
     first_answer = {text: float("-inf") for text in stored_before}
     for r in done:
         first_answer[r.text] = min(first_answer.get(r.text, float("inf")), r.answered)
@@ -626,18 +641,27 @@ def analysis_latencies(done: list[Sent], stored_before: set[str]) -> dict:
         "analyze_cached": latency_line([r.answered - r.at for r in stored]),
         "analyze_shared": latency_line([r.answered - r.at for r in shared]),
         "analyze_computed": latency_line([r.answered - r.at for r in done if not r.cached]),
-    }
+    }, {"analyze_cached": stored, "analyze_computed": [r for r in done if not r.cached]}
 
 
 def report(
-    students: list[Student], args, seconds: float, rss: list[int], extras: dict, stored_before: set[str]
+    students: list[Student],
+    args,
+    seconds: float,
+    rss: list[int],
+    extras: dict,
+    stored_before: set[str],
+    started: float,
 ) -> dict:
-    """``stored_before``: texts analysed before the students started (answered from the store)."""
+    """``stored_before``: texts analysed before the students started (answered from the store);
+    ``started``: when the run began (CLOCK_MONOTONIC)."""
     requests = [sent for student in students for sent in student.stats.sent.values()]
     analyses = [r for r in requests if r.event == "analyze"]
     details = [r for r in requests if r.event != "analyze"]
     done = [r for r in analyses if r.outcome == "done"]
     outcome = Counter(r.outcome or "lost" for r in requests)
+    analysis_lines, analysis_requests = analysis_latencies(done, stored_before)
+    answered_details = [r for r in details if r.answered]
     by_kind = defaultdict(Counter)
     for r in analyses:
         by_kind[r.kind][r.outcome or "lost"] += 1
@@ -655,9 +679,13 @@ def report(
         "outcomes": dict(outcome),
         "analyses_by_kind": {k: dict(v) for k, v in by_kind.items()},
         "latency": {
-            **analysis_latencies(done, stored_before),
+            **analysis_lines,
             "too_long_answer": latency_line([r.answered - r.at for r in analyses if r.outcome == "too_long"]),
-            "detail": latency_line([r.answered - r.at for r in details if r.answered]),
+            "detail": latency_line([r.answered - r.at for r in answered_details]),
+        },
+        "slowest": {
+            **{name: slowest(found, started) for name, found in analysis_requests.items()},
+            "detail": slowest(answered_details, started),
         },
         "throughput_per_s": round(len(requests) / seconds, 1),
         "max_queue_position": max(s.stats.max_position for s in students),
@@ -711,8 +739,8 @@ def scaled_out(args) -> int:
             student.close()
         extras = {"web": args.web, "workers": args.workers}
         if hostile is not None:
-            extras["hostile_answers"] = hostile.result()
-        result = report(students, args, time.monotonic() - started, [], extras, {SHARED_PROMPTS[0]})
+            extras["hostile_answers"] = hostile.result(started)
+        result = report(students, args, time.monotonic() - started, [], extras, {SHARED_PROMPTS[0]}, started)
     finally:
         cluster.stop()
         cache.cleanup()
@@ -791,7 +819,7 @@ def main(argv: list[str] | None = None) -> int:
                 sent = sum(len(s.stats.sent) for s in students)
                 print(f"  {time.monotonic() - started:5.0f} s: {sent} requests", flush=True)
         seconds = time.monotonic() - started
-        hostile_answers = hostile.result() if hostile is not None else None
+        hostile_answers = hostile.result(started) if hostile is not None else None
         closers = [threading.Thread(target=s.close) for s in students]
         for closer in closers:
             closer.start()
@@ -816,7 +844,8 @@ def main(argv: list[str] | None = None) -> int:
         },
         "hostile_answers": hostile_answers,
     }
-    result = report(students, args, seconds, sampler.samples, extras, {SHARED_PROMPTS[0]} if args.hostile else set())
+    stored = {SHARED_PROMPTS[0]} if args.hostile else set()
+    result = report(students, args, seconds, sampler.samples, extras, stored, started)
     print(json.dumps(result, indent=2, ensure_ascii=False))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2, ensure_ascii=False))

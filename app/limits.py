@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from app.cores import FreeCores
 from app.protocol import AtlasError
 
 log = logging.getLogger(__name__)
@@ -407,10 +408,24 @@ class ModelThreads:
         self._pool = ThreadPoolExecutor(
             max(1, workers), thread_name_prefix="atlas-model", initializer=lower_priority, initargs=(nice,)
         )
+        self._cores: FreeCores | None = None
+        if nice > 0 and sys.platform == "linux":
+            import torch
+
+            self._cores = FreeCores(torch.get_num_threads())
 
     def run(self, work: Callable, *args):
         """``work(*args)`` on a model thread, in the caller's context (its cancel scope); waits."""
-        return self._pool.submit(contextvars.copy_context().run, work, *args).result()
+        return self._pool.submit(contextvars.copy_context().run, self._sized, work, *args).result()
+
+    def _sized(self, work: Callable, *args):
+        """``work(*args)`` with torch's team sized to the cores free now (:mod:`app.cores`): a
+        niced team on a core that other work keeps busy makes every operation wait for it."""
+        if self._cores is not None:
+            import torch
+
+            torch.set_num_threads(self._cores.now())
+        return work(*args)
 
 
 def lower_priority(nice: int) -> None:

@@ -46,9 +46,10 @@ def _kernel():
 
 @lru_cache(maxsize=1)
 def _threads() -> tuple[ThreadPoolExecutor, int]:
-    """As many threads as torch uses: the loop releases the GIL, and its heads are independent.
-    A forked child starts its own: the parent's threads are not in it."""
-    workers = max(1, torch.get_num_threads())
+    """A thread per core: the loop releases the GIL, and its heads are independent. Each block
+    uses as many of them as torch's team has now (model work sizes it to the cores other work
+    leaves free: app.cores). A forked child starts its own: the parent's threads are not in it."""
+    workers = max(1, os.cpu_count() or 1)
     return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="atlas-blocks"), workers
 
 
@@ -88,7 +89,7 @@ class LayerFold:
         """Fold in one block of scores [H, r, c], q.k * scaling of rows r0.. over keys c0..: the
         heads split among the threads."""
         kernel, (threads, workers) = _kernel(), _threads()
-        parts = min(self.heads, workers)
+        parts = max(1, min(self.heads, workers, torch.get_num_threads()))
         bounds = [(self.heads * part) // parts for part in range(parts + 1)]
         arguments = (scores.numpy(), *self.arguments, r0, c0)
         futures = [threads.submit(kernel, *arguments, bounds[i], bounds[i + 1]) for i in range(parts)]

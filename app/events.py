@@ -31,7 +31,10 @@ SOCKETIO_CHANNEL = "attention-atlas"  # the Redis pub/sub channel of Socket.IO m
 # only; nothing here waits on the network).
 _SENDING = threading.Lock()
 FLOODS_BEFORE_SUSPENSION = 5  # sockets of one address closed for flooding before it is suspended...
-SUSPENSION_SECONDS = 60  # ...from opening new ones for this long
+SUSPENSION_SECONDS = 60  # ...from opening new ones for this long, doubled each time it floods again...
+MAX_SUSPENSION_SECONDS = 3600  # ...up to an hour
+FLOODING_REMEMBERED_SECONDS = 3600  # an address suspended this long ago or less has flooded before
+REFUSALS_AFTER_FLOODING = 3  # refusals in a row a connection from such an address may have
 REFUSALS = ("rate_limited", "busy")  # answers that tell a client to wait: counted per connection
 CLOSED_FOR_REFUSALS = "this connection kept sending after being told to wait, so the server closed it; reload the page"
 
@@ -88,6 +91,7 @@ class Sockets:
             lambda: {"connect": connect_limit(config), "closed": (1 / 60, FLOODS_BEFORE_SUSPENSION - 1)}
         )
         self._suspended: dict[str, float] = {}  # address -> until when it may not open sockets
+        self._suspensions: dict[str, tuple[int, float]] = {}  # address -> (suspensions in a row, last flood)
         self._address: dict[str, str] = {}  # engine.io sid -> client address
         self._per_address: dict[str, int] = {}
         self._lock = threading.Lock()
@@ -140,15 +144,32 @@ class Sockets:
         :data:`FLOODS_BEFORE_SUSPENSION` in a row (one a minute is forgiven), the address may open
         no new socket for :data:`SUSPENSION_SECONDS`: a client that reconnects to flood again
         cost the server a handshake and a burst of refusals each time. Sockets already open stay
-        open, so the rest of a class behind that address keeps working."""
+        open, so the rest of a class behind that address keeps working. Each suspension that
+        begins within :data:`FLOODING_REMEMBERED_SECONDS` of its last flood is twice as long: a client
+        that waits out its minute to flood again (every 70 s in the hostile load test) finds
+        the next one longer."""
         if self.connects.spend(address, "closed"):
             return
         with self._lock:
             now = time.monotonic()
             self._suspended = {key: until for key, until in self._suspended.items() if until > now}
+            remembered = now - FLOODING_REMEMBERED_SECONDS
+            self._suspensions = {key: value for key, value in self._suspensions.items() if value[1] >= remembered}
+            count = self._suspensions.get(address, (0, now))[0]
             if address not in self._suspended:
-                log.warning("suspended new Socket.IO connections from %s for %d s", address, SUSPENSION_SECONDS)
-            self._suspended[address] = now + SUSPENSION_SECONDS
+                count += 1
+                log.warning("suspended new Socket.IO connections from %s for %d s", address, suspension_seconds(count))
+            self._suspensions[address] = (count, now)
+            self._suspended[address] = now + suspension_seconds(count)
+
+    def flooded_before(self, address: str) -> bool:
+        """Whether ``address`` flooded (was suspended) within :data:`FLOODING_REMEMBERED_SECONDS`:
+        its connections are then closed after :data:`REFUSALS_AFTER_FLOODING` refusals in a row,
+        not ``REFUSALS_BEFORE_CLOSING``. The hostile load test's attacker came back with 100
+        sockets when its minute was up, and each was answered 20 refusals before it was closed."""
+        with self._lock:
+            suspension = self._suspensions.get(address)
+            return suspension is not None and time.monotonic() - suspension[1] <= FLOODING_REMEMBERED_SECONDS
 
     def release(self, eio_sid: str) -> None:
         with self._lock:
@@ -161,6 +182,11 @@ class Sockets:
     @property
     def open(self) -> int:
         return len(self._address)
+
+
+def suspension_seconds(count: int) -> float:
+    """How long an address's ``count``-th suspension in a row lasts."""
+    return min(MAX_SUSPENSION_SECONDS, SUSPENSION_SECONDS * 2 ** min(count - 1, 16))
 
 
 def connect_limit(config) -> tuple[float, float]:
@@ -187,7 +213,13 @@ class AtlasNamespace(Namespace):
         self._lock = threading.Lock()
         config = dispatcher.service.config
         self.refusals = limits.RateLimiter(
-            lambda: {"refusal": (config["REFUSALS_PER_SECOND"], config["REFUSALS_BEFORE_CLOSING"])}
+            lambda: {
+                "refusal": (config["REFUSALS_PER_SECOND"], config["REFUSALS_BEFORE_CLOSING"]),
+                "refusal after flooding": (
+                    config["REFUSALS_PER_SECOND"],
+                    min(REFUSALS_AFTER_FLOODING, config["REFUSALS_BEFORE_CLOSING"]),
+                ),
+            }
         )
 
     def trigger_event(self, event: str, *args):
@@ -275,12 +307,15 @@ class AtlasNamespace(Namespace):
     def _struck(self, sid: str) -> None:
         """A refused request: a connection refused more often than the ``refusal`` limit allows
         (it kept sending after being told to wait) is told so and closed. Each refusal is an
-        answer, and a flood of them cost the server as much as answering the requests would."""
-        if self.refusals.spend(sid, "refusal"):
+        answer, and a flood of them cost the server as much as answering the requests would.
+        A connection from an address that has flooded before has fewer (:meth:`Sockets.flooded_before`)."""
+        address = self._address(sid)
+        kind = "refusal after flooding" if self.sockets.flooded_before(address) else "refusal"
+        if self.refusals.spend(sid, kind):
             return
         log.warning("closed Socket.IO connection %s: it kept sending after being refused", sid)
         self._emit(sid, "error", AtlasError("rate_limited", CLOSED_FOR_REFUSALS, 429).payload(None))
-        self.sockets.closed_for_flooding(self._address(sid))
+        self.sockets.closed_for_flooding(address)
         eio_sid = self.server.manager.eio_sid_from_sid(sid, NAMESPACE)
         if eio_sid is not None:
             self.server.eio.disconnect(eio_sid)

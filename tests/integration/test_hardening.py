@@ -388,16 +388,20 @@ def test_sockets_per_address_are_capped_with_a_clear_refusal(tmp_path):
         first.close(), third.close()
 
 
-def flood_until_closed(url: str, events: int = 12) -> object:
-    """A client that sends ``events`` requests at once, past its rate limit; returns it once the
+def flood(client, events: int) -> object:
+    """Send ``events`` requests at once from ``client``, past its rate limit; returns it once the
     server has closed it (or after 10 s)."""
-    client = socket_client(url)
     for index in range(events):
         client.emit("cancel", {"rid": f"c{index}", "request": 0}, namespace=NAMESPACE)
     deadline = time.monotonic() + 10
     while client.connected and time.monotonic() < deadline:
         time.sleep(0.05)
     return client
+
+
+def flood_until_closed(url: str, events: int = 12) -> object:
+    """A new client that sends ``events`` requests at once (:func:`flood`), once it is closed."""
+    return flood(socket_client(url), events)
 
 
 def test_a_connection_that_keeps_sending_after_refusals_is_closed_and_a_flooding_address_suspended(tmp_path):
@@ -425,6 +429,41 @@ def test_a_connection_that_keeps_sending_after_refusals_is_closed_and_a_flooding
         bystander.close()
     log = next(tmp_path.glob("cache.*.log")).read_text()
     assert "kept sending after being refused" in log and "suspended new Socket.IO connections" in log
+
+
+def test_an_address_that_flooded_before_has_fewer_refusals_and_longer_suspensions(tmp_path):
+    """The hostile load test's attacker waited out its minute and came back with 100 sockets, each
+    answered 20 refusals before it was closed: after a suspension, a connection from that
+    address is closed after REFUSALS_AFTER_FLOODING refusals, and each suspension that follows
+    within the hour is twice as long as the last (up to an hour)."""
+    from app.events import (
+        FLOODS_BEFORE_SUSPENSION,
+        MAX_SUSPENSION_SECONDS,
+        REFUSALS_AFTER_FLOODING,
+        SUSPENSION_SECONDS,
+        suspension_seconds,
+    )
+
+    assert [suspension_seconds(count) for count in (1, 2, 3)] == [
+        SUSPENSION_SECONDS,
+        2 * SUSPENSION_SECONDS,
+        4 * SUSPENSION_SECONDS,
+    ]
+    assert suspension_seconds(40) == MAX_SUSPENSION_SECONDS
+    with live_server(
+        tmp_path / "cache", PRELOAD_MODELS="[]", RATE_EVENTS_PER_SECOND="1", REFUSALS_BEFORE_CLOSING="10"
+    ) as url:
+        spare = socket_client(url)  # opened before the address floods: it stays open through the suspension
+        for _ in range(FLOODS_BEFORE_SUSPENSION):
+            flooder = flood_until_closed(url, events=20)
+            refused = [a for a in flooder.answers if a["name"] == "error" and a["code"] == "rate_limited"]
+            assert len(refused) >= 10
+            flooder.close()
+        flood(spare, events=20)
+        assert not spare.connected
+        refused = [a for a in spare.answers if a["name"] == "error" and a["code"] == "rate_limited"]
+        assert REFUSALS_AFTER_FLOODING <= len(refused) <= REFUSALS_AFTER_FLOODING + 2
+        spare.close()
 
 
 def test_new_connections_per_address_are_rate_limited(tmp_path):

@@ -76,6 +76,7 @@ def create_app(test_config: dict | None = None) -> Flask:
         client_manager=client_manager(app.config["REDIS_URL"], SOCKETIO_CHANNEL),
     )
     sockets = app.extensions["atlas_sockets"] = Sockets(app.config)
+    dispatcher.flooded_before = sockets.flooded_before
     socketio.on_namespace(AtlasNamespace(dispatcher, sockets))
     sockets.install(socketio.server)
     if app.config["PROXY_FIX_X_FOR"]:  # outside Socket.IO's middleware: sockets are counted per user address too

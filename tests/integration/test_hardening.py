@@ -505,6 +505,35 @@ def test_socket_limits_apply_per_address_with_a_classroom_allowance(app):
         assert address_limits(app.config)[kind] == (rate * people, burst * people)
 
 
+def test_an_address_that_flooded_before_has_a_second_of_requests_at_once_not_five(app, monkeypatch):
+    """After waiting out a suspension, the hostile test's attacker spent the refilled burst of
+    its address (5 s of its refill) on head summaries at once; an address that flooded before
+    has one second's."""
+    from app.dispatch import ADDRESS_BURST_SECONDS, FLOODED_BURST_SECONDS, Call
+    from app.requests import TABLE
+
+    dispatcher = app.extensions["atlas_dispatcher"]
+    rate = app.config["ADDRESS_EVENTS_PER_PERSON"] * app.config["CLIENTS_PER_ADDRESS"]
+    request = next(row for row in TABLE if row.name == "token")
+
+    def admitted_at_once(address: str) -> int:
+        for index in range(10 * int(rate * ADDRESS_BURST_SECONDS)):
+            call = Call(
+                dispatcher.service, request, f"{address} socket {index}", index, lambda *_: None, address=address
+            )
+            try:
+                with dispatcher.admit(call):
+                    pass
+            except AtlasError as error:
+                assert error.code == "rate_limited"
+                return index
+        raise AssertionError("never refused")
+
+    assert admitted_at_once("10.7.7.1") >= rate * ADDRESS_BURST_SECONDS
+    monkeypatch.setattr(dispatcher, "flooded_before", lambda address: address == "10.7.7.2")
+    assert rate * FLOODED_BURST_SECONDS <= admitted_at_once("10.7.7.2") < rate * ADDRESS_BURST_SECONDS / 2
+
+
 def test_a_query_value_spelled_with_a_superscript_digit_is_refused_not_a_crash(client, key):
     """The long fuzzing mode's finding: ``str.isdigit()`` is true for "¹", and ``int()`` failed."""
     response = client.get(f"/api/analysis/{key}/compare?other={key}&layer=¹")

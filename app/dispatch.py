@@ -95,8 +95,9 @@ def rate_limits(config) -> dict[str, tuple[float, float]]:
 # page at once sends a few hundred requests, where a connection's 2 s burst times 60 people (4,800)
 # let a flooding machine past its refill for the first seconds of an attack (docs/reliability.md).
 ADDRESS_BURST_SECONDS = 5.0
-# An address that flooded before (app.events.Sockets.flooded_before) has a second's refill: the
-# hostile test's attacker waited out its suspension and spent a refilled burst of 600 at once.
+# An address that flooded before (app.events.Sockets.flooded_before) has a second's refill, for
+# its requests and its new sockets: the hostile test's attacker waited out its suspension and came
+# back with 100 sockets at once, which spent a refilled burst of 600 requests at once.
 FLOODED_BURST_SECONDS = 1.0
 
 

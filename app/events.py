@@ -16,7 +16,7 @@ import socketio as python_socketio
 from flask_socketio import Namespace
 
 from app import limits, presenter
-from app.dispatch import Call, Dispatcher
+from app.dispatch import FLOODED_BURST_SECONDS, Call, Dispatcher
 from app.extensions import socketio
 from app.protocol import NAMESPACE, AtlasError, request_id
 from app.requests import SOCKET_EVENTS, Cost
@@ -88,7 +88,11 @@ class Sockets:
     def __init__(self, config):
         self.config = config
         self.connects = limits.RateLimiter(
-            lambda: {"connect": connect_limit(config), "closed": (1 / 60, FLOODS_BEFORE_SUSPENSION - 1)}
+            lambda: {
+                "connect": connect_limit(config),
+                "connect after flooding": connect_limit(config, FLOODED_BURST_SECONDS),
+                "closed": (1 / 60, FLOODS_BEFORE_SUSPENSION - 1),
+            }
         )
         self._suspended: dict[str, float] = {}  # address -> until when it may not open sockets
         self._suspensions: dict[str, tuple[int, float]] = {}  # address -> (suspensions in a row, last flood)
@@ -130,7 +134,7 @@ class Sockets:
                 refusal = f"too many connections ({here}) from this address; close some tabs and reload"
             elif self._suspended.get(address, 0.0) > time.monotonic():
                 refusal = "connections from this address kept flooding the server; wait a minute and reload"
-            elif not self.connects.spend(address, "connect"):
+            elif not self.connects.spend(address, "connect after flooding" if self._flooded(address) else "connect"):
                 refusal = "too many new connections from this address; wait a minute and reload"
             else:
                 self._address[eio_sid] = address
@@ -168,8 +172,13 @@ class Sockets:
         not ``REFUSALS_BEFORE_CLOSING``. The hostile load test's attacker came back with 100
         sockets when its minute was up, and each was answered 20 refusals before it was closed."""
         with self._lock:
-            suspension = self._suspensions.get(address)
-            return suspension is not None and time.monotonic() - suspension[1] <= FLOODING_REMEMBERED_SECONDS
+            return self._flooded(address)
+
+    def _flooded(self, address: str) -> bool:
+        """:meth:`flooded_before`, under the lock. Such an address also opens new sockets with a
+        second's burst (the attacker came back with 100 at once when its suspension was up)."""
+        suspension = self._suspensions.get(address)
+        return suspension is not None and time.monotonic() - suspension[1] <= FLOODING_REMEMBERED_SECONDS
 
     def release(self, eio_sid: str) -> None:
         with self._lock:
@@ -189,12 +198,16 @@ def suspension_seconds(count: int) -> float:
     return min(MAX_SUSPENSION_SECONDS, SUSPENSION_SECONDS * 2 ** min(count - 1, 16))
 
 
-def connect_limit(config) -> tuple[float, float]:
+def connect_limit(config, burst_seconds: float | None = None) -> tuple[float, float]:
     """(new connections per second, burst) of one address: a person's reloads times the people
     it may stand for, so a class may all connect at once but a client that is closed for
-    flooding cannot come straight back with new sockets."""
+    flooding cannot come straight back with new sockets. ``burst_seconds``: a burst of that
+    many seconds of the rate instead (an address that flooded before)."""
     people, per_minute = config["CLIENTS_PER_ADDRESS"], config["RATE_CONNECTS_PER_MINUTE"]
-    return people * per_minute / 60.0, people * max(1.0, per_minute / 3)
+    rate = people * per_minute / 60.0
+    if burst_seconds is not None:
+        return rate, max(1.0, rate * burst_seconds)
+    return rate, people * max(1.0, per_minute / 3)
 
 
 def client_manager(redis_url: str | None, channel: str):

@@ -466,6 +466,30 @@ def test_an_address_that_flooded_before_has_fewer_refusals_and_longer_suspension
         spare.close()
 
 
+def test_an_address_back_from_a_suspension_opens_a_second_of_sockets_at_once(app, monkeypatch):
+    """The attacker waited out its minute and came back with 100 sockets at once: an address that
+    flooded before opens new ones at its usual rate, but with one second of it at once."""
+    from app import events
+
+    monkeypatch.setattr(events, "SUSPENSION_SECONDS", 0.2)
+    sockets = events.Sockets(app.config)
+    rate, _ = events.connect_limit(app.config)
+
+    def opened_at_once(address: str) -> int:
+        for index in range(app.config["MAX_SOCKETS_PER_ADDRESS"]):
+            if sockets.admit(f"{address}-{index}", address) is not None:
+                return index
+        return app.config["MAX_SOCKETS_PER_ADDRESS"]
+
+    for _ in range(events.FLOODS_BEFORE_SUSPENSION):
+        sockets.closed_for_flooding("10.8.8.1")
+    assert sockets.admit("during", "10.8.8.1") is not None  # suspended
+    time.sleep(0.3)  # the suspension is over; the flood is remembered
+    assert sockets.flooded_before("10.8.8.1") and not sockets.flooded_before("10.8.8.2")
+    assert 1 <= opened_at_once("10.8.8.1") <= rate * events.FLOODED_BURST_SECONDS + 1
+    assert opened_at_once("10.8.8.2") >= 10 * rate * events.FLOODED_BURST_SECONDS
+
+
 def test_new_connections_per_address_are_rate_limited(tmp_path):
     with live_server(
         tmp_path / "cache", PRELOAD_MODELS="[]", CLIENTS_PER_ADDRESS="1", RATE_CONNECTS_PER_MINUTE="1"

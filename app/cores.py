@@ -6,7 +6,9 @@ priority keeps a core busy, the team's thread on that core gets a tenth of it an
 waits for that thread. Measured on 2 cores (minilm, one 60-token pass, nice 10): 14 ms idle; with
 one core busy at nice 0, 544 ms with two threads and 21.5 ms with one. Under a hostile client the
 class's analyses took 0.7-1.4 s instead of 0.05 (docs/reliability.md). So before each job the
-team is sized to the cores that work at normal priority left free over the last half second.
+team is sized to the cores that work at normal priority left free over the last half second,
+and sized again every quarter second while the job runs (a browser on the same laptop loading the
+page just before Analyze made a 1024-token capture run on one thread throughout: 3.8 s, not 3.1).
 
 Busy time comes from /proc/stat. Work at positive niceness (this process's own model threads,
 the cache writer, anything else in the background) counts as free: the team is not starved by
@@ -16,14 +18,17 @@ it. Where /proc/stat cannot be read, every core is used.
 from __future__ import annotations
 
 import collections
+import contextlib
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 PROC_STAT = Path("/proc/stat")
 SAMPLE_SECONDS = 0.1
 WINDOW_SAMPLES = 5  # the cores' use over the last 0.5 s
 TAKEN_SHARE = 0.5  # a core counts as taken when work at normal priority used at least this share of it
+RESIZE_SECONDS = 0.25  # how often a running job sizes its team again
 
 
 def busy_and_total(stat_text: str) -> tuple[int, int]:
@@ -89,3 +94,51 @@ class FreeCores:
             if reading is not None:
                 with self._lock:
                     self._readings.append(reading)
+
+
+_RUNNING = threading.local()  # on a model thread during a job: its FreeCores and when it last sized its team
+_HOOK_LOCK = threading.Lock()
+_hooked = False
+
+
+@contextlib.contextmanager
+def sized_team(cores: FreeCores) -> Iterator[None]:
+    """Run the body (one job, on this thread) with torch's team sized to ``cores.now()``, and
+    sized again every ``RESIZE_SECONDS`` as the job's modules run (:func:`_resize_team`)."""
+    import torch
+
+    _hook_modules()
+    torch.set_num_threads(cores.now())
+    _RUNNING.cores, _RUNNING.sized_at = cores, time.monotonic()
+    try:
+        yield
+    finally:
+        _RUNNING.cores = None
+
+
+def _hook_modules() -> None:
+    """Install :func:`_resize_team` as a forward pre-hook of every torch module, once."""
+    global _hooked
+    with _HOOK_LOCK:
+        if not _hooked:
+            import torch
+
+            torch.nn.modules.module.register_module_forward_pre_hook(_resize_team)
+            _hooked = True
+
+
+def _resize_team(module, args) -> None:
+    """Between two modules of a job's forward pass (torch's team can change size only between
+    operations, and only from the thread that runs them): follow the cores free now."""
+    cores = getattr(_RUNNING, "cores", None)
+    if cores is None:
+        return  # not a sized job's thread
+    now = time.monotonic()
+    if now - _RUNNING.sized_at < RESIZE_SECONDS:
+        return
+    _RUNNING.sized_at = now
+    import torch
+
+    threads = cores.now()
+    if threads != torch.get_num_threads():
+        torch.set_num_threads(threads)

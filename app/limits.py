@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from app.cores import FreeCores
+from app.cores import FreeCores, sized_team
 from app.protocol import AtlasError
 
 log = logging.getLogger(__name__)
@@ -421,11 +421,10 @@ class ModelThreads:
     def _sized(self, work: Callable, *args):
         """``work(*args)`` with torch's team sized to the cores free now (:mod:`app.cores`): a
         niced team on a core that other work keeps busy makes every operation wait for it."""
-        if self._cores is not None:
-            import torch
-
-            torch.set_num_threads(self._cores.now())
-        return work(*args)
+        if self._cores is None:
+            return work(*args)
+        with sized_team(self._cores):
+            return work(*args)
 
 
 def lower_priority(nice: int) -> None:

@@ -103,6 +103,11 @@ def build_prompts(source: str, sizes: list[int], trials: int) -> dict[int, list[
     }
 
 
+# The server sizes a job's torch team to the cores other processes left free over the last half
+# second (app.cores); the bare pass and Chromium's page load just before Analyze would count.
+LOAD_WINDOW_SECONDS = 0.6
+
+
 def first_view_trials(args, chromium, server: Server, bare, texts: list[str]) -> dict:
     """Each prompt: the bare forward pass, then right after it (so both meet the same load from
     other processes) Attention Atlas from Analyze to the painted model view on a fresh page.
@@ -113,6 +118,7 @@ def first_view_trials(args, chromium, server: Server, bare, texts: list[str]) ->
         meter = CpuMeter()
         floor = bare.seconds(text)
         page, frames = browser.open_atlas(chromium, server.url)
+        time.sleep(LOAD_WINDOW_SECONDS)  # the bare pass and the page load are this run's work, not load on the server
         trial = {
             "bare": floor,
             **browser.atlas_first_view(page, frames, args.model, text, FIRST_VIEW_LIMIT),

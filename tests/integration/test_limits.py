@@ -531,3 +531,34 @@ def test_niced_model_work_leaves_a_busy_core_to_the_work_that_keeps_it_busy(serv
     finally:
         spinner.kill()
         spinner.wait()
+
+
+@pytest.mark.skipif(sys.platform != "linux" or (os.cpu_count() or 1) < 2, reason="reads Linux's /proc/stat")
+def test_a_running_job_sizes_its_team_again_as_the_load_changes(service):
+    """A capture of seconds follows the load while it runs (app.cores.RESIZE_SECONDS): a team
+    made small while a browser on the same machine loaded the page must not stay small. (The
+    spinner is started here: a process started on a model thread would inherit its niceness.)"""
+    import subprocess
+
+    import torch
+
+    cores = torch.get_num_threads()
+    layer = torch.nn.Linear(8, 8)
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(1.0)  # the sampler sees the spinner
+        threading.Timer(1.0, spinner.kill).start()
+
+        def work(handle) -> list[int]:
+            seen, started = [], time.monotonic()
+            while time.monotonic() - started < 4.0:
+                layer(torch.zeros(1, 8))  # between modules, the team is sized again
+                seen.append(torch.get_num_threads())
+                time.sleep(0.01)
+            return seen
+
+        seen = service.model_work("minilm", work)
+    finally:
+        spinner.kill()
+        spinner.wait()
+    assert seen[0] <= cores - 1 and seen[-1] == cores

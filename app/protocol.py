@@ -127,6 +127,9 @@ class Field:
     maximum: float | None = None
     max_items: int | None = None  # a list field: at most this many integers (never booleans)
     item: type = int  # a list field's items: integer indices, or strings (of at most MAX_ITEM_CHARS)
+    # A list field that names a set: sorted without repeats when parsed, so the same set in
+    # another order is the same request (one memo entry, one answer).
+    unordered: bool = False
 
 
 def request_id(data: Any) -> str | int | None:
@@ -159,6 +162,7 @@ def parse_request(event: str, specs: dict[str, Field], data: Any) -> tuple[Any, 
             raise AtlasError("bad_request", f"'{name}' must be one of {', '.join(spec.choices)}")
         if spec.kind is list:
             (_check_strings if spec.item is str else _check_indices)(name, value, spec)
+            value = sorted(set(value)) if spec.unordered else value
         elif spec.minimum is not None and value < spec.minimum:
             raise AtlasError("bad_request", f"'{name}' must be at least {spec.minimum}")
         elif spec.maximum is not None and value > spec.maximum:

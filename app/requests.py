@@ -108,7 +108,7 @@ TABLE: tuple[Request, ...] = (
         "ablate",
         {
             "key": KEY,
-            "heads": Field(list, minimum=0, max_items=4096),  # flat indices: layer * heads per layer + head
+            "heads": Field(list, minimum=0, max_items=4096, unordered=True),  # flat: layer * heads per layer + head
             "mode": Field(str, False, "zero", ABLATION_MODES),
         },
         interventions.on_ablate,

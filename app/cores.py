@@ -105,11 +105,9 @@ _hooked = False
 def sized_team(cores: FreeCores) -> Iterator[None]:
     """Run the body (one job, on this thread) with torch's team sized to ``cores.now()``, and
     sized again every ``RESIZE_SECONDS`` as the job's modules run (:func:`_resize_team`)."""
-    import torch
-
     _hook_modules()
-    torch.set_num_threads(cores.now())
-    _RUNNING.cores, _RUNNING.sized_at = cores, time.monotonic()
+    _RUNNING.cores = cores
+    _fit_team(cores)
     try:
         yield
     finally:
@@ -133,12 +131,15 @@ def _resize_team(module, args) -> None:
     cores = getattr(_RUNNING, "cores", None)
     if cores is None:
         return  # not a sized job's thread
-    now = time.monotonic()
-    if now - _RUNNING.sized_at < RESIZE_SECONDS:
-        return
-    _RUNNING.sized_at = now
+    if time.monotonic() - _RUNNING.sized_at >= RESIZE_SECONDS:
+        _fit_team(cores)
+
+
+def _fit_team(cores: FreeCores) -> None:
+    """Size this thread's torch team to ``cores.now()`` (when it differs) and note when."""
     import torch
 
+    _RUNNING.sized_at = time.monotonic()
     threads = cores.now()
     if threads != torch.get_num_threads():
         torch.set_num_threads(threads)

@@ -94,7 +94,6 @@ class Sockets:
                 "closed": (1 / 60, FLOODS_BEFORE_SUSPENSION - 1),
             }
         )
-        self._suspended: dict[str, float] = {}  # address -> until when it may not open sockets
         self._suspensions: dict[str, tuple[int, float]] = {}  # address -> (suspensions in a row, last flood)
         self._address: dict[str, str] = {}  # engine.io sid -> client address
         self._per_address: dict[str, int] = {}
@@ -132,7 +131,7 @@ class Sockets:
                 refusal = "the server holds as many connections as it can; try again in a minute"
             elif here >= self.config["MAX_SOCKETS_PER_ADDRESS"]:
                 refusal = f"too many connections ({here}) from this address; close some tabs and reload"
-            elif self._suspended.get(address, 0.0) > time.monotonic():
+            elif self._suspended_until(address) > time.monotonic():
                 refusal = "connections from this address kept flooding the server; wait a minute and reload"
             elif not self.connects.spend(address, "connect after flooding" if self._flooded(address) else "connect"):
                 refusal = "too many new connections from this address; wait a minute and reload"
@@ -156,15 +155,13 @@ class Sockets:
             return
         with self._lock:
             now = time.monotonic()
-            self._suspended = {key: until for key, until in self._suspended.items() if until > now}
             remembered = now - FLOODING_REMEMBERED_SECONDS
             self._suspensions = {key: value for key, value in self._suspensions.items() if value[1] >= remembered}
             count = self._suspensions.get(address, (0, now))[0]
-            if address not in self._suspended:
+            if self._suspended_until(address) <= now:  # a new suspension, not one extended
                 count += 1
                 log.warning("suspended new Socket.IO connections from %s for %d s", address, suspension_seconds(count))
-            self._suspensions[address] = (count, now)
-            self._suspended[address] = now + suspension_seconds(count)
+            self._suspensions[address] = (count, now)  # suspended until now + suspension_seconds(count)
 
     def flooded_before(self, address: str) -> bool:
         """Whether ``address`` flooded (was suspended) within :data:`FLOODING_REMEMBERED_SECONDS`:
@@ -173,6 +170,11 @@ class Sockets:
         sockets when its minute was up, and each was answered 20 refusals before it was closed."""
         with self._lock:
             return self._flooded(address)
+
+    def _suspended_until(self, address: str) -> float:
+        """When ``address``'s suspension ends (in the past when it has none), under the lock."""
+        count, last = self._suspensions.get(address, (0, 0.0))
+        return last + suspension_seconds(count) if count else 0.0
 
     def _flooded(self, address: str) -> bool:
         """:meth:`flooded_before`, under the lock. Such an address also opens new sockets with a

@@ -28,8 +28,9 @@ Long modes (not in CI; figures in docs/reliability.md):
     # web processes (delivery p99 <= 500 ms, none missed); 50 clients over 2 web + 2 model workers
     .venv/bin/python scripts/loadtest.py --web 2 --followers 500 --duration 60
     .venv/bin/python scripts/loadtest.py --web 2 --workers 2 --clients 50 --duration 60
-    # the hostile client against a web process whose model work runs on a worker process
-    .venv/bin/python scripts/loadtest.py --web 1 --workers 1 --clients 30 --hostile --duration 120
+    # the hostile client against the Procfile's web process whose model work runs on the
+    # Procfile's worker process (the README's setup for a class that may face a hostile client)
+    .venv/bin/python scripts/loadtest.py --server procfile --web 1 --workers 1 --clients 30 --hostile --duration 120
 
 ``--idle`` opens raw WebSockets that connect the namespace and answer pings, nothing else; a
 probe fetches ``/`` and ``/api/models`` every ``PROBE_SECONDS`` throughout and reports their
@@ -714,8 +715,8 @@ def scaled_out(args) -> int:
     cache = tempfile.TemporaryDirectory(prefix="atlas-scaleout-")
     env = {"ATLAS_MAX_SOCKETS_PER_ADDRESS": str(args.followers + args.clients + 10)}
     env.update({"ATLAS_PROXY_FIX_X_FOR": "1"} if args.hostile else {})
-    cluster = scaleout.Cluster(cache.name, args.web, args.workers, env, PORTS)
-    hostile = None
+    cluster = scaleout.Cluster(cache.name, args.web, args.workers, env, PORTS, args.server)
+    hostile, probe = None, None
     try:
         if args.followers:
             result = scaleout.follow(cluster, args.followers, args.duration, args.every)
@@ -728,6 +729,8 @@ def scaled_out(args) -> int:
         students = [Student(i, urls[i % len(urls)], deadline, args, fingerprint) for i in range(args.clients)]
         if args.hostile:  # the attacker on the first web process, as on a single server
             hostile = HostileProcess(urls[0], args.duration, key, args.hostile_nice)
+        probe = PageProbe(urls[0])
+        probe.start()
         started = time.monotonic()
         for student in students:
             student.start()
@@ -737,11 +740,19 @@ def scaled_out(args) -> int:
             student.join(args.duration + GRACE_SECONDS)
         for student in students:
             student.close()
-        extras = {"web": args.web, "workers": args.workers}
+        probe.stop.set()
+        extras = {
+            "server": args.server,
+            "web": args.web,
+            "workers": args.workers,
+            "pages": {**latency_line(probe.latencies), "failures": probe.failures[:10]},
+        }
         if hostile is not None:
             extras["hostile_answers"] = hostile.result(started)
         result = report(students, args, time.monotonic() - started, [], extras, {SHARED_PROMPTS[0]}, started)
     finally:
+        if probe is not None:
+            probe.stop.set()
         cluster.stop()
         cache.cleanup()
     scaleout.print_report(result, args.json)

@@ -2,8 +2,9 @@
 real web processes and model workers sharing one real ``redis-server`` on this machine.
 
 - :class:`Cluster` starts redis-server (a port in ``REDIS_PORTS``), ``--web`` processes
-  (``python -m app serve``, ports from loadtest's range) and ``--workers`` model workers
-  (``python -m app worker --preload minilm``; the web processes then run ``MODEL_WORKERS``).
+  (``python -m app serve``, or the Procfile's gunicorn line with ``--server procfile``; ports
+  from loadtest's range) and ``--workers`` model workers (``python -m app worker --preload
+  minilm``; the web processes then run ``MODEL_WORKERS``).
 - :func:`follow` is the lecture hall: one presenter on the first web process changes the view
   every ``--every`` seconds; ``--followers`` clients spread over the web processes record when
   each view reaches them. Reports the delivery latency (send to receipt, one machine's clock)
@@ -24,7 +25,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from scripts.loadtest import free_port, in_order_client
+from scripts.loadtest import free_port, in_order_client, procfile_command, procfile_environment
 
 ROOT = Path(__file__).resolve().parents[1]
 NAMESPACE = "/atlas"
@@ -38,7 +39,7 @@ class Cluster:
     """redis-server, ``webs`` web processes and ``workers`` model workers, each with a log in
     ``folder``; :meth:`stop` ends them all."""
 
-    def __init__(self, folder: str, webs: int, workers: int, env: dict, web_ports: range):
+    def __init__(self, folder: str, webs: int, workers: int, env: dict, web_ports: range, server: str = "dev"):
         self.folder, self.processes, self.urls = Path(folder), [], []
         redis_port = free_port(REDIS_PORTS)
         self.redis_url = f"redis://127.0.0.1:{redis_port}/0"
@@ -56,9 +57,14 @@ class Cluster:
         for index in range(webs):
             port = free_port(web_ports)
             cache = str(self.folder / f"web{index}")
-            serve = ["serve", "--host", "127.0.0.1", "--port", str(port)]
-            preload = [] if workers else ["--preload", "minilm"]
-            self._spawn(f"web{index}", self._app(cache, *serve, *preload), shared)
+            if server == "procfile":
+                preload = {} if workers else {"ATLAS_PRELOAD_MODELS": '["minilm"]'}
+                environment = {**procfile_environment(), **shared, "ATLAS_CACHE_DIR": cache, **preload}
+                self._spawn(f"web{index}", procfile_command(port), environment)
+            else:
+                serve = ["serve", "--host", "127.0.0.1", "--port", str(port)]
+                preload = [] if workers else ["--preload", "minilm"]
+                self._spawn(f"web{index}", self._app(cache, *serve, *preload), shared)
             self.urls.append(f"http://127.0.0.1:{port}")
             self._answering(self.urls[-1])
 

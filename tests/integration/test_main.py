@@ -46,3 +46,21 @@ def test_capture_reports_bad_input(tmp_path, cache_root):
         "--cache-dir", str(cache_root), "capture", "--model", "nope", "--text", "x", "--out", str(tmp_path / "x.npz")
     )
     assert result.returncode == 2 and "unknown model" in result.stderr
+
+
+def test_a_process_with_no_model_imports_torch_at_start_not_at_its_first_detail(tmp_path):
+    """A web process beside model workers loads no model; its first detail (top keys, in torch)
+    waited 1.5-3 s for torch's import. The app starts without torch and imports it in the
+    background, before any request."""
+    code = f"""
+import sys, threading
+from app import create_app
+assert "torch" not in sys.modules
+create_app({{"TESTING": True, "CACHE_DIR": {str(tmp_path)!r}, "PRELOAD_MODELS": [], "PRECOMPUTE_GALLERY": False}})
+importer = next(thread for thread in threading.enumerate() if thread.name == "import-torch")
+importer.join(120)
+print(callable(sys.modules["torch"].topk))
+"""
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "True"

@@ -4,13 +4,13 @@
 // carries no thumbnails (`streamed: true`); they are assembled here from the layers.
 
 /** The thumbnails of layers received so far as an overview; missing layers are blank. */
-export function partialOverview(layers) {
+function partialOverview(layers) {
   const first = layers.find(Boolean);
   const { layers: count, heads, side } = first;
   const size = heads * side * side;
   const data = new Uint8Array(count * size);
   layers.forEach((layer, index) => layer && data.set(layer.thumbnails.data, index * size));
-  return { layers: count, heads, side, done: layers.filter(Boolean).length,
+  return { layers: count, heads, side,
     thumbnails: { dtype: "uint8", shape: [count, heads, side, side], data, scale: first.thumbnails.scale } };
 }
 

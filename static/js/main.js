@@ -10,7 +10,7 @@ import {
 } from "./store.js";
 import { startClassroom } from "./classroom.js";
 import { captionNeed } from "./gallery.js";
-import { assembledOverview, partialOverview } from "./layerstream.js";
+import { assembledOverview } from "./layerstream.js";
 import { remember } from "./myanalyses.js";
 import { bindHistory, fromQuery, shareUrl } from "./url.js";
 import { VIEW_NAMES, loadViews } from "./views/index.js";
@@ -89,7 +89,7 @@ function onAnalysisEvent(event, payload) {
   if (event === "progress") setData({ progress: { stage: payload.stage, fraction: payload.fraction } });
   else if (event === "overview_layer") {
     (pending.layers ??= [])[payload.layer] = payload;
-    drawPreview(pending.layers);
+    drawPreview(pending.layers, payload.layer);
   } else if (event === "tokens") pending.tokens = payload;
   else if (event === "overview") {
     state.details.clear(); // the model and text are the ones asked for, so the view state matches exactly
@@ -235,19 +235,25 @@ function submittedTarget(state) {
  * The model view as it fills in, layer by layer, while the model runs (a long prompt's first
  * sight): layers across, heads down, so a deep model fills a strip from left to right.
  */
-function drawPreview(layers) {
-  const overview = partialOverview(layers);
-  const image = overviewImage(overview); // layers down, heads across
-  const { side } = overview;
-  const g = gridLayout(overview.layers, overview.heads, Infinity, Infinity, null, // native size, no gaps or labels
+/** Draws the layer that just arrived into the live model view: that layer's row only. Drawing
+ * every layer received so far again at each arrival cost the page O(layers²) pixels per
+ * analysis, on the cores the model was still running on. */
+function drawPreview(layers, layer) {
+  const { layers: count, heads, side, thumbnails } = layers[layer];
+  const g = gridLayout(count, heads, Infinity, Infinity, null, // native size, no gaps or labels
     { minCell: side, maxCell: side, gap: 0, labelEms: 0, headerEms: 0, headsAcross: false });
-  page.preview.width = g.width;
-  page.preview.height = g.height;
-  const ctx = page.preview.getContext("2d");
-  for (let l = 0; l < overview.layers; l++) {
-    for (let hd = 0; hd < overview.heads; hd++) ctx.drawImage(image, hd * side, l * side, side, side, ...cellOrigin(g, l, hd), side, side);
+  const fresh = page.preview.hidden; // a new analysis: sizing the canvas clears the last one's layers
+  if (fresh) {
+    page.preview.width = g.width;
+    page.preview.height = g.height;
   }
-  page.preview.dataset.layers = String(overview.done);
+  const ctx = page.preview.getContext("2d");
+  for (const l of fresh ? layers.keys() : [layer]) {
+    if (!layers[l]) continue;
+    const image = overviewImage({ layers: 1, heads, side, thumbnails: l === layer ? thumbnails : layers[l].thumbnails });
+    for (let hd = 0; hd < heads; hd++) ctx.drawImage(image, hd * side, 0, side, side, ...cellOrigin(g, l, hd), side, side);
+  }
+  page.preview.dataset.layers = String(layers.filter(Boolean).length);
   page.preview.hidden = false;
 }
 

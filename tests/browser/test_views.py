@@ -233,8 +233,13 @@ def test_model_view_fills_in_while_the_model_runs(page, live_server):
     page.evaluate("""() => {
       const preview = document.querySelector("#live-overview");
       window.previewLayers = [];
-      new MutationObserver(() => window.previewLayers.push(Number(preview.dataset.layers)))
-        .observe(preview, { attributes: true, attributeFilter: ["data-layers"] });
+      new MutationObserver(() => {
+        window.previewLayers.push(Number(preview.dataset.layers));
+        const { data } = preview.getContext("2d").getImageData(0, 0, preview.width, preview.height);
+        let painted = 0;
+        for (let i = 3; i < data.length; i += 4) painted += data[i] === 255;
+        window.previewPainted = painted / (preview.width * preview.height); // each layer drawn once, none lost
+      }).observe(preview, { attributes: true, attributeFilter: ["data-layers"] });
     }""")
     page.select_option("#model", "smollm2")
     # long enough that the forward pass outlasts stream.LIVE_AFTER_SECONDS, so layers stream
@@ -245,5 +250,6 @@ def test_model_view_fills_in_while_the_model_runs(page, live_server):
     wait_ready(page)
     layers = page.evaluate("() => window.previewLayers")
     assert layers and layers == sorted(layers) and layers[-1] == 30
+    assert page.evaluate("() => window.previewPainted") == 1.0  # every cell of the 30 x 9 grid, no gaps
     assert page.is_hidden("#live-overview")
     assert wait_ink(page, MODEL_CANVAS, minimum=20_000)

@@ -555,15 +555,19 @@ def assemble(
     recorder: Recorder,
     hidden_norms: np.ndarray,
     description: dict,
-    timings: dict,
+    forward_seconds: float,
+    started: float,
 ) -> Capture:
     """The record of one finished pass: the recorder's per-layer arrays stacked along a layer axis.
 
     ``hidden_norms`` is [L + 1, N]; each driver reads it off its own model output, because
     encoder-decoder models return two stacks of hidden states. Both drivers end here, so every
-    record has the same layout whichever model produced it.
+    record has the same layout whichever model produced it. ``started`` (``time.perf_counter``)
+    is when the driver began: the capture's seconds count the summary of a short prompt's
+    layers, which :meth:`Recorder.finish` makes here after the pass.
     """
     recorder.finish()
+    capture_seconds = time.perf_counter() - started
     layers, stack, count = recorder.layers, recorder.stack, len(recorder.layers)
     groups = layers[0]["groups"]
     heads = layers[0]["queries"].shape[0]
@@ -575,7 +579,8 @@ def assemble(
         layer_names=[layer["name"] for layer in layers],
         info={
             **description,
-            **timings,
+            "forward_seconds": forward_seconds,
+            "capture_seconds": capture_seconds,
             "tokens": len(tokenized.ids),
             "scores_exact": recorder.scores_exact,
             # True: output_norms are Kobayashi et al.'s ||f_h(x_j)||; False: ||v_j|| (no output projection found)

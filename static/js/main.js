@@ -233,13 +233,13 @@ function submittedTarget(state) {
 
 /**
  * The model view as it fills in, layer by layer, while the model runs (a long prompt's first
- * sight): layers across, heads down, so a deep model fills a strip from left to right.
+ * sight): layers across, heads down, so a deep model fills a strip from left to right. Only the
+ * column of the layer that just arrived is drawn: drawing every layer received so far again at
+ * each arrival cost the page O(layers²) pixels per analysis, on the cores the model was still
+ * running on.
  */
-/** Draws the layer that just arrived into the live model view: that layer's row only. Drawing
- * every layer received so far again at each arrival cost the page O(layers²) pixels per
- * analysis, on the cores the model was still running on. */
 function drawPreview(layers, layer) {
-  const { layers: count, heads, side, thumbnails } = layers[layer];
+  const { layers: count, heads, side } = layers[layer];
   const g = gridLayout(count, heads, Infinity, Infinity, null, // native size, no gaps or labels
     { minCell: side, maxCell: side, gap: 0, labelEms: 0, headerEms: 0, headsAcross: false });
   const fresh = page.preview.hidden; // a new analysis: sizing the canvas clears the last one's layers
@@ -250,7 +250,7 @@ function drawPreview(layers, layer) {
   const ctx = page.preview.getContext("2d");
   for (const l of fresh ? layers.keys() : [layer]) {
     if (!layers[l]) continue;
-    const image = overviewImage({ layers: 1, heads, side, thumbnails: l === layer ? thumbnails : layers[l].thumbnails });
+    const image = overviewImage({ layers: 1, heads, side, thumbnails: layers[l].thumbnails });
     for (let hd = 0; hd < heads; hd++) ctx.drawImage(image, hd * side, 0, side, side, ...cellOrigin(g, l, hd), side, side);
   }
   page.preview.dataset.layers = String(layers.filter(Boolean).length);

@@ -9,14 +9,17 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 KIB, MIB, GIB = 1 << 10, 1 << 20, 1 << 30
 ATLAS_VIEWS = ("head", "token", "neuron", "matrix", "stats")
-USABLE_SECONDS = 10  # a view drawn later than this after its tab is clicked is not "usable"
+USABLE_SECONDS = 1  # a view drawn later than this after its tab is clicked is not "usable" (issue 12; was 10)
 USABLE_TASK_SECONDS = 1  # ...nor one that blocks the page's main thread longer than this
 
-# (name, description); the checks are in targets() below
-TARGET_FIRST_VIEW = {128: 1.5, 1024: 3.0}  # tokens -> most first-view seconds per bare-forward second
+# The checks are in targets() below. The first benchmark issue's targets, tightened where issue 12
+# (capture at the speed of the fused kernel) asks for more: first view 3.0x -> 1.5x at 1024
+# tokens, cached p50 / p99 20 / 100 -> 5 / 50 ms, peak RSS 4 -> 2 GiB, and analyze -> overview.
+TARGET_OVERVIEW = {128: 1.3, 1024: 1.3, 4096: 1.3}  # tokens -> most analyze->overview s per bare-forward s
+TARGET_FIRST_VIEW = {128: 1.5, 1024: 1.5}  # tokens -> most first-view seconds per bare-forward second
 TARGET_BYTES_1024 = 256 * KIB  # bytes received before the first view at 1024 tokens
-TARGET_CACHED_P50, TARGET_CACHED_P99 = 0.020, 0.100  # s, analyze -> done of a cached prompt
-TARGET_RSS_4096 = 4 * GIB  # peak resident bytes of the server while it serves the 4096-token prompt
+TARGET_CACHED_P50, TARGET_CACHED_P99 = 0.005, 0.050  # s, analyze -> done of a cached prompt
+TARGET_RSS_4096 = 2 * GIB  # peak resident bytes of the server while it serves the 4096-token prompt
 
 
 def _sizes(section: dict) -> list[int]:
@@ -249,6 +252,19 @@ def comparison_table(results: dict) -> str:
     )
 
 
+def _first_view_target(entry: dict, name: str, line: str, limit: float) -> tuple[bool | None, str]:
+    """A first-view time against the bare pass: the best of each over the prompts decides (as
+    every run so far), and each prompt's own ratio (its bare pass and its analysis measured back
+    to back, so both met the same machine) is given beside it: on this noisy VM the two can
+    disagree."""
+    seconds, floor = entry.get(name), entry.get("bare")
+    if seconds is None or not floor:
+        return None, f"{line}: not measured"
+    paired = sorted(t[name] / t["bare"] for t in entry.get("trials", []) if t.get(name) and t.get("bare"))
+    each = f"; per prompt {', '.join(f'{r:.2f}x' for r in paired)}" if len(paired) > 1 else ""
+    return seconds / floor <= limit, f"{line}: {seconds:.2f} s / {floor:.2f} s = {seconds / floor:.2f}x{each}"
+
+
 def targets(results: dict) -> list[tuple[bool | None, str]]:
     """(passed, line) per target of the issue; passed is None where it was not measured."""
     sizes = results["atlas"]["sizes"]
@@ -257,20 +273,13 @@ def targets(results: dict) -> list[tuple[bool | None, str]]:
     def entry(n):
         return sizes.get(str(n), {})
 
-    for n, limit in TARGET_FIRST_VIEW.items():
-        painted, floor = entry(n).get("painted"), entry(n).get("bare")
-        if str(n) not in sizes:
-            continue
-        if painted is None or not floor:
-            out.append((None, f"first painted view <= {limit}x bare forward at {n} tokens: not measured"))
-        else:
-            out.append(
-                (
-                    painted / floor <= limit,
-                    f"first painted view <= {limit}x bare forward at {n} tokens: "
-                    f"{painted:.2f} s / {floor:.2f} s = {painted / floor:.2f}x",
-                )
-            )
+    for name, label, limits in (
+        ("overview", "analyze -> complete overview", TARGET_OVERVIEW),
+        ("painted", "first painted view", TARGET_FIRST_VIEW),
+    ):
+        for n, limit in limits.items():
+            if str(n) in sizes:
+                out.append(_first_view_target(entry(n), name, f"{label} <= {limit}x bare forward at {n} tokens", limit))
     first = entry(1024).get("bytes_first_view")
     if first is not None:
         out.append(
@@ -296,13 +305,15 @@ def targets(results: dict) -> list[tuple[bool | None, str]]:
         out.append(
             (
                 worst50[1]["p50"] <= TARGET_CACHED_P50,
-                f"cached repeat p50 <= 20 ms: worst {worst50[1]['p50'] * 1000:.1f} ms (at {worst50[0]} tokens)",
+                f"cached repeat p50 <= {TARGET_CACHED_P50 * 1000:.0f} ms: worst {worst50[1]['p50'] * 1000:.1f} ms "
+                f"(at {worst50[0]} tokens)",
             )
         )
         out.append(
             (
                 worst99[1]["p99"] <= TARGET_CACHED_P99,
-                f"cached repeat p99 <= 100 ms: worst {worst99[1]['p99'] * 1000:.1f} ms (at {worst99[0]} tokens)",
+                f"cached repeat p99 <= {TARGET_CACHED_P99 * 1000:.0f} ms: worst {worst99[1]['p99'] * 1000:.1f} ms "
+                f"(at {worst99[0]} tokens)",
             )
         )
     big = entry(4096)
@@ -321,7 +332,8 @@ def targets(results: dict) -> list[tuple[bool | None, str]]:
         out.append(
             (
                 big["peak_rss"] < TARGET_RSS_4096,
-                f"4096 tokens, server peak RSS < 4 GiB: {big['peak_rss'] / GIB:.2f} GiB{start}",
+                f"4096 tokens, server peak RSS < {TARGET_RSS_4096 / GIB:.0f} GiB: "
+                f"{big['peak_rss'] / GIB:.2f} GiB{start}",
             )
         )
     return out

@@ -5,15 +5,15 @@ peer closing it on the loop that accepts, so a handful of them kept everyone els
 from __future__ import annotations
 
 import os
-import shlex
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
 
 import pytest
+
+from scripts.loadtest import procfile_command, procfile_environment
 
 ROOT = Path(__file__).resolve().parents[2]
 QUIET_PEERS = 8  # each held gunicorn's accepting loop for 2 s: 16 s before a newcomer got in
@@ -26,20 +26,12 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def procfile_web(port: int) -> tuple[list[str], dict]:
-    """The Procfile's web command on ``port`` (loopback), and the variables it sets."""
-    line = next(line for line in (ROOT / "Procfile").read_text().splitlines() if line.startswith("web:"))
-    words = shlex.split(line.removeprefix("web:").replace("${PORT:-5000}", str(port)).replace("0.0.0.0", "127.0.0.1"))
-    assignments = [word for word in words if "=" in word and not word.startswith("-") and word.split("=")[0].isupper()]
-    command = [word for word in words if word not in assignments]
-    return [sys.executable, "-m", *command], dict(word.split("=", 1) for word in assignments)
-
-
 @pytest.fixture
 def procfile_server(tmp_path):
     port = free_port()
-    command, variables = procfile_web(port)
-    environment = {**os.environ, **variables, "ATLAS_CACHE_DIR": str(tmp_path), "ATLAS_PRELOAD_MODELS": "[]"}
+    command = procfile_command(port)  # the Procfile's web line, as the load test reads it
+    settings = {"ATLAS_CACHE_DIR": str(tmp_path), "ATLAS_PRELOAD_MODELS": "[]"}
+    environment = {**os.environ, **procfile_environment(), **settings}
     log = open(tmp_path / "server.log", "wb")  # noqa: SIM115 - the server's output for its lifetime
     server = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=environment)
     url = f"http://127.0.0.1:{port}"

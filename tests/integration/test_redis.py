@@ -125,6 +125,23 @@ def test_an_unreachable_redis_costs_cache_hits_not_answers():
         release_port(port)
 
 
+def wait_until_shared(redis_url: str, key: str, seconds: float = 30) -> None:
+    """A result reaches Redis from the cache's background writer, after its answer has been
+    sent; another process can serve it as cached only from then on."""
+    import redis
+
+    from app.redis_store import KEY_PREFIX
+
+    client = redis.Redis.from_url(redis_url)
+    try:
+        deadline = time.monotonic() + seconds
+        while not client.exists(KEY_PREFIX + key):
+            assert time.monotonic() < deadline, "the result never reached Redis"
+            time.sleep(0.05)
+    finally:
+        client.close()
+
+
 def test_two_processes_share_sessions_and_results(redis_url, tmp_path):
     import socketio as python_socketio
 
@@ -138,6 +155,7 @@ def test_two_processes_share_sessions_and_results(redis_url, tmp_path):
         client_a.emit("analyze", {"rid": "a", "text": PROMPT, "layers": [0]}, namespace=NAMESPACE)
         answers_a = {a["name"]: a for a in client_a.wait("a")}
         assert answers_a["done"]["cached"] is False
+        wait_until_shared(redis_url, answers_a["done"]["key"])
 
         client_b.emit("analyze", {"rid": "b", "text": PROMPT, "layers": [0]}, namespace=NAMESPACE)
         answers_b = {a["name"]: a for a in client_b.wait("b")}

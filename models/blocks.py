@@ -21,6 +21,8 @@ place instead of a copy padded to the full width.
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
@@ -32,6 +34,7 @@ from models import cpu_blocks
 from models.record import HEAD_STATS, STAT_OFFSETS, Capture
 
 BLOCK_BYTES = 32 * 1024 * 1024  # most bytes of float32 probabilities in one row block, all heads
+SCRATCH_MAX_BYTES = 64 * 1024 * 1024  # the largest buffer Scratch keeps between reads
 BLOCK_CELLS = 128 * 1024  # query x key cells per head a block aims at: a few MB, warm in the cache
 EXP_FLOOR = -87.0  # log p below this is read as this: exp stays a normal float32 (1.6e-38, not 0), and
 #                   torch's CPU exp of arguments whose result underflows is 10-30x slower than of the rest
@@ -93,8 +96,59 @@ class Block:
         return -self.log_p.mul_(self.p).sum(-1)
 
 
+class Buffers:
+    """Float32 tensors a blocked read writes and reads again (scores, probabilities, the pooled
+    thumbnails, a layer's grouped keys), one per ``slot``, reused from call to call. ``kept``
+    is :class:`Scratch`'s, lent to one reader at a time, or this reader's own."""
+
+    def __init__(self, kept: dict[str, torch.Tensor] | None = None):
+        self.kept = {} if kept is None else kept
+
+    def get(self, slot: str, shape: tuple[int, ...], like: torch.Tensor, room: int = 0) -> torch.Tensor:
+        """A ``shape`` view of slot ``slot`` (its contents left from before), on ``like``'s
+        device; a slot that must grow is made ``room`` cells large if that is more."""
+        cells = int(np.prod(shape))
+        buffer = self.kept.get(slot)
+        if buffer is None or buffer.numel() < cells or buffer.device != like.device:
+            buffer = self.kept[slot] = like.new_empty(max(cells, room), dtype=torch.float32)
+        return buffer[:cells].view(shape)
+
+
+class Scratch:
+    """The CPU buffers that blocked reads lend each other. A fresh multi-MB tensor costs the
+    kernel's page faults where it is first written (glibc hands blocks of 8 MiB and up, and after
+    each capture every free page, back to the kernel: app.cache), and on a small VM that costs
+    more than the work: the q.k products of a 128-token SmolLM2 record's 270 heads took 7.0 ms
+    into fresh memory and 2.2 ms into memory written before. One reader borrows them at a time
+    (:meth:`lend`); another, meanwhile (a second model's capture), gets buffers of its own.
+    Kept: the largest of each slot so far, at most ``SCRATCH_MAX_BYTES`` each."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._kept: dict[str, torch.Tensor] = {}
+
+    @contextlib.contextmanager
+    def lend(self) -> Iterator[Buffers]:
+        if not self._lock.acquire(blocking=False):
+            yield Buffers()
+            return
+        try:
+            buffers = Buffers(self._kept)
+            yield buffers
+        finally:
+            for slot, buffer in list(self._kept.items()):
+                if buffer.device.type != "cpu" or buffer.numel() * 4 > SCRATCH_MAX_BYTES:
+                    del self._kept[slot]  # a GPU's allocator keeps its own; too large to hold on to
+            self._lock.release()
+
+
+SCRATCH = Scratch()
+
+
 class LayerSource:
-    """Where a layer's attention blocks come from."""
+    """Where a layer's attention blocks come from; ``buffers``: where reading them works."""
+
+    buffers: Buffers
 
     def block(self, r0: int, r1: int, c0: int, c1: int) -> Block:
         """Rows r0..r1 over keys c0..c1 of every head."""
@@ -106,38 +160,28 @@ class FusedSource(LayerSource):
     its own r x c x d product, never the rest of its rows. ``queries`` and ``keys`` are [H, N, d]
     float32 (grouped keys already repeated), ``lse`` [H, N] float32."""
 
-    def __init__(self, queries, keys, lse, scaling: float, spans: MaskSpans):
-        self.queries = queries * scaling  # [H, N, d]: the scaling applied once, not per block
+    def __init__(self, queries, keys, lse, scaling: float, spans: MaskSpans, buffers: Buffers | None = None):
+        self.queries = queries if scaling == 1.0 else queries * scaling  # [H, N, d]: scaled once, not per block
         self.keys, self.lse, self.spans = keys, lse, spans
-        self._buffers = (queries.new_empty(0), queries.new_empty(0))  # scores, probabilities
+        self.buffers = Buffers() if buffers is None else buffers
 
-    @classmethod
-    def side_by_side(cls, sources: list[FusedSource], spans: MaskSpans) -> FusedSource:
-        """One source whose heads are those of ``sources`` (layers sharing ``spans``) in order."""
-        queries = torch.cat([source.queries for source in sources])  # each already scaled
-        keys = torch.cat([source.keys for source in sources])
-        return cls(queries, keys, torch.cat([source.lse for source in sources]), 1.0, spans)
-
-    def _view(self, slot: int, shape: tuple[int, int, int]) -> torch.Tensor:
-        """An [H, r, c] view of buffer ``slot`` (0 scores, 1 probabilities), kept across blocks:
+    def _view(self, slot: str, shape: tuple[int, int, int]) -> torch.Tensor:
+        """An [H, r, c] view of buffer ``slot`` ("scores" or "probabilities"), kept across blocks:
         a fresh multi-MB tensor per block costs the kernel's page faults each time (about as long
         as the exp that fills it). A block is read before the next one is made, so one buffer of
-        each serves them all; the compiled pass (models.cpu_blocks) never asks for the second."""
-        cells = shape[0] * shape[1] * shape[2]
-        if self._buffers[slot].numel() < cells:  # as wide as any block of as many rows: a causal
-            size = shape[0] * shape[1] * self.keys.shape[1]  # pass's blocks widen row by row
-            self._buffers = tuple(self.queries.new_empty(size) if i == slot else b for i, b in enumerate(self._buffers))
-        return self._buffers[slot][:cells].view(shape)
+        each serves them all (made as wide as any block of as many rows: a causal pass's blocks
+        widen row by row); the compiled pass (models.cpu_blocks) never asks for the second."""
+        return self.buffers.get(slot, shape, self.queries, room=shape[0] * shape[1] * self.keys.shape[1])
 
     def scores(self, r0: int, r1: int, c0: int, c1: int) -> torch.Tensor:
         """[H, r, c] q.k * scaling of rows r0..r1 over keys c0..c1, in the buffer the block's
         log-probabilities take (valid until the next block)."""
-        log_p = self._view(0, (self.queries.shape[0], r1 - r0, c1 - c0))
+        log_p = self._view("scores", (self.queries.shape[0], r1 - r0, c1 - c0))
         return torch.matmul(self.queries[:, r0:r1], self.keys[:, c0:c1].transpose(1, 2), out=log_p)
 
     def block(self, r0: int, r1: int, c0: int, c1: int) -> Block:
         log_p = self.scores(r0, r1, c0, c1)
-        p = self._view(1, log_p.shape)
+        p = self._view("probabilities", log_p.shape)
         log_p.sub_(self.lse[:, r0:r1, None]).clamp_(min=EXP_FLOOR)
         torch.exp(log_p, out=p)  # masked after: exp(-inf) takes the CPU's slow path too
         for start, stop, where in self._forbidden(r0, r1, c0, c1):
@@ -155,11 +199,22 @@ class FusedSource(LayerSource):
 class EagerSource(LayerSource):
     """Slices of the [H, N, N] weights an eager layer returned (not softmax(q.k): no scores)."""
 
-    def __init__(self, weights: torch.Tensor):
+    def __init__(self, weights: torch.Tensor, buffers: Buffers | None = None):
         self.weights = weights
+        self.buffers = Buffers() if buffers is None else buffers
 
     def block(self, r0, r1, c0, c1):
         return Block(self.weights[:, r0:r1, c0:c1].float())
+
+
+def grouped_keys(keys: torch.Tensor, groups: int, scaling: float, buffers: Buffers) -> torch.Tensor:
+    """[..., KV * groups, N, d]: keys [..., KV, N, d] repeated for the query heads that read each
+    (as ``repeat_interleave`` does) and times ``scaling``, in one product into ``buffers``: a
+    :class:`FusedSource` of them takes the queries as they are, with scaling 1."""
+    *lead, kv, n, d = keys.shape
+    out = buffers.get("keys", (*lead, kv, groups, n, d), keys)
+    torch.mul(keys.float().unsqueeze(-3).expand(*lead, kv, groups, n, d), scaling, out=out)
+    return out.view(*lead, kv * groups, n, d)
 
 
 @dataclass
@@ -231,7 +286,7 @@ def summarize_layer(
     n = spans.allowed.shape[-1]
     device = spans.allowed.device
     bins = _Bins(n, thumb)
-    pooled = torch.zeros((heads, thumb, n), device=device)  # [H, t, N] each column max-pooled over row bins
+    pooled = source.buffers.get("pooled", (heads, thumb, n), spans.allowed).zero_()  # [H, t, N] columns' row-bin maxima
     columns = torch.zeros((heads, n), device=device)  # [H, N] attention each key receives, per head
     stats = _PrefixStats(heads, stats_tokens, causal, device)
     attention = torch.zeros((heads, n, n), dtype=keep, device=device) if keep is not None else None

@@ -37,7 +37,7 @@ from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMa
 from transformers.utils import output_capturing
 
 from models import budget, contributions, editing, kernels
-from models.blocks import EagerSource, FusedSource, MaskSpans, summarize_layer
+from models.blocks import SCRATCH, EagerSource, FusedSource, MaskSpans, grouped_keys, summarize_layer
 from models.errors import TooManyTokensError, UnsupportedModelError
 from models.record import STATS_TOKENS, Capture
 
@@ -53,6 +53,7 @@ EAGER_ARGUMENTS = ("position_bias", "softcap", "sinks", "s_aux", "alibi")  # att
 
 LayerDone = Callable[[int, int, np.ndarray], None]  # (layer index, layers in all, its [H, t, t] thumbnails)
 TORCH_DTYPES = {"float16": torch.float16, "float32": torch.float32}  # storage precision -> torch dtype
+NUMPY_DTYPES = {torch.float16: np.dtype(np.float16), torch.float32: np.dtype(np.float32)}  # torch dtypes numpy has
 _ACTIVE: contextvars.ContextVar[Recorder | None] = contextvars.ContextVar("atlas_recorder", default=None)
 
 
@@ -114,17 +115,41 @@ class LayerStack:
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
     written: dict[str, set[int]] = field(default_factory=dict)  # the layers each array holds
 
-    def put(self, name: str, index: int, value: np.ndarray) -> np.ndarray:
-        """Store ``value`` as layer ``index`` of ``name``; returns the stored view."""
+    def put(self, name: str, index: int, value: np.ndarray) -> None:
+        """Store ``value`` as layer ``index`` of ``name``."""
+        self._room(name, index, value.shape, value.dtype)[index] = value
+        self.written[name].add(index)
+
+    def put_many(self, name: str, indices: list[int], values: np.ndarray) -> None:
+        """Store ``values[i]`` as layer ``indices[i]`` of ``name``: one copy for a run of layers."""
+        array = self._room(name, max(indices), values.shape[1:], values.dtype)
+        array[_run(indices) or indices] = values
+        self.written[name].update(indices)
+
+    def put_tensors(self, name: str, indices: list[int], tensors: list[torch.Tensor]) -> torch.Tensor:
+        """Store the layers' tensors as layers ``indices`` of ``name`` (as :func:`_stored` keeps
+        them) and return them stacked [G, ...] on their device. CPU tensors of a run of layers
+        are stacked straight into the stored array: one copy, not two."""
+        run, first = _run(indices), tensors[0]
+        if run is None or first.device.type != "cpu" or first.dtype not in NUMPY_DTYPES:
+            stacked = torch.stack(tensors)
+            self.put_many(name, indices, _stored(stacked))
+            return stacked
+        array = self._room(name, run.stop - 1, tuple(first.shape), NUMPY_DTYPES[first.dtype])
+        stacked = torch.stack(tensors, out=torch.from_numpy(array[run]))
+        self.written[name].update(indices)
+        return stacked
+
+    def _room(self, name: str, last: int, shape: tuple[int, ...], dtype) -> np.ndarray:
+        """The array of ``name``, made (or grown) to hold layers up to ``last`` of ``shape``."""
         array = self.arrays.get(name)
         if array is None:
-            array = populated_empty((max(self.expected, index + 1), *value.shape), value.dtype)
-        elif index >= len(array):
-            array = np.concatenate([array, np.empty((index + 1 - len(array), *value.shape), array.dtype)])
+            array = populated_empty((max(self.expected, last + 1), *shape), dtype)
+        elif last >= len(array):
+            array = np.concatenate([array, np.empty((last + 1 - len(array), *shape), array.dtype)])
         self.arrays[name] = array
-        array[index] = value
-        self.written.setdefault(name, set()).add(index)
-        return array[index]
+        self.written.setdefault(name, set())
+        return array
 
     def take(self, name: str, count: int, dtype=None) -> np.ndarray:
         """[count, ...] the first ``count`` layers of ``name`` (a view when the pass recorded the
@@ -135,6 +160,12 @@ class LayerStack:
         if count < len(self.arrays[name]):
             array = array.copy()  # not a view that keeps the unused layers' memory alive
         return array if dtype is None else array.astype(dtype, copy=False)
+
+
+def _run(indices: list[int]) -> slice | None:
+    """The slice of ``indices`` when they are consecutive layers in order, else None."""
+    run = slice(indices[0], indices[0] + len(indices))
+    return run if list(range(run.start, run.stop)) == indices else None
 
 
 POPULATE_MIN_BYTES = 8 * 1024 * 1024  # from here up, glibc maps fresh memory anyway (app.cache.map_large_blocks)
@@ -158,19 +189,6 @@ def populated_empty(shape: tuple[int, ...], dtype) -> np.ndarray:
 # the bare pass with them, 1.35x without); a GPU computes them in the pass in microseconds.
 DEFERRED_OUTPUT_DEVICES = ("cpu",)
 
-STACKED = (  # the per-layer arrays the record keeps, written into a LayerStack as layers finish
-    "queries",
-    "keys",
-    "row_lse",
-    "received",
-    "output_norms",
-    "output_grams",
-    "thumbnails",
-    "head_stats",
-    "key_shares",
-    "attention",
-)
-
 
 @dataclass
 class _Mask:
@@ -178,6 +196,22 @@ class _Mask:
 
     index: int
     spans: MaskSpans
+
+
+@dataclass(frozen=True)
+class _Waiting:
+    """A short prompt's fused layer as the model handed it over, read with the others by
+    :meth:`Recorder.finish`. The model's own tensors are kept as they are (views; 9 MB of
+    SmolLM2 at 128 tokens): per layer, copying and converting them cost a tenth of the bare pass."""
+
+    index: int
+    module: torch.nn.Module
+    query: torch.Tensor  # [H, N, d]
+    key: torch.Tensor  # [KV, N, d]
+    value: torch.Tensor  # [KV, N, d]
+    lse: torch.Tensor  # [H, N] the kernel's
+    scaling: float
+    mask: _Mask
 
 
 @dataclass
@@ -203,16 +237,17 @@ class Recorder:
     norms_exact: bool = True  # False when a layer's output projection was not found (||v||, W_O = I then)
     _projections: dict[int, torch.Tensor | None] = field(default_factory=dict)  # id(module) -> [H, d, D] or None
     defer_outputs: bool = False  # output norms and Grams computed after the first view (a pass on the CPU)
-    _values: list[contributions.LayerValues] = field(default_factory=list)  # each layer's, when deferred
+    _values: dict[int, contributions.LayerValues] = field(default_factory=dict)  # by layer, when deferred
     stack: LayerStack = field(default_factory=lambda: LayerStack(0))  # new_recorder sizes it
-    _waiting: list[tuple] = field(default_factory=list)  # (index, FusedSource, _Mask) of layers left for finish()
+    _waiting: list[_Waiting] = field(default_factory=list)  # a short prompt's fused layers, left for finish()
 
-    def _outputs(self, module, value: torch.Tensor, groups: int) -> dict[str, np.ndarray]:
-        """The layer's ``output_norms`` [H, N] ||f_h(x_j)|| and ``output_grams`` [N, H, H]
-        f_h(x_j) . f_g(x_j) (models.contributions), or nothing when the record computes them
-        after the first view (``defer_outputs``: this layer's value vectors are kept for that).
-        ||v_j|| and diagonal Grams where the architecture hides its output projection (info says so)."""
-        heads = value.shape[1] * groups
+    def _outputs(self, index: int, module, value: torch.Tensor, groups: int) -> dict[str, np.ndarray]:
+        """Layer ``index``'s ``output_norms`` [H, N] ||f_h(x_j)|| and ``output_grams`` [N, H, H]
+        f_h(x_j) . f_g(x_j) (models.contributions) from its values [KV, N, d], or nothing when the
+        record computes them after the first view (``defer_outputs``: the values are kept for
+        that). ||v_j|| and diagonal Grams where the architecture hides its output projection
+        (info says so)."""
+        heads = value.shape[0] * groups
         if id(module) not in self._projections:
             weight = contributions.output_weight(module, self.parents.get(id(module)))
             fits = weight is not None and weight.shape[0] == heads * value.shape[-1]
@@ -220,9 +255,9 @@ class Recorder:
         projections = self._projections[id(module)]
         self.norms_exact &= projections is not None
         if self.defer_outputs:
-            self._values.append((value[0].float().contiguous(), projections, groups))  # [KV, N, d], its own copy
+            self._values[index] = (value.float(), projections, groups)
             return {}
-        grams = contributions.layer_grams(value[0], projections, groups)
+        grams = contributions.layer_grams(value, projections, groups)
         return {"output_norms": contributions.norms_of(grams).cpu().numpy(), "output_grams": grams.cpu().numpy()}
 
     def output_arrays(self, count: int) -> dict:
@@ -230,9 +265,9 @@ class Recorder:
         (computed from the kept value vectors when first used) or as the layers stored them."""
         if not self.defer_outputs:
             return {name: self.stack.take(name, count, np.float32) for name in ("output_norms", "output_grams")}
-        if len(self._values) != count:
+        if sorted(self._values) != list(range(count)):
             raise ValueError(f"the pass kept value vectors for {len(self._values)} of its {count} layers")
-        norms, grams = contributions.deferred_outputs(self._values)
+        norms, grams = contributions.deferred_outputs([self._values[index] for index in range(count)])
         return {"output_norms": norms, "output_grams": grams}
 
     def fused_is_exact(self, module, query, key, value, attention_mask, scaling, kwargs) -> bool:
@@ -286,88 +321,113 @@ class Recorder:
 
     def record(self, module, query, key, value, attention_mask, scaling: float, weights=None, lse=None) -> None:
         """Record one layer from the eager ``weights`` [1, H, N, N] or the fused kernel's
-        ``lse`` [1, H, N] (one of the two)."""
+        ``lse`` [1, H, N] (one of the two). A short prompt's fused layers wait for
+        :meth:`finish`, which reads them all at once."""
         if query.shape[0] != 1 or query.shape[-2] != key.shape[-2]:
             raise UnsupportedModelError(
                 f"{type(module).__name__}: only self-attention over one sequence can be captured "
                 f"(got queries {tuple(query.shape)} and keys {tuple(key.shape)})"
             )
-        shrink_hidden_states()
         mask = self._mask(attention_mask, query.device)
         groups = query.shape[1] // key.shape[1]
-        queries = query[0].float()  # [H, N, d]
-        keys = key[0].float().repeat_interleave(groups, 0)  # [H, N, d]
-        if lse is None:
-            source = EagerSource(weights[0])  # [H, N, N]
-            row_lse = _row_logsumexp(queries, keys, weights[0].float(), scaling)
-        else:
-            # a row that reads nothing (another segment's rows in an encoder-decoder record) stores 0
-            row_lse = torch.where(mask.spans.readable, lse[0].float(), 0.0)  # [H, N]
-            source = FusedSource(queries, keys, row_lse, scaling, mask.spans)
-        layer = {
-            "name": self.names.get(id(module), type(module).__name__),
+        index = len(self.layers)
+        name = self.names.get(id(module), type(module).__name__)
+        self.layers.append(
+            {"name": name, "heads": query.shape[1], "scaling": scaling, "mask": mask.index, "groups": groups}
+        )
+        if lse is not None and not self.keep_attention and self.n_tokens <= BATCH_TOKENS:
+            self._waiting.append(_Waiting(index, module, query[0], key[0], value[0], lse[0], scaling, mask))
+            return
+        shrink_hidden_states()
+        arrays = {
             "queries": _stored(query[0]),  # [H, N, d]
             "keys": _stored(key[0]),  # [KV, N, d]
-            "row_lse": row_lse.cpu().numpy(),  # [H, N]
-            **self._outputs(module, value, groups),  # output_norms [H, N], output_grams [N, H, H]
-            "scaling": scaling,
-            "mask": mask.index,
-            "groups": groups,
+            **self._outputs(index, module, value[0], groups),  # output_norms [H, N], output_grams [N, H, H]
         }
-        index = len(self.layers)
-        self.layers.append({name: self._kept(name, index, array) for name, array in layer.items()})
-        if isinstance(source, FusedSource) and not self.keep_attention and self.n_tokens <= BATCH_TOKENS:
-            self._waiting.append((index, source, mask))
-        else:
+        with SCRATCH.lend() as buffers:
+            if lse is None:
+                source = EagerSource(weights[0], buffers)  # [H, N, N]
+                keys = key[0].float().repeat_interleave(groups, 0)  # [H, N, d]
+                row_lse = _row_logsumexp(query[0].float(), keys, weights[0].float(), scaling)
+            else:
+                # a row that reads nothing (another segment's rows in an encoder-decoder record) stores 0
+                row_lse = torch.where(mask.spans.readable, lse[0].float(), 0.0)  # [H, N]
+                keys = grouped_keys(key[0], groups, scaling, buffers)  # [H, N, d], scaled
+                source = FusedSource(query[0].float(), keys, row_lse, 1.0, mask.spans, buffers)
+            arrays["row_lse"] = row_lse.cpu().numpy()  # [H, N]
+            for array_name, array in arrays.items():
+                self.stack.put(array_name, index, array)
             self._summarize([index], source, mask)
 
     def finish(self) -> None:
-        """Summarise the layers a short prompt's pass left waiting: all of a mask's layers in one
-        blocked pass, their heads side by side. Up to BATCH_TOKENS, reading layer by layer costs
-        mostly the interpreter's time per torch operation (SmolLM2 at 128 tokens: 70 ms layer by
-        layer, 35 ms in one pass). Their layers are not announced (``on_layer``): the overview
-        that carries them follows at once, and a pass that ran past app.stream.LIVE_AFTER_SECONDS
+        """Read the layers a short prompt's pass left waiting: the layers that share a mask (and
+        shapes and scaling) stacked in one copy each and summarised in one blocked pass, their
+        heads side by side. Up to BATCH_TOKENS, reading layer by layer costs mostly the
+        interpreter's time per torch operation (SmolLM2 at 128 tokens: 70 ms layer by layer, 35
+        ms in one pass). Their layers are not announced (``on_layer``): the overview that
+        carries them follows at once, and a pass that ran past app.stream.LIVE_AFTER_SECONDS
         had sent all 30 just before it, which the page then drew one by one (0.3 s more to the
         first view at 128 tokens). Called by :func:`assemble`; a second call does nothing."""
         waiting, self._waiting = self._waiting, []
-        by_mask: dict[tuple, list] = {}
-        for index, source, mask in waiting:
-            by_mask.setdefault((mask.index, tuple(source.queries.shape)), []).append((index, source, mask))
-        for group in by_mask.values():
-            indices, sources, masks = zip(*group)
-            self._summarize(list(indices), FusedSource.side_by_side(sources, masks[0].spans), masks[0], announce=False)
+        alike: dict[tuple, list[_Waiting]] = {}
+        for layer in waiting:
+            kind = (layer.mask.index, tuple(layer.query.shape), tuple(layer.key.shape), layer.scaling)
+            alike.setdefault(kind, []).append(layer)
+        with torch.inference_mode():  # after the pass: W_O^h are parameters
+            for group in alike.values():
+                self._read_together(group)
+
+    def _read_together(self, group: list[_Waiting]) -> None:
+        """Store and summarise waiting layers of one kind. The summary's keys are repeated for
+        their query heads and scaled in one product, so its queries are the stored ones."""
+        indices, first = [layer.index for layer in group], group[0]
+        queries = self.stack.put_tensors("queries", indices, [layer.query for layer in group])  # [G, H, N, d]
+        keys = self.stack.put_tensors("keys", indices, [layer.key for layer in group])  # [G, KV, N, d]
+        lse = torch.stack([layer.lse for layer in group]).float()  # [G, H, N]
+        row_lse = torch.where(first.mask.spans.readable, lse, 0.0)  # a row that reads nothing stores 0
+        self.stack.put_many("row_lse", indices, row_lse.cpu().numpy())
+        _, kv, n, d = keys.shape
+        groups = queries.shape[1] // kv
+        for layer in group:
+            for name, array in self._outputs(layer.index, layer.module, layer.value, groups).items():
+                self.stack.put(name, layer.index, array)
+        with SCRATCH.lend() as buffers:
+            scaled_keys = grouped_keys(keys, groups, first.scaling, buffers).view(-1, n, d)  # [G * H, N, d]
+            queries = queries.float().view(-1, n, d)  # [G * H, N, d], the stored array itself on the CPU
+            source = FusedSource(queries, scaled_keys, row_lse.view(-1, n), 1.0, first.mask.spans, buffers)
+            self._summarize(indices, source, first.mask, announce=False)
 
     def _summarize(self, indices: list[int], source, mask: _Mask, announce: bool = True) -> None:
         """Read the attention of layers ``indices`` (their heads side by side in ``source``) and
         record what the first views need of each; ``announce``: tell ``on_layer`` of each."""
-        heads = self.layers[indices[0]]["queries"].shape[0]
+        heads, count = self.layers[indices[0]]["heads"], len(indices)
         summary = summarize_layer(
             source,
             mask.spans,
-            heads=heads * len(indices),
+            heads=heads * count,
             thumb=self.thumb,
             stats_tokens=min(self.n_tokens, STATS_TOKENS),
             causal=self.causal,
             keep=TORCH_DTYPES[self.dtype.name] if self.keep_attention else None,
-            layers=len(indices),
+            layers=count,
         )
-        for place, index in enumerate(indices):
-            own = slice(place * heads, (place + 1) * heads)
-            fields = {
-                "received": (summary.received[place] / (heads * mask.spans.visible)).cpu().numpy(),  # [N]
-                "thumbnails": summary.thumbnails[own].to(torch.float16).cpu().numpy(),  # [H, t, t]
-                "head_stats": summary.head_stats[own].cpu().numpy(),  # [H, S]
-                "key_shares": summary.key_shares[own].cpu().numpy(),  # [H, P]
-                "attention": summary.attention[own].cpu().numpy() if summary.attention is not None else None,
-            }
-            self.layers[index].update({name: self._kept(name, index, array) for name, array in fields.items()})
-            if self.on_layer and announce:
-                self.on_layer(index, self.layers[index]["thumbnails"])
 
-    def _kept(self, name: str, index: int, array):
-        """A layer's array as the record keeps it: written into the stack (the per-layer copy,
-        and the model's tensor behind it, can go), or as it is (names, numbers, no attention)."""
-        return self.stack.put(name, index, array) if name in STACKED and array is not None else array
+        def per_layer(values: torch.Tensor) -> np.ndarray:  # [count * H, ...] -> [count, H, ...]
+            return values.reshape(count, heads, *values.shape[1:]).cpu().numpy()
+
+        arrays = {
+            "received": (summary.received / (heads * mask.spans.visible)).cpu().numpy(),  # [count, N]
+            "thumbnails": per_layer(summary.thumbnails.to(torch.float16)),  # [count, H, t, t]
+            "head_stats": per_layer(summary.head_stats),  # [count, H, S]
+            "key_shares": per_layer(summary.key_shares),  # [count, H, P]
+        }
+        if summary.attention is not None:
+            arrays["attention"] = per_layer(summary.attention)  # [count, H, N, N]
+        for name, values in arrays.items():
+            self.stack.put_many(name, indices, values)
+        if self.on_layer and announce:
+            for index in indices:
+                self.on_layer(index, self.stack.arrays["thumbnails"][index])
 
     def _mask(self, attention_mask, device) -> _Mask:
         """Each distinct mask of the pass once: the layers of a pass share one mask tensor, so it
@@ -403,7 +463,8 @@ def shrink_hidden_states() -> None:
 
     The record keeps only the residual stream's norms, but ``output_hidden_states`` holds each
     layer's [N, D] state to the end of the pass: 271 MiB of a 4096-token SmolLM2 capture's
-    peak. Each recorded layer shrinks the states collected before it (the last one stays whole,
+    peak. Each recorded layer of a prompt longer than BATCH_TOKENS (a short one's states are a
+    few MB) shrinks the states collected before it (the last one stays whole,
     transformers swaps it for the final normed state). Models that collect hidden states their
     own way keep them whole; :func:`state_norms` reads both. The collector is an internal of
     transformers 5 (the version requirements.txt pins): if a release renames it, states stay
@@ -570,7 +631,7 @@ def assemble(
     capture_seconds = time.perf_counter() - started
     layers, stack, count = recorder.layers, recorder.stack, len(recorder.layers)
     groups = layers[0]["groups"]
-    heads = layers[0]["queries"].shape[0]
+    heads = layers[0]["heads"]
     return Capture(
         model=model,
         text=text,

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from models import recorder as recorder_module
 from models.capture import run_capture
 from models.errors import TooManyTokensError
 from models.recorder import ATTENTION_IMPLEMENTATION, Recorder, new_recorder, recorded_forward, thumbnail_side
@@ -145,8 +146,10 @@ def test_hidden_norms_are_the_norms_of_the_models_own_hidden_states(tiny):
     np.testing.assert_allclose(capture.hidden_norms, expected, rtol=1e-4, atol=1e-4)
 
 
-def test_a_recorded_pass_holds_norms_not_hidden_states(tiny_models):
-    """Each layer shrinks the hidden states collected before it: only the last stays whole."""
+def test_a_recorded_pass_holds_norms_not_hidden_states(tiny_models, monkeypatch):
+    """Each layer of a long prompt shrinks the hidden states collected before it: only the last
+    stays whole (a short prompt's, BATCH_TOKENS or fewer, stay whole: they are small)."""
+    monkeypatch.setattr(recorder_module, "BATCH_TOKENS", 0)  # 5 tokens read as a long prompt is
     handle = tiny_models["tiny-llama"]
     recorder = new_recorder(Recorder, handle, 5, "float32", 0, None)
     output, _ = recorded_forward(handle, recorder, None, input_ids=torch.tensor([[1, 2, 3, 4, 5]]))

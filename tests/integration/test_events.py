@@ -55,6 +55,23 @@ def test_events_arrive_overview_first(analysis):
     assert all(event["rid"] == 7 for event in analysis)
 
 
+def test_streamed_layers_go_in_bursts_at_most_every_progress_interval_and_with_the_last(monkeypatch):
+    """The page renders a burst of events in one frame, so layers finished close together go
+    together: the first at once, then what finished since, each interval, and the last layer."""
+    clock = iter([0.0, 0.6, 0.65, 0.7, 0.9, 0.95, 1.0])  # started, then one reading per layer
+    monkeypatch.setattr(stream.time, "monotonic", lambda: next(clock))
+    sent = []
+    layers = stream.LayerStream(lambda name, payload: sent.append((name, payload["layer"])), "r")
+    thumbnails = np.zeros((2, 3, 3), np.float16)
+    bursts = []
+    for layer in range(6):
+        before = len(sent)
+        layers(layer, 6, thumbnails)
+        bursts.append([index for _, index in sent[before:]])
+    assert bursts == [[0], [], [], [1, 2, 3], [], [4, 5]]  # 0.6 s; 0.9 s (0.3 s later); the last
+    assert layers.complete(type("Capture", (), {"n_layers": 6})())
+
+
 def test_layers_stream_while_the_model_runs_and_do_not_travel_twice(socket_client, monkeypatch):
     monkeypatch.setattr(stream, "LIVE_AFTER_SECONDS", 0.0)  # however quick the pass, stream every layer
     monkeypatch.setattr(recorder, "BATCH_TOKENS", 0)  # each layer read as the model finishes it (a long prompt)

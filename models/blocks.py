@@ -35,10 +35,11 @@ from models.record import HEAD_STATS, STAT_OFFSETS, Capture
 
 BLOCK_BYTES = 32 * 1024 * 1024  # most bytes of float32 probabilities in one row block, all heads
 SCRATCH_MAX_BYTES = 64 * 1024 * 1024  # the largest buffer Scratch keeps between reads
-# Query x key cells per head a block aims at. Each block is one q.k product and one hand-over of
-# its heads to the fold's threads (~0.1 ms on a 2-vCPU VM): at 4096 tokens, blocks of 128 rows
-# (512 K cells) read a SmolLM2 layer in 112-118 ms, blocks of 32 rows (128 K) in 148-159 ms.
-BLOCK_CELLS = 512 * 1024
+# Query rows a block reads. Each block is one q.k product, one hand-over of its heads to the
+# fold's threads (~0.1 ms on a 2-vCPU VM) and, on a causal diagonal, half a square of wasted
+# cells: a SmolLM2 layer took 9.7 / 28.6 / 112-118 ms at 1024 / 2048 / 4096 tokens in blocks of
+# 128 rows, 11.0 / 32.7 ms in blocks of 512 rows (and 148-159 ms at 4096 in blocks of 32).
+BLOCK_ROWS = 128
 EXP_FLOOR = -87.0  # log p below this is read as this: exp stays a normal float32 (1.6e-38, not 0), and
 #                   torch's CPU exp of arguments whose result underflows is 10-30x slower than of the rest
 
@@ -243,10 +244,9 @@ def row_blocks(spans: MaskSpans, rows: int) -> Iterator[tuple[int, int, int, int
 
 
 def block_rows(heads: int, n_tokens: int) -> int:
-    """Query rows per block: about ``BLOCK_CELLS`` cells per head (small blocks skip more of a
-    causal mask and stay in the cache), never more than ``BLOCK_BYTES`` of float32."""
+    """Query rows per block: ``BLOCK_ROWS``, never more than ``BLOCK_BYTES`` of float32."""
     cap = BLOCK_BYTES // (4 * heads * n_tokens)
-    return max(1, min(n_tokens, cap, max(16, BLOCK_CELLS // n_tokens)))
+    return max(1, min(n_tokens, cap, BLOCK_ROWS))
 
 
 class _Bins:

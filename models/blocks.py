@@ -374,9 +374,10 @@ def record_source(capture: Capture, layer: int, spans: MaskSpans, n: int | None 
     n = capture.n_tokens if n is None else n
     if capture.attention is not None:
         return EagerSource(torch.from_numpy(capture.attention[layer, :, :n, :n]))
-    queries = torch.from_numpy(capture.queries[layer, :, :n].astype(np.float32))  # [H, n, d]
-    keys = torch.from_numpy(capture.keys[layer][capture.kv_map, :n].astype(np.float32))  # [H, n, d]
-    lse = torch.from_numpy(capture.row_lse[layer, :, :n].astype(np.float32))  # [H, n]
+    # views of float32 records, not copies (a 4096-token rollout copied 0.1 s of them)
+    queries = torch.from_numpy(np.asarray(capture.queries[layer, :, :n], np.float32))  # [H, n, d]
+    keys = torch.from_numpy(np.asarray(capture.keys[layer][capture.kv_map, :n], np.float32))  # [H, n, d]
+    lse = torch.from_numpy(np.asarray(capture.row_lse[layer, :, :n], np.float32))  # [H, n]
     return FusedSource(queries, keys, lse, float(capture.scaling[layer]), spans)
 
 

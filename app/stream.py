@@ -35,10 +35,10 @@ class LayerStream:
     """Sends each layer's thumbnails as the model finishes it (``overview_layer``), so the model
     view fills in during a long forward pass: none in a request's first LIVE_AFTER_SECONDS, then
     the layers finished since the last send at most every PROGRESS_EVERY_SECONDS (and with the
-    last layer), in step with the progress events (the page renders each burst in one frame: a 1024-token SmolLM2 pass
-    finishes a layer every 70 ms, and each event's frame took a share of the 2 cores the pass
-    runs on). Remembers which layers went out, so the overview that follows need not carry them
-    again."""
+    last layer), in step with the progress events. The page renders each burst in one frame: a
+    1024-token SmolLM2 pass finishes a layer every 70 ms, and each event's frame took a share of
+    the 2 cores the pass runs on. Remembers which layers went out, so the overview that follows
+    need not carry them again."""
 
     def __init__(self, emit: Emit, rid):
         self.emit, self.rid, self.sent = emit, rid, set()

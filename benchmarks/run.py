@@ -11,9 +11,9 @@ per size up to TRIAL_MAX_TOKENS); (2) start the real server (``python -m app ser
 results cache; per prompt, time the bare forward pass (sdpa, no attention output) in this
 process, each run after LOAD_WINDOW_SECONDS idle as the analysis meets it (and, up to 512 tokens,
 back to back too, reported beside), then right after it click Analyze in headless Chromium and
-wait for the painted model view; per size, time repeated cached analyses with a Socket.IO client, then open every other
-view; (3) per size, make BertViz's HTML in a memory-capped worker and time its rendering in
-headless Chromium, until it fails.
+wait for the painted model view; per size, time repeated cached analyses with a Socket.IO
+client, then open every other view; (3) per size, make BertViz's HTML in a memory-capped worker
+and time its rendering in headless Chromium, until it fails.
 """
 
 from __future__ import annotations

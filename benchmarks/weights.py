@@ -63,6 +63,11 @@ def load_tokenizer(source: str):
     return AutoTokenizer.from_pretrained(source)
 
 
+def _runs(tokens: int) -> int:
+    """Timed runs of a prompt of ``tokens`` (the minimum is kept)."""
+    return SHORT_FORWARD_REPEATS if tokens <= SHORT_PROMPT else 1
+
+
 class BareForward:
     """The physical floor: ``model(input_ids)`` with sdpa attention, no attention or hidden-state
     output, last logits only (what the app's capture asks for, minus recording)."""
@@ -82,7 +87,7 @@ class BareForward:
         ids = torch.tensor([self.tokenizer(text)["input_ids"]])
         times = []
         with torch.inference_mode():
-            for _ in range(self.repeats(text)):
+            for _ in range(_runs(ids.shape[1])):
                 time.sleep(idle)
                 started = time.perf_counter()
                 self.model(input_ids=ids, use_cache=False, **self.extra)
@@ -91,7 +96,7 @@ class BareForward:
 
     def repeats(self, text: str) -> int:
         """Timed runs :meth:`seconds` makes of ``text``."""
-        return SHORT_FORWARD_REPEATS if len(self.tokenizer(text)["input_ids"]) <= SHORT_PROMPT else 1
+        return _runs(len(self.tokenizer(text)["input_ids"]))
 
     def close(self) -> None:
         del self.model

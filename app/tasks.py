@@ -130,12 +130,14 @@ class RemoteWork:
                         job.cancel()
                     raise limits.JobCancelled() if call.gone() else AtlasError("busy", "waited too long for a model")
                 position = job.get_position()
+                if position is None:  # a worker took it since its status was read: started, next time round
+                    continue
                 stage = (
                     limits.QueueStage(position + 1, self.queue.count)
                     if rq.Worker.count(queue=self.queue)
                     else NO_WORKER
                 )
-                if position is not None and stage != place:
+                if stage != place:
                     place = stage
                     self._progress(call, stage)
             elif status == JobStatus.STARTED:

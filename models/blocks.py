@@ -16,7 +16,10 @@ is read as few times as possible: scores are masked only where a row of the bloc
 (the diagonal square of a causal block), each row's entropy comes from the scores the block came
 from (-sum p log p = -sum p (s - lse): a product and a sum, no logarithm), the key shares from the
 column sums that the received attention needs anyway, and the thumbnails pool the block's rows in
-place instead of a copy padded to the full width.
+place instead of a copy padded to the full width. On the CPU a long prompt's layer is not even
+attended by the kernel first: the pass computes each row's log-sum-exp from its block's scores
+and the layer's output from its probabilities (:class:`AttendedValues`), so q.k is computed once
+per layer, not twice.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ import torch
 from torch.nn import functional as F
 
 from models import cpu_blocks
-from models.record import HEAD_STATS, STAT_OFFSETS, Capture
+from models.record import EXP_FLOOR, HEAD_STATS, STAT_OFFSETS, Capture
 
 BLOCK_BYTES = 32 * 1024 * 1024  # most bytes of float32 probabilities in one row block, all heads
 SCRATCH_MAX_BYTES = 64 * 1024 * 1024  # the largest buffer Scratch keeps between reads
@@ -40,8 +43,6 @@ SCRATCH_MAX_BYTES = 64 * 1024 * 1024  # the largest buffer Scratch keeps between
 # cells: a SmolLM2 layer took 9.7 / 28.6 / 112-118 ms at 1024 / 2048 / 4096 tokens in blocks of
 # 128 rows, 11.0 / 32.7 ms in blocks of 512 rows (and 148-159 ms at 4096 in blocks of 32).
 BLOCK_ROWS = 128
-EXP_FLOOR = -87.0  # log p below this is read as this: exp stays a normal float32 (1.6e-38, not 0), and
-#                   torch's CPU exp of arguments whose result underflows is 10-30x slower than of the rest
 
 
 @dataclass(frozen=True)
@@ -221,6 +222,28 @@ def grouped_keys(keys: torch.Tensor, groups: int, scaling: float, buffers: Buffe
     return out.view(*lead, kv * groups, n, d)
 
 
+class AttendedValues:
+    """A layer's attention output, P @ V, gathered from the blocks of a pass that computes the
+    attention itself (``summarize_layer(..., values=)``: the compiled pass leaves each block's
+    probabilities in place of its scores). On the CPU the fused kernel's q.k, softmax and P @ V
+    cost about what reading its blocks again costs (SmolLM2 at 4096 tokens: 115 ms a layer
+    against 130), so a layer whose blocks are read anyway is attended in them.
+    ``values`` [KV, N, d] float32; the blocks' heads are KV groups of H / KV query heads."""
+
+    def __init__(self, values: torch.Tensor, heads: int, spans: MaskSpans, buffers: Buffers):
+        self.values, self.buffers = values, buffers
+        shape = (values.shape[1], heads, values.shape[2])  # [N, H, d], as attention functions return it
+        # rows that see no key are in no block: their output is 0
+        self.output = values.new_empty(shape) if bool(spans.readable.all()) else values.new_zeros(shape)
+
+    def add(self, probabilities: torch.Tensor, r0: int, c0: int) -> None:
+        """Rows r0.. of the output from their probabilities [H, r, c] over keys c0.."""
+        kv, (heads, rows, width), d = self.values.shape[0], probabilities.shape, self.values.shape[-1]
+        out = self.buffers.get("output", (kv, heads // kv * rows, d), probabilities)
+        torch.matmul(probabilities.view(kv, -1, width), self.values[:, c0 : c0 + width], out=out)
+        self.output[r0 : r0 + rows] = out.view(heads, rows, d).transpose(0, 1)
+
+
 @dataclass
 class LayerSummary:
     """What one layer leaves in the record, still as tensors on the model's device."""
@@ -280,12 +303,15 @@ def summarize_layer(
     causal: bool,
     keep: torch.dtype | None = None,
     layers: int = 1,
+    values: AttendedValues | None = None,
 ) -> LayerSummary:
     """Read one layer's attention block by block. ``stats_tokens`` is the analysed prefix P;
     ``causal`` as the head statistics define it (see app.analysis.head_roles.choice_rows);
     ``keep`` the dtype to keep the full attention in, or None to keep none. ``layers`` > 1: the
     source's heads are that many layers' heads side by side (one pass for all of them), and
-    ``received`` is summed per layer."""
+    ``received`` is summed per layer. ``values``: the pass computes the attention itself (the
+    compiled pass only, from a :class:`FusedSource` whose ``lse`` it writes) and gathers its
+    output there."""
     n = spans.allowed.shape[-1]
     device = spans.allowed.device
     bins = _Bins(n, thumb)
@@ -294,7 +320,9 @@ def summarize_layer(
     stats = _PrefixStats(heads, stats_tokens, causal, device)
     attention = torch.zeros((heads, n, n), dtype=keep, device=device) if keep is not None else None
     if attention is None and isinstance(source, FusedSource) and cpu_blocks.available(device):
-        _compiled_pass(source, spans, bins, stats, columns, pooled)
+        _compiled_pass(source, spans, bins, stats, columns, pooled, values)
+    elif values is not None:
+        raise ValueError("only the compiled pass computes attention (models.cpu_blocks.available)")
     else:
         _torch_pass(source, spans, bins, stats, columns, pooled, attention)
     # max over column bins of the row-pooled maps: separable, so equal to a 2-D adaptive max pool
@@ -328,11 +356,16 @@ def _torch_pass(source, spans, bins, stats, columns, pooled, attention) -> None:
             attention[:, r0:r1, c0:c1] = block.p
 
 
-def _compiled_pass(source: FusedSource, spans, bins, stats, columns, pooled) -> None:
-    """The same from q.k blocks on the CPU, each cell's work in one compiled loop (models.cpu_blocks)."""
-    fold = cpu_blocks.LayerFold(source.lse, spans, bins.starts, bins.ends, stats, columns, pooled)
+def _compiled_pass(source: FusedSource, spans, bins, stats, columns, pooled, values) -> None:
+    """The same from q.k blocks on the CPU, each cell's work in one compiled loop (models.cpu_blocks);
+    with ``values``, each row normalised there and each block's output gathered."""
+    normalise = values is not None
+    fold = cpu_blocks.LayerFold(source.lse, spans, bins.starts, bins.ends, stats, columns, pooled, normalise)
     for r0, r1, c0, c1 in row_blocks(spans, block_rows(columns.shape[0], columns.shape[1])):
-        fold.add(source.scores(r0, r1, c0, c1), r0, c0)  # [H, r, c]
+        block = source.scores(r0, r1, c0, c1)  # [H, r, c]
+        fold.add(block, r0, c0)
+        if normalise:
+            values.add(block, r0, c0)  # the fold left the block's probabilities in it
 
 
 def pooled_maps(

@@ -22,6 +22,9 @@ import numpy as np
 FORMAT_VERSION = 5  # bump when the arrays or their meaning change; part of every cache key
 STATS_TOKENS = 1024  # tokens of the prefix whose head statistics the capture computes (app.insights)
 STAT_OFFSETS = (-1, 0, 1, -4, -3, -2, 2, 3, 4)  # key - query of the positional shares in HEAD_STATS
+# log p below this is read as this by both blocked passes (models.blocks, models.cpu_fold): exp stays a
+# normal float32 (1.6e-38, not 0), and torch's CPU exp of arguments that underflow is 10-30x slower
+EXP_FLOOR = -87.0
 HEAD_STATS = (  # the last axis of Capture.head_stats: means over the prefix's query rows
     "entropy",  # nats
     "entropy_norm",  # entropy / log(keys the row may see), 0..1

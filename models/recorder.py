@@ -8,7 +8,9 @@ uses them: after rotary embedding, before grouped-query expansion, with its own 
 While a :func:`recording` context is active in this thread, a layer whose attention is
 softmax(q.k * scaling + mask) runs through PyTorch's fused scaled-dot-product kernel, which also
 returns each row's log-sum-exp (:mod:`models.kernels`); the :class:`Recorder` keeps q, k and that
-log-sum-exp and reads everything else in bounded row blocks (:mod:`models.blocks`). A layer whose
+log-sum-exp and reads everything else in bounded row blocks (:mod:`models.blocks`). On the CPU, a
+prompt longer than BATCH_TOKENS with a causal mask or none skips the kernel: the blocks that read
+the layer compute its attention too (:meth:`Recorder.attend`), the same softmax(q.k) in float32. A layer whose
 attention is something else (soft-capped scores, T5's position bias, learned sinks, ALiBi: named
 by its arguments, or caught by a sampled check against the model's own eager attention) runs the
 model's eager attention and the record keeps its weights. Without a recorder (a plain forward
@@ -36,8 +38,8 @@ from transformers import AttentionInterface
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface, eager_mask
 from transformers.utils import output_capturing
 
-from models import budget, contributions, editing, kernels
-from models.blocks import SCRATCH, EagerSource, FusedSource, MaskSpans, grouped_keys, summarize_layer
+from models import budget, contributions, cpu_blocks, editing, kernels
+from models.blocks import SCRATCH, AttendedValues, EagerSource, FusedSource, MaskSpans, grouped_keys, summarize_layer
 from models.errors import TooManyTokensError, UnsupportedModelError
 from models.record import STATS_TOKENS, Capture
 
@@ -87,8 +89,12 @@ def capture_attention(module, query, key, value, attention_mask, scaling=None, d
     recorder = _ACTIVE.get()
     scaling = query.shape[-1] ** -0.5 if scaling is None else float(scaling)
     if recorder is not None and recorder.fused_is_exact(module, query, key, value, attention_mask, scaling, kwargs):
-        output, lse = kernels.attention_with_lse(query, key, value, recorder.kernel_mask(attention_mask), scaling)
-        recorder.record(module, query, key, value, attention_mask, scaling, lse=lse)
+        mask = recorder.kernel_mask(attention_mask)
+        if recorder.attends_in_blocks(query, key, value, mask):
+            output = recorder.attend(module, query, key, value, attention_mask, scaling)
+        else:
+            output, lse = kernels.attention_with_lse(query, key, value, mask, scaling)
+            recorder.record(module, query, key, value, attention_mask, scaling, lse=lse)
         return editing.edited(module, output), None
     output, weights = _eager_for(module)(
         module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs
@@ -323,6 +329,58 @@ class Recorder:
         """Record one layer from the eager ``weights`` [1, H, N, N] or the fused kernel's
         ``lse`` [1, H, N] (one of the two). A short prompt's fused layers wait for
         :meth:`finish`, which reads them all at once."""
+        index, mask, groups = self._new_layer(module, query, key, attention_mask, scaling)
+        if lse is not None and not self.keep_attention and self.n_tokens <= BATCH_TOKENS:
+            self._waiting.append(_Waiting(index, module, query[0], key[0], value[0], lse[0], scaling, mask))
+            return
+        arrays = self._layer_arrays(index, module, query, key, value, groups)
+        with SCRATCH.lend() as buffers:
+            if lse is None:
+                source = EagerSource(weights[0], buffers)  # [H, N, N]
+                keys = key[0].float().repeat_interleave(groups, 0)  # [H, N, d]
+                row_lse = _row_logsumexp(query[0].float(), keys, weights[0].float(), scaling)
+            else:
+                # a row that reads nothing (another segment's rows in an encoder-decoder record) stores 0
+                row_lse = torch.where(mask.spans.readable, lse[0].float(), 0.0)  # [H, N]
+                keys = grouped_keys(key[0], groups, scaling, buffers)  # [H, N, d], scaled
+                source = FusedSource(query[0].float(), keys, row_lse, 1.0, mask.spans, buffers)
+            arrays["row_lse"] = row_lse.cpu().numpy()  # [H, N]
+            self._store(index, arrays)
+            self._summarize([index], source, mask)
+
+    def attends_in_blocks(self, query, key, value, mask: kernels.KernelMask) -> bool:
+        """Whether a fused layer's attention is computed in the blocks that read it
+        (blocks.AttendedValues), not by the kernel first: on the CPU, in float32, past
+        BATCH_TOKENS (shorter prompts are read after the pass, all layers at once), nothing
+        kept, and a mask whose rows each see one run of keys (causal or none)."""
+        return (
+            mask.additive is None
+            and not self.keep_attention
+            and self.n_tokens > BATCH_TOKENS
+            and query.shape[0] == 1
+            and query.shape[-2] == key.shape[-2]
+            and all(states.dtype == torch.float32 for states in (query, key, value))
+            and cpu_blocks.available(query.device)
+        )
+
+    def attend(self, module, query, key, value, attention_mask, scaling: float) -> torch.Tensor:
+        """Record one fused layer (see :meth:`attends_in_blocks`) and return its attention output
+        [1, N, H, d], computed in the same blocks as its summary: each block's q.k once, not
+        once by the kernel and again by the summary."""
+        index, mask, groups = self._new_layer(module, query, key, attention_mask, scaling)
+        arrays = self._layer_arrays(index, module, query, key, value, groups)
+        lse = torch.zeros(query.shape[1], query.shape[2])  # [H, N], written by the pass
+        with SCRATCH.lend() as buffers:
+            keys = grouped_keys(key[0], groups, scaling, buffers)  # [H, N, d], scaled
+            source = FusedSource(query[0], keys, lse, 1.0, mask.spans, buffers)
+            values = AttendedValues(value[0], query.shape[1], mask.spans, buffers)
+            self._store(index, arrays)
+            self._summarize([index], source, mask, values)
+        self.stack.put("row_lse", index, lse.numpy())
+        return values.output.unsqueeze(0)
+
+    def _new_layer(self, module, query, key, attention_mask, scaling: float) -> tuple[int, _Mask, int]:
+        """(index, mask, query heads per key head) of a layer the pass now records."""
         if query.shape[0] != 1 or query.shape[-2] != key.shape[-2]:
             raise UnsupportedModelError(
                 f"{type(module).__name__}: only self-attention over one sequence can be captured "
@@ -335,29 +393,20 @@ class Recorder:
         self.layers.append(
             {"name": name, "heads": query.shape[1], "scaling": scaling, "mask": mask.index, "groups": groups}
         )
-        if lse is not None and not self.keep_attention and self.n_tokens <= BATCH_TOKENS:
-            self._waiting.append(_Waiting(index, module, query[0], key[0], value[0], lse[0], scaling, mask))
-            return
+        return index, mask, groups
+
+    def _layer_arrays(self, index: int, module, query, key, value, groups: int) -> dict[str, np.ndarray]:
+        """What a layer read on its own (not with the pass's others) stores besides its summary."""
         shrink_hidden_states()
-        arrays = {
+        return {
             "queries": _stored(query[0]),  # [H, N, d]
             "keys": _stored(key[0]),  # [KV, N, d]
             **self._outputs(index, module, value[0], groups),  # output_norms [H, N], output_grams [N, H, H]
         }
-        with SCRATCH.lend() as buffers:
-            if lse is None:
-                source = EagerSource(weights[0], buffers)  # [H, N, N]
-                keys = key[0].float().repeat_interleave(groups, 0)  # [H, N, d]
-                row_lse = _row_logsumexp(query[0].float(), keys, weights[0].float(), scaling)
-            else:
-                # a row that reads nothing (another segment's rows in an encoder-decoder record) stores 0
-                row_lse = torch.where(mask.spans.readable, lse[0].float(), 0.0)  # [H, N]
-                keys = grouped_keys(key[0], groups, scaling, buffers)  # [H, N, d], scaled
-                source = FusedSource(query[0].float(), keys, row_lse, 1.0, mask.spans, buffers)
-            arrays["row_lse"] = row_lse.cpu().numpy()  # [H, N]
-            for array_name, array in arrays.items():
-                self.stack.put(array_name, index, array)
-            self._summarize([index], source, mask)
+
+    def _store(self, index: int, arrays: dict[str, np.ndarray]) -> None:
+        for name, array in arrays.items():
+            self.stack.put(name, index, array)
 
     def finish(self) -> None:
         """Read the layers a short prompt's pass left waiting: the layers that share a mask (and
@@ -397,9 +446,12 @@ class Recorder:
             source = FusedSource(queries, scaled_keys, row_lse.view(-1, n), 1.0, first.mask.spans, buffers)
             self._summarize(indices, source, first.mask, announce=False)
 
-    def _summarize(self, indices: list[int], source, mask: _Mask, announce: bool = True) -> None:
+    def _summarize(
+        self, indices: list[int], source, mask: _Mask, values: AttendedValues | None = None, announce: bool = True
+    ) -> None:
         """Read the attention of layers ``indices`` (their heads side by side in ``source``) and
-        record what the first views need of each; ``announce``: tell ``on_layer`` of each."""
+        record what the first views need of each; ``values``: the pass computes the attention
+        (summarize_layer); ``announce``: tell ``on_layer`` of each."""
         heads, count = self.layers[indices[0]]["heads"], len(indices)
         summary = summarize_layer(
             source,
@@ -410,6 +462,7 @@ class Recorder:
             causal=self.causal,
             keep=TORCH_DTYPES[self.dtype.name] if self.keep_attention else None,
             layers=count,
+            values=values,
         )
 
         def per_layer(values: torch.Tensor) -> np.ndarray:  # [count * H, ...] -> [count, H, ...]

@@ -93,18 +93,81 @@ def test_the_blocked_pass_gives_the_definitions(monkeypatch, mask, prefix, layer
     )
     assert bool(ran) == compiled, "the compiled loop ran where it should not, or did not where it should"
 
+    check_summary(summary, attention, prefix, causal, layers)
+
+
+def check_summary(summary, attention: np.ndarray, prefix: int, causal: bool, layers: int = 1) -> None:
+    """The pass's thumbnails, received attention and head statistics are the definitions'."""
     thumbnails = F.adaptive_max_pool2d(torch.from_numpy(attention).float(), THUMB).numpy()
     np.testing.assert_allclose(summary.thumbnails.numpy(), thumbnails, atol=1e-5)  # float32 scores and lse
-    received = attention.sum(axis=1).reshape(layers, HEADS, N).sum(axis=1)  # [layers, N]
+    received = attention.sum(axis=1).reshape(layers, -1, attention.shape[-1]).sum(axis=1)  # [layers, N]
     np.testing.assert_allclose(summary.received.numpy(), received, atol=1e-5)
     stats, shares = definition_stats(attention, prefix, causal)
     np.testing.assert_allclose(summary.head_stats.numpy(), stats, atol=1e-5)
     np.testing.assert_allclose(summary.key_shares.numpy(), shares, atol=1e-6)
 
 
+@pytest.mark.parametrize("mask", ["causal", "full", "window", "segments"])
+@pytest.mark.parametrize("prefix", [N, 11])
+def test_a_pass_that_attends_gives_the_output_the_lse_and_the_definitions(monkeypatch, mask, prefix):
+    """With values (models.blocks.AttendedValues) the compiled pass computes each row's
+    log-sum-exp from its own scores and the attention output P @ V: both as the dense softmax
+    gives them, with two query heads per key head, and the summary as without."""
+    monkeypatch.setattr(blocks, "BLOCK_BYTES", 5 * 4 * HEADS * N)  # 5 rows a block
+    allowed, causal = masks()[mask]
+    spans = MaskSpans.of(allowed)
+    generator = torch.Generator().manual_seed(1)
+    queries = torch.randn(HEADS, N, D, generator=generator) * 2
+    keys, values = (torch.randn(HEADS // 2, N, D, generator=generator) * 2 for _ in range(2))
+    scaling = D**-0.5
+    attention = dense_attention(queries, keys.repeat_interleave(2, 0), allowed, scaling)  # [H, N, N]
+    buffers = blocks.Buffers()
+    lse = torch.zeros(HEADS, N)
+    source = FusedSource(queries, keys.repeat_interleave(2, 0), lse, scaling, spans, buffers)
+    attended = blocks.AttendedValues(values, HEADS, spans, buffers)
+    summary = summarize_layer(
+        source, spans, heads=HEADS, thumb=THUMB, stats_tokens=prefix, causal=causal, values=attended
+    )
+    output = np.einsum("hqk,hkd->qhd", attention, values.repeat_interleave(2, 0).double().numpy())  # [N, H, d]
+    np.testing.assert_allclose(attended.output.numpy(), output, atol=1e-5)
+    scores = (queries @ keys.repeat_interleave(2, 0).transpose(1, 2) * scaling).masked_fill(~allowed, float("-inf"))
+    expected_lse = torch.where(spans.readable, torch.logsumexp(scores.double(), dim=-1), 0.0)
+    np.testing.assert_allclose(lse.numpy(), expected_lse.numpy(), atol=1e-5)
+    check_summary(summary, attention, prefix, causal)
+
+
+def test_a_pass_that_attends_needs_rows_that_see_one_run_of_keys():
+    """A row whose keys have holes would be normalised over keys it may not see: refused."""
+    allowed, _ = masks()["holes"]
+    spans = MaskSpans.of(allowed)
+    source = FusedSource(torch.ones(HEADS, N, D), torch.ones(HEADS, N, D), torch.zeros(HEADS, N), 1.0, spans)
+    attended = blocks.AttendedValues(torch.ones(HEADS, N, D), HEADS, spans, source.buffers)
+    with pytest.raises(ValueError, match="one run of keys"):
+        summarize_layer(source, spans, heads=HEADS, thumb=THUMB, stats_tokens=N, causal=False, values=attended)
+
+
+def test_a_row_whose_largest_score_the_guess_misses_is_read_again():
+    """A normalising row guesses its maximum from every (n / SHIFT_SAMPLES)-th score; a key far
+    above those (150 here: its exp from the guess overflows) sends the row back to its exact
+    maximum, and its log-sum-exp and probabilities are still the softmax's."""
+    n = 300
+    scores = torch.randn(1, 1, n, generator=torch.Generator().manual_seed(2))
+    scores[0, 0, 7] = 150.0  # the guess reads keys 0, 9, 18, ...
+    spans = MaskSpans.of(torch.ones(1, n, dtype=torch.bool))
+    columns, pooled, lse = torch.zeros(1, n), torch.zeros(1, 1, n), torch.zeros(1, 1)
+    stats = blocks._PrefixStats(1, 0, False, "cpu")
+    fold = cpu_blocks.LayerFold(lse, spans, np.array([0]), np.array([1]), stats, columns, pooled, normalise=True)
+    expected = torch.softmax(scores.double(), dim=-1)
+    expected_lse = torch.logsumexp(scores.double(), dim=-1)
+    fold.add(scores, 0, 0)
+    assert abs(float(lse[0, 0]) - float(expected_lse)) < 1e-5
+    np.testing.assert_allclose(scores.numpy(), expected.numpy(), atol=1e-7)  # the block holds the probabilities
+    np.testing.assert_allclose(columns.numpy()[0], expected.numpy()[0, 0], atol=1e-7)
+
+
 def test_the_exponential_is_float32_exact_over_the_range_it_reads():
     """The inline exp (range reduction and a degree-6 polynomial) on every log-probability the
-    loop meets, -87 (models.blocks.EXP_FLOOR) to 0: within a few float32 roundings of exp."""
+    loop meets, -87 (models.record.EXP_FLOOR) to 0: within a few float32 roundings of exp."""
     values = torch.linspace(-87.0, 0.0, 100_003)
     spans = MaskSpans.of(torch.ones(1, values.numel(), dtype=torch.bool))
     columns, pooled = torch.zeros(1, values.numel()), torch.zeros(1, 1, values.numel())

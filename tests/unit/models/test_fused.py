@@ -83,6 +83,22 @@ def test_recording_leaves_the_packaged_models_outputs_unchanged(request, name):
     check_outputs_unchanged(request.getfixturevalue(name))
 
 
+@pytest.mark.parametrize(
+    "name", ["tiny-bert", "tiny-gpt2", "tiny-llama", pytest.param("smollm2", marks=pytest.mark.real_model)]
+)
+def test_layers_attended_in_their_blocks_leave_the_models_outputs_unchanged(request, monkeypatch, name):
+    """Past BATCH_TOKENS the CPU capture computes each fused layer's attention in the blocks that
+    summarise it (Recorder.attend) instead of calling the kernel and reading the blocks again:
+    the model still computes what transformers computes, and every layer went that way."""
+    handle = request.getfixturevalue("tiny_models")[name] if name.startswith("tiny") else request.getfixturevalue(name)
+    monkeypatch.setattr(recorder, "BATCH_TOKENS", 0)
+    attended = []
+    original = Recorder.attend
+    monkeypatch.setattr(Recorder, "attend", lambda self, *args: attended.append(1) or original(self, *args))
+    check_outputs_unchanged(handle)
+    assert len(attended) == handle.config.num_hidden_layers
+
+
 def prefix_metrics(attention: np.ndarray, capture, causal: bool, n: int) -> dict[str, np.ndarray]:
     """head_roles.head_metrics of every layer's [H, n, n] prefix block: the definition."""
     special, punctuation = capture.special[:n], head_roles.punctuation_mask(capture.tokens[:n])

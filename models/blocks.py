@@ -18,8 +18,8 @@ from (-sum p log p = -sum p (s - lse): a product and a sum, no logarithm), the k
 column sums that the received attention needs anyway, and the thumbnails pool the block's rows in
 place instead of a copy padded to the full width. On the CPU a long prompt's layer is not even
 attended by the kernel first: the pass computes each row's log-sum-exp from its block's scores
-and the layer's output from its probabilities (:class:`AttendedValues`), so q.k is computed once
-per layer, not twice.
+and the layer's output from its probabilities (``summarize_layer(..., values=)``), so q.k is
+computed once per layer, not twice.
 """
 
 from __future__ import annotations
@@ -222,28 +222,6 @@ def grouped_keys(keys: torch.Tensor, groups: int, scaling: float, buffers: Buffe
     return out.view(*lead, kv * groups, n, d)
 
 
-class AttendedValues:
-    """A layer's attention output, P @ V, gathered from the blocks of a pass that computes the
-    attention itself (``summarize_layer(..., values=)``: the compiled pass leaves each block's
-    probabilities in place of its scores). On the CPU the fused kernel's q.k, softmax and P @ V
-    cost about what reading its blocks again costs (SmolLM2 at 4096 tokens: 115 ms a layer
-    against 130), so a layer whose blocks are read anyway is attended in them.
-    ``values`` [KV, N, d] float32; the blocks' heads are KV groups of H / KV query heads."""
-
-    def __init__(self, values: torch.Tensor, heads: int, spans: MaskSpans, buffers: Buffers):
-        self.values, self.buffers = values, buffers
-        shape = (values.shape[1], heads, values.shape[2])  # [N, H, d], as attention functions return it
-        # rows that see no key are in no block: their output is 0
-        self.output = values.new_empty(shape) if bool(spans.readable.all()) else values.new_zeros(shape)
-
-    def add(self, probabilities: torch.Tensor, r0: int, c0: int) -> None:
-        """Rows r0.. of the output from their probabilities [H, r, c] over keys c0.."""
-        kv, (heads, rows, width), d = self.values.shape[0], probabilities.shape, self.values.shape[-1]
-        out = self.buffers.get("output", (kv, heads // kv * rows, d), probabilities)
-        torch.matmul(probabilities.view(kv, -1, width), self.values[:, c0 : c0 + width], out=out)
-        self.output[r0 : r0 + rows] = out.view(heads, rows, d).transpose(0, 1)
-
-
 @dataclass
 class LayerSummary:
     """What one layer leaves in the record, still as tensors on the model's device."""
@@ -253,6 +231,7 @@ class LayerSummary:
     head_stats: torch.Tensor  # [H, S] the HEAD_STATS of the analysed prefix
     key_shares: torch.Tensor  # [H, P] mean attention each prefix key gets from the prefix's rows
     attention: torch.Tensor | None  # [H, N, N] only when the record keeps it
+    output: torch.Tensor | None = None  # [N, H, d] the attention output, when the pass computed it
 
 
 def row_blocks(spans: MaskSpans, rows: int) -> Iterator[tuple[int, int, int, int]]:
@@ -303,15 +282,17 @@ def summarize_layer(
     causal: bool,
     keep: torch.dtype | None = None,
     layers: int = 1,
-    values: AttendedValues | None = None,
+    values: torch.Tensor | None = None,
 ) -> LayerSummary:
     """Read one layer's attention block by block. ``stats_tokens`` is the analysed prefix P;
     ``causal`` as the head statistics define it (see app.analysis.head_roles.choice_rows);
     ``keep`` the dtype to keep the full attention in, or None to keep none. ``layers`` > 1: the
     source's heads are that many layers' heads side by side (one pass for all of them), and
-    ``received`` is summed per layer. ``values``: the pass computes the attention itself (the
-    compiled pass only, from a :class:`FusedSource` whose ``lse`` it writes) and gathers its
-    output there."""
+    ``received`` is summed per layer. ``values`` [KV, N, d] float32: the pass computes the
+    attention itself and its ``output`` (the compiled pass only, from a :class:`FusedSource`
+    whose ``lse`` it writes, each row's keys one run). On the CPU the fused kernel's q.k, softmax
+    and P @ V cost about what reading its blocks again costs (SmolLM2 at 4096 tokens: 115 ms a
+    layer against 130), so a layer whose blocks are read anyway is attended in them."""
     n = spans.allowed.shape[-1]
     device = spans.allowed.device
     bins = _Bins(n, thumb)
@@ -319,8 +300,9 @@ def summarize_layer(
     columns = torch.zeros((heads, n), device=device)  # [H, N] attention each key receives, per head
     stats = _PrefixStats(heads, stats_tokens, causal, device)
     attention = torch.zeros((heads, n, n), dtype=keep, device=device) if keep is not None else None
+    output = None
     if attention is None and isinstance(source, FusedSource) and cpu_blocks.available(device):
-        _compiled_pass(source, spans, bins, stats, columns, pooled, values)
+        output = _compiled_pass(source, spans, bins, stats, columns, pooled, values)
     elif values is not None:
         raise ValueError("only the compiled pass computes attention (models.cpu_blocks.available)")
     else:
@@ -329,7 +311,7 @@ def summarize_layer(
     thumbnails = F.adaptive_max_pool1d(pooled.reshape(-1, n), thumb).view(heads, thumb, thumb)
     head_stats, key_shares = stats.result()
     received = columns.view(layers, -1, n).sum(dim=1)  # [layers, N]
-    return LayerSummary(thumbnails, received, head_stats, key_shares, attention)
+    return LayerSummary(thumbnails, received, head_stats, key_shares, attention, output)
 
 
 def prepare_blocked_pass(device: torch.device) -> None:
@@ -356,16 +338,21 @@ def _torch_pass(source, spans, bins, stats, columns, pooled, attention) -> None:
             attention[:, r0:r1, c0:c1] = block.p
 
 
-def _compiled_pass(source: FusedSource, spans, bins, stats, columns, pooled, values) -> None:
+def _compiled_pass(source: FusedSource, spans, bins, stats, columns, pooled, values) -> torch.Tensor | None:
     """The same from q.k blocks on the CPU, each cell's work in one compiled loop (models.cpu_blocks);
-    with ``values``, each row normalised there and each block's output gathered."""
+    with ``values`` [KV, N, d], each row normalised there, and the attention output returned."""
     normalise = values is not None
     fold = cpu_blocks.LayerFold(source.lse, spans, bins.starts, bins.ends, stats, columns, pooled, normalise)
-    for r0, r1, c0, c1 in row_blocks(spans, block_rows(columns.shape[0], columns.shape[1])):
-        block = source.scores(r0, r1, c0, c1)  # [H, r, c]
-        fold.add(block, r0, c0)
-        if normalise:
-            values.add(block, r0, c0)  # the fold left the block's probabilities in it
+    blocks = list(row_blocks(spans, block_rows(columns.shape[0], columns.shape[1])))
+    if not normalise:
+        for r0, r1, c0, c1 in blocks:
+            fold.add(source.scores(r0, r1, c0, c1), r0, c0)  # [H, r, c]
+        return None
+    heads, n, d = source.queries.shape
+    # rows that see no key are in no block: their output is 0
+    output = values.new_empty((n, heads, d)) if bool(spans.readable.all()) else values.new_zeros((n, heads, d))
+    fold.attend(source.queries, source.keys, values, blocks, output)
+    return output
 
 
 def pooled_maps(

@@ -6,8 +6,9 @@ Per row of a block of scores q.k: the probabilities exp(score - lse), the column
 thumbnails' row-bin maxima and the prefix's head statistics. A row either reads its log-sum-exp
 from the fused kernel (``normalise`` false: the capture recomputes a layer the kernel attended),
 or computes it from its own scores and leaves its probabilities in the block, which the caller
-then multiplies by the values (models.blocks.AttendedValues: the layer's attention computed
-here, once). The exponential is computed inline because numba's ``math.exp`` is not vectorised without
+then multiplies by the values (:meth:`models.cpu_blocks.LayerFold.attend`: the layer's
+attention computed here, once). ``fold_rows`` reads a block of every head, ``fold_head`` one
+head's. The exponential is computed inline because numba's ``math.exp`` is not vectorised without
 Intel's SVML.
 """
 
@@ -185,3 +186,12 @@ def fold_rows(scores, fold, r0, c0, h0, h1):
     for h in range(h0, h1):
         for i in range(scores.shape[1]):
             _fold_row(scores[h, i], h, r0 + i, c0, p, log_p, fold)
+
+
+@numba.njit(nogil=True, fastmath=True, cache=True)
+def fold_head(scores, fold, r0, c0, h):
+    """Fold the scores [r, c] of head ``h`` (rows r0.., keys c0..) into ``fold``."""
+    p = np.empty(scores.shape[1], np.float32)
+    log_p = np.empty(scores.shape[1], np.float32)
+    for i in range(scores.shape[0]):
+        _fold_row(scores[i], h, r0 + i, c0, p, log_p, fold)

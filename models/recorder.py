@@ -39,7 +39,7 @@ from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMa
 from transformers.utils import output_capturing
 
 from models import budget, contributions, cpu_blocks, editing, kernels
-from models.blocks import SCRATCH, AttendedValues, EagerSource, FusedSource, MaskSpans, grouped_keys, summarize_layer
+from models.blocks import SCRATCH, EagerSource, FusedSource, MaskSpans, grouped_keys, summarize_layer
 from models.errors import TooManyTokensError, UnsupportedModelError
 from models.record import STATS_TOKENS, Capture
 
@@ -350,7 +350,7 @@ class Recorder:
 
     def attends_in_blocks(self, query, key, value, mask: kernels.KernelMask) -> bool:
         """Whether a fused layer's attention is computed in the blocks that read it
-        (blocks.AttendedValues), not by the kernel first: on the CPU, in float32, past
+        (blocks.summarize_layer with values), not by the kernel first: on the CPU, in float32, past
         BATCH_TOKENS (shorter prompts are read after the pass, all layers at once), nothing
         kept, and a mask whose rows each see one run of keys (causal or none)."""
         return (
@@ -373,11 +373,10 @@ class Recorder:
         with SCRATCH.lend() as buffers:
             keys = grouped_keys(key[0], groups, scaling, buffers)  # [H, N, d], scaled
             source = FusedSource(query[0], keys, lse, 1.0, mask.spans, buffers)
-            values = AttendedValues(value[0], query.shape[1], mask.spans, buffers)
             self._store(index, arrays)
-            self._summarize([index], source, mask, values)
+            output = self._summarize([index], source, mask, value[0])
         self.stack.put("row_lse", index, lse.numpy())
-        return values.output.unsqueeze(0)
+        return output.unsqueeze(0)
 
     def _new_layer(self, module, query, key, attention_mask, scaling: float) -> tuple[int, _Mask, int]:
         """(index, mask, query heads per key head) of a layer the pass now records."""
@@ -447,11 +446,11 @@ class Recorder:
             self._summarize(indices, source, first.mask, announce=False)
 
     def _summarize(
-        self, indices: list[int], source, mask: _Mask, values: AttendedValues | None = None, announce: bool = True
-    ) -> None:
+        self, indices: list[int], source, mask: _Mask, values: torch.Tensor | None = None, announce: bool = True
+    ) -> torch.Tensor | None:
         """Read the attention of layers ``indices`` (their heads side by side in ``source``) and
-        record what the first views need of each; ``values``: the pass computes the attention
-        (summarize_layer); ``announce``: tell ``on_layer`` of each."""
+        record what the first views need of each; ``values``: the pass computes the attention,
+        and its output is returned (summarize_layer); ``announce``: tell ``on_layer`` of each."""
         heads, count = self.layers[indices[0]]["heads"], len(indices)
         summary = summarize_layer(
             source,
@@ -481,6 +480,7 @@ class Recorder:
         if self.on_layer and announce:
             for index in indices:
                 self.on_layer(index, self.stack.arrays["thumbnails"][index])
+        return summary.output
 
     def _mask(self, attention_mask, device) -> _Mask:
         """Each distinct mask of the pass once: the layers of a pass share one mask tensor, so it

@@ -110,7 +110,7 @@ def check_summary(summary, attention: np.ndarray, prefix: int, causal: bool, lay
 @pytest.mark.parametrize("mask", ["causal", "full", "window", "segments"])
 @pytest.mark.parametrize("prefix", [N, 11])
 def test_a_pass_that_attends_gives_the_output_the_lse_and_the_definitions(monkeypatch, mask, prefix):
-    """With values (models.blocks.AttendedValues) the compiled pass computes each row's
+    """With values the compiled pass computes each row's
     log-sum-exp from its own scores and the attention output P @ V: both as the dense softmax
     gives them, with two query heads per key head, and the summary as without."""
     monkeypatch.setattr(blocks, "BLOCK_BYTES", 5 * 4 * HEADS * N)  # 5 rows a block
@@ -124,12 +124,11 @@ def test_a_pass_that_attends_gives_the_output_the_lse_and_the_definitions(monkey
     buffers = blocks.Buffers()
     lse = torch.zeros(HEADS, N)
     source = FusedSource(queries, keys.repeat_interleave(2, 0), lse, scaling, spans, buffers)
-    attended = blocks.AttendedValues(values, HEADS, spans, buffers)
     summary = summarize_layer(
-        source, spans, heads=HEADS, thumb=THUMB, stats_tokens=prefix, causal=causal, values=attended
+        source, spans, heads=HEADS, thumb=THUMB, stats_tokens=prefix, causal=causal, values=values
     )
     output = np.einsum("hqk,hkd->qhd", attention, values.repeat_interleave(2, 0).double().numpy())  # [N, H, d]
-    np.testing.assert_allclose(attended.output.numpy(), output, atol=1e-5)
+    np.testing.assert_allclose(summary.output.numpy(), output, atol=1e-5)
     scores = (queries @ keys.repeat_interleave(2, 0).transpose(1, 2) * scaling).masked_fill(~allowed, float("-inf"))
     expected_lse = torch.where(spans.readable, torch.logsumexp(scores.double(), dim=-1), 0.0)
     np.testing.assert_allclose(lse.numpy(), expected_lse.numpy(), atol=1e-5)
@@ -141,9 +140,10 @@ def test_a_pass_that_attends_needs_rows_that_see_one_run_of_keys():
     allowed, _ = masks()["holes"]
     spans = MaskSpans.of(allowed)
     source = FusedSource(torch.ones(HEADS, N, D), torch.ones(HEADS, N, D), torch.zeros(HEADS, N), 1.0, spans)
-    attended = blocks.AttendedValues(torch.ones(HEADS, N, D), HEADS, spans, source.buffers)
     with pytest.raises(ValueError, match="one run of keys"):
-        summarize_layer(source, spans, heads=HEADS, thumb=THUMB, stats_tokens=N, causal=False, values=attended)
+        summarize_layer(
+            source, spans, heads=HEADS, thumb=THUMB, stats_tokens=N, causal=False, values=torch.ones(HEADS, N, D)
+        )
 
 
 def test_a_row_whose_largest_score_the_guess_misses_is_read_again():

@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import mmap
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -49,6 +50,8 @@ THUMBNAIL_MAX_SIDE = budget.THUMBNAIL_MAX_SIDE  # pixels; the model view never n
 THUMBNAIL_MIN_SIDE = 8
 ATTENTION_KEEP_BYTES = 0  # bytes of full attention a record keeps; none: any block is recomputed
 BATCH_TOKENS = 128  # prompts up to this long are summarised once for all layers, after the pass (Recorder.finish)
+# 0: every fused layer runs the kernel and is read again (Recorder.attends_in_blocks; a check, a comparison)
+ATTEND_IN_BLOCKS = os.environ.get("ATLAS_ATTEND_IN_BLOCKS", "1") != "0"
 SCORE_CHECK_ROWS = 128  # query rows sampled by the score check
 SCORE_CHECK_TOLERANCE = 1e-3  # max |softmax(scores) - weights| before a layer must run eager
 EAGER_ARGUMENTS = ("position_bias", "softcap", "sinks", "s_aux", "alibi")  # attention that is not softmax(q.k)
@@ -354,7 +357,8 @@ class Recorder:
         BATCH_TOKENS (shorter prompts are read after the pass, all layers at once), nothing
         kept, and a mask whose rows each see one run of keys (causal or none)."""
         return (
-            mask.additive is None
+            ATTEND_IN_BLOCKS
+            and mask.additive is None
             and not self.keep_attention
             and self.n_tokens > BATCH_TOKENS
             and query.shape[0] == 1

@@ -71,6 +71,7 @@ def _one_thread() -> None:
     torch.set_num_threads(1)
 
 
+SUMS, POOLED = 9, 10  # where LayerFold.arguments' sums begin (columns), and the thumbnails' maxima
 _scratch = threading.local()  # each attention thread's scores and output blocks, reused from layer to layer
 
 
@@ -82,6 +83,16 @@ def _block(name: str, cells: int) -> torch.Tensor:
         buffer = torch.empty(cells)
         setattr(_scratch, name, buffer)
     return buffer[:cells]
+
+
+def _even_runs(costs: list[int], parts: int) -> list[int]:
+    """Bounds [0, .., len(costs)] cutting ``costs`` into ``parts`` runs of about equal sums."""
+    total, bounds, running = sum(costs), [0], 0
+    for index, cost in enumerate(costs):
+        if len(bounds) < parts and running + cost / 2 > total * len(bounds) / parts:
+            bounds.append(index)
+        running += cost
+    return bounds + [len(costs)] * (parts + 1 - len(bounds))
 
 
 os.register_at_fork(after_in_child=_threads.cache_clear)
@@ -138,31 +149,46 @@ class LayerFold:
         each row normalised and folded, then P @ V, all in one thread while the block is in its
         core's cache (blocks of all heads at once, each step split among the threads, took
         20-25% longer at 4096 tokens: 19 MB of scores went out to memory and back three times).
+        The threads share the (head, block) pairs by their cells, not by whole heads (9 heads on
+        2 threads are 5 against 4), each folding into sums of its own, added up at the end.
         ``queries`` and ``keys`` [H, N, d] (scaled, keys repeated per query head), ``values``
         [KV, N, d], float32."""
         heads, d = queries.shape[0], queries.shape[2]
         groups = heads // values.shape[0]
         kernel = _kernels().fold_head
+        pairs = [(h, block) for h in range(heads) for block in blocks]
+        parts = max(1, min(len(pairs), _threads()[1], torch.get_num_threads()))
+        shares = _even_runs([(r1 - r0) * (c1 - c0) for _, (r0, r1, c0, c1) in pairs], parts)
+        folds = [self.arguments] + [self._own_sums() for _ in range(parts - 1)]
 
-        def attend_heads(h0: int, h1: int) -> None:
+        def attend_pairs(part: int) -> None:
             with torch.inference_mode():  # the threads' buffers are made and written in it, from any caller
-                attend_each(h0, h1)
-
-        def attend_each(h0: int, h1: int) -> None:
-            for h in range(h0, h1):
-                for r0, r1, c0, c1 in blocks:
+                for h, (r0, r1, c0, c1) in pairs[shares[part] : shares[part + 1]]:
                     scores = _block("scores", (r1 - r0) * (c1 - c0)).view(r1 - r0, c1 - c0)
                     torch.matmul(queries[h, r0:r1], keys[h, c0:c1].T, out=scores)
-                    kernel(scores.numpy(), self.arguments, r0, c0, h)
+                    kernel(scores.numpy(), folds[part], r0, c0, h)
                     out = _block("output", (r1 - r0) * d).view(r1 - r0, d)
                     torch.matmul(scores, values[h // groups, c0:c1], out=out)  # the fold left probabilities
                     output[r0:r1, h] = out
 
         threads = _attention_threads()
-        parts = max(1, min(heads, _threads()[1], torch.get_num_threads()))
-        bounds = [(heads * part) // parts for part in range(parts + 1)]
-        for future in [threads.submit(attend_heads, bounds[i], bounds[i + 1]) for i in range(parts)]:
+        for future in [threads.submit(attend_pairs, part) for part in range(parts)]:
             future.result()
+        for fold in folds[1:]:
+            self._add_sums(fold)
+
+    def _own_sums(self) -> tuple:
+        """The fold's arguments with zeroed sums of their own (columns, thumbnails, statistics)."""
+        return (*self.arguments[:SUMS], *(np.zeros_like(array) for array in self.arguments[SUMS:]))
+
+    def _add_sums(self, fold: tuple) -> None:
+        """Add another thread's sums into this fold's (the thumbnails' by their maximum)."""
+        for index in range(SUMS, len(self.arguments)):
+            mine, theirs = self.arguments[index], fold[index]
+            if index == POOLED:
+                np.maximum(mine, theirs, out=mine)
+            else:
+                mine += theirs
 
     def add(self, scores: torch.Tensor, r0: int, c0: int) -> None:
         """Fold in one block of scores [H, r, c], q.k * scaling of rows r0.. over keys c0..: the

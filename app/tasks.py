@@ -115,7 +115,7 @@ class RemoteWork:
 
     def _wait(self, call, job: rq.job.Job) -> dict | None:
         """The job's outcome, or None when its worker died before answering."""
-        waited, lapsed, place = time.monotonic(), None, None
+        waited, lapsed, place, unplaced = time.monotonic(), None, None, None
         while True:
             result = job.latest_result(timeout=WAIT_STEP_SECONDS)
             if result is not None:
@@ -131,7 +131,12 @@ class RemoteWork:
                     raise limits.JobCancelled() if call.gone() else AtlasError("busy", "waited too long for a model")
                 position = job.get_position()
                 if position is None:  # a worker took it since its status was read: started, next time round
+                    unplaced = unplaced or time.monotonic()
+                    if time.monotonic() - unplaced > LEASE_SECONDS:  # taken, never started: its worker died
+                        job.delete()
+                        return None
                     continue
+                unplaced = None
                 stage = (
                     limits.QueueStage(position + 1, self.queue.count)
                     if rq.Worker.count(queue=self.queue)

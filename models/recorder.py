@@ -703,7 +703,7 @@ def assemble(
             "scores_exact": recorder.scores_exact,
             # True: output_norms are Kobayashi et al.'s ||f_h(x_j)||; False: ||v_j|| (no output projection found)
             "output_norms_exact": recorder.norms_exact,
-            # "fused": every layer ran the fused kernel; else why some ran the model's eager attention
+            # "fused": every layer was softmax(q.k * scaling + mask) (the kernel, or attended in blocks); else why not
             "attention_path": "; ".join(recorder.eager_reasons) or "fused",
         },
         spans=tokenized.spans,

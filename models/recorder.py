@@ -355,14 +355,15 @@ class Recorder:
         """Whether a fused layer's attention is computed in the blocks that read it
         (blocks.summarize_layer with values), not by the kernel first: on the CPU, in float32, past
         BATCH_TOKENS (shorter prompts are read after the pass, all layers at once), nothing
-        kept, and a mask whose rows each see one run of keys (causal or none)."""
+        kept, a mask whose rows each see one run of keys (causal or none), and queries and keys
+        over the record's whole token axis (an encoder-decoder record places each segment's
+        layer on that axis first: models.seq2seq, through :meth:`record`)."""
         return (
             ATTEND_IN_BLOCKS
             and mask.additive is None
             and not self.keep_attention
             and self.n_tokens > BATCH_TOKENS
-            and query.shape[0] == 1
-            and query.shape[-2] == key.shape[-2]
+            and query.shape[-2] == key.shape[-2] == self.n_tokens
             and all(states.dtype == torch.float32 for states in (query, key, value))
             and cpu_blocks.available(query.device)
         )

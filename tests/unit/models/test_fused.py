@@ -173,9 +173,13 @@ def test_a_sliding_window_mask_goes_to_the_kernel_as_it_is(minilm, monkeypatch):
 
 
 @pytest.mark.parametrize("name", ["tiny-bart", "tiny-t5"])
-def test_encoder_decoder_records_give_back_attention_within_tolerance(tiny_models, name):
+@pytest.mark.parametrize("batch_tokens", [recorder.BATCH_TOKENS, 0], ids=["all-layers-at-once", "layer-by-layer"])
+def test_encoder_decoder_records_give_back_attention_within_tolerance(tiny_models, monkeypatch, name, batch_tokens):
     """BART runs every layer (encoder, decoder, cross) through the kernel; T5's position bias
-    is not softmax(q.k), so its layers run eager and the record keeps their weights."""
+    is not softmax(q.k), so its layers run eager and the record keeps their weights. Layer by
+    layer (a long prompt), each segment's layer is placed on the record's axis before it is
+    read: none is attended in blocks over its segment alone."""
+    monkeypatch.setattr(recorder, "BATCH_TOKENS", batch_tokens)
     capture = run_capture(tiny_models[name], "The house is wonderful.", target="Das Haus ist wunderbar.")
     if name == "tiny-bart":
         assert capture.info["attention_path"] == "fused" and capture.attention is None

@@ -178,20 +178,17 @@ def _fold_row(  # noqa: PLR0912, PLR0915 - the per-row body of both loops
 
 
 @numba.njit(nogil=True, fastmath=True, cache=True)
-def fold_rows(scores, fold, r0, c0, h0, h1):
-    """Fold a block of scores [H, r, c] (rows r0.., keys c0..) of heads h0..h1 into ``fold``
-    (models.cpu_blocks.LayerFold.arguments)."""
-    p = np.empty(scores.shape[2], np.float32)
-    log_p = np.empty(scores.shape[2], np.float32)
-    for h in range(h0, h1):
-        for i in range(scores.shape[1]):
-            _fold_row(scores[h, i], h, r0 + i, c0, p, log_p, fold)
-
-
-@numba.njit(nogil=True, fastmath=True, cache=True)
 def fold_head(scores, fold, r0, c0, h):
-    """Fold the scores [r, c] of head ``h`` (rows r0.., keys c0..) into ``fold``."""
+    """Fold the scores [r, c] of head ``h`` (rows r0.., keys c0..) into ``fold``
+    (models.cpu_blocks.LayerFold.arguments)."""
     p = np.empty(scores.shape[1], np.float32)
     log_p = np.empty(scores.shape[1], np.float32)
     for i in range(scores.shape[0]):
         _fold_row(scores[i], h, r0 + i, c0, p, log_p, fold)
+
+
+@numba.njit(nogil=True, fastmath=True, cache=True)
+def fold_rows(scores, fold, r0, c0, h0, h1):
+    """Fold a block of scores [H, r, c] of heads h0..h1 into ``fold``, head by head."""
+    for h in range(h0, h1):
+        fold_head(scores[h], fold, r0, c0, h)

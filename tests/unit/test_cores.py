@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from app.cores import FreeCores, busy_and_total, free_cores
+from app.cores import SAMPLE_SECONDS, FreeCores, busy_and_total, free_cores, own_kernel_ticks
 
 
 def stat_line(user=0, nice=0, system=0, idle=0, iowait=0, irq=0, softirq=0, steal=0) -> str:
@@ -39,6 +39,30 @@ def test_niced_work_leaves_every_core_free():
     before = busy_and_total(stat_line(user=100, nice=100, idle=100))
     after = busy_and_total(stat_line(user=100, nice=300, idle=100))  # two cores' time, all of it niced
     assert free_cores(2, before, after) == 2
+
+
+@pytest.mark.parametrize(("own_share", "free"), [(1.0, 2), (0.0, 1)])
+def test_this_process_s_own_kernel_time_is_the_team_s_not_others_work(tmp_path, own_share, free):
+    """Two cores' time, half of it in the kernel: when that kernel time is this process's own (the
+    team's page faults and system calls, which /proc/stat files under ``system``, not ``nice``),
+    both cores stay the team's; when it is another process's, one core is taken."""
+    stat, own = tmp_path / "stat", [0]
+    stat.write_text(stat_line())
+    sizer = FreeCores(2, stat, own_kernel=lambda: own[0])
+    assert sizer.now() == 2  # one reading: every core
+    own[0] = int(100 * own_share)
+    stat.write_text(stat_line(system=100, nice=100))
+    time.sleep(SAMPLE_SECONDS * 3)
+    assert sizer.now() == free
+
+
+def test_own_kernel_ticks_count_this_process_s_time_in_the_kernel():
+    """Page faults of fresh memory are kernel work: the count rises."""
+    before = own_kernel_ticks()
+    deadline = time.monotonic() + 2
+    while own_kernel_ticks() == before and time.monotonic() < deadline:
+        bytearray(b"\x01") * (64 << 20)  # touches 64 MiB of new pages
+    assert own_kernel_ticks() > before
 
 
 def test_an_unreadable_stat_file_means_every_core(tmp_path):

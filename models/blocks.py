@@ -43,6 +43,14 @@ SCRATCH_MAX_BYTES = 64 * 1024 * 1024  # the largest buffer Scratch keeps between
 # cells: a SmolLM2 layer took 9.7 / 28.6 / 112-118 ms at 1024 / 2048 / 4096 tokens in blocks of
 # 128 rows, 11.0 / 32.7 ms in blocks of 512 rows (and 148-159 ms at 4096 in blocks of 32).
 BLOCK_ROWS = 128
+# Query rows of one head a layer attended here reads at a time (LayerFold.attend): its q.k, fold and
+# P @ V in one thread, the block in that core's cache. Fewer, larger blocks pay fewer calls per
+# block: a SmolLM2 layer at 1024 / 2048 / 4096 tokens took 17.8 / 41.9 / 132.9 ms (medians of
+# 12) in blocks of 128 rows, 15.6 / 37.8 / 122.9 in blocks of 256, 16.6 / 41.1 / 137.4 in blocks
+# of 512. Fewer rows where a block's scores would pass ATTEND_BLOCK_BYTES, never fewer than
+# BLOCK_ROWS (:func:`attend_rows`).
+ATTEND_ROWS = 256
+ATTEND_BLOCK_BYTES = 4 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -251,6 +259,11 @@ def block_rows(heads: int, n_tokens: int) -> int:
     return max(1, min(n_tokens, cap, BLOCK_ROWS))
 
 
+def attend_rows(n_tokens: int) -> int:
+    """Query rows per block of one head that a layer attended here reads (``ATTEND_ROWS``)."""
+    return max(1, min(ATTEND_ROWS, n_tokens, max(BLOCK_ROWS, ATTEND_BLOCK_BYTES // (4 * n_tokens))))
+
+
 class _Bins:
     """The bins of PyTorch's adaptive max pooling over N positions into t: bin i covers
     [floor(i N / t), ceil((i + 1) N / t)), so neighbours may share a position. The thumbnails
@@ -343,12 +356,13 @@ def _compiled_pass(source: FusedSource, spans, bins, stats, columns, pooled, val
     with ``values`` [KV, N, d], each row normalised there, and the attention output returned."""
     normalise = values is not None
     fold = cpu_blocks.LayerFold(source.lse, spans, bins.starts, bins.ends, stats, columns, pooled, normalise)
-    blocks = list(row_blocks(spans, block_rows(columns.shape[0], columns.shape[1])))
+    heads, n = columns.shape
     if not normalise:
-        for r0, r1, c0, c1 in blocks:
+        for r0, r1, c0, c1 in row_blocks(spans, block_rows(heads, n)):
             fold.add(source.scores(r0, r1, c0, c1), r0, c0)  # [H, r, c]
         return None
-    heads, n, d = source.queries.shape
+    d = source.queries.shape[2]
+    blocks = list(row_blocks(spans, attend_rows(n)))
     # rows that see no key are in no block: their output is 0
     output = values.new_empty((n, heads, d)) if bool(spans.readable.all()) else values.new_zeros((n, heads, d))
     fold.attend(source.queries, source.keys, values, blocks, output)

@@ -113,7 +113,7 @@ def test_a_pass_that_attends_gives_the_output_the_lse_and_the_definitions(monkey
     """With values the compiled pass computes each row's
     log-sum-exp from its own scores and the attention output P @ V: both as the dense softmax
     gives them, with two query heads per key head, and the summary as without."""
-    monkeypatch.setattr(blocks, "BLOCK_BYTES", 5 * 4 * HEADS * N)  # 5 rows a block
+    monkeypatch.setattr(blocks, "ATTEND_ROWS", 5)  # 5 rows a block
     allowed, causal = masks()[mask]
     spans = MaskSpans.of(allowed)
     generator = torch.Generator().manual_seed(1)

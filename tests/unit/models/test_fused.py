@@ -92,6 +92,7 @@ def test_layers_attended_in_their_blocks_leave_the_models_outputs_unchanged(requ
     the model still computes what transformers computes, and every layer went that way."""
     handle = request.getfixturevalue("tiny_models")[name] if name.startswith("tiny") else request.getfixturevalue(name)
     monkeypatch.setattr(recorder, "BATCH_TOKENS", 0)
+    monkeypatch.setattr(blocks, "ATTEND_ROWS", 3)  # several blocks a layer
     attended = []
     original = Recorder.attend
     monkeypatch.setattr(Recorder, "attend", lambda self, *args: attended.append(1) or original(self, *args))
@@ -119,6 +120,7 @@ def test_blocked_pass_matches_the_definitions(tiny_models, monkeypatch, name, st
     handle = tiny_models[name]
     monkeypatch.setattr(cpu_blocks, "ENABLED", compiled)
     monkeypatch.setattr(blocks, "BLOCK_BYTES", 3 * 4 * handle.config.num_attention_heads * 32)  # 3 rows a block
+    monkeypatch.setattr(blocks, "ATTEND_ROWS", 3)  # and in a layer attended in its blocks
     monkeypatch.setattr(recorder, "STATS_TOKENS", stats_tokens)
     monkeypatch.setattr(recorder, "BATCH_TOKENS", batch_tokens)
     capture = run_capture(handle, PROMPT)

@@ -27,7 +27,7 @@ from app.limits import (
     turn_given_back,
 )
 from app.protocol import NAMESPACE, AtlasError
-from app.service import AtlasService
+from app.service import AtlasService, most_tokens
 from tests.integration.conftest import collect, socket_client
 
 CACHED = "A prompt that is already cached when the queue is blocked."
@@ -82,6 +82,28 @@ def test_prompt_limits_answer_too_long_before_model_work(
     )
     assert response.status_code == 400 and response.get_json()["code"] == "too_long"
     assert model_work_calls == []  # refused before a place in the queue
+
+
+@pytest.mark.parametrize("name", ["minilm", pytest.param("smollm2", marks=pytest.mark.real_model)])
+def test_no_prompt_makes_more_tokens_than_most_tokens_allows(request, name):
+    """The bound under which a prompt is not counted before it takes a place in the queue holds
+    for the packaged tokenizers (WordPiece, byte-level BPE) on text made to split finely."""
+    tokenizer = request.getfixturevalue(name).tokenizer
+    texts = [
+        "a",
+        " ",
+        " \n\t \r\n ",
+        "\u00e9" * 40,
+        "\U0001f642" * 50,
+        "\u4e2d\u6587\u5b57" * 30,
+        "e\u0301" * 60,
+        "\u200b" * 40,
+        "".join(chr(code) for code in range(1, 0x250)),
+        "a.b,c;d!" * 40,
+        "x" * 500,
+    ]
+    for text in texts:
+        assert len(tokenizer(text)["input_ids"]) <= most_tokens(text), repr(text[:20])
 
 
 def test_generation_length_has_a_limit(connect, limit, model_work_calls):

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from app import limits
 from app.cache import CaptureCache, DiskStore, cache_key, is_key
+from app.firstview import FirstViews
 from app.globalview.analysed import AnalysedIndex
 from app.globalview.background import Builds, SharedBuilds
 from app.links import LinkStore, SharedLinks, link_bytes
@@ -37,6 +38,7 @@ log = logging.getLogger(__name__)
 Progress = Callable[[str, float], None]
 LayerDone = Callable[[int, int, object], None]  # (layer index, layers in all, its [H, t, t] thumbnails)
 CAPTURE_OPTIONS = {"precision": "float16"}  # part of every cache key
+FIRST_VIEWS_MEMORY_BYTES = 32 * 2**20  # shaped first views: ~0.2-0.4 MB an analysis, ~100 of the longest
 LOAD_SHARE = 0.6  # share of the progress bar given to loading a model, the rest to the forward pass
 
 
@@ -87,6 +89,7 @@ class AtlasService:
             result_store(config), config["CACHE_MEMORY_BYTES"], upload_store(config), writer_nice=config["MODEL_NICE"]
         )
         self.memo = Memo(self.cache, config["MEMO_MEMORY_BYTES"])  # results derived from stored analyses
+        self.first_views = FirstViews(FIRST_VIEWS_MEMORY_BYTES)  # every analysis's tokens and overview, shaped once
         self.analysed = AnalysedIndex(cache_dir / "analysed", config["ANALYSED_TEXTS"])  # the global view's corpus
         self.atlas_builds = Builds(shared_builds(config))  # global views computed in the background
         self._links: LinkStore | SharedLinks | None = None

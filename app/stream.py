@@ -130,8 +130,12 @@ def progress_events(call):
 def _send(call, analysis: Analysis, layers: list, streamed: bool = False) -> None:
     """tokens -> overview -> requested layers -> done."""
     capture, key, emit, rid = analysis.capture, analysis.key, call.emit, call.rid
-    emit("tokens", {"rid": rid, **shaping.tokens_payload(key, capture)})
-    emit("overview", {"rid": rid, **shaping.overview_payload(key, capture, streamed)})
+    if streamed:  # the first answer of a new analysis: its thumbnails went out as the model ran
+        tokens, overview = shaping.tokens_payload(key, capture), shaping.overview_payload(key, capture, streamed)
+    else:
+        tokens, overview = call.service.first_views.get(key, capture)
+    emit("tokens", {"rid": rid, **tokens})
+    emit("overview", {"rid": rid, **overview})
     for layer in layers:
         if 0 <= layer < capture.n_layers:
             emit("layer", {"rid": rid, **on_layer(call, {"key": key, "layer": layer, "mode": "attention"})})

@@ -25,10 +25,11 @@ PROGRESS_EVERY_SECONDS = 0.2  # at most one "running the model" progress event p
 def stream_analysis(call, fields: dict) -> None:
     """Run (or fetch) one analysis and emit it."""
     layers = LayerStream(call.emit, call.rid) if call.live else None
-    analysis = call.service.analyze(
-        fields["model"], fields["text"], progress_events(call), target=fields["target"], on_layer=layers
-    )
-    _send(call, analysis, fields["layers"], streamed=bool(layers and layers.complete(analysis.capture)))
+    with call.service.cache.answering():  # a new capture's write waits until its first view is out
+        analysis = call.service.analyze(
+            fields["model"], fields["text"], progress_events(call), target=fields["target"], on_layer=layers
+        )
+        _send(call, analysis, fields["layers"], streamed=bool(layers and layers.complete(analysis.capture)))
 
 
 class LayerStream:

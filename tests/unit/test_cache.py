@@ -11,6 +11,7 @@ import time
 import numpy as np
 import pytest
 
+from app import cache as cache_module
 from app.cache import CaptureCache, DiskStore, cache_key, is_key
 from models.capture import run_capture
 from models.record import Capture
@@ -169,6 +170,42 @@ def test_a_new_entry_is_served_before_it_is_stored(capture):
     assert not store.written and not cache.flush(timeout=0.05)
     store.release.set()
     assert cache.flush(timeout=30) and set(store.written) == {first, second}
+
+
+class TimedStore(SlowStore):
+    """Notes when each write starts."""
+
+    def __init__(self):
+        super().__init__()
+        self.release.set()
+        self.started: dict[str, float] = {}
+
+    def write(self, key, arrays):
+        self.started[key] = time.monotonic()
+        return super().write(key, arrays)
+
+
+def test_the_writer_waits_for_the_answer_on_its_way(capture):
+    """An entry put while an answer is being sent is written once the answer is out: the write
+    does not share the cores with sending the first view."""
+    store, key = TimedStore(), cache_key("m", "f", "answered")
+    cache = CaptureCache(store, 1 << 30)
+    with cache.answering():
+        cache.put(key, capture)
+        time.sleep(0.1)
+        assert key not in store.started
+        sent = time.monotonic()
+    assert cache.flush(timeout=30) and store.started[key] >= sent
+
+
+def test_the_writer_waits_at_most_write_hold_seconds_an_entry(capture, monkeypatch):
+    """Under answers that never stop (a class at once), each entry still gets written."""
+    monkeypatch.setattr(cache_module, "WRITE_HOLD_SECONDS", 0.05)
+    store, key = TimedStore(), cache_key("m", "f", "held")
+    cache = CaptureCache(store, 1 << 30)
+    with cache.answering():
+        cache.put(key, capture)
+        assert cache.flush(timeout=30) and key in store.written
 
 
 def test_a_failed_background_write_is_logged_and_the_writer_goes_on(capture, caplog):

@@ -620,17 +620,18 @@ def recorded_forward(handle, recorder: Recorder, reserve: Callable[[int], None] 
     where = f"this machine's {handle.device.type.upper()}"
     available = budget.available_bytes(handle.device)
     budget.check_fits(geometry, recorder.n_tokens, itemsize, available, where, keeps)
-    with handle.lock, torch.inference_mode(), recording(handle.model, recorder):
+    with handle.lock, torch.inference_mode(), recording(handle, recorder):
         started = time.perf_counter()
         output = handle.model(**inputs, output_hidden_states=True, use_cache=False)
         return output, time.perf_counter() - started
 
 
 @contextlib.contextmanager
-def recording(model, recorder: Recorder):
-    """Activate ``recorder`` for forward passes in this thread; always deactivates."""
-    recorder.names.update({id(module): name for name, module in model.named_modules()})
-    recorder.parents.update({id(child): module for module in model.modules() for child in module.children()})
+def recording(handle, recorder: Recorder):
+    """Activate ``recorder`` for forward passes of ``handle``'s model in this thread; always deactivates."""
+    names, parents = handle.module_maps
+    recorder.names.update(names)
+    recorder.parents.update(parents)
     token = _ACTIVE.set(recorder)
     try:
         yield recorder

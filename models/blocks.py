@@ -321,7 +321,10 @@ def summarize_layer(
     else:
         _torch_pass(source, spans, bins, stats, columns, pooled, attention)
     # max over column bins of the row-pooled maps: separable, so equal to a 2-D adaptive max pool
-    thumbnails = F.adaptive_max_pool1d(pooled.reshape(-1, n), thumb).view(heads, thumb, thumb)
+    if cpu_blocks.available(device):
+        thumbnails = cpu_blocks.pool_columns(pooled.reshape(-1, n), bins.starts, bins.ends).view(heads, thumb, thumb)
+    else:
+        thumbnails = F.adaptive_max_pool1d(pooled.reshape(-1, n), thumb).view(heads, thumb, thumb)
     head_stats, key_shares = stats.result()
     received = columns.view(layers, -1, n).sum(dim=1)  # [layers, N]
     return LayerSummary(thumbnails, received, head_stats, key_shares, attention, output)

@@ -211,3 +211,16 @@ def fold_rows(scores, fold, r0, c0, h0, h1):
     """Fold a block of scores [H, r, c] of heads h0..h1 into ``fold``, head by head."""
     for h in range(h0, h1):
         fold_head(scores[h], fold, r0, c0, h)
+
+
+@numba.njit(nogil=True, fastmath=True, cache=True)
+def pool_columns(pooled, starts, ends, out):
+    """``out[r, j]`` = the maximum of ``pooled[r, starts[j]:ends[j]]`` for each row of ``pooled``
+    [R, N]: the column half of the thumbnails' adaptive max pooling, whose rows the fold pooled."""
+    for r in range(pooled.shape[0]):
+        row = pooled[r]
+        for j in range(starts.shape[0]):
+            top = row[starts[j]]
+            for c in range(starts[j] + 1, ends[j]):
+                top = max(top, row[c])
+            out[r, j] = top

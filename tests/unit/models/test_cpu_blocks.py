@@ -176,3 +176,12 @@ def test_the_exponential_is_float32_exact_over_the_range_it_reads():
     fold.add(values.view(1, 1, -1).contiguous(), 0, 0)
     exact = torch.exp(values.double())
     assert ((columns[0].double() - exact).abs() / exact).max() < 1e-6
+
+
+@pytest.mark.parametrize(("n", "t"), [(128, 64), (130, 64), (1000, 26), (7, 7), (5, 3)])
+def test_the_column_pooling_is_torch_s_adaptive_max_pooling(n, t):
+    """The thumbnails' column bins overlap where t does not divide n, as torch's do."""
+    pooled = torch.rand(3 * t, n, generator=torch.Generator().manual_seed(n))
+    bins = blocks._Bins(n, t)
+    expected = F.adaptive_max_pool1d(pooled, t)
+    assert torch.equal(cpu_blocks.pool_columns(pooled, bins.starts, bins.ends), expected)

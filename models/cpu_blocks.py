@@ -73,9 +73,9 @@ def _one_thread() -> None:
 
 def pool_columns(pooled: torch.Tensor, starts: np.ndarray, ends: np.ndarray) -> torch.Tensor:
     """[R, t] the maxima of ``pooled`` [R, N] (float32) over column bins ``starts`` / ``ends`` [t]:
-    the thumbnails' column pooling, 2-20x faster than torch's adaptive max pooling here
-    (SmolLM2 at 1024 tokens: 0.3 against 2.3 ms a layer; 2.2 against 22 ms for a 128-token
-    prompt's 30 layers read together)."""
+    the thumbnails' column pooling, as torch's adaptive max pooling computes it but without its
+    dispatch and index bookkeeping: a 128-token SmolLM2 prompt's 30 layers read together 0.7
+    against 2.7 ms, a 1024-token layer 0.07 against 0.25 ms, a 4096-token one 0.58 against 0.59."""
     out = torch.empty((pooled.shape[0], len(starts)))
     _kernels().pool_columns(pooled.contiguous().numpy(), starts, ends, out.numpy())
     return out

@@ -132,48 +132,38 @@ def _fold_row(  # noqa: PLR0912, PLR0915 - the per-row body of both loops
     out = seen_scores if normalise else p[:m]
     row_columns = columns[h, c0 + a : c0 + b]
     t0, t1 = bins[0, row], bins[1, row]
+    into = pooled[h, t0, c0 + a : c0 + b]  # the row's first thumbnail bin, read in the same loops
     keys = row + 1 if causal else prefix  # the keys head_metrics says this row may read
-    seen = max(0, min(b, prefix - c0) - a)  # the prefix's keys among them
-    if keep_log and t1 - t0 == 1 and seen == m:  # a prefix row's statistics in the same loop
-        into = pooled[h, t0, c0 + a : c0 + b]
-        row_keys = key_sums[h, c0 + a : c0 + b]
-        counted = np.float32(1.0) if keys > 1 else np.float32(0.0)  # row 0 of a causal prompt adds no key share
-        gap0 = row - (c0 + a)  # row - key at j = 0
-        row_sum, weighted_log, distance = 0.0, 0.0, 0.0
+    counted = np.float32(1.0) if keys > 1 else np.float32(0.0)  # row 0 of a causal prompt adds no key share
+    # a prefix row's keys in the prefix (all of a causal row's): their statistics in the same loop
+    stats_end = max(0, min(b, prefix - c0) - a) if keep_log else 0
+    row_keys = key_sums[h, c0 + a : c0 + a + stats_end]
+    gap0 = row - (c0 + a)  # row - key at j = 0
+    row_sum, weighted_log, distance = 0.0, 0.0, 0.0
+    for j in range(stats_end):
+        q = p[j] * scale
+        out[j] = q
+        row_columns[j] += q
+        into[j] = max(into[j], q)
+        row_keys[j] += q * counted
+        row_sum += q
+        weighted_log += q * log_p[j]
+        distance += q * ((gap0 - j) if causal else abs(gap0 - j))
+    rest_p, rest_out = p[stats_end:m], out[stats_end:]  # the rest of the row's keys: no statistics
+    rest_columns, rest_into = row_columns[stats_end:], into[stats_end:]
+    for j in range(m - stats_end):
+        q = rest_p[j] * scale
+        rest_out[j] = q
+        rest_columns[j] += q
+        rest_into[j] = max(rest_into[j], q)
+    for t in range(t0 + 1, t1):  # a row that two thumbnail bins share
+        into = pooled[h, t, c0 + a : c0 + b]
         for j in range(m):
-            q = p[j] * scale
-            out[j] = q
-            row_columns[j] += q
-            into[j] = max(into[j], q)
-            row_keys[j] += q * counted
-            row_sum += q
-            weighted_log += q * log_p[j]
-            distance += q * ((gap0 - j) if causal else abs(gap0 - j))
-        entropy = log_total * row_sum - weighted_log  # -sum q (log_p - log_total)
-    else:
-        for j in range(m):
-            q = p[j] * scale
-            out[j] = q
-            row_columns[j] += q
-        for t in range(t0, t1):
-            into = pooled[h, t, c0 + a : c0 + b]
-            for j in range(m):
-                into[j] = max(into[j], out[j])
-        if not keep_log:
-            _zero_outside(row_scores, a, b, normalise)
-            return
-        row_sum, weighted_log, distance = 0.0, 0.0, 0.0
-        gap0 = row - (c0 + a)
-        for j in range(seen):
-            row_sum += out[j]
-            weighted_log += out[j] * log_p[j]
-            distance += out[j] * ((gap0 - j) if causal else abs(gap0 - j))
-        entropy = log_total * row_sum - weighted_log
-        if keys > 1:
-            row_keys = key_sums[h, c0 + a : c0 + a + seen]
-            for j in range(seen):
-                row_keys[j] += out[j]
+            into[j] = max(into[j], out[j])
     _zero_outside(row_scores, a, b, normalise)
+    if not keep_log:
+        return
+    entropy = log_total * row_sum - weighted_log  # -sum q (log_p - log_total)
     if not (row_sum > 0 and keys > 1):
         return  # a row head_metrics leaves out of its means (it added no key shares: q is 0, or keys is 1)
     values = (entropy, entropy / math.log(max(keys, 2)), distance)
@@ -183,7 +173,7 @@ def _fold_row(  # noqa: PLR0912, PLR0915 - the per-row body of both loops
     for s in range(offsets.shape[0]):
         key = row + offsets[s]
         if 0 <= key < prefix:
-            sums[h, 3 + s] += out[key - c0 - a] if 0 <= key - c0 - a < seen else 0.0
+            sums[h, 3 + s] += out[key - c0 - a] if 0 <= key - c0 - a < stats_end else 0.0
             counts[h, 3 + s] += 1.0
     weighted_rows[h] += 1.0
 

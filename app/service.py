@@ -273,14 +273,15 @@ class AtlasService:
         from models.recorder import tokenize  # imported by the loader already (see loader)
 
         handle = self._loader.get(name)
-        if most_tokens(text) <= min(limit, handle.max_tokens):
+        limit = min(limit, handle.max_tokens)
+        if most_tokens(text) <= limit:
             return
         with self._guard(name):
             if name not in self._counters:
                 self._counters[name] = (copy.deepcopy(handle.tokenizer), threading.Lock())
             tokenizer, lock = self._counters[name]
             with lock:
-                tokenize(tokenizer, text, min(limit, handle.max_tokens))
+                tokenize(tokenizer, text, limit)
 
     def _queue(self) -> limits.JobQueue:
         """The work queue of the device models run on (one per device: they share its memory)."""

@@ -122,7 +122,7 @@ class Builds:
         self._stopping = threading.Event()  # set at exit
         self._thread: threading.Thread | None = None  # the one that builds, while there are builds
         self.shared = shared
-        atexit.register(self._stop)
+        atexit.register(self.stop)
 
     def find(self, key: str) -> Build | None:
         """The build under way of the atlas ``key`` (on this process or, shared, another one),
@@ -158,9 +158,10 @@ class Builds:
                 self._thread.start()
             return build
 
-    def _stop(self) -> None:
-        """At exit: end the build between two texts. A daemon thread still inside torch while
-        the interpreter finalises aborts the process (SIGABRT, "terminate called")."""
+    def stop(self) -> None:
+        """End the build between two texts; builds queued behind it never start. At exit: a
+        daemon thread still inside torch while the interpreter finalises aborts the process
+        (SIGABRT, "terminate called")."""
         self._stopping.set()
         if self._thread is not None:
             self._thread.join(STOP_SECONDS)

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from app.extensions import socketio
+from app.globalview.background import Builds
 from app.protocol import NAMESPACE
 from models.loading import ModelHandle
 from models.registry import ModelSpec
@@ -34,6 +35,18 @@ def collect(client, until=("done", "error"), timeout=ANSWER_SECONDS, rid=None) -
             return events
         time.sleep(0.01)
     raise AssertionError(f"no {until} within {timeout} s; got {[e['name'] for e in events]}")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def own_atlas_builds(app):
+    """Each module gets its own background builder of global views, stopped when the module ends:
+    a build one module started and did not wait for (the fuzzer asks for the built-in corpus's
+    atlas: 370 texts, a piece of model work each) must not take the model queue's turns while a
+    later module's tests count them."""
+    service = app.extensions["atlas"]
+    service.atlas_builds = Builds(service.atlas_builds.shared)
+    yield
+    service.atlas_builds.stop()
 
 
 @pytest.fixture()
@@ -92,14 +105,19 @@ class Blocker:
     """A job that holds the device's only worker slot until ``release()``."""
 
     def __init__(self, service, name: str = "minilm"):
-        self.service, self.release_event = service, threading.Event()
+        self.service, self.release_event, started = service, threading.Event(), threading.Event()
         self.queue = service._queue()
-        self.thread = threading.Thread(target=service.model_work, args=(name, lambda handle: self.release_event.wait()))
+
+        def hold(handle) -> None:
+            started.set()
+            self.release_event.wait()
+
+        self.thread = threading.Thread(target=service.model_work, args=(name, hold))
         self.thread.start()
-        deadline = time.monotonic() + ANSWER_SECONDS
-        while self.queue.running < self.queue.workers:
-            assert time.monotonic() < deadline, "the blocking job never started"
-            time.sleep(0.005)
+        # Its own job, not the queue's count: an earlier test's request may still be running
+        # (answered after that test released its blocker), and this job then waits behind it.
+        assert started.wait(ANSWER_SECONDS), "the blocking job never started"
+        assert self.queue.running >= self.queue.workers
 
     def release(self) -> None:
         self.release_event.set()

@@ -27,7 +27,7 @@ import torch
 
 from models.contributions import projection_weight
 from models.errors import UnsupportedModelError
-from models.residual import Reading, check, norm_of, read_pass
+from models.residual import Reading, check, host, norm_of, read_pass
 
 FF_MAX_TOKENS = 96  # one layer: ~0.6 s for SmolLM2 on 2 cores; [N, N, K] float32 arrays of 57 MB each
 NODES = 64  # Gauss-Legendre nodes for Q of a gated activation
@@ -36,12 +36,12 @@ NEAR_ZERO = 1e-6  # |pre-activation| below which the slopes take their limit at 
 
 
 def _weight(module) -> torch.Tensor:
-    return projection_weight(module).detach().float()  # [in, out]
+    return host(projection_weight(module))  # [in, out]
 
 
 def _bias(module) -> torch.Tensor | float:
     bias = getattr(module, "bias", None)
-    return bias.detach().float() if bias is not None else 0.0
+    return host(bias) if bias is not None else 0.0
 
 
 def _slope_at_zero(act) -> float:

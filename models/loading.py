@@ -33,6 +33,7 @@ from models.recorder import ATTENTION_IMPLEMENTATION, register_capture_attention
 from models.registry import ModelSpec, Registry
 
 log = logging.getLogger(__name__)
+DEVICE_VARIABLE = "ATLAS_DEVICE"  # "cpu": models stay on the CPU even where torch sees a GPU (pick_device)
 
 Progress = Callable[[str, float], None]  # (stage message, fraction 0..1)
 
@@ -93,8 +94,10 @@ class ModelHandle:
 
 
 def pick_device() -> tuple[torch.device, torch.dtype]:
-    """CUDA in half precision when present, else CPU in float32 (half is slow and lossy on CPU)."""
-    if torch.cuda.is_available():
+    """CUDA in half precision when present, else CPU in float32 (half is slow and lossy on CPU).
+    ``ATLAS_DEVICE=cpu`` keeps models on the CPU on a machine with a GPU (a GPU other work needs;
+    the test suite, whose tolerances are float32's: tests/unit/models/test_cuda.py takes the GPU)."""
+    if torch.cuda.is_available() and os.environ.get(DEVICE_VARIABLE, "auto").lower() != "cpu":
         return torch.device("cuda"), torch.float16
     return torch.device("cpu"), torch.float32
 
@@ -102,7 +105,7 @@ def pick_device() -> tuple[torch.device, torch.dtype]:
 CAUSAL_HEADS = ("ForCausalLM", "LMHeadModel")  # architecture name endings of decoder-only LMs
 
 
-def _model_class(config, from_gguf: bool) -> type:
+def model_class(config, from_gguf: bool = False) -> type:
     """Causal LMs load with their head (the logit lens and generation need it), encoder-decoder
     models with theirs (the decoder's default input is the model's own output); others bare.
 
@@ -158,7 +161,7 @@ class ModelLoader:
             tokenizer = AutoTokenizer.from_pretrained(source, **extra)
             progress(f"loading {spec.name} weights", 0.3)
             config = AutoConfig.from_pretrained(source, **extra)
-            model = _model_class(config, bool(gguf_file)).from_pretrained(
+            model = model_class(config, bool(gguf_file)).from_pretrained(
                 source, attn_implementation=ATTENTION_IMPLEMENTATION, dtype=dtype, **extra
             )
         except (OSError, ValueError, ImportError) as error:

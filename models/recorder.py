@@ -301,12 +301,20 @@ class Recorder:
 
     def _sample_matches(self, module, query, key, value, attention_mask, scaling, kwargs) -> bool:
         """Run the model's eager attention on a sample of query rows and compare its weights with
-        softmax(q.k * scaling + mask) on the same rows (a long prompt's check costs little)."""
+        softmax(q.k * scaling + mask) on the same rows (a long prompt's check costs little).
+
+        Both run in float32 on the same q and k: in half precision the eager weights alone are off
+        by up to ~5e-3 (minilm's scores on a GPU), which would send every layer of every model the
+        eager way, while what the check looks for (soft-capping, a bias, learned sinks) changes the
+        weights far more than float32 rounding."""
         rows = torch.linspace(0, query.shape[-2] - 1, min(SCORE_CHECK_ROWS, query.shape[-2])).long()
         mask = attention_mask
         if mask is not None and mask.shape[-2] == query.shape[-2]:
             mask = mask[..., rows.to(mask.device), :]
-        _, weights = _eager_for(module)(module, query[:, :, rows], key, value, mask, scaling=scaling, **kwargs)
+        if mask is not None and mask.is_floating_point():
+            mask = mask.float()
+        sample = (query[:, :, rows].float(), key.float(), value.float())
+        _, weights = _eager_for(module)(module, *sample, mask, scaling=scaling, **kwargs)
         if weights is None:
             return False
         groups = query.shape[1] // key.shape[1]

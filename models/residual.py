@@ -111,17 +111,23 @@ class Reading:
             raise UnsupportedModelError(f"{name}: cannot read the layer's attention weights and values")
         alpha = seen.weights  # [H, N, N]
         n = alpha.shape[-1]
-        weight = contributions.projection_weight(layer.output).detach().float()  # [H * d, D]
+        weight = host(contributions.projection_weight(layer.output))  # [H * d, D]
         d = weight.shape[0] // self.heads
         values = seen.values.reshape(n, -1, d)  # [N, KV, d]
         values = values.repeat_interleave(self.heads // values.shape[1], dim=1).transpose(0, 1)  # [H, N, d]
         vectors = values @ weight.reshape(self.heads, d, -1)  # [H, N, D]
         bias = getattr(layer.output, "bias", None)
-        bias = bias.detach().float() if bias is not None else torch.zeros(vectors.shape[-1])
+        bias = host(bias) if bias is not None else torch.zeros(vectors.shape[-1])
         residual = seen.norm_in - seen.attn_out
         summed = torch.einsum("hij,hjd->id", alpha, vectors) + residual + bias
         check(name, summed, seen.norm_in, "the residual sum from its parts")
         return Parts(alpha, vectors, residual, bias)
+
+
+def host(tensor: torch.Tensor) -> torch.Tensor:
+    """A float32 copy on the CPU: a reading's sums run there whatever device the model is on (a
+    few [N, N] maps of a short prompt), in float32 whatever precision the model ran in."""
+    return tensor.detach().float().cpu()
 
 
 def norm_of(module: nn.Module, name: str, y: torch.Tensor, out: torch.Tensor) -> Norm:
@@ -129,7 +135,7 @@ def norm_of(module: nn.Module, name: str, y: torch.Tensor, out: torch.Tensor) ->
     centred = isinstance(module, nn.LayerNorm) or "RMS" not in type(module).__name__
     eps = getattr(module, "eps", None) or getattr(module, "variance_epsilon", None) or 1e-6
     beta = getattr(module, "bias", None)
-    norm = Norm(module.weight.detach().float(), None if beta is None else beta.detach().float(), float(eps), centred)
+    norm = Norm(host(module.weight), None if beta is None else host(beta), float(eps), centred)
     rebuilt = norm.linear(y) / norm.scale(y)[:, None] + (0.0 if norm.beta is None else norm.beta)
     check(name, rebuilt, out, f"its norm {type(module).__name__}")
     return norm
@@ -193,7 +199,7 @@ def _hooks(reading: Reading) -> list:
     handles = []
 
     def first(tensor) -> torch.Tensor:
-        return tensor[0].detach().float()
+        return host(tensor[0])
 
     for layer, seen in zip(reading.layers, reading.seen, strict=True):
         gpt2 = layer.value is getattr(layer.attention, "c_attn", None)

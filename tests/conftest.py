@@ -18,6 +18,9 @@ from app.wsgi import MODEL_ENVIRONMENT
 # the tests load only local weights, like the server.
 for _name, _value in MODEL_ENVIRONMENT.items():
     os.environ.setdefault(_name, _value)
+# The fixtures' models (and the app's) run on the CPU in float32, where every tolerance of the
+# suite holds, also on a machine with a GPU; test_cuda.py moves copies of them to the GPU.
+os.environ.setdefault("ATLAS_DEVICE", "cpu")
 
 from app import create_app  # noqa: E402
 from app.extensions import socketio  # noqa: E402

@@ -5,6 +5,14 @@ with --device cuda, on a GPU (scripts/device-check).
 
     .venv/bin/python -m benchmarks.capture                         # smollm2, 128 / 1024 / 4096 tokens
     .venv/bin/python -m benchmarks.capture --device cuda --out docs/benchmarks.md
+    .venv/bin/python -m benchmarks.capture --device cuda --random-weights \
+        --model llama-8b=benchmarks/configs/llama-3.1-8b --tokenizer smollm2
+
+``--model`` takes a registered name or NAME=FOLDER_OR_HUB_ID. With --random-weights the model is
+built from its config alone (a folder holding config.json; the tokenizer is --tokenizer's): a
+capture does the same work whatever the weights are, so a model whose weights are not on the
+machine (a Llama-3.1-8B on a lent GPU) is timed, and its memory measured against models.budget's
+plan.
 
 Each size: one warm-up capture, then the best of --repeats of (bare forward, capture) timed back
 to back, so a busy machine slows both alike and the ratio stays honest. Peak memory: this
@@ -14,6 +22,7 @@ process's peak RSS on the CPU, the allocator's peak on CUDA.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import resource
 import sys
@@ -32,34 +41,80 @@ DEFAULT_SIZES = "128,1024,4096"
 MARK = "capture-benchmark"  # the docs block this script owns, between <!-- MARK:label --> lines
 VIEW_TARGET = 1.0  # s: every view at the longest prompt within this (issue 12)
 CAPTURE_TARGET = 1.3  # capture / bare forward (issue 12; in-process, without the server's share)
+PEAK_MEANS = {  # what the peak column measures, by device (True: the CPU)
+    True: "the process's peak RSS",
+    False: "the CUDA allocator's peak during the size, weights included",
+}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.capture", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="smollm2", help="registered model name (default smollm2)")
+    parser.add_argument("--model", default="smollm2", help="registered name or NAME=FOLDER_OR_HUB_ID (default smollm2)")
+    parser.add_argument("--random-weights", action="store_true", help="build the model from its config, weights random")
+    parser.add_argument("--tokenizer", help="with --random-weights: whose tokenizer (NAME or NAME=FOLDER)")
     parser.add_argument("--sizes", default=DEFAULT_SIZES, help=f"prompt lengths in tokens (default {DEFAULT_SIZES})")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--repeats", type=int, default=2, help="timed (forward, capture) pairs per size (best kept)")
     parser.add_argument("--out", type=Path, help="write the figures into this Markdown file")
     parser.add_argument("--label", help="name of this run's block in --out (default: model and device)")
+    parser.add_argument("--profile", action="store_true", help="then profile one capture of the longest size")
     return parser.parse_args(argv)
 
 
-def load(name: str, device: str):
-    """The app's own loader (float16 on CUDA, float32 on the CPU), moved to ``device``."""
+def load(args: argparse.Namespace):
+    """The app's own loader (float16 on CUDA, float32 on the CPU), moved to ``--device``; or,
+    with --random-weights, the model built from its config on that device."""
     import torch
 
     from app.config import default_cache_dir
     from models.loading import ModelLoader
     from models.registry import load_registry
 
-    if device == "cpu":
+    if args.device == "cpu":
         os.environ["CUDA_VISIBLE_DEVICES"] = ""
-    handle = ModelLoader(load_registry(), Path(default_cache_dir()) / "converted").get(name)
-    if device == "cuda" and handle.device.type != "cuda":
+    registry = load_registry(extra_args=[spec for spec in (args.model, args.tokenizer or "") if "=" in spec])
+    name = args.model.partition("=")[0]
+    if args.random_weights:
+        words = registry.get((args.tokenizer or name).partition("=")[0])
+        handle = random_handle(registry.get(name), words)
+    else:
+        handle = ModelLoader(registry, Path(default_cache_dir()) / "converted").get(name)
+    if args.device == "cuda" and handle.device.type != "cuda":
         raise SystemExit("--device cuda: torch sees no CUDA device")
     torch.set_grad_enabled(False)
     return handle
+
+
+def random_handle(spec, words):
+    """``spec``'s model with seeded random weights, built on the loader's device in its dtype with
+    the capture attention; its tokenizer is ``words``'s (any whose ids fit the vocabulary)."""
+    import threading
+
+    import torch
+    from transformers import AutoConfig, AutoTokenizer
+
+    from models.blocks import prepare_blocked_pass
+    from models.loading import ModelHandle, model_class, pick_device
+    from models.recorder import ATTENTION_IMPLEMENTATION, register_capture_attention
+
+    register_capture_attention()
+    device, dtype = pick_device()
+    started = time.perf_counter()
+    config = AutoConfig.from_pretrained(spec.source(), **_gguf(spec))
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = model_class(config, bool(spec.gguf_file)).from_config(
+            config, attn_implementation=ATTENTION_IMPLEMENTATION, dtype=dtype
+        )
+    prepare_blocked_pass(device)
+    tokenizer = AutoTokenizer.from_pretrained(words.source(), **_gguf(words))
+    seconds = time.perf_counter() - started
+    longest = dataclasses.replace(spec, max_tokens=getattr(config, "max_position_embeddings", None) or spec.max_tokens)
+    return ModelHandle(spec.name, longest, model.eval(), tokenizer, device, "random", seconds, threading.Lock())
+
+
+def _gguf(spec) -> dict:
+    return {"gguf_file": spec.gguf_file} if spec.gguf_file else {}
 
 
 def bare_seconds(handle, ids) -> float:
@@ -121,6 +176,7 @@ def view_seconds(capture) -> dict[str, float]:
 
 
 def peak_bytes(handle) -> int:
+    """The allocator's peak since the size began on CUDA (weights included); peak RSS on the CPU."""
     import torch
 
     if handle.device.type == "cuda":
@@ -133,7 +189,7 @@ def measure(args) -> dict:
 
     from benchmarks.prompts import exact_prompt, source_text
 
-    handle = load(args.model, args.device)
+    handle = load(args)
     source = source_text()
     sizes = [int(size) for size in args.sizes.split(",")]
     rows, views = [], {}
@@ -141,6 +197,8 @@ def measure(args) -> dict:
     for size in sizes:
         text = exact_prompt(handle.tokenizer, size, source)
         ids = torch.tensor([handle.tokenizer(text)["input_ids"]], device=handle.device)
+        if handle.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
         best_bare = best_capture = float("inf")
         for _ in range(args.repeats):
             best_bare = min(best_bare, bare_seconds(handle, ids))
@@ -155,13 +213,36 @@ def measure(args) -> dict:
                 "record_mib": capture.nbytes / 2**20,
                 "path": capture.info["attention_path"],
                 "peak_mib": peak_bytes(handle) / 2**20,
+                "plan_mib": planned_bytes(handle, size) / 2**20,
             }
         )
         print(_row_line(rows[-1]), flush=True)
         if size == max(sizes):
             views = view_seconds(capture)
         del capture
-    return {"model": args.model, "device": describe_device(handle), "rows": rows, "views": views}
+    return {
+        "model": args.model.partition("=")[0] + (" (random weights)" if args.random_weights else ""),
+        "device": describe_device(handle),
+        "weights_mib": weight_bytes(handle) / 2**20,
+        "rows": rows,
+        "views": views,
+        "handle": handle,
+    }
+
+
+def weight_bytes(handle) -> int:
+    tensors = (*handle.model.parameters(), *handle.model.buffers())
+    return sum(tensor.numel() * tensor.element_size() for tensor in tensors)
+
+
+def planned_bytes(handle, tokens: int) -> int:
+    """What models.budget plans beyond the weights for this capture (the recorder's own check)."""
+    from models import budget
+    from models.recorder import DEFERRED_OUTPUT_DEVICES
+
+    itemsize = next(handle.model.parameters()).element_size()
+    keeps_values = handle.device.type in DEFERRED_OUTPUT_DEVICES
+    return budget.plan_capture(budget.Geometry.of(handle.config), tokens, itemsize, keeps_values).total
 
 
 def describe_device(handle) -> str:
@@ -175,7 +256,8 @@ def describe_device(handle) -> str:
 def _row_line(row: dict) -> str:
     return (
         f"{row['tokens']:>5} tokens: bare {row['bare']:.3f} s, capture {row['capture']:.3f} s, "
-        f"ratio {row['ratio']:.2f}, record {row['record_mib']:.0f} MiB, peak {row['peak_mib']:.0f} MiB, "
+        f"ratio {row['ratio']:.2f}, record {row['record_mib']:.0f} MiB, peak {row['peak_mib']:.0f} MiB "
+        f"(plan beyond the weights {row['plan_mib']:.0f} MiB), "
         f"{row['path']}"
     )
 
@@ -183,16 +265,19 @@ def _row_line(row: dict) -> str:
 def markdown(results: dict, label: str) -> str:
     lines = [
         f"Model `{results['model']}` on {results['device']}, {time.strftime('%Y-%m-%d')}, "
-        "`python -m benchmarks.capture` (in one process; best of the repeats).",
+        "`python -m benchmarks.capture` (in one process; best of the repeats). "
+        f"Weights {results['weights_mib']:,.0f} MiB; peak: {PEAK_MEANS[results['device'].startswith('CPU')]}; "
+        "plan: models.budget's estimate beyond the weights, which the recorder checks before a pass.",
         "",
-        "| tokens | bare sdpa forward (s) | capture (s) | capture / bare | target | record (MiB) | peak (MiB) |",
-        "|---:|---:|---:|---:|---|---:|---:|",
+        "| tokens | bare sdpa forward (s) | capture (s) | capture / bare | target | record (MiB) | peak (MiB) "
+        "| plan (MiB) |",
+        "|---:|---:|---:|---:|---|---:|---:|---:|",
     ]
     for row in results["rows"]:
         met = "met" if row["ratio"] <= CAPTURE_TARGET else "missed"
         lines.append(
             f"| {row['tokens']} | {row['bare']:.3f} | {row['capture']:.3f} | {row['ratio']:.2f}x | "
-            f"<= {CAPTURE_TARGET}x: {met} | {row['record_mib']:.0f} | {row['peak_mib']:.0f} |"
+            f"<= {CAPTURE_TARGET}x: {met} | {row['record_mib']:.0f} | {row['peak_mib']:,.0f} | {row['plan_mib']:,.0f} |"
         )
     longest = max(row["tokens"] for row in results["rows"])
     lines += ["", f"Views at {longest} tokens (payload shaping, first call):", ""]
@@ -215,6 +300,29 @@ def publish(path: Path, block: str, label: str) -> None:
     path.write_text(text)
 
 
+def profile(handle, text: str) -> str:
+    """Where one capture's time goes: the host's functions by their own time (cProfile) and, on
+    CUDA, the kernels by theirs (torch.profiler)."""
+    import cProfile
+    import io
+    import pstats
+
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    host = cProfile.Profile()
+    host.enable()
+    capture_seconds(handle, text)
+    host.disable()
+    report = io.StringIO()
+    pstats.Stats(host, stream=report).sort_stats("tottime").print_stats(30)
+    if handle.device.type == "cuda":
+        with torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as kernels:
+            capture_seconds(handle, text)
+        report.write(kernels.key_averages().table(sort_by="self_cuda_time_total", row_limit=20))
+    return report.getvalue()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     results = measure(args)
@@ -223,6 +331,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         label = args.label or f"{args.model}-{args.device}"
         publish(args.out, markdown(results, label), label)
+    if args.profile:
+        from benchmarks.prompts import exact_prompt, source_text
+
+        handle = results["handle"]
+        longest = max(int(size) for size in args.sizes.split(","))
+        print(profile(handle, exact_prompt(handle.tokenizer, longest, source_text())))
     return 0
 
 

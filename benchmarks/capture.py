@@ -106,7 +106,7 @@ def random_handle(spec, words):
         model = model_class(config, bool(spec.gguf_file)).from_config(
             config, attn_implementation=ATTENTION_IMPLEMENTATION, dtype=dtype
         )
-    prepare_blocked_pass(device)
+    prepare_blocked_pass()  # as the loader does
     tokenizer = AutoTokenizer.from_pretrained(words.source(), **_gguf(words))
     seconds = time.perf_counter() - started
     longest = dataclasses.replace(spec, max_tokens=getattr(config, "max_position_embeddings", None) or spec.max_tokens)

@@ -169,7 +169,7 @@ class ModelLoader:
         if gguf_file and self.converted_dir:
             self._save_converted(spec, fingerprint, model, tokenizer)
         model.to(device).eval()
-        prepare_blocked_pass(device)  # compiled with the model, not in its first user's request
+        prepare_blocked_pass()  # compiled with the model, not in its first user's request
         seconds = time.perf_counter() - started
         log.info("loaded %s on %s in %.1f s", spec.name, device, seconds)
         progress(f"loaded {spec.name}", 1.0)

@@ -238,11 +238,13 @@ def weight_bytes(handle) -> int:
 def planned_bytes(handle, tokens: int) -> int:
     """What models.budget plans beyond the weights for this capture (the recorder's own check)."""
     from models import budget
+    from models.blocks import block_bytes
     from models.recorder import DEFERRED_OUTPUT_DEVICES
 
     itemsize = next(handle.model.parameters()).element_size()
     keeps_values = handle.device.type in DEFERRED_OUTPUT_DEVICES
-    return budget.plan_capture(budget.Geometry.of(handle.config), tokens, itemsize, keeps_values).total
+    geometry = budget.Geometry.of(handle.config)
+    return budget.plan_capture(geometry, tokens, itemsize, keeps_values, block_bytes(handle.device)).total
 
 
 def describe_device(handle) -> str:

@@ -4,7 +4,7 @@ a capture that would not fit with a clear error, instead of failing (or swapping
 
 The figures follow the fused path (models.recorder): the record keeps q and k as the model
 computed them, one log-sum-exp and value norm per row and head, the analysed prefix's
-statistics; nothing H x N x N exists at once (row blocks of models.blocks.BLOCK_BYTES).
+statistics; nothing H x N x N exists at once (row blocks of models.blocks.block_bytes).
 """
 
 from __future__ import annotations
@@ -69,7 +69,9 @@ class CapturePlan:
         return self.record + self.activations + self.workspace
 
 
-def plan_capture(geometry: Geometry, tokens: int, itemsize: int, keeps_values: bool = True) -> CapturePlan:
+def plan_capture(
+    geometry: Geometry, tokens: int, itemsize: int, keeps_values: bool = True, block_bytes: int = BLOCK_BYTES
+) -> CapturePlan:
     """The plan for ``tokens`` tokens with activations of ``itemsize`` bytes (4 on the CPU, 2 in
     half precision on a GPU; q and k are stored at the same size). ``keeps_values``: the capture
     keeps every layer's value vectors until its output Grams are computed, after the answer (a
@@ -87,7 +89,7 @@ def plan_capture(geometry: Geometry, tokens: int, itemsize: int, keeps_values: b
     layer = n * (3 * g.intermediate + 4 * g.hidden) * itemsize + 2 * g.heads * n * g.head_dim * itemsize
     values = g.layers * g.kv_heads * n * g.head_dim * 4 if keeps_values else 0  # float32, until the Grams are computed
     activations = hidden_states + layer + values + n * n * (itemsize + 2)  # the model's additive mask, bool copies
-    workspace = 2 * BLOCK_BYTES + g.heads * n * THUMBNAIL_MAX_SIDE * 4 + 2 * g.heads * n * g.head_dim * 4
+    workspace = 2 * block_bytes + g.heads * n * THUMBNAIL_MAX_SIDE * 4 + 2 * g.heads * n * g.head_dim * 4
     pairs = n * n * (0.5 if g.causal else 1.0)  # (query, key) pairs a causal kernel computes
     params = g.layers * (2 * g.hidden * g.heads * g.head_dim + 2 * g.hidden * g.kv_heads * g.head_dim)
     params += g.layers * 3 * g.hidden * g.intermediate
@@ -111,18 +113,24 @@ def available_bytes(device: torch.device) -> int | None:
 
 
 def check_fits(
-    geometry: Geometry, tokens: int, itemsize: int, available: int | None, where: str, keeps_values: bool = True
+    geometry: Geometry,
+    tokens: int,
+    itemsize: int,
+    available: int | None,
+    where: str,
+    keeps_values: bool = True,
+    block_bytes: int = BLOCK_BYTES,
 ) -> None:
     """Raise TooManyTokensError, before any model work, when a capture of ``tokens`` would not
     fit in ``available`` bytes; the message says how much it needs and how long a prompt fits."""
-    needed = int(plan_capture(geometry, tokens, itemsize, keeps_values).total * HEADROOM)
+    needed = int(plan_capture(geometry, tokens, itemsize, keeps_values, block_bytes).total * HEADROOM)
     if available is None or needed <= available:
         return
     fits = 0
     low, high = 1, tokens
     while low <= high:  # the longest prompt that fits: the plan grows with the tokens
         middle = (low + high) // 2
-        if plan_capture(geometry, middle, itemsize, keeps_values).total * HEADROOM <= available:
+        if plan_capture(geometry, middle, itemsize, keeps_values, block_bytes).total * HEADROOM <= available:
             fits, low = middle, middle + 1
         else:
             high = middle - 1

@@ -40,7 +40,7 @@ from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMa
 from transformers.utils import output_capturing
 
 from models import budget, contributions, cpu_blocks, editing, kernels
-from models.blocks import SCRATCH, EagerSource, FusedSource, MaskSpans, grouped_keys, summarize_layer
+from models.blocks import SCRATCH, EagerSource, FusedSource, MaskSpans, block_bytes, grouped_keys, summarize_layer
 from models.errors import TooManyTokensError, UnsupportedModelError
 from models.record import STATS_TOKENS, Capture
 
@@ -622,12 +622,12 @@ def recorded_forward(handle, recorder: Recorder, reserve: Callable[[int], None] 
     before the pass, when the capture would not fit in the memory the device has free."""
     geometry = budget.Geometry.of(handle.config, handle.describe()["layers"], handle.is_causal)
     itemsize = next(handle.model.parameters()).element_size()
-    keeps = recorder.defer_outputs
+    keeps, per_block = recorder.defer_outputs, block_bytes(handle.device)
     if reserve:
-        reserve(budget.plan_capture(geometry, recorder.n_tokens, itemsize, keeps).total)
+        reserve(budget.plan_capture(geometry, recorder.n_tokens, itemsize, keeps, per_block).total)
     where = f"this machine's {handle.device.type.upper()}"
     available = budget.available_bytes(handle.device)
-    budget.check_fits(geometry, recorder.n_tokens, itemsize, available, where, keeps)
+    budget.check_fits(geometry, recorder.n_tokens, itemsize, available, where, keeps, per_block)
     with handle.lock, torch.inference_mode(), recording(handle, recorder):
         started = time.perf_counter()
         output = handle.model(**inputs, output_hidden_states=True, use_cache=False)

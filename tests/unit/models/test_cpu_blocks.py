@@ -80,10 +80,13 @@ def masks() -> dict[str, tuple[torch.Tensor, bool]]:
 @pytest.mark.parametrize("mask", list(masks()))
 @pytest.mark.parametrize("prefix", [N, 11])
 @pytest.mark.parametrize("layers", [1, 2])
+@pytest.mark.parametrize("rows", [5, N], ids=["5-rows", "one-block"])
 @pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "torch"])
-def test_the_blocked_pass_gives_the_definitions(monkeypatch, mask, prefix, layers, compiled):
+def test_the_blocked_pass_gives_the_definitions(monkeypatch, mask, prefix, layers, rows, compiled):
+    """In blocks of a few rows (a CPU's) and in one block of all rows (a GPU's)."""
     monkeypatch.setattr(cpu_blocks, "ENABLED", compiled)
-    monkeypatch.setattr(blocks, "BLOCK_BYTES", 5 * 4 * HEADS * layers * N)  # 5 rows a block
+    monkeypatch.setattr(blocks, "BLOCK_ROWS", rows)
+    monkeypatch.setattr(blocks, "BLOCK_BYTES", rows * 4 * HEADS * layers * N)
     allowed, causal = masks()[mask]
     spans = MaskSpans.of(allowed)
     generator = torch.Generator().manual_seed(0)
@@ -194,3 +197,13 @@ def test_the_column_pooling_is_torch_s_adaptive_max_pooling(n, t):
     bins = blocks._Bins(n, t)
     expected = F.adaptive_max_pool1d(pooled, t)
     assert torch.equal(cpu_blocks.pool_columns(pooled, bins.starts, bins.ends), expected)
+
+
+def test_a_gpu_reads_a_layer_in_few_blocks_a_cpu_in_many():
+    """A GPU's blocks are as large as GPU_BLOCK_BYTES allows (each block costs launches, not
+    arithmetic); a CPU's stay at BLOCK_ROWS (its cache)."""
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")  # a device name: no GPU needed to plan for one
+    assert blocks.block_rows(9, 1024, cpu) == blocks.BLOCK_ROWS
+    assert blocks.block_rows(9, 1024, gpu) == 1024  # a SmolLM2 layer of 1024 tokens in one block
+    assert blocks.block_rows(9, 4096, gpu) == blocks.GPU_BLOCK_BYTES // (4 * 9 * 4096)  # 3 blocks
+    assert blocks.block_rows(32, 4096, gpu) * 4 * 32 * 4096 <= blocks.GPU_BLOCK_BYTES

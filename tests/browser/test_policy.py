@@ -13,19 +13,15 @@ from app import security
 from app.config import Config
 from app.routes import BOKEH_JS_DIR
 
-BROWSER_PORTS = range(5085, 5090)  # loopback ports this module may serve on
 STRICT_STYLES = Config.CONTENT_SECURITY_POLICY.replace("style-src 'self' 'unsafe-inline'", "style-src 'self'")
 
 
 def _serve(app: Flask):
-    for port in BROWSER_PORTS:
-        try:
-            server = make_server("127.0.0.1", port, app, threaded=True)
-        except OSError:
-            continue
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        return server, f"http://127.0.0.1:{port}"
-    pytest.skip(f"no free port in {BROWSER_PORTS}")
+    """``app`` on a loopback port the kernel picks: a fixed range met the live servers of other
+    tests (werkzeug exits the process on a port in use, which no ``except OSError`` catches)."""
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.port}"
 
 
 def bokeh_page(item: bytes, policy: str) -> Flask:

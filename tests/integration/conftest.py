@@ -116,8 +116,9 @@ class Blocker:
         self.thread.start()
         # Its own job, not the queue's count: an earlier test's request may still be running
         # (answered after that test released its blocker), and this job then waits behind it.
-        assert started.wait(ANSWER_SECONDS), "the blocking job never started"
-        assert self.queue.running >= self.queue.workers
+        if not started.wait(ANSWER_SECONDS) or self.queue.running < self.queue.workers:
+            self.release()  # else the job, once it runs, holds the device for every later test
+            raise AssertionError("the blocking job never started, or the device has another worker free")
 
     def release(self) -> None:
         self.release_event.set()

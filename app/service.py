@@ -288,7 +288,7 @@ class AtlasService:
         self.loader  # noqa: B018  (the model code is imported under the loader's lock first)
         from models.loading import pick_device
 
-        device = str(pick_device()[0])
+        device = str(pick_device())
         with self._queues_lock:
             return self._queues.setdefault(device, limits.JobQueue(1)).configure(
                 self.config["MAX_QUEUED_JOBS"], self.config["DEVICE_WORKERS"], self.config["MAX_QUEUE_WAIT_SECONDS"]

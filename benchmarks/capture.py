@@ -94,17 +94,17 @@ def random_handle(spec, words):
     from transformers import AutoConfig, AutoTokenizer
 
     from models.blocks import prepare_blocked_pass
-    from models.loading import ModelHandle, model_class, pick_device
+    from models.loading import ModelHandle, model_class, model_dtype, pick_device
     from models.recorder import ATTENTION_IMPLEMENTATION, register_capture_attention
 
     register_capture_attention()
-    device, dtype = pick_device()
+    device = pick_device()
     started = time.perf_counter()
     config = AutoConfig.from_pretrained(spec.source(), **_gguf(spec))
     torch.manual_seed(0)
     with torch.device(device):
         model = model_class(config, bool(spec.gguf_file)).from_config(
-            config, attn_implementation=ATTENTION_IMPLEMENTATION, dtype=dtype
+            config, attn_implementation=ATTENTION_IMPLEMENTATION, dtype=model_dtype(config, device)
         )
     prepare_blocked_pass()  # as the loader does
     tokenizer = AutoTokenizer.from_pretrained(words.source(), **_gguf(words))

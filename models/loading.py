@@ -93,13 +93,25 @@ class ModelHandle:
         }
 
 
-def pick_device() -> tuple[torch.device, torch.dtype]:
-    """CUDA in half precision when present, else CPU in float32 (half is slow and lossy on CPU).
+def pick_device() -> torch.device:
+    """CUDA when present, else the CPU (each in its precision: :func:`model_dtype`).
     ``ATLAS_DEVICE=cpu`` keeps models on the CPU on a machine with a GPU (a GPU other work needs;
     the test suite, whose tolerances are float32's: tests/unit/models/test_cuda.py takes the GPU)."""
     if torch.cuda.is_available() and os.environ.get(DEVICE_VARIABLE, "auto").lower() != "cpu":
-        return torch.device("cuda"), torch.float16
-    return torch.device("cpu"), torch.float32
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def model_dtype(config, device: torch.device) -> torch.dtype:
+    """float32 on the CPU (half precision is slow and lossy there). On a GPU half precision:
+    bfloat16 for a model whose config says it was trained in it, where the GPU has bfloat16
+    (Gemma's activations pass float16's largest number, 65504), else float16. A bfloat16 record
+    keeps q and k in float32 (numpy has no bfloat16)."""
+    if device.type != "cuda":
+        return torch.float32
+    if getattr(config, "dtype", None) in (torch.bfloat16, "bfloat16") and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float16
 
 
 CAUSAL_HEADS = ("ForCausalLM", "LMHeadModel")  # architecture name endings of decoder-only LMs
@@ -152,7 +164,7 @@ class ModelLoader:
 
     def _load(self, spec: ModelSpec, progress: Progress) -> ModelHandle:
         started = time.perf_counter()
-        device, dtype = pick_device()
+        device = pick_device()
         fingerprint = self.registry.fingerprint(spec.name)
         progress(f"loading {spec.name}", 0.0)
         try:
@@ -162,7 +174,7 @@ class ModelLoader:
             progress(f"loading {spec.name} weights", 0.3)
             config = AutoConfig.from_pretrained(source, **extra)
             model = model_class(config, bool(gguf_file)).from_pretrained(
-                source, attn_implementation=ATTENTION_IMPLEMENTATION, dtype=dtype, **extra
+                source, attn_implementation=ATTENTION_IMPLEMENTATION, dtype=model_dtype(config, device), **extra
             )
         except (OSError, ValueError, ImportError) as error:
             raise ModelLoadError(f"could not load model '{spec.name}' from {spec.source()}: {error}") from error

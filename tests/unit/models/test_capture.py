@@ -3,6 +3,9 @@ architectures and on both packaged pretrained models."""
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -87,6 +90,19 @@ def test_tiny_models_capture_exactly(tiny):
 @pytest.mark.parametrize("name", ["minilm", "smollm2"])
 def test_packaged_models_capture_exactly(request, name):
     check_capture(request.getfixturevalue(name))
+
+
+def test_a_bfloat16_model_records_from_the_kernel_in_float32(tiny_models):
+    """What a GPU does with a model trained in bfloat16 (models.loading.model_dtype), here on the
+    CPU: the kernel reads bfloat16 q and k, the record keeps them in float32 (numpy has no
+    bfloat16) and gives back the model's own bfloat16 attention within that rounding (weights of
+    up to 1 rounded to 8 bits: 4e-3)."""
+    cpu = tiny_models["tiny-llama"]
+    handle = dataclasses.replace(cpu, model=copy.deepcopy(cpu.model).to(torch.bfloat16))
+    capture = run_capture(handle, PROMPT)
+    assert capture.info["attention_path"] == "fused" and capture.queries.dtype == np.float32
+    recorded = np.stack([capture.layer_attention(layer) for layer in range(capture.n_layers)])
+    np.testing.assert_allclose(recorded, reference_attention(handle, PROMPT), atol=1e-2)
 
 
 def test_grouped_query_keys_map_to_their_query_heads(tiny_models):

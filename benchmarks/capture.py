@@ -237,14 +237,9 @@ def weight_bytes(handle) -> int:
 
 def planned_bytes(handle, tokens: int) -> int:
     """What models.budget plans beyond the weights for this capture (the recorder's own check)."""
-    from models import budget
-    from models.blocks import block_bytes
-    from models.recorder import DEFERRED_OUTPUT_DEVICES
+    from models.recorder import capture_plan
 
-    itemsize = next(handle.model.parameters()).element_size()
-    keeps_values = handle.device.type in DEFERRED_OUTPUT_DEVICES
-    geometry = budget.Geometry.of(handle.config)
-    return budget.plan_capture(geometry, tokens, itemsize, keeps_values, block_bytes(handle.device)).total
+    return capture_plan(handle)(tokens).total
 
 
 def describe_device(handle) -> str:

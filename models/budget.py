@@ -9,6 +9,7 @@ statistics; nothing H x N x N exists at once (row blocks of models.blocks.block_
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,20 +71,28 @@ class CapturePlan:
 
 
 def plan_capture(
-    geometry: Geometry, tokens: int, itemsize: int, keeps_values: bool = True, block_bytes: int = BLOCK_BYTES
+    geometry: Geometry,
+    tokens: int,
+    itemsize: int,
+    keeps_values: bool = True,
+    block_bytes: int = BLOCK_BYTES,
+    stored_itemsize: int | None = None,
 ) -> CapturePlan:
     """The plan for ``tokens`` tokens with activations of ``itemsize`` bytes (4 on the CPU, 2 in
-    half precision on a GPU; q and k are stored at the same size). ``keeps_values``: the capture
+    half precision on a GPU). q and k are stored at ``stored_itemsize`` (the same, except 4 for
+    bfloat16, which numpy lacks). ``keeps_values``: the capture
     keeps every layer's value vectors until its output Grams are computed, after the answer (a
     CPU capture, :data:`models.recorder.DEFERRED_OUTPUT_DEVICES`); a GPU capture computes them in
-    the pass and keeps none, and planning them there could refuse a capture that fits."""
+    the pass and keeps none, and planning them there could refuse a capture that fits.
+    ``block_bytes``: the blocked pass's blocks on the device (:func:`models.blocks.block_bytes`)."""
     g, n = geometry, tokens
     prefix = min(n, STATS_TOKENS)
     per_layer_rows = g.heads * n * 4 * 2 + n * 4 * 2  # row lse, value norms; received, hidden norms
     stats = g.heads * (len(HEAD_STATS) + prefix) * 4
     thumbnails = g.heads * min(n, THUMBNAIL_MAX_SIDE) ** 2 * 2  # float16, at most this side
     grams = n * g.heads * g.heads * 4  # float32 output grams, f_h(x_j) . f_g(x_j) per token
-    per_layer = (g.heads + g.kv_heads) * n * g.head_dim * itemsize + per_layer_rows + stats + thumbnails + grams
+    stored = (g.heads + g.kv_heads) * n * g.head_dim * (stored_itemsize or itemsize)  # q and k
+    per_layer = stored + per_layer_rows + stats + thumbnails + grams
     record = g.layers * per_layer + n * n  # and one boolean mask
     hidden_states = (g.layers + 1) * n * g.hidden * itemsize
     layer = n * (3 * g.intermediate + 4 * g.hidden) * itemsize + 2 * g.heads * n * g.head_dim * itemsize
@@ -112,25 +121,18 @@ def available_bytes(device: torch.device) -> int | None:
     return None
 
 
-def check_fits(
-    geometry: Geometry,
-    tokens: int,
-    itemsize: int,
-    available: int | None,
-    where: str,
-    keeps_values: bool = True,
-    block_bytes: int = BLOCK_BYTES,
-) -> None:
+def check_fits(plan: Callable[[int], CapturePlan], tokens: int, available: int | None, where: str) -> None:
     """Raise TooManyTokensError, before any model work, when a capture of ``tokens`` would not
-    fit in ``available`` bytes; the message says how much it needs and how long a prompt fits."""
-    needed = int(plan_capture(geometry, tokens, itemsize, keeps_values, block_bytes).total * HEADROOM)
+    fit in ``available`` bytes by ``plan`` (tokens -> its plan); the message says how much it
+    needs and how long a prompt fits."""
+    needed = int(plan(tokens).total * HEADROOM)
     if available is None or needed <= available:
         return
     fits = 0
     low, high = 1, tokens
     while low <= high:  # the longest prompt that fits: the plan grows with the tokens
         middle = (low + high) // 2
-        if plan_capture(geometry, middle, itemsize, keeps_values, block_bytes).total * HEADROOM <= available:
+        if plan(middle).total * HEADROOM <= available:
             fits, low = middle, middle + 1
         else:
             high = middle - 1

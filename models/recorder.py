@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import mmap
 import os
 import sys
@@ -614,20 +615,35 @@ def new_recorder(
     return recorder
 
 
+def capture_plan(handle) -> Callable[[int], budget.CapturePlan]:
+    """tokens -> the plan of a capture of ``handle`` (:mod:`models.budget`), with what its device
+    and precision decide: half-precision activations on a GPU, q and k stored as :func:`_stored`
+    keeps them, the values kept for the Grams on a CPU, the device's blocks."""
+    dtype = next(handle.model.parameters()).dtype
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    stored = itemsize if dtype in (torch.float32, torch.float16) else 4
+    geometry = budget.Geometry.of(handle.config, handle.describe()["layers"], handle.is_causal)
+    return functools.partial(
+        budget.plan_capture,
+        geometry,
+        itemsize=itemsize,
+        keeps_values=handle.device.type in DEFERRED_OUTPUT_DEVICES,
+        block_bytes=block_bytes(handle.device),
+        stored_itemsize=stored,
+    )
+
+
 def recorded_forward(handle, recorder: Recorder, reserve: Callable[[int], None] | None, **inputs):
     """(output, seconds) of one forward pass with ``recorder`` active; ``reserve`` hears first the
     memory the capture will need beyond the weights, the record included (:mod:`models.budget`:
     the results cache makes that much room, so cached records and this capture together stay
     within its budget; a 4096-token SmolLM2 capture plans 1.0 GiB). Raises TooManyTokensError,
     before the pass, when the capture would not fit in the memory the device has free."""
-    geometry = budget.Geometry.of(handle.config, handle.describe()["layers"], handle.is_causal)
-    itemsize = next(handle.model.parameters()).element_size()
-    keeps, per_block = recorder.defer_outputs, block_bytes(handle.device)
+    plan = capture_plan(handle)
     if reserve:
-        reserve(budget.plan_capture(geometry, recorder.n_tokens, itemsize, keeps, per_block).total)
+        reserve(plan(recorder.n_tokens).total)
     where = f"this machine's {handle.device.type.upper()}"
-    available = budget.available_bytes(handle.device)
-    budget.check_fits(geometry, recorder.n_tokens, itemsize, available, where, keeps, per_block)
+    budget.check_fits(plan, recorder.n_tokens, budget.available_bytes(handle.device), where)
     with handle.lock, torch.inference_mode(), recording(handle, recorder):
         started = time.perf_counter()
         output = handle.model(**inputs, output_hidden_states=True, use_cache=False)

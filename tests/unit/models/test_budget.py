@@ -3,8 +3,11 @@ refusal of a capture that would not fit, before the model runs."""
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import threading
 
+import numpy as np
 import pytest
 import torch
 
@@ -12,7 +15,7 @@ from models import budget
 from models.capture import run_capture
 from models.errors import TooManyTokensError
 from models.loading import ModelHandle
-from models.recorder import ATTENTION_IMPLEMENTATION
+from models.recorder import ATTENTION_IMPLEMENTATION, capture_plan
 from models.registry import ModelSpec
 
 LLAMA_1B = dict(  # Llama-3.2-1B's geometry (its config.json), one layer of it here
@@ -62,3 +65,13 @@ def test_only_a_capture_that_keeps_its_values_plans_them():
     kept, not_kept = (budget.plan_capture(large, 4096, 2, keeps_values=keeps) for keeps in (True, False))
     assert kept.activations - not_kept.activations == 32 * 8 * 4096 * 128 * 4  # 0.5 GiB
     assert kept.record == not_kept.record
+
+
+def test_the_plan_of_a_bfloat16_model_counts_its_q_and_k_in_float32(tiny_models):
+    """numpy has no bfloat16: the record keeps such q and k in float32, and the plan counts them so."""
+    cpu = tiny_models["tiny-llama"]
+    handle = dataclasses.replace(cpu, model=copy.deepcopy(cpu.model).to(torch.bfloat16))
+    capture = run_capture(handle, PROMPT)
+    assert capture.queries.dtype == np.float32
+    planned = capture_plan(handle)(capture.n_tokens).record
+    assert abs(planned - capture.nbytes) <= 0.1 * capture.nbytes, (planned, capture.nbytes)

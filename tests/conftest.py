@@ -140,6 +140,18 @@ def handle_of(name: str, model, tokenizer) -> ModelHandle:
     )
 
 
+def converted(handle: ModelHandle, dtype, device: str = "cpu") -> ModelHandle:
+    """A copy of ``handle`` with its model in ``dtype`` on ``device`` (a GPU's half precision,
+    bfloat16), the fixture's own model untouched."""
+    import copy
+    import dataclasses
+
+    import torch
+
+    model = copy.deepcopy(handle.model).to(device, dtype)
+    return dataclasses.replace(handle, model=model, device=torch.device(device))
+
+
 def causal_from_config(config_class: str, tokenizer, **options) -> ModelHandle:
     """A random-weight causal LM of ``config_class`` (e.g. "MistralConfig") with the capture
     attention, for tests of one architecture's quirk (sliding windows, soft-capping)."""

@@ -3,8 +3,6 @@ refusal of a capture that would not fit, before the model runs."""
 
 from __future__ import annotations
 
-import copy
-import dataclasses
 import threading
 
 import numpy as np
@@ -17,6 +15,7 @@ from models.errors import TooManyTokensError
 from models.loading import ModelHandle
 from models.recorder import ATTENTION_IMPLEMENTATION, capture_plan
 from models.registry import ModelSpec
+from tests.conftest import converted
 
 LLAMA_1B = dict(  # Llama-3.2-1B's geometry (its config.json), one layer of it here
     hidden_size=2048, num_attention_heads=32, num_key_value_heads=8, head_dim=64, intermediate_size=8192
@@ -70,7 +69,7 @@ def test_only_a_capture_that_keeps_its_values_plans_them():
 def test_the_plan_of_a_bfloat16_model_counts_its_q_and_k_in_float32(tiny_models):
     """numpy has no bfloat16: the record keeps such q and k in float32, and the plan counts them so."""
     cpu = tiny_models["tiny-llama"]
-    handle = dataclasses.replace(cpu, model=copy.deepcopy(cpu.model).to(torch.bfloat16))
+    handle = converted(cpu, torch.bfloat16)
     capture = run_capture(handle, PROMPT)
     assert capture.queries.dtype == np.float32
     planned = capture_plan(handle)(capture.n_tokens).record

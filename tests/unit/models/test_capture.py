@@ -3,9 +3,6 @@ architectures and on both packaged pretrained models."""
 
 from __future__ import annotations
 
-import copy
-import dataclasses
-
 import numpy as np
 import pytest
 import torch
@@ -14,7 +11,7 @@ from models import recorder as recorder_module
 from models.capture import run_capture
 from models.errors import TooManyTokensError
 from models.recorder import ATTENTION_IMPLEMENTATION, Recorder, new_recorder, recorded_forward, thumbnail_side
-from tests.conftest import causal_from_config
+from tests.conftest import causal_from_config, converted
 
 PROMPT = "The doctor asked the nurse a question. She said: it's fine, isn't it?"
 TOLERANCE = 1e-3  # what the docs promise: recomputed attention within 1e-3 of the model's own
@@ -98,7 +95,7 @@ def test_a_bfloat16_model_records_from_the_kernel_in_float32(tiny_models):
     bfloat16) and gives back the model's own bfloat16 attention within that rounding (weights of
     up to 1 rounded to 8 bits: 4e-3)."""
     cpu = tiny_models["tiny-llama"]
-    handle = dataclasses.replace(cpu, model=copy.deepcopy(cpu.model).to(torch.bfloat16))
+    handle = converted(cpu, torch.bfloat16)
     capture = run_capture(handle, PROMPT)
     assert capture.info["attention_path"] == "fused" and capture.queries.dtype == np.float32
     recorded = np.stack([capture.layer_attention(layer) for layer in range(capture.n_layers)])

@@ -3,14 +3,12 @@ Skipped without a GPU; scripts/device-check runs these on a machine that has one
 
 from __future__ import annotations
 
-import copy
-import dataclasses
-
 import numpy as np
 import pytest
 import torch
 
 from models.capture import run_capture
+from tests.conftest import converted
 from tests.unit.models.test_capture import PROMPT, reference_attention
 from tests.unit.models.test_fused import check_outputs_unchanged
 
@@ -23,8 +21,7 @@ HALF_ATTENTION_TOLERANCE = 2e-3  # float16 eager weights themselves are rounded 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
 def test_capture_on_the_gpu_matches_the_models_attention(tiny_models, name, dtype):
     cpu = tiny_models[name]
-    device = torch.device("cuda")
-    handle = dataclasses.replace(cpu, model=copy.deepcopy(cpu.model).to(device, dtype), device=device)
+    handle = converted(cpu, dtype, "cuda")
     half = dtype == torch.float16
     check_outputs_unchanged(handle, HALF_TOLERANCE if half else 1e-4)
     capture = run_capture(handle, PROMPT)
@@ -37,16 +34,11 @@ def test_capture_on_the_gpu_matches_the_models_attention(tiny_models, name, dtyp
     np.testing.assert_allclose(recorded, expected, atol=HALF_ATTENTION_TOLERANCE if half else 1e-3)
 
 
-def on_the_gpu(handle, dtype: torch.dtype):
-    device = torch.device("cuda")
-    return dataclasses.replace(handle, model=copy.deepcopy(handle.model).to(device, dtype), device=device)
-
-
 def test_the_packaged_encoder_records_from_the_kernel_in_half_precision(minilm):
     """The loader's choice on a GPU: minilm in float16. Its layers go the fused way (the score check
     compares in float32, where half-precision rounding does not look like a different attention)
     and the record gives back the attention the model computes in float16."""
-    handle = on_the_gpu(minilm, torch.float16)
+    handle = converted(minilm, torch.float16, "cuda")
     capture = run_capture(handle, PROMPT)
     assert capture.info["attention_path"] == "fused" and capture.attention is None
     expected = reference_attention(handle, PROMPT)
@@ -78,7 +70,7 @@ def test_the_analyses_give_on_the_gpu_what_they_give_on_the_cpu(tiny_models, nam
     runs: on a GPU they must not mix devices, and they agree with the CPU's float32 answer (in
     float16 within what half-precision activations allow)."""
     cpu = analyses(tiny_models[name])
-    gpu = analyses(on_the_gpu(tiny_models[name], dtype))
+    gpu = analyses(converted(tiny_models[name], dtype, "cuda"))
     assert gpu.keys() == cpu.keys()
     tolerance = HALF_TOLERANCE if dtype == torch.float16 else 1e-4
     for key in cpu:

@@ -349,7 +349,7 @@ def prepare_blocked_pass() -> None:
     the first time on a machine, 0.8 s from the cache (numba and LLVM starting). On the CPU
     whatever device the model runs on: the views read records there (on a GPU server each
     view's first call paid it, ~0.3 s)."""
-    if cpu_blocks.available(torch.device("cpu")):
+    if cpu_blocks.available(CPU):
         spans = MaskSpans.of(torch.ones(2, 2, dtype=torch.bool).tril())
         source = FusedSource(torch.ones(1, 2, 1), torch.ones(1, 2, 1), torch.ones(1, 2), 1.0, spans)
         summarize_layer(source, spans, heads=1, thumb=1, stats_tokens=2, causal=True)

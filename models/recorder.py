@@ -556,11 +556,15 @@ def _has_tensor(module, name: str) -> bool:
     return isinstance(getattr(module, name, None), torch.Tensor)
 
 
+def stored_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype a record keeps q and k in: the model's, float32 for one numpy lacks (bfloat16,
+    widened exactly)."""
+    return dtype if dtype in NUMPY_DTYPES else torch.float32
+
+
 def _stored(states: torch.Tensor) -> np.ndarray:
-    """[heads, N, d] as the model computed them: float32 and float16 as they are, bfloat16
-    (which numpy lacks) widened exactly to float32."""
-    states = states.detach()
-    return (states if states.dtype in (torch.float32, torch.float16) else states.float()).cpu().numpy()
+    """[heads, N, d] as the model computed them, in :func:`stored_dtype`."""
+    return states.detach().to(stored_dtype(states.dtype)).cpu().numpy()
 
 
 def _row_logsumexp(queries, keys, weights, scaling: float):
@@ -620,16 +624,14 @@ def capture_plan(handle) -> Callable[[int], budget.CapturePlan]:
     and precision decide: half-precision activations on a GPU, q and k stored as :func:`_stored`
     keeps them, the values kept for the Grams on a CPU, the device's blocks."""
     dtype = next(handle.model.parameters()).dtype
-    itemsize = torch.empty((), dtype=dtype).element_size()
-    stored = itemsize if dtype in (torch.float32, torch.float16) else 4
     geometry = budget.Geometry.of(handle.config, handle.describe()["layers"], handle.is_causal)
     return functools.partial(
         budget.plan_capture,
         geometry,
-        itemsize=itemsize,
+        itemsize=dtype.itemsize,
         keeps_values=handle.device.type in DEFERRED_OUTPUT_DEVICES,
         block_bytes=block_bytes(handle.device),
-        stored_itemsize=stored,
+        stored_itemsize=stored_dtype(dtype).itemsize,
     )
 
 

@@ -62,8 +62,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def load(args: argparse.Namespace):
-    """The app's own loader (float16 on CUDA, float32 on the CPU), moved to ``--device``; or,
-    with --random-weights, the model built from its config on that device."""
+    """The app's own loader (its precision: models.loading.model_dtype), moved to ``--device``;
+    or, with --random-weights, the model built from its config on that device."""
     import torch
 
     from app.config import default_cache_dir
